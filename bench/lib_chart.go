@@ -1,0 +1,84 @@
+//go:build !nochart
+
+package main
+
+import (
+	"log"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/wuyan94zl/chart"
+)
+
+// chartLib drives github.com/wuyan94zl/chart through its package-level API
+// and DefaultHub, as an application would: chart.NewServer in the HTTP
+// handler, chart.JoinChannelIds from Handler.LoginServer, chart.Publish from
+// business code. Clients send {"channel_id","content","type":3} frames to
+// publish into a joined channel (rooms workload). All chart defaults are
+// kept (origin check, 50 msg/s inbound limit, 256-message / 1 MiB queues).
+type chartLib struct {
+	mu      sync.Mutex
+	pending map[uint64][]string // channels to join at login, by uid
+	errs    atomic.Int64
+}
+
+func init() {
+	register(&libSpec{
+		name:     "chart",
+		settings: "package-level API on DefaultHub with defaults; NewServer in the HTTP handler, JoinChannelIds from LoginServer, business publish: chart.Publish(channel, Message{Type: 3}); rooms: clients send {\"channel_id\",\"content\",\"type\":3}",
+		server:   newChartLib,
+		client:   chartProto,
+	})
+}
+
+// newChartLib returns the chart adapter; chart state lives in DefaultHub.
+func newChartLib(string) (serverLib, error) {
+	return &chartLib{pending: make(map[uint64][]string)}, nil
+}
+
+// ServeHTTP records the channels the user joins at login and calls
+// chart.NewServer.
+func (l *chartLib) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	uid, chans, err := requestUser(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	l.mu.Lock()
+	l.pending[uid] = chans
+	l.mu.Unlock()
+	chart.NewServer(w, r, uid, l)
+}
+
+// publish sends payload as the Content of a type-3 message to channel.
+func (l *chartLib) publish(channel string, payload []byte) error {
+	return chart.Publish(channel, chart.Message{ChannelId: channel, Type: 3, Content: string(payload)})
+}
+
+// SendMessage is chart's hook for messages sent by clients; the benchmark
+// does nothing with them.
+func (l *chartLib) SendMessage(chart.Message) {}
+
+// LoginServer joins the user to the channels named in its request.
+func (l *chartLib) LoginServer(uid uint64) {
+	l.mu.Lock()
+	chans := l.pending[uid]
+	delete(l.pending, uid)
+	l.mu.Unlock()
+	if len(chans) > 0 {
+		if err := chart.JoinChannelIds(uid, chans...); err != nil {
+			l.ErrorLogServer(err)
+		}
+	}
+}
+
+// LogoutServer is called when a user's connection ends.
+func (l *chartLib) LogoutServer(uint64) {}
+
+// ErrorLogServer counts errors and logs the first few.
+func (l *chartLib) ErrorLogServer(err error) {
+	if n := l.errs.Add(1); n <= 5 {
+		log.Printf("chart error: %v", err)
+	}
+}
