@@ -245,6 +245,7 @@ func (h *Hub) deliver(conns []*conn, f []byte) {
 		}
 	}
 	h.stats.out.Add(n)
+	h.stats.dropped.Add(uint64(len(conns)) - n)
 }
 
 // SendMessageToChannelIds publishes msg as uid to each channel, as a

@@ -13,7 +13,7 @@ const (
 	DefaultPongWait          = 60 * time.Second
 	DefaultWriteWait         = 10 * time.Second
 	DefaultCloseGrace        = time.Second
-	DefaultSendQueueLen      = 256
+	DefaultSendQueueLen      = 4096
 	DefaultSendQueueBytes    = 1 << 20
 	DefaultRateLimit         = 50
 	DefaultRateBurst         = 100
@@ -66,7 +66,9 @@ type Config struct {
 	CloseGrace time.Duration
 
 	// SendQueueLen and SendQueueBytes bound each connection's queue of
-	// outbound messages. Defaults 256 messages and 1 MiB.
+	// outbound messages. Defaults 4096 messages and 1 MiB. Queued frames are
+	// shared between connections, so the bytes count what a connection
+	// holds back, not memory it owns.
 	SendQueueLen   int
 	SendQueueBytes int
 	// SlowConsumer is the policy when a send queue is full. Default Disconnect.

@@ -213,20 +213,19 @@ type conn struct {
 
 // enqueue queues a frame for the writer. It never blocks: when the queue is
 // full the slow-consumer policy decides. It returns false if f was not
-// queued.
+// queued (the connection is closing, or f was dropped); frames dropped to
+// make room are counted here, f itself by the caller.
 func (c *conn) enqueue(f []byte) bool {
 	cfg := &c.hub.cfg
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		c.hub.stats.dropped.Add(1)
 		return false
 	}
 	if len(c.queue) >= cfg.SendQueueLen || c.qbytes+len(f) > cfg.SendQueueBytes {
 		if cfg.SlowConsumer != DropOldest {
 			c.closeLocked(&Error{Kind: ErrSlowConsumer, Uid: c.uid}, closePolicy, "slow consumer", false)
 			c.mu.Unlock()
-			c.hub.stats.dropped.Add(1)
 			return false
 		}
 		dropped := 0
@@ -236,14 +235,10 @@ func (c *conn) enqueue(f []byte) bool {
 			c.queue = c.queue[1:]
 			dropped++
 		}
-		if c.qbytes+len(f) > cfg.SendQueueBytes {
-			dropped++ // f alone exceeds the byte limit
-			f = nil
-		}
 		c.hub.stats.dropped.Add(uint64(dropped))
-		if f == nil {
+		if c.qbytes+len(f) > cfg.SendQueueBytes {
 			c.mu.Unlock()
-			return false
+			return false // f alone exceeds the byte limit
 		}
 	}
 	c.queue = append(c.queue, f)

@@ -1,0 +1,69 @@
+// Package chart turns any net/http server into a WebSocket chat service.
+//
+// Business code calls NewServer inside an HTTP handler with the uid it has
+// authenticated, implements the four callbacks of Handler, and moves users
+// between channels with JoinChannelIds and UnJoinChannelIds:
+//
+//	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+//		uid := authenticate(r) // your code
+//		chart.NewServer(w, r, uid, &handler{})
+//	})
+//
+//	func (h *handler) LoginServer(uid uint64) {
+//		chart.JoinChannelIds(uid, "lobby")
+//	}
+//
+// Browsers connect with the plain WebSocket API and send one JSON object per
+// text frame, to a channel or to a user:
+//
+//	{"channel_id": "lobby", "content": "hello", "type": 3}
+//	{"to_user_id": 42, "content": "hi", "type": 3}
+//
+// and receive one Message per text frame, or an error frame:
+//
+//	{"channel_id":"lobby","user_id":7,"type":3,"content":"hello","send_time":"2026-11-25 21:07:00"}
+//	{"error":"not_joined","message":"chart: uid 7: channel \"x\": channel not joined","channel_id":"x"}
+//
+// The package-level functions are wrappers over DefaultHub, as
+// http.HandleFunc is over http.DefaultServeMux; New creates independent
+// hubs with their own Config.
+//
+// # Users, connections and channels
+//
+// A uid may hold several connections (tabs, devices). Channel membership
+// belongs to the uid: all its connections receive its channels' messages,
+// and membership ends when its last connection closes. LoginServer runs
+// once when the uid's first connection is ready to receive, LogoutServer
+// once after its last connection closed.
+//
+// # Concurrency
+//
+// The rules the implementation keeps, which callers may rely on:
+//
+//   - Exactly one goroutine writes to each connection: its writer, which
+//     sends messages, pings, pongs and close frames. It runs only while the
+//     connection has something queued, so an idle connection costs one
+//     goroutine, its reader. (The one exception is inside gorilla/websocket:
+//     on a protocol violation by the client its reader writes a close frame
+//     itself as the connection dies; the socket's write lock keeps frames
+//     whole.)
+//   - Hub state lives in sharded maps behind mutexes; there is no central
+//     goroutine, so the hub cannot block behind one. Publishing never
+//     blocks: each connection has a bounded queue, and a connection that
+//     cannot keep up is handled by Config.SlowConsumer.
+//   - No lock is held during network I/O or while a callback runs, so a
+//     callback may call any function of this package without deadlock.
+//   - A message is encoded into its WebSocket frame once per fan-out; every
+//     recipient's queue shares the same bytes.
+//   - Each connection receives messages in the order they were published.
+//
+// See Handler for the goroutine each callback runs on.
+//
+// # Safety
+//
+// Every limit has a safe default (see Config): inbound message size, send
+// queue length, inbound rate, heartbeats and write deadlines, and an origin
+// check that refuses cross-site browser connections. Panics in callbacks
+// are recovered and reported to ErrorLogServer. Shutdown closes a hub
+// gracefully.
+package chart
