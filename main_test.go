@@ -1,14 +1,17 @@
 package chart
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -110,25 +113,49 @@ func (r *recorder) noErr(t testing.TB) {
 // server is a hub behind a real HTTP server, as business code deploys it:
 // /ws?id=UID calls NewServer with the handler.
 type server struct {
-	hub *Hub
-	srv *httptest.Server
-	url string
+	hub        *Hub
+	srv        *httptest.Server
+	url        string
+	registered chan uint64 // uids of upgraded connections, once NewServer returned
+}
+
+// hijackWatch notes whether NewServer took the connection over.
+type hijackWatch struct {
+	http.ResponseWriter
+	hijacked bool
+}
+
+func (w *hijackWatch) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.hijacked = true
+	return w.ResponseWriter.(http.Hijacker).Hijack()
 }
 
 func startServer(t testing.TB, cfg Config, h Handler) *server {
 	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	return startHubServer(t, New(cfg), h)
 }
 
 func startHubServer(t testing.TB, hub *Hub, h Handler) *server {
 	t.Helper()
 	mux := http.NewServeMux()
+	registered := make(chan uint64, 10000)
 	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
 		uid, _ := strconv.ParseUint(r.FormValue("id"), 10, 64)
-		hub.NewServer(w, r, uid, h)
+		hw := &hijackWatch{ResponseWriter: w}
+		hub.NewServer(hw, r, uid, h)
+		if hw.hijacked {
+			// NewServer returns once the connection is registered.
+			select {
+			case registered <- uid:
+			default:
+			}
+		}
 	})
 	srv := httptest.NewServer(mux)
-	s := &server{hub: hub, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"}
+	s := &server{hub: hub, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", registered: registered}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
@@ -172,6 +199,12 @@ func (s *server) dialHeader(t testing.TB, uid uint64, hdr http.Header) *client {
 	}
 	c := &client{t: t, ws: ws, uid: uid}
 	t.Cleanup(func() { ws.Close() })
+	// The handshake answer can reach the client before NewServer has
+	// registered the connection; wait for that, so the test may use the
+	// API for this uid at once.
+	for got := uint64(0); got != uid; {
+		got = recv(t, s.registered, "registration")
+	}
 	return c
 }
 
@@ -274,5 +307,3 @@ func eventually(t testing.TB, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
-
-var _ = sync.Mutex{}

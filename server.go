@@ -147,7 +147,9 @@ func (h *Hub) register(c *conn) (login, ok bool) {
 	h.readers.Add(1)
 	h.stats.conns.Add(1)
 	if h.cfg.PingInterval > 0 {
+		c.mu.Lock() // the timer may fire before this assignment completes
 		c.pingTimer = time.AfterFunc(h.cfg.PingInterval, c.ping)
+		c.mu.Unlock()
 	}
 	return login, true
 }
@@ -226,6 +228,9 @@ func (c *conn) enqueue(f []byte) bool {
 		if cfg.SlowConsumer != DropOldest {
 			c.closeLocked(&Error{Kind: ErrSlowConsumer, Uid: c.uid}, closePolicy, "slow consumer", false)
 			c.mu.Unlock()
+			// A write in progress may be stuck on a client that stopped
+			// reading: give it CloseGrace, not WriteWait, to finish.
+			c.nc.SetWriteDeadline(time.Now().Add(cfg.CloseGrace))
 			return false
 		}
 		dropped := 0

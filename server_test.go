@@ -1,0 +1,537 @@
+package chart
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+func TestOversizeFrame(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{MaxMessageSize: 1024}, rec)
+	big := s.login(t, rec, 1)
+	other := s.login(t, rec, 2)
+	s.hub.JoinChannelIds(1, "room")
+	s.hub.JoinChannelIds(2, "room")
+
+	big.send(`{"channel_id":"room","type":3,"content":"` + strings.Repeat("x", 1024) + `"}`)
+	if code := big.closeCode(); code != websocket.CloseMessageTooBig {
+		t.Fatalf("close code %d, want 1009", code)
+	}
+	err := rec.wantErr(t, ErrMessageTooLarge)
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Uid != 1 {
+		t.Fatalf("error %v does not name uid 1", err)
+	}
+	if uid := recv(t, rec.logouts, "logout"); uid != 1 {
+		t.Fatalf("logout uid %d", uid)
+	}
+	// Exactly at the limit is fine, and the other user noticed nothing.
+	msg := `{"channel_id":"room","type":3,"content":"` + strings.Repeat("y", 1024-43) + `"}`
+	if len(msg) != 1024 {
+		t.Fatalf("test message is %d bytes", len(msg))
+	}
+	other.send(msg)
+	if m := other.nextMsg(); len(m.Content) != 1024-43 {
+		t.Fatalf("got %d bytes", len(m.Content))
+	}
+	if st := s.hub.Stats(); st.Disconnects.TooLarge != 1 {
+		t.Fatalf("stats %+v", st.Disconnects)
+	}
+}
+
+func TestOrigin(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{AllowedOrigins: []string{"https://app.example.com", "partner.example.org:8443"}}, rec)
+	host := strings.TrimPrefix(s.srv.URL, "http://")
+	for _, tc := range []struct {
+		origin string
+		ok     bool
+	}{
+		{"", true}, // no Origin: not a browser
+		{"http://" + host, true},
+		{"https://app.example.com", true},
+		{"http://partner.example.org:8443", true},
+		{"https://evil.example.com", false},
+		{"http://app.example.com", false}, // scheme differs from the allowed origin
+		{"null", false},
+		{"http://" + host + ".evil.com", false},
+	} {
+		hdr := http.Header{}
+		if tc.origin != "" {
+			hdr.Set("Origin", tc.origin)
+		}
+		ws, resp, err := websocket.DefaultDialer.Dial(s.url+"?id=5", hdr)
+		if tc.ok {
+			if err != nil {
+				t.Fatalf("origin %q refused: %v", tc.origin, err)
+			}
+			recv(t, rec.logins, "login")
+			ws.Close()
+			recv(t, rec.logouts, "logout")
+			continue
+		}
+		if err == nil {
+			ws.Close()
+			t.Fatalf("origin %q accepted", tc.origin)
+		}
+		if resp == nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("origin %q: %v, want HTTP 403", tc.origin, err)
+		}
+		rec.wantErr(t, ErrOriginNotAllowed)
+	}
+
+	// A custom check replaces the default.
+	rec2 := newRecorder()
+	s2 := startServer(t, Config{CheckOrigin: func(r *http.Request) bool { return r.Header.Get("Origin") == "null" }}, rec2)
+	s2.dialHeader(t, 6, http.Header{"Origin": {"null"}})
+	recv(t, rec2.logins, "login")
+}
+
+func TestRefusedRequests(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{}, rec)
+	// Not a WebSocket request.
+	resp, err := http.Get(s.srv.URL + "/ws?id=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("plain GET: HTTP %d", resp.StatusCode)
+	}
+	rec.wantErr(t, ErrUpgrade)
+	// uid 0, what the seed's strconv.Atoi yields for a missing id.
+	_, resp, err = websocket.DefaultDialer.Dial(s.url+"?id=", nil)
+	if err == nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("uid 0: %v", err)
+	}
+	rec.wantErr(t, ErrInvalidUid)
+
+	// A nil handler is allowed.
+	s2 := startServer(t, Config{}, nil)
+	c := s2.dial(t, 3)
+	s2.hub.Publish("x", Message{})
+	c.send(`{"channel_id":"x","content":"x"}`)
+	c.nextErr("not_joined")
+}
+
+// lockedBuffer is a log destination safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// panicky panics in the callback named by which.
+type panicky struct {
+	*recorder
+	which string
+}
+
+func (p *panicky) LoginServer(uid uint64) {
+	if p.which == "LoginServer" {
+		panic("boom in login")
+	}
+	p.recorder.LoginServer(uid)
+}
+
+func (p *panicky) LogoutServer(uid uint64) {
+	if p.which == "LogoutServer" {
+		p.recorder.LogoutServer(uid)
+		panic("boom in logout")
+	}
+	p.recorder.LogoutServer(uid)
+}
+
+func (p *panicky) SendMessage(m Message) {
+	if p.which == "SendMessage" {
+		panic("boom in send")
+	}
+	p.recorder.SendMessage(m)
+}
+
+func (p *panicky) ErrorLogServer(err error) {
+	p.recorder.ErrorLogServer(err)
+	if p.which == "ErrorLogServer" {
+		panic("boom in error log")
+	}
+}
+
+func TestPanicsInCallbacks(t *testing.T) {
+	for _, which := range []string{"LoginServer", "LogoutServer", "SendMessage", "ErrorLogServer"} {
+		t.Run(which, func(t *testing.T) {
+			rec := newRecorder()
+			logs := &lockedBuffer{}
+			s := startServer(t, Config{Logger: slog.New(slog.NewTextHandler(logs, nil))}, &panicky{recorder: rec, which: which})
+			c := s.dial(t, 1)
+			if which == "LoginServer" {
+				err := rec.wantErr(t, ErrCallbackPanic)
+				if !strings.Contains(err.Error(), "boom in login") || !strings.Contains(err.Error(), "goroutine") {
+					t.Fatalf("panic error lacks value or stack: %v", err)
+				}
+			} else {
+				recv(t, rec.logins, "login")
+			}
+			s.hub.JoinChannelIds(1, "room")
+			c.send(`{"channel_id":"room","content":"hello","type":3}`)
+			if m := c.nextMsg(); m.Content != "hello" {
+				t.Fatalf("got %+v", m)
+			}
+			switch which {
+			case "SendMessage":
+				rec.wantErr(t, ErrCallbackPanic)
+			case "ErrorLogServer":
+				c.send(`oops`)
+				c.nextErr("bad_message")
+				rec.wantErr(t, ErrBadMessage)
+				// The panic in ErrorLogServer itself goes to the logger.
+				eventually(t, "the panic is logged", func() bool { return strings.Contains(logs.String(), "boom in error log") })
+			}
+			// The server goes on: another user connects and chats.
+			d := s.dial(t, 2)
+			s.hub.JoinChannelIds(2, "room")
+			d.send(`{"channel_id":"room","content":"still up","type":3}`)
+			if m := c.nextMsg(); m.Content != "still up" {
+				t.Fatalf("got %+v", m)
+			}
+			c.closeNow()
+			if which == "LogoutServer" {
+				recv(t, rec.logouts, "logout")
+				rec.wantErr(t, ErrCallbackPanic)
+			}
+		})
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{RateLimit: 1, RateBurst: 5}, rec)
+	c := s.login(t, rec, 1)
+	peer := s.login(t, rec, 2)
+	s.hub.JoinChannelIds(1, "room")
+	s.hub.JoinChannelIds(2, "room")
+	for i := 0; i < 6; i++ {
+		c.send(fmt.Sprintf(`{"channel_id":"room","content":"%d","type":3}`, i))
+	}
+	for i := 0; i < 5; i++ {
+		if m := c.nextMsg(); m.Content != strconv.Itoa(i) {
+			t.Fatalf("got %+v, want content %d", m, i)
+		}
+	}
+	c.nextErr("rate_limited")
+	rec.wantErr(t, ErrRateLimited)
+	// Sustained flooding closes the connection; the peer is unharmed.
+	for i := 0; i < 10; i++ {
+		c.ws.WriteMessage(websocket.TextMessage, []byte(`{"channel_id":"room","content":"flood","type":3}`))
+	}
+	if code := c.closeCode(); code != websocket.ClosePolicyViolation {
+		t.Fatalf("close code %d, want 1008", code)
+	}
+	for i := 0; i < 5; i++ {
+		if m := peer.nextMsg(); m.Content != strconv.Itoa(i) {
+			t.Fatalf("peer got %+v", m)
+		}
+	}
+	recv(t, rec.logouts, "logout")
+	if st := s.hub.Stats(); st.Disconnects.RateLimited != 1 {
+		t.Fatalf("stats %+v", st.Disconnects)
+	}
+	// A client within the limit is fine: no limit at all here.
+	s2 := startServer(t, Config{RateLimit: -1}, rec)
+	d := s2.login(t, rec, 3)
+	s2.hub.JoinChannelIds(3, "room")
+	for i := 0; i < 300; i++ {
+		d.send(`{"channel_id":"room","content":"x","type":3}`)
+	}
+	for i := 0; i < 300; i++ {
+		d.nextMsg()
+	}
+}
+
+func TestPongTimeout(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{PingInterval: 20 * time.Millisecond, PongWait: 200 * time.Millisecond}, rec)
+	// A reading gorilla client answers pings and stays connected well past
+	// PongWait, while a client that stops reading (and so stops answering)
+	// is dropped.
+	alive := s.login(t, rec, 1)
+	pings := make(chan struct{}, 100)
+	alive.ws.SetPingHandler(func(data string) error {
+		pings <- struct{}{}
+		return alive.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(wait))
+	})
+	go alive.ws.ReadMessage() // keeps answering pings until the test ends
+	silent := s.login(t, rec, 2)
+	start := time.Now()
+	if uid := recv(t, rec.logouts, "logout of the silent client"); uid != 2 {
+		t.Fatalf("logout of uid %d", uid)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("dropped after %v, before PongWait", d)
+	}
+	err := rec.wantErr(t, ErrConnection)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("error %v is not a timeout", err)
+	}
+	for i := 0; i < 3; i++ {
+		recv(t, pings, "ping")
+	}
+	if !s.hub.IsOnline(1) {
+		t.Fatal("the client answering pings was dropped")
+	}
+	_ = silent
+}
+
+func TestWriteDeadline(t *testing.T) {
+	rec := newRecorder()
+	// Queues big enough that only the write deadline can end this.
+	s := startServer(t, Config{WriteWait: 100 * time.Millisecond, SendQueueBytes: 1 << 30, SendQueueLen: 1 << 20}, rec)
+	s.login(t, rec, 1) // never reads
+	s.hub.JoinChannelIds(1, "room")
+	payload := strings.Repeat("w", 64<<10)
+	for i := 0; s.hub.IsOnline(1); i++ {
+		if i == 10000 { // 640 MB: far beyond any socket buffer
+			t.Fatal("a client that never reads is still connected")
+		}
+		s.hub.Publish("room", Message{Content: payload})
+		select {
+		case <-rec.logouts:
+		default:
+			continue
+		}
+		break
+	}
+	err := rec.wantErr(t, ErrConnection)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("error %v is not a write timeout", err)
+	}
+}
+
+func TestSlowConsumer(t *testing.T) {
+	const (
+		readers = 20
+		n       = 10000
+		ahead   = 64
+	)
+	rec := newRecorder()
+	s := startServer(t, Config{}, rec)
+	stalled := s.login(t, rec, 1000)
+	_ = stalled
+	s.hub.JoinChannelIds(1000, "room")
+	var progress [readers]atomic.Int64
+	moved := make(chan struct{}, 1)
+	done := make(chan error, readers)
+	for i := 0; i < readers; i++ {
+		c := s.login(t, rec, uint64(i+1))
+		s.hub.JoinChannelIds(c.uid, "room")
+		go func(i int, c *client) {
+			for j := 0; j < n; j++ {
+				c.ws.SetReadDeadline(time.Now().Add(wait))
+				_, data, err := c.ws.ReadMessage()
+				if err != nil {
+					done <- fmt.Errorf("reader %d message %d: %w", i, j, err)
+					return
+				}
+				// The sequence number leads the content.
+				if want := strconv.Itoa(j) + " "; !strings.Contains(string(data), `"content":"`+want) {
+					done <- fmt.Errorf("reader %d message %d: got %.60s", i, j, data)
+					return
+				}
+				progress[i].Store(int64(j + 1))
+				select {
+				case moved <- struct{}{}:
+				default:
+				}
+			}
+			done <- nil
+		}(i, c)
+	}
+	slowest := func() int64 {
+		m := int64(n)
+		for i := range progress {
+			m = min(m, progress[i].Load())
+		}
+		return m
+	}
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var peak uint64
+	pad := strings.Repeat("p", 4<<10-8)
+	for i := 0; i < n; i++ {
+		for int64(i)-slowest() > ahead {
+			recv(t, moved, "reader progress")
+		}
+		if err := s.hub.Publish("room", Message{Type: 3, Content: strconv.Itoa(i) + " " + pad}); err != nil {
+			t.Fatal(err)
+		}
+		if i%500 == 0 {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapAlloc)
+		}
+	}
+	for i := 0; i < readers; i++ {
+		if err := recv(t, done, "reader"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if uid := recv(t, rec.logouts, "logout of the stalled client"); uid != 1000 {
+		t.Fatalf("logout of uid %d", uid)
+	}
+	rec.wantErr(t, ErrSlowConsumer)
+	// 40 MB went out to the healthy readers; the stalled one may hold back
+	// at most its 1 MiB queue, so the heap stays far below that.
+	if grown := int64(peak) - int64(before.HeapAlloc); grown > 16<<20 {
+		t.Fatalf("heap grew by %d MiB while serving a stalled client", grown>>20)
+	}
+	if st := s.hub.Stats(); st.Disconnects.SlowConsumer != 1 || st.Connections != readers {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestDropOldest(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{SlowConsumer: DropOldest, SendQueueLen: 8, WriteWait: time.Minute}, rec)
+	c := s.login(t, rec, 1)
+	s.hub.JoinChannelIds(1, "room")
+	pad := strings.Repeat("d", 16<<10)
+	const n = 2000 // 32 MB: more than the socket buffers hold
+	for i := 0; i < n; i++ {
+		s.hub.Publish("room", Message{Content: strconv.Itoa(i) + " " + pad})
+	}
+	if st := s.hub.Stats(); st.Dropped == 0 || st.MaxQueueDepth > 8 {
+		t.Fatalf("stats %+v: want drops and a queue of at most 8", st)
+	}
+	// The client is still connected, and what it gets is in order and ends
+	// with the newest message.
+	last := -1
+	for last != n-1 {
+		m := c.nextMsg()
+		seq, _ := strconv.Atoi(strings.Fields(m.Content)[0])
+		if seq <= last {
+			t.Fatalf("message %d after %d", seq, last)
+		}
+		last = seq
+	}
+	if !s.hub.IsOnline(1) {
+		t.Fatal("client disconnected")
+	}
+}
+
+func TestChurn(t *testing.T) {
+	const cycles = 5000
+	h := &countingHandler{}
+	s := startServer(t, Config{}, h)
+	baseG := runtime.NumGoroutine()
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	d := websocket.Dialer{HandshakeTimeout: wait}
+	for i := 0; i < cycles; i++ {
+		ws, _, err := d.Dial(s.url+"?id="+strconv.Itoa(i%50+1), nil)
+		if err != nil {
+			t.Fatalf("cycle %d: %v", i, err)
+		}
+		if i%2 == 0 { // half leave cleanly, half just drop the TCP connection
+			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(wait))
+		}
+		ws.Close()
+	}
+	eventually(t, "every connection is gone", func() bool {
+		return s.hub.Stats().Connections == 0 && h.logins.Load() == h.logouts.Load()
+	})
+	eventually(t, "goroutines return to baseline", func() bool { return runtime.NumGoroutine() <= baseG })
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 4<<20 {
+		t.Fatalf("heap grew by %d KiB over %d cycles", grown>>10, cycles)
+	}
+	if st := s.hub.Stats(); st.Users != 0 || st.Channels != 0 || st.Disconnects.Normal+st.Disconnects.Failed != cycles {
+		t.Fatalf("stats after churn %+v", st)
+	}
+}
+
+// countingHandler counts logins and logouts.
+type countingHandler struct {
+	nopHandler
+	logins, logouts atomic.Int64
+}
+
+func (h *countingHandler) LoginServer(uint64)  { h.logins.Add(1) }
+func (h *countingHandler) LogoutServer(uint64) { h.logouts.Add(1) }
+
+func TestShutdownFlushes(t *testing.T) {
+	rec := newRecorder()
+	hub := New(Config{})
+	s := startHubServer(t, hub, rec)
+	var clients []*client
+	for uid := uint64(1); uid <= 5; uid++ {
+		clients = append(clients, s.login(t, rec, uid))
+		hub.JoinChannelIds(uid, "room")
+	}
+	const n = 500
+	for i := 0; i < n; i++ {
+		hub.Publish("room", Message{Content: strconv.Itoa(i)})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- hub.Shutdown(ctx) }()
+	for _, c := range clients {
+		for i := 0; i < n; i++ {
+			if m := c.nextMsg(); m.Content != strconv.Itoa(i) {
+				t.Fatalf("uid %d got %+v, want %d", c.uid, m, i)
+			}
+		}
+		if code := c.closeCode(); code != websocket.CloseGoingAway {
+			t.Fatalf("close code %d, want 1001", code)
+		}
+	}
+	if err := recv(t, shut, "Shutdown"); err != nil {
+		t.Fatal(err)
+	}
+	// Every uid was logged out before Shutdown returned.
+	if len(rec.logouts) != 5 {
+		t.Fatalf("%d logouts before Shutdown returned", len(rec.logouts))
+	}
+	if err := hub.Publish("room", Message{}); !errors.Is(err, ErrHubClosed) {
+		t.Fatalf("Publish after Shutdown: %v", err)
+	}
+	if err := hub.JoinChannelIds(1, "room"); !errors.Is(err, ErrHubClosed) {
+		t.Fatalf("Join after Shutdown: %v", err)
+	}
+	_, resp, err := websocket.DefaultDialer.Dial(s.url+"?id=1", nil)
+	if err == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("dial after Shutdown: %v", err)
+	}
+	rec.wantErr(t, ErrHubClosed)
+}
