@@ -1,0 +1,79 @@
+package chart
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// FuzzInbound sends arbitrary text frames through a real connection and
+// checks the dispatch contract: each frame gets exactly one answer, either
+// the accepted message (with server-set UserId and SendTime, as
+// decodeInbound read it) or an error frame, and the connection survives.
+func FuzzInbound(f *testing.F) {
+	for _, seed := range []string{
+		`{"channel_id":"a","content":"hi","type":3}`,
+		`{"channel_id":"a","content":"hi","type":"3"}`,
+		`{"to_user_id":1,"content":"hi","type":0}`,
+		`{"to_user_id":"1","content":"\u00e9\ud83d\ude00","type":"255"}`,
+		`{"channel_id":"b","content":"x","type":3}`,
+		`{"channel_id":"a","content":"x","type":3,"user_id":99,"send_time":"x"}`,
+		`{"channel_id":"a","content":null,"type":3}`,
+		`{"channel_id":"a","content":"x","type":[3]}`,
+		`{"channel_id":"a","to_user_id":1,"content":"x"}`,
+		`{"to_user_id":18446744073709551615,"content":"x"}`,
+		`{"to_user_id":18446744073709551616,"content":"x"}`,
+		`{"channel_id":"a","content":"x","type":3e0}`,
+		" \t{\"channel_id\":\"a\",\"content\":\"\"}\n",
+		"{\"channel_id\":\"a\",\"content\":\"\xff\xfe\"}",
+		`{}`, `null`, `[]`, `"x"`, `3`, ``, `{`, `}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	// One server and connection for the whole run; uid 1 has joined
+	// channel "a" and is the only user online.
+	s := startServer(f, Config{RateLimit: -1}, nil)
+	c := s.dial(f, 1)
+	if err := s.hub.JoinChannelIds(1, "a"); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > 4096 {
+			return
+		}
+		want, derr := decodeInbound(1, data)
+		c.ws.SetWriteDeadline(time.Now().Add(wait))
+		if err := c.ws.WriteMessage(websocket.TextMessage, data); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		c.ws.SetReadDeadline(time.Now().Add(wait))
+		_, out, err := c.ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("read answer to %q: %v", data, err)
+		}
+		var got frameIn
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("answer %q is not JSON: %v", out, err)
+		}
+		accepted := derr == nil && (want.ChannelId == "a" || want.ToUserId == 1)
+		if !accepted {
+			if got.Error == "" || got.Detail == "" {
+				t.Fatalf("frame %q (decode error %v) answered with %q, want an error frame", data, derr, out)
+			}
+			return
+		}
+		if got.Error != "" {
+			t.Fatalf("frame %q answered with error %q", data, out)
+		}
+		want.UserId, want.SendTime = 1, got.SendTime
+		if got.Message != want {
+			t.Fatalf("frame %q delivered as %+v, want %+v", data, got.Message, want)
+		}
+		if !bytes.Contains(out, []byte(`"send_time":"`)) || len(got.SendTime) != len(TimeLayout) {
+			t.Fatalf("frame %q: bad send_time in %q", data, out)
+		}
+	})
+}
