@@ -173,7 +173,10 @@ func (h *Hub) Stats() Stats {
 	}
 	for _, c := range h.allConns() {
 		c.mu.Lock()
-		n := len(c.queue)
+		n := 0
+		if c.queue != nil {
+			n = len(c.queue.frames)
+		}
 		c.mu.Unlock()
 		st.QueuedMessages += n
 		st.MaxQueueDepth = max(st.MaxQueueDepth, n)

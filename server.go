@@ -201,9 +201,9 @@ type conn struct {
 	closing   atomic.Bool // mirrors closed for the read goroutine
 
 	mu         sync.Mutex
-	queue      [][]byte // frames waiting for the writer
-	spare      [][]byte // the writer's previous batch, reused
+	queue      *sendQueue // frames waiting for the writer; nil when empty
 	qbytes     int
+	bufs       net.Buffers // the writer's current batch
 	writing    bool   // a writer goroutine runs
 	closed     bool   // no more messages accepted
 	closeFrame []byte // to write once the queue is flushed
@@ -224,7 +224,11 @@ func (c *conn) enqueue(f []byte) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) >= cfg.SendQueueLen || c.qbytes+len(f) > cfg.SendQueueBytes {
+	if c.queue == nil {
+		c.queue = sendQueues.Get().(*sendQueue)
+	}
+	q := c.queue
+	if len(q.frames) >= cfg.SendQueueLen || c.qbytes+len(f) > cfg.SendQueueBytes {
 		if cfg.SlowConsumer != DropOldest {
 			c.closeLocked(&Error{Kind: ErrSlowConsumer, Uid: c.uid}, closePolicy, "slow consumer", false)
 			c.mu.Unlock()
@@ -234,10 +238,10 @@ func (c *conn) enqueue(f []byte) bool {
 			return false
 		}
 		dropped := 0
-		for len(c.queue) > 0 && (len(c.queue) >= cfg.SendQueueLen || c.qbytes+len(f) > cfg.SendQueueBytes) {
-			c.qbytes -= len(c.queue[0])
-			c.queue[0] = nil
-			c.queue = c.queue[1:]
+		for len(q.frames) > 0 && (len(q.frames) >= cfg.SendQueueLen || c.qbytes+len(f) > cfg.SendQueueBytes) {
+			c.qbytes -= len(q.frames[0])
+			q.frames[0] = nil
+			q.frames = q.frames[1:]
 			dropped++
 		}
 		c.hub.stats.dropped.Add(uint64(dropped))
@@ -246,7 +250,7 @@ func (c *conn) enqueue(f []byte) bool {
 			return false // f alone exceeds the byte limit
 		}
 	}
-	c.queue = append(c.queue, f)
+	q.frames = append(q.frames, f)
 	c.qbytes += len(f)
 	c.startWriterLocked()
 	c.mu.Unlock()
@@ -263,9 +267,9 @@ func (c *conn) closeLocked(reason error, code int, text string, flush bool) {
 	c.closed = true
 	c.closing.Store(true)
 	c.reason = reason
-	if !flush {
-		clear(c.queue)
-		c.queue, c.qbytes = c.queue[:0], 0
+	if !flush && c.queue != nil {
+		c.queue.reset()
+		c.qbytes = 0
 	}
 	c.closeFrame = closeFrame(code, text)
 	c.startWriterLocked()
@@ -291,14 +295,10 @@ func (c *conn) startWriterLocked() {
 func (c *conn) writeLoop() {
 	defer c.writer.Done()
 	cfg := &c.hub.cfg
-	var prev [][]byte
 	for {
 		c.mu.Lock()
-		if prev != nil && c.spare == nil {
-			c.spare = prev[:0]
-		}
 		batch := c.queue
-		if len(batch) == 0 || c.dead {
+		if batch == nil || len(batch.frames) == 0 || c.dead {
 			if cf := c.closeFrame; cf != nil && !c.dead {
 				c.closeFrame = nil
 				c.closeSent = true
@@ -312,22 +312,21 @@ func (c *conn) writeLoop() {
 				continue
 			}
 			c.writing = false
-			if cap(c.queue) > 16 {
-				c.queue = nil // an idle connection keeps no large buffers
-			}
-			c.spare = nil
+			c.queue = nil // an idle connection holds no queue
 			c.mu.Unlock()
+			if batch != nil {
+				batch.release()
+			}
 			return
 		}
-		c.queue, c.spare = c.spare, nil
-		c.qbytes = 0
+		c.queue, c.qbytes = nil, 0
 		c.mu.Unlock()
 
 		c.nc.SetWriteDeadline(time.Now().Add(cfg.WriteWait))
-		bufs := net.Buffers(batch)
-		_, err := bufs.WriteTo(c.nc)
-		clear(batch)
-		prev = batch
+		c.bufs = batch.frames
+		_, err := c.bufs.WriteTo(c.nc)
+		c.bufs = nil
+		batch.release()
 		if err != nil {
 			c.mu.Lock()
 			if c.reason == nil && !c.closed {
@@ -340,13 +339,33 @@ func (c *conn) writeLoop() {
 	}
 }
 
+// sendQueue holds a connection's queued frames. Queues are pooled: a
+// connection takes one when a frame arrives and the writer gives it back
+// once written, so idle connections hold none and busy ones allocate none.
+type sendQueue struct{ frames [][]byte }
+
+var sendQueues = sync.Pool{New: func() any { return &sendQueue{frames: make([][]byte, 0, 16)} }}
+
+func (q *sendQueue) reset() {
+	clear(q.frames)
+	q.frames = q.frames[:0]
+}
+
+func (q *sendQueue) release() {
+	if cap(q.frames) > 1024 {
+		return // let an outsized queue go
+	}
+	q.reset()
+	sendQueues.Put(q)
+}
+
 // abort stops all writing and closes the network connection; the read
 // goroutine then ends and cleans up.
 func (c *conn) abort() {
 	c.mu.Lock()
 	c.closed, c.dead, c.writing = true, true, false
 	c.closing.Store(true)
-	c.queue, c.spare, c.qbytes, c.closeFrame = nil, nil, 0, nil
+	c.queue, c.qbytes, c.closeFrame = nil, 0, nil
 	c.mu.Unlock()
 	c.nc.Close()
 }

@@ -1,0 +1,122 @@
+package chart
+
+import (
+	"net"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// discardConn is a net.Conn that accepts every write, for benchmarks of
+// the hub itself without the kernel's network stack.
+type discardConn struct {
+	net.Conn
+	written atomic.Int64
+}
+
+func (d *discardConn) Write(p []byte) (int, error) {
+	d.written.Add(int64(len(p)))
+	return len(p), nil
+}
+func (d *discardConn) Close() error                     { return nil }
+func (d *discardConn) SetWriteDeadline(time.Time) error { return nil }
+func (d *discardConn) SetReadDeadline(time.Time) error  { return nil }
+
+// benchHub registers n connections, one per uid, that all joined "room".
+func benchHub(b *testing.B, n int) (*Hub, []*conn) {
+	b.Helper()
+	h := New(Config{PingInterval: -1})
+	conns := make([]*conn, n)
+	for i := range conns {
+		c := &conn{hub: h, uid: uint64(i + 1), h: nopHandler{}, nc: &discardConn{}}
+		if _, ok := h.register(c); !ok {
+			b.Fatal("register failed")
+		}
+		h.drainEvents(c.uid)
+		conns[i] = c
+		if err := h.JoinChannelIds(c.uid, "room"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return h, conns
+}
+
+// idle waits until no connection has queued output.
+func idle(conns []*conn) {
+	for _, c := range conns {
+		for {
+			c.mu.Lock()
+			busy := c.writing
+			c.mu.Unlock()
+			if !busy {
+				break
+			}
+			runtime.Gosched()
+		}
+	}
+}
+
+// BenchmarkFanout publishes to one channel of N connections; one op is one
+// publish delivered (written) to all N.
+func BenchmarkFanout(b *testing.B) {
+	for _, n := range []int{10, 1000, 10000} {
+		for _, size := range []int{100, 1024} {
+			b.Run("subs="+strconv.Itoa(n)+"/bytes="+strconv.Itoa(size), func(b *testing.B) {
+				h, conns := benchHub(b, n)
+				m := Message{Type: 3, Content: strings.Repeat("x", size)}
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					h.Publish("room", m)
+					if i%64 == 63 {
+						idle(conns)
+					}
+				}
+				idle(conns)
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)*float64(n)/b.Elapsed().Seconds(), "deliveries/s")
+				if st := h.Stats(); st.MessagesOut != uint64(b.N*n) || st.Dropped != 0 {
+					b.Fatalf("stats %+v", st)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkJoinLeave joins and leaves a channel shared with 1000 others.
+func BenchmarkJoinLeave(b *testing.B) {
+	h, _ := benchHub(b, 1000)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		uid := uint64(i%1000 + 1)
+		h.UnJoinChannelIds(uid, "room")
+		h.JoinChannelIds(uid, "room")
+	}
+}
+
+// BenchmarkPresence lists the members of a 1000-member channel.
+func BenchmarkPresence(b *testing.B) {
+	h, _ := benchHub(b, 1000)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if len(h.ChannelUserIds("room")) != 1000 {
+			b.Fatal("wrong member count")
+		}
+	}
+}
+
+// BenchmarkDecodeInbound parses a typical client frame.
+func BenchmarkDecodeInbound(b *testing.B) {
+	data := []byte(`{"channel_id":"lobby","content":"hello there, how are you today?","type":"3"}`)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := decodeInbound(7, data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
