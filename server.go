@@ -204,9 +204,9 @@ type conn struct {
 	queue      *sendQueue // frames waiting for the writer; nil when empty
 	qbytes     int
 	bufs       net.Buffers // the writer's current batch
-	writing    bool   // a writer goroutine runs
-	closed     bool   // no more messages accepted
-	closeFrame []byte // to write once the queue is flushed
+	writing    bool        // a writer goroutine runs
+	closed     bool        // no more messages accepted
+	closeFrame []byte      // to write once the queue is flushed
 	closeSent  bool
 	dead       bool  // nc is closed or broken: nothing more is written
 	reason     error // why the server closed the connection; nil if it did not

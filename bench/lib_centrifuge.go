@@ -69,4 +69,3 @@ func (l *centrifugeLib) publish(channel string, payload []byte) error {
 	_, err := l.node.Publish(channel, data)
 	return err
 }
-

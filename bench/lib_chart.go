@@ -1,5 +1,3 @@
-//go:build !nochart
-
 package main
 
 import (

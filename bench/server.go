@@ -48,9 +48,12 @@ type libSpec struct {
 	client   clientProto
 }
 
-// libs lists the peers known to this binary, in report order. The chart
-// adapter registers itself in lib_chart.go.
+// libs lists the peers known to this binary; each lib_*.go file registers
+// its peer.
 var libs []*libSpec
+
+// libOrder is the order of peers in runs and reports.
+var libOrder = []string{"chart", "melody", "centrifuge", "gorilla-hub"}
 
 // register adds a peer to libs.
 func register(s *libSpec) { libs = append(libs, s) }

@@ -87,14 +87,16 @@
     return node;
   }
 
+  // A stable colour per user, from a palette of hues that read well.
+  const HUES = [250, 205, 160, 15, 330, 275, 185, 35, 300, 225];
+
   function hue(uid) {
-    // A stable colour per user: multiplicative hash onto the hue circle.
-    return (Number(uid) * 137.508) % 360;
+    return HUES[Number(uid) % HUES.length];
   }
 
   function avatar(uid, size) {
     const a = make('span', 'avatar' + (size ? ' avatar-' + size : ''));
-    a.style.setProperty('--hue', hue(uid).toFixed(0));
+    a.style.setProperty('--hue', String(hue(uid)));
     a.textContent = initial(displayName(uid));
     a.setAttribute('aria-hidden', 'true');
     return a;
@@ -437,11 +439,11 @@
     li.dataset.mine = String(mine);
     li.dataset.direct = String(direct);
     li.dataset.from = String(from);
+    li.style.setProperty('--hue', String(hue(from)));
     if (mine) li.classList.add('mine');
     if (direct) li.classList.add('direct');
     // Consecutive messages from one sender, same kind, form a group.
-    if (prev && Number(prev.user_id) === from && Boolean(Number(prev.to_user_id || 0)) === direct &&
-        Number(prev.to_user_id || 0) === to) {
+    if (prev && Number(prev.user_id) === from && Number(prev.to_user_id || 0) === to) {
       li.classList.add('cont');
     }
 
@@ -454,13 +456,12 @@
       const tag = make('span', 'dm-tag', mine ? 'to ' + displayName(peer) : 'direct to you');
       meta.append(tag);
     }
+    const content = make('div', 'content', m.content);
+    content.dataset.part = 'content';
     const time = make('time', 'time', shortTime(m.send_time));
     time.dateTime = String(m.send_time || '').replace(' ', 'T');
     time.title = m.send_time || '';
-    meta.append(time);
-    const content = make('div', 'content', m.content);
-    content.dataset.part = 'content';
-    bubble.append(meta, content);
+    bubble.append(meta, content, time);
 
     if (!mine) li.append(avatar(from));
     li.append(bubble);
@@ -487,6 +488,7 @@
     if (ch) state.unread.delete(ch);
     renderChannels();
     renderView();
+    updateComposer();
   }
 
   function setDirect(uid) {
