@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -374,6 +375,34 @@ func TestPresence(t *testing.T) {
 	}
 	st := s.hub.Stats()
 	if st.Users != 4 || st.Connections != 4 || st.Channels != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestLargeMessageFromBusinessCode(t *testing.T) {
+	rec := newRecorder()
+	s := startServer(t, Config{SendQueueBytes: 64 << 10}, rec)
+	a := s.login(t, rec, 1)
+	b := s.login(t, rec, 2)
+	s.hub.JoinChannelIds(1, "room")
+	s.hub.JoinChannelIds(2, "room")
+	// Bigger than a whole send queue: delivered, not taken for a slow consumer.
+	big := strings.Repeat("b", 1<<20)
+	if err := s.hub.Publish("room", Message{Content: big}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client{a, b} {
+		if m := c.nextMsg(); m.Content != big {
+			t.Fatalf("uid %d got %d bytes", c.uid, len(m.Content))
+		}
+	}
+	s.hub.Publish("room", Message{Content: "after"})
+	for _, c := range []*client{a, b} {
+		if m := c.nextMsg(); m.Content != "after" {
+			t.Fatalf("uid %d got %+v", c.uid, m)
+		}
+	}
+	if st := s.hub.Stats(); st.Disconnects.SlowConsumer != 0 || st.Connections != 2 {
 		t.Fatalf("stats %+v", st)
 	}
 }

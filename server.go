@@ -228,7 +228,12 @@ func (c *conn) enqueue(f []byte) bool {
 		c.queue = sendQueues.Get().(*sendQueue)
 	}
 	q := c.queue
-	if len(q.frames) >= cfg.SendQueueLen || c.qbytes+len(f) > cfg.SendQueueBytes {
+	// A frame larger than SendQueueBytes still fits an empty queue: a big
+	// message from business code must not look like a slow consumer.
+	full := func() bool {
+		return len(q.frames) >= cfg.SendQueueLen || (c.qbytes > 0 && c.qbytes+len(f) > cfg.SendQueueBytes)
+	}
+	if full() {
 		if cfg.SlowConsumer != DropOldest {
 			c.closeLocked(&Error{Kind: ErrSlowConsumer, Uid: c.uid}, closePolicy, "slow consumer", false)
 			c.mu.Unlock()
@@ -238,17 +243,13 @@ func (c *conn) enqueue(f []byte) bool {
 			return false
 		}
 		dropped := 0
-		for len(q.frames) > 0 && (len(q.frames) >= cfg.SendQueueLen || c.qbytes+len(f) > cfg.SendQueueBytes) {
+		for full() {
 			c.qbytes -= len(q.frames[0])
 			q.frames[0] = nil
 			q.frames = q.frames[1:]
 			dropped++
 		}
 		c.hub.stats.dropped.Add(uint64(dropped))
-		if c.qbytes+len(f) > cfg.SendQueueBytes {
-			c.mu.Unlock()
-			return false // f alone exceeds the byte limit
-		}
 	}
 	q.frames = append(q.frames, f)
 	c.qbytes += len(f)
