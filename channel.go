@@ -4,6 +4,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 )
 
@@ -18,7 +19,11 @@ type userShard struct {
 	mu     sync.RWMutex
 	users  map[uint64]*user
 	events map[uint64][]userEvent // pending LoginServer/LogoutServer calls
-	_      [64]byte               // keep shards on separate cache lines
+	// pingTimer pings the shard's connections every PingInterval while
+	// pinging is set, that is while the shard has connections.
+	pingTimer *time.Timer
+	pinging   bool
+	_         [64]byte // keep shards on separate cache lines
 }
 
 type chanShard struct {

@@ -17,7 +17,7 @@ const (
 	DefaultSendQueueBytes    = 1 << 20
 	DefaultRateLimit         = 50
 	DefaultRateBurst         = 100
-	DefaultReadBufferSize    = 512
+	DefaultReadBufferSize    = 256
 	DefaultMaxChannelIdLen   = 256
 	DefaultMaxChannelsPerUid = 1024
 )
@@ -90,8 +90,9 @@ type Config struct {
 	// CheckOrigin, when set, replaces the origin check entirely.
 	CheckOrigin func(r *http.Request) bool
 
-	// ReadBufferSize is the per-connection read buffer. Default 512 bytes;
-	// larger messages are read in several pieces.
+	// ReadBufferSize is the per-connection read buffer. Default 256 bytes:
+	// it holds frame headers and small messages, larger payloads are read
+	// past it straight into the message buffer.
 	ReadBufferSize int
 
 	// MaxChannelIdLen bounds the length of channel ids. Default 256 bytes.

@@ -76,9 +76,6 @@ func (h *Hub) NewServer(w http.ResponseWriter, r *http.Request, uid uint64, hand
 		return
 	}
 	c := &conn{hub: h, uid: uid, h: handler, ws: ws, nc: ws.NetConn()}
-	if h.cfg.RateLimit > 0 {
-		c.limiter = rate.NewLimiter(rate.Limit(h.cfg.RateLimit), h.cfg.RateBurst)
-	}
 	ws.SetPingHandler(c.onPing)
 	ws.SetPongHandler(c.onPong)
 	ws.SetCloseHandler(func(int, string) error { return nil }) // the writer answers
@@ -146,10 +143,13 @@ func (h *Hub) register(c *conn) (login, ok bool) {
 	c.user = u
 	h.readers.Add(1)
 	h.stats.conns.Add(1)
-	if h.cfg.PingInterval > 0 {
-		c.mu.Lock() // the timer may fire before this assignment completes
-		c.pingTimer = time.AfterFunc(h.cfg.PingInterval, c.ping)
-		c.mu.Unlock()
+	if h.cfg.PingInterval > 0 && !s.pinging {
+		s.pinging = true
+		if s.pingTimer == nil {
+			s.pingTimer = time.AfterFunc(h.cfg.PingInterval, func() { h.pingShard(s) })
+		} else {
+			s.pingTimer.Reset(h.cfg.PingInterval)
+		}
 	}
 	return login, true
 }
@@ -189,16 +189,15 @@ func (h *Hub) unregister(c *conn) (drain bool) {
 // long as the connection; its writer goroutine (writeLoop) runs only while
 // there is something to write, and is the only code that writes to nc.
 type conn struct {
-	hub       *Hub
-	uid       uint64
-	h         Handler
-	user      *user
-	ws        *websocket.Conn
-	nc        net.Conn
-	limiter   *rate.Limiter // nil: no rate limit
-	refused   int           // rate-limited messages in a row; read goroutine only
-	pingTimer *time.Timer
-	closing   atomic.Bool // mirrors closed for the read goroutine
+	hub     *Hub
+	uid     uint64
+	h       Handler
+	user    *user
+	ws      *websocket.Conn
+	nc      net.Conn
+	limiter *rate.Limiter // made on the first message: idle connections have none
+	refused int           // rate-limited messages in a row; read goroutine only
+	closing atomic.Bool   // mirrors closed for the read goroutine
 
 	mu         sync.Mutex
 	queue      *sendQueue // frames waiting for the writer; nil when empty
@@ -371,14 +370,26 @@ func (c *conn) abort() {
 	c.nc.Close()
 }
 
-// ping runs on the ping timer.
-func (c *conn) ping() {
-	c.enqueue(pingFrame)
-	c.mu.Lock()
-	if !c.closed {
-		c.pingTimer.Reset(c.hub.cfg.PingInterval)
+// pingShard pings every connection of a user shard. One timer per shard
+// instead of one per connection keeps idle connections small; it runs
+// while the shard has connections.
+func (h *Hub) pingShard(s *userShard) {
+	s.mu.RLock()
+	conns := make([]*conn, 0, len(s.users))
+	for _, u := range s.users {
+		conns = append(conns, u.connList()...)
 	}
-	c.mu.Unlock()
+	s.mu.RUnlock()
+	for _, c := range conns {
+		c.enqueue(pingFrame)
+	}
+	s.mu.Lock()
+	if len(s.users) == 0 {
+		s.pinging = false
+	} else {
+		s.pingTimer.Reset(h.cfg.PingInterval)
+	}
+	s.mu.Unlock()
 }
 
 func (c *conn) onPing(data string) error {
@@ -459,6 +470,9 @@ func (c *conn) handle(mt int, r io.Reader) error {
 		c.close(&Error{Kind: ErrMessageTooLarge, Uid: c.uid}, closeTooBig, "message too large", true)
 		return nil
 	}
+	if c.limiter == nil && hub.cfg.RateLimit > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(hub.cfg.RateLimit), hub.cfg.RateBurst)
+	}
 	if c.limiter != nil && !c.limiter.Allow() {
 		hub.stats.refused.Add(1)
 		c.refused++
@@ -529,9 +543,6 @@ func (c *conn) teardown(readErr error) {
 	var ce *websocket.CloseError
 	clean := errors.As(readErr, &ce)
 	c.mu.Lock()
-	if c.pingTimer != nil {
-		c.pingTimer.Stop()
-	}
 	if clean && !c.closed && !c.dead {
 		// The client closed first: answer with its status code.
 		code := ce.Code
