@@ -76,7 +76,6 @@ func main() {
 
 	app := newApp(logger)
 	srv := &http.Server{
-		Addr:              *addr,
 		Handler:           app.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
 	}

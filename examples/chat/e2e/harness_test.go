@@ -1,0 +1,479 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+)
+
+// chromiumPath is Debian's Chromium, the browser CI installs.
+const chromiumPath = "/usr/bin/chromium"
+
+// stepTimeout bounds one browser step: a click, a wait, a few evaluations.
+const stepTimeout = 20 * time.Second
+
+// requireChromium skips the test when Chromium is missing, except on CI,
+// where a missing browser is a failure.
+func requireChromium(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath); err == nil {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("CI is set but %s is missing: install it with apt-get install -y chromium", chromiumPath)
+	}
+	t.Skipf("skipping browser test: %s not found (apt-get install -y chromium); with CI set this fails instead", chromiumPath)
+}
+
+// repoRoot returns the chart module's root, three levels above this package.
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs(filepath.Join("..", "..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil || !bytes.Contains(mod, []byte("module github.com/wuyan94zl/chart\n")) {
+		t.Fatalf("%s is not the chart module's root (go.mod: %v)", root, err)
+	}
+	return root
+}
+
+// buildDemo compiles ./examples/chat into a temporary directory, with the
+// race detector when this test has it.
+func buildDemo(t *testing.T, root string) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command is needed to build the demo: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "chat")
+	args := []string{"build", "-buildvcs=false", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	args = append(args, "./examples/chat")
+	cmd := exec.Command(goBin, args...)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return bin
+}
+
+// freeAddr returns a loopback address whose port was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// syncBuffer collects a process's output; it is written and read from
+// different goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// demoServer is the chat demo running as a child process. It can be killed
+// and started again on the same address.
+type demoServer struct {
+	t      *testing.T
+	bin    string
+	addr   string
+	logs   *syncBuffer
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+func newDemoServer(t *testing.T, bin, addr string) *demoServer {
+	s := &demoServer{t: t, bin: bin, addr: addr, logs: &syncBuffer{}}
+	t.Cleanup(func() {
+		s.kill()
+		logs := s.logs.String()
+		if strings.Contains(logs, "WARNING: DATA RACE") {
+			t.Errorf("the demo server reported a data race:\n%s", logs)
+		} else if t.Failed() {
+			t.Logf("demo server output:\n%s", logs)
+		}
+	})
+	return s
+}
+
+// URL returns the demo's base URL.
+func (s *demoServer) URL() string { return "http://" + s.addr }
+
+// start runs the binary and waits until it serves the page.
+func (s *demoServer) start() {
+	s.t.Helper()
+	fmt.Fprintf(s.logs, "--- starting %s -addr %s\n", s.bin, s.addr)
+	cmd := exec.Command(s.bin, "-addr", s.addr)
+	cmd.Stdout, cmd.Stderr = s.logs, s.logs
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("start demo: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		err := cmd.Wait()
+		fmt.Fprintf(s.logs, "--- demo exited: %v\n", err)
+		close(exited)
+	}()
+	s.cmd, s.exited = cmd, exited
+
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if s.serving(ctx) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			s.t.Fatalf("demo did not serve %s within 15s:\n%s", s.URL(), s.logs.String())
+		case <-exited:
+			s.t.Fatalf("demo exited before serving:\n%s", s.logs.String())
+		case <-tick.C:
+		}
+	}
+}
+
+// serving reports whether the page is served with status 200.
+func (s *demoServer) serving(ctx context.Context) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL()+"/", nil)
+	if err != nil {
+		return false
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	res.Body.Close()
+	return res.StatusCode == http.StatusOK
+}
+
+// kill ends the server abruptly, as a crash would, and waits for it.
+func (s *demoServer) kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
+}
+
+// newBrowser starts a Chromium process of its own, with a fresh profile,
+// and returns a context for its first tab. The browser is closed in
+// t.Cleanup.
+func newBrowser(t *testing.T, parent context.Context, width, height int) context.Context {
+	t.Helper()
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.Flag("force-color-profile", "srgb"),
+		chromedp.Flag("force-device-scale-factor", "1"),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(width, height),
+	}
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(parent, opts...)
+	ctx, cancelCtx := chromedp.NewContext(allocCtx)
+	t.Cleanup(func() {
+		cancelCtx()
+		cancelAlloc() // waits for the browser process to exit
+	})
+	// The window size includes browser chrome even when headless; the
+	// emulated viewport makes the page exactly width x height.
+	if err := chromedp.Run(ctx, chromedp.EmulateViewport(int64(width), int64(height))); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx
+}
+
+// page is one signed-in user's tab.
+type page struct {
+	t    *testing.T
+	name string // for failure messages
+	ctx  context.Context
+
+	mu         sync.Mutex
+	exceptions []string // uncaught JavaScript exceptions
+}
+
+func newPage(t *testing.T, ctx context.Context, name string) *page {
+	p := &page{t: t, name: name, ctx: ctx}
+	chromedp.ListenTarget(ctx, func(ev any) {
+		if e, ok := ev.(*runtime.EventExceptionThrown); ok {
+			text := e.ExceptionDetails.Text
+			if e.ExceptionDetails.Exception != nil {
+				text += " " + e.ExceptionDetails.Exception.Description
+			}
+			p.mu.Lock()
+			p.exceptions = append(p.exceptions, text)
+			p.mu.Unlock()
+		}
+	})
+	return p
+}
+
+// jsErrors returns the uncaught exceptions seen so far.
+func (p *page) jsErrors() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.exceptions...)
+}
+
+// tid is the CSS selector of a data-testid.
+func tid(id string) string { return `[data-testid="` + id + `"]` }
+
+// run performs actions within stepTimeout and fails the test on error,
+// with a snapshot of the page to explain it.
+func (p *page) run(what string, actions ...chromedp.Action) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, stepTimeout)
+	defer cancel()
+	if err := chromedp.Run(ctx, actions...); err != nil {
+		p.t.Fatalf("%s: %s: %v\npage state: %s", p.name, what, err, p.describe())
+	}
+}
+
+// waitFor polls a JavaScript expression until it is truthy.
+func (p *page) waitFor(what, expr string) {
+	p.t.Helper()
+	p.run("wait for "+what, chromedp.Poll(expr, nil,
+		chromedp.WithPollingInterval(50*time.Millisecond),
+		chromedp.WithPollingTimeout(stepTimeout-time.Second)))
+}
+
+// eval evaluates a JavaScript expression into res.
+func (p *page) eval(what, expr string, res any) {
+	p.t.Helper()
+	p.run(what, chromedp.Evaluate(expr, res))
+}
+
+// describe returns a short summary of the page for failure messages.
+func (p *page) describe() string {
+	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+	defer cancel()
+	var s string
+	err := chromedp.Run(ctx, chromedp.Evaluate(`JSON.stringify({
+		connection: document.querySelector('[data-testid="connection"]')?.textContent,
+		ready: document.getElementById('app')?.dataset.ready,
+		channels: [...document.querySelectorAll('[data-testid="channel"]')].map(e => e.textContent),
+		online: [...document.querySelectorAll('[data-testid="online"]')].map(e => e.textContent),
+		messages: [...document.querySelectorAll('[data-testid="message"]')].map(e => e.textContent),
+		errors: [...document.querySelectorAll('[data-testid="error"]')].map(e => e.textContent),
+	})`, &s))
+	if err != nil {
+		return "(unavailable: " + err.Error() + ")"
+	}
+	return s
+}
+
+// fill replaces an input's value by typing, so the page sees real key and
+// input events.
+func (p *page) fill(testid, value string) {
+	p.t.Helper()
+	clear := `(() => {
+		const input = document.querySelector(` + jsString(tid(testid)) + `);
+		input.value = "";
+		input.dispatchEvent(new Event("input", {bubbles: true}));
+	})()`
+	p.run("fill "+testid, chromedp.WaitVisible(tid(testid), chromedp.ByQuery),
+		chromedp.Evaluate(clear, nil),
+		chromedp.SendKeys(tid(testid), value, chromedp.ByQuery))
+}
+
+// clearDirect clicks the button that empties dm-uid, so that send goes to
+// the selected channel again.
+func (p *page) clearDirect() {
+	p.t.Helper()
+	p.click("#dm-clear")
+	p.waitFor("dm-uid empty", `document.querySelector('[data-testid="dm-uid"]').value === ""`)
+}
+
+// click clicks the element matching a CSS selector.
+func (p *page) click(sel string) {
+	p.t.Helper()
+	p.run("click "+sel, chromedp.Click(sel, chromedp.ByQuery, chromedp.NodeVisible))
+}
+
+// login signs in as uid with a display name and waits until the socket is
+// open and the channel list synchronised.
+func (p *page) login(base string, uid int, name string) {
+	p.t.Helper()
+	p.run("open page", chromedp.Navigate(base+"/"), chromedp.WaitVisible(tid("login-uid"), chromedp.ByQuery))
+	p.fill("login-uid", strconv.Itoa(uid))
+	p.fill("login-name", name)
+	p.click(tid("login-submit"))
+	p.waitReady()
+}
+
+// connection returns the text of the connection state element.
+func (p *page) connection() string {
+	p.t.Helper()
+	var s string
+	p.eval("read connection", `document.querySelector('[data-testid="connection"]').textContent`, &s)
+	return s
+}
+
+// waitReady waits for "connected" and for the page to have synchronised
+// its channels after (re)connecting.
+func (p *page) waitReady() {
+	p.t.Helper()
+	p.waitFor("connected and synchronised", `document.querySelector('[data-testid="connection"]').textContent === "connected" &&
+		document.getElementById("app").dataset.ready === "true"`)
+}
+
+// join joins a channel with the channel input and the join button and waits
+// until it is listed and selected.
+func (p *page) join(channel string) {
+	p.t.Helper()
+	p.fill("channel-input", channel)
+	p.click(tid("join"))
+	p.waitFor("channel "+channel+" selected", `document.querySelector('[data-testid="channel"][data-channel=`+jsString(channel)+`]')?.classList.contains("active")`)
+}
+
+// selectChannel clicks a channel in the list.
+func (p *page) selectChannel(channel string) {
+	p.t.Helper()
+	sel := `[data-testid="channel"][data-channel=` + jsString(channel) + `]`
+	p.click(sel)
+	p.waitFor("channel "+channel+" selected", `document.querySelector('`+sel+`').classList.contains("active")`)
+}
+
+// channels returns the names shown in the channel list, in order.
+func (p *page) channels() []string {
+	p.t.Helper()
+	var out []string
+	p.eval("read channels", `[...document.querySelectorAll('[data-testid="channel"]')].map(e => e.dataset.channel)`, &out)
+	return out
+}
+
+// send types a message and clicks send.
+func (p *page) send(text string) {
+	p.t.Helper()
+	p.fill("message-input", text)
+	p.click(tid("send"))
+}
+
+// shownMessage is one message element as the page renders it.
+type shownMessage struct {
+	From    string `json:"from"`
+	Sender  string `json:"sender"`
+	Content string `json:"content"`
+	Text    string `json:"text"`
+	Mine    bool   `json:"mine"`
+	Direct  bool   `json:"direct"`
+}
+
+func (m shownMessage) String() string {
+	kind := ""
+	if m.Direct {
+		kind = " (direct)"
+	}
+	if m.Mine {
+		kind += " (mine)"
+	}
+	return fmt.Sprintf("%s%s: %q", m.Sender, kind, m.Content)
+}
+
+// messages returns the messages shown, in order.
+func (p *page) messages() []shownMessage {
+	p.t.Helper()
+	var raw string
+	p.eval("read messages", `JSON.stringify([...document.querySelectorAll('[data-testid="message"]')].map(e => ({
+		from: e.dataset.from,
+		sender: e.querySelector('.sender').textContent,
+		content: e.querySelector('[data-part="content"]').textContent,
+		text: e.textContent,
+		mine: e.dataset.mine === "true",
+		direct: e.dataset.direct === "true",
+	})))`, &raw)
+	var out []shownMessage
+	if err := json.Unmarshal([]byte(raw), &out); err != nil {
+		p.t.Fatalf("%s: decode messages: %v", p.name, err)
+	}
+	return out
+}
+
+// waitLastMessage waits until the last message shown has this content.
+func (p *page) waitLastMessage(content string) {
+	p.t.Helper()
+	p.waitFor("last message "+strconv.Quote(content), `(() => {
+		const all = document.querySelectorAll('[data-testid="message"]');
+		return all.length > 0 && all[all.length - 1].querySelector('[data-part="content"]').textContent === `+jsString(content)+`;
+	})()`)
+}
+
+// waitOnline waits until every uid is in the online list.
+func (p *page) waitOnline(uids ...int) {
+	p.t.Helper()
+	parts := make([]string, len(uids))
+	for i, uid := range uids {
+		parts[i] = strconv.Quote(strconv.Itoa(uid))
+	}
+	p.waitFor("online "+strings.Join(parts, ","), `(() => {
+		const texts = [...document.querySelectorAll('[data-testid="online"]')].map(e => e.textContent);
+		return [`+strings.Join(parts, ",")+`].every(uid => texts.some(t => t.includes(uid)));
+	})()`)
+}
+
+// onlineTexts returns the text of each online list entry.
+func (p *page) onlineTexts() []string {
+	p.t.Helper()
+	var out []string
+	p.eval("read online", `[...document.querySelectorAll('[data-testid="online"]')].map(e => e.textContent)`, &out)
+	return out
+}
+
+// jsString quotes s as a JavaScript string literal.
+func jsString(s string) string {
+	b, err := json.Marshal(s)
+	if err != nil {
+		panic(err) // a string always encodes
+	}
+	return string(b)
+}

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/wuyan94zl/chart"
+	"go.uber.org/goleak"
+)
+
+// The browser test in e2e/ drives the page; these tests check the server's
+// side of the contract over real sockets: uid validation, presence pushes,
+// the join/leave API and chat messages between two clients.
+
+func newTestServer(t *testing.T) *httptest.Server {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := httptest.NewServer(newApp(log).routes())
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestRejectsBadUID(t *testing.T) {
+	srv := newTestServer(t)
+	for _, id := range []string{"", "0", "abc", "-3", "1.5"} {
+		res, err := http.Get(srv.URL + "/ws?id=" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusBadRequest {
+			t.Errorf("/ws?id=%q: status %d, want 400", id, res.StatusCode)
+		}
+	}
+}
+
+func TestAPIRejectsBadRequests(t *testing.T) {
+	srv := newTestServer(t)
+	for _, tc := range []struct {
+		body string
+		code int
+		want string
+	}{
+		{`{"uid":5,"channels":["go"]}`, http.StatusConflict, "user_offline"},
+		{`{"uid":5,"channels":["presence"]}`, http.StatusBadRequest, "invalid_channel"},
+		{`{"uid":5,"channels":["  "]}`, http.StatusBadRequest, "invalid_channel"},
+		{`{"uid":5,"channels":[]}`, http.StatusBadRequest, "invalid_channel"},
+		{`{"uid":0,"channels":["go"]}`, http.StatusBadRequest, "bad_request"},
+		{`not json`, http.StatusBadRequest, "bad_request"},
+	} {
+		res, err := http.Post(srv.URL+"/api/join", "application/json", strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got apiError
+		err = json.NewDecoder(res.Body).Decode(&got)
+		res.Body.Close()
+		if err != nil || res.StatusCode != tc.code || got.Error != tc.want {
+			t.Errorf("join %s: status %d, body %+v (%v); want %d %q", tc.body, res.StatusCode, got, err, tc.code, tc.want)
+		}
+	}
+	res, err := http.Get(srv.URL + "/api/channels?uid=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusBadRequest {
+		t.Errorf("/api/channels?uid=x: status %d, want 400", res.StatusCode)
+	}
+}
+
+// client is a WebSocket client of the demo, as the page is.
+type client struct {
+	t  *testing.T
+	ws *websocket.Conn
+}
+
+func dial(t *testing.T, srv *httptest.Server, query string) *client {
+	t.Helper()
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws?" + query
+	ws, res, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	res.Body.Close()
+	c := &client{t: t, ws: ws}
+	t.Cleanup(func() { ws.Close() })
+	return c
+}
+
+// next reads frames until one matches, failing after a deadline.
+func (c *client) next(what string, match func(chart.Message) bool) chart.Message {
+	c.t.Helper()
+	if err := c.ws.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		c.t.Fatal(err)
+	}
+	for {
+		var m chart.Message
+		if err := c.ws.ReadJSON(&m); err != nil {
+			c.t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if match(m) {
+			return m
+		}
+	}
+}
+
+// nextPresence reads until a presence push whose online uids are want.
+func (c *client) nextPresence(want ...uint64) presence {
+	c.t.Helper()
+	var p presence
+	c.next("presence", func(m chart.Message) bool {
+		if m.ChannelId != presenceChannel || m.UserId != 0 || m.Type != presenceType {
+			return false
+		}
+		p = presence{}
+		if err := json.Unmarshal([]byte(m.Content), &p); err != nil {
+			c.t.Fatalf("presence content %q: %v", m.Content, err)
+		}
+		var got []uint64
+		for _, u := range p.Users {
+			got = append(got, u.UID)
+		}
+		return slices.Equal(got, want)
+	})
+	return p
+}
+
+func postChannels(t *testing.T, srv *httptest.Server, op string, uid uint64, channels ...string) []string {
+	t.Helper()
+	body, _ := json.Marshal(channelsRequest{UID: uid, Channels: channels})
+	res, err := http.Post(srv.URL+"/api/"+op, "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var got channelsResponse
+	if err := json.NewDecoder(res.Body).Decode(&got); err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("%s %v for %d: status %d, %v", op, channels, uid, res.StatusCode, err)
+	}
+	return got.Channels
+}
+
+func TestPresenceChannelsAndMessages(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	srv := newTestServer(t)
+
+	ann := dial(t, srv, "id=7&name=%20Ann%0A")
+	p := ann.nextPresence(7)
+	if p.Event != "online" || p.UID != 7 || p.Users[0].Name != "Ann" {
+		t.Errorf("first push = %+v, want Ann (7) online with a cleaned name", p)
+	}
+	bob := dial(t, srv, "id=8&name=Bob")
+	bob.nextPresence(7, 8)
+	pushed := ann.nextPresence(7, 8)
+
+	// /api/online agrees with the last push and is never older.
+	res, err := http.Get(srv.URL + "/api/online")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var online presence
+	err = json.NewDecoder(res.Body).Decode(&online)
+	res.Body.Close()
+	if err != nil || online.Version < pushed.Version || len(online.Users) != 2 || online.Users[1].Name != "Bob" {
+		t.Errorf("/api/online = %+v (%v), want Ann and Bob at version >= %d", online, err, pushed.Version)
+	}
+
+	// Everyone starts in the lobby; presence is not listed.
+	if got := postChannels(t, srv, "join", 7, "go"); !slices.Equal(got, []string{"go", "lobby"}) {
+		t.Errorf("ann's channels after join = %q, want [go lobby]", got)
+	}
+	postChannels(t, srv, "join", 8, "go")
+
+	if err := ann.ws.WriteJSON(map[string]any{"channel_id": "go", "content": "hi <b>Bob</b>", "type": 3}); err != nil {
+		t.Fatal(err)
+	}
+	got := bob.next("ann's message", func(m chart.Message) bool { return m.ChannelId == "go" })
+	if got.UserId != 7 || got.Content != "hi <b>Bob</b>" || got.SendTime == "" {
+		t.Errorf("bob got %+v, want Ann's message as sent", got)
+	}
+
+	if got := postChannels(t, srv, "leave", 8, "go", "lobby"); len(got) != 0 {
+		t.Errorf("bob's channels after leaving both = %q, want none", got)
+	}
+
+	bob.ws.Close()
+	if p := ann.nextPresence(7); p.Event != "offline" || p.UID != 8 {
+		t.Errorf("push after Bob left = %+v, want Bob (8) offline", p)
+	}
+	// Close everything before the deferred leak check, which retries while
+	// the hub logs Ann out.
+	ann.ws.Close()
+	srv.Close()
+}
+
+func TestCleanName(t *testing.T) {
+	for in, want := range map[string]string{
+		"  Ann  ":                   "Ann",
+		"Bob\n\t":                   "Bob",
+		"Zo\u0000ë":                 "Zoë",
+		strings.Repeat("é", 40):     strings.Repeat("é", maxNameRunes),
+		"":                          "",
+		"<img src=x onerror=alert>": "<img src=x onerror=alert>", // text, rendered as text
+	} {
+		if got := cleanName(in); got != want {
+			t.Errorf("cleanName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
