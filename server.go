@@ -421,11 +421,18 @@ var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // readLoop reads the client's frames until the connection ends, then
 // unregisters it. login is set when this connection must run LoginServer.
+//
+// After work that needs a deep stack (LoginServer, decoding and dispatching
+// a message) the loop hands over to a fresh goroutine and exits, so that
+// the goroutine an idle connection keeps waiting in Read has the smallest
+// stack the runtime gives, instead of the largest one it ever grew to.
 func (c *conn) readLoop(login bool) {
 	hub := c.hub
 	defer hub.readers.Done()
 	if login {
 		hub.drainEvents(c.uid)
+		c.respawn()
+		return
 	}
 	var err error
 	for {
@@ -446,8 +453,16 @@ func (c *conn) readLoop(login bool) {
 		if err = c.handle(mt, r); err != nil {
 			break
 		}
+		c.respawn()
+		return
 	}
 	c.teardown(err)
+}
+
+// respawn continues readLoop on a new goroutine; see readLoop.
+func (c *conn) respawn() {
+	c.hub.readers.Add(1)
+	go c.readLoop(false)
 }
 
 // handle reads one message and dispatches it. Only read errors are

@@ -412,7 +412,7 @@ func TestSlowConsumer(t *testing.T) {
 	// 40 MB went out to the healthy readers; the stalled one may hold back
 	// at most its 1 MiB queue, so the heap stays far below that.
 	if grown := int64(peak) - int64(before.HeapAlloc); grown > 16<<20 {
-		t.Fatalf("heap grew by %d MiB while serving a stalled client", grown>>20)
+		t.Fatalf("live heap grew by %d MiB while serving a stalled client (goroutines %d, stats %+v)", grown>>20, runtime.NumGoroutine(), s.hub.Stats())
 	}
 	if st := s.hub.Stats(); st.Disconnects.SlowConsumer != 1 || st.Connections != readers {
 		t.Fatalf("stats %+v", st)
