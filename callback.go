@@ -93,11 +93,25 @@ func (hub *Hub) report(err error) {
 	hub.reportTo(h, err)
 }
 
-// userEvent is a pending LoginServer or LogoutServer call.
+// userEvent is a pending LoginServer or LogoutServer call, or with a
+// Broker, a presence change that may lead to one.
 type userEvent struct {
-	login bool
+	kind  eventKind
 	h     Handler
+	u     *user    // evUp, evRestore: the local user
+	chans []string // evDown: the channels it left here
 }
+
+type eventKind uint8
+
+const (
+	evLogin   eventKind = iota // LoginServer
+	evLogout                   // LogoutServer
+	evUp                       // first connection here: Connect, maybe LoginServer
+	evDown                     // last connection here: Disconnect, maybe LogoutServer
+	evRestore                  // re-publish presence after an outage
+	evGone                     // reaped from a dead node: LogoutServer
+)
 
 // pushEvent queues a login or logout for uid. The caller holds s.mu. It
 // returns true when the caller must run drainEvents (nobody is draining
@@ -126,10 +140,41 @@ func (hub *Hub) drainEvents(uid uint64) {
 		q[0] = userEvent{}
 		s.events[uid] = q[1:]
 		s.mu.Unlock()
-		if ev.login {
+		if hub.killed.Load() {
+			continue // Close: the node is dead
+		}
+		kind := ev.kind
+		switch kind {
+		case evUp:
+			if hub.clusterUp(ev.u) {
+				kind = evLogin
+			}
+		case evDown:
+			if hub.clusterDown(uid, ev.chans) {
+				kind = evLogout
+			}
+		case evRestore:
+			hub.clusterRestore(ev.u)
+		case evGone:
+			ev.h, kind = hub.fallbackHandler(), evLogout
+		}
+		switch kind {
+		case evLogin:
 			hub.call(ev.h, uid, "LoginServer", func() { ev.h.LoginServer(uid) })
-		} else {
+		case evLogout:
 			hub.call(ev.h, uid, "LogoutServer", func() { ev.h.LogoutServer(uid) })
 		}
 	}
+}
+
+// fallbackHandler is Config.Handler, else the handler last given to
+// NewServer, else one that ignores everything.
+func (hub *Hub) fallbackHandler() Handler {
+	if hub.cfg.Handler != nil {
+		return hub.cfg.Handler
+	}
+	if ref := hub.lastHandler.Load(); ref != nil {
+		return ref.h
+	}
+	return nopHandler{}
 }
