@@ -351,7 +351,7 @@ func (s Suite) outage(t *testing.T) {
 	a2 := c.Nodes[0].Login(t, c.Rec, 3)
 	b := c.Nodes[1].Login(t, c.Rec, 2)
 	for i, uid := range []uint64{1, 3, 2} {
-		if err := c.Nodes[min(i, 1)].Hub.JoinChannelIds(uid, "room"); err != nil {
+		if err := c.Nodes[i/2].Hub.JoinChannelIds(uid, "room"); err != nil {
 			t.Fatal(err)
 		}
 	}
