@@ -197,7 +197,7 @@ func (b *Broker) ctx() (context.Context, context.CancelFunc) {
 
 func chanToken(id string) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }
 
-func (b *Broker) chanSubject(id string) string   { return b.opt.Prefix + ".c." + chanToken(id) }
+func (b *Broker) chanSubject(id string) string  { return b.opt.Prefix + ".c." + chanToken(id) }
 func (b *Broker) userSubject(uid uint64) string { return b.opt.Prefix + ".u." + uidStr(uid) }
 func uidStr(uid uint64) string                  { return strconv.FormatUint(uid, 10) }
 
