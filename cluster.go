@@ -323,6 +323,11 @@ func (h *Hub) clusterMembership(uid uint64, join, local bool, ids []string) erro
 	if len(ids) == 0 {
 		return nil
 	}
+	if local && join {
+		// Subscribe before telling the cluster, so that whoever sees the
+		// membership can reach it.
+		h.syncChannels(ids)
+	}
 	b := h.cl.b
 	var err error
 	if join {
@@ -344,7 +349,7 @@ func (h *Hub) clusterMembership(uid uint64, join, local bool, ids []string) erro
 		}
 		h.brokerFail(err)
 	}
-	if local {
+	if local && !join {
 		h.syncChannels(ids)
 	}
 	return nil
