@@ -139,7 +139,8 @@ func (h *Hub) JoinChannelIds(uid uint64, channelIds ...string) error {
 	}
 	s.mu.Unlock()
 	if h.cl != nil {
-		h.clusterMembership(uid, true, true, channelIds[:n])
+		// A copy, so that channelIds does not escape in single-node mode.
+		h.clusterMembership(uid, true, true, slices.Clone(channelIds[:n]))
 	}
 	if err != nil {
 		return h.fail(u.h, err)
@@ -194,7 +195,7 @@ func (h *Hub) UnJoinChannelIds(uid uint64, channelIds ...string) error {
 	}
 	s.mu.Unlock()
 	if h.cl != nil {
-		h.clusterMembership(uid, false, true, channelIds)
+		h.clusterMembership(uid, false, true, slices.Clone(channelIds))
 	}
 	return nil
 }
