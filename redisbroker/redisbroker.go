@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -53,6 +54,46 @@ type Broker struct {
 	closed chan struct{}
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	// While Redis is unreachable calls fail at once, but for one probe
+	// every probeEvery, so that a sender's goroutine does not wait on
+	// dial timeouts and retries for each message.
+	down    atomic.Bool
+	lastTry atomic.Int64 // unix nanoseconds of the last probe
+}
+
+// ErrUnreachable is returned without a network call while Redis is known
+// to be unreachable.
+var ErrUnreachable = errors.New("redisbroker: redis unreachable")
+
+const probeEvery = 100 * time.Millisecond
+
+// allow says whether to try a call now.
+func (b *Broker) allow() error {
+	if !b.down.Load() {
+		return nil
+	}
+	now, last := time.Now().UnixNano(), b.lastTry.Load()
+	if now-last < int64(probeEvery) || !b.lastTry.CompareAndSwap(last, now) {
+		return ErrUnreachable
+	}
+	return nil
+}
+
+// done records the outcome of a call: a failure other than an error reply
+// from Redis marks it unreachable, a success reachable.
+func (b *Broker) done(err error) error {
+	var reply redis.Error
+	switch {
+	case err == nil:
+		b.down.Store(false)
+	case errors.As(err, &reply):
+	default:
+		if !b.down.Swap(true) {
+			b.lastTry.Store(time.Now().UnixNano())
+		}
+	}
+	return err
 }
 
 var _ chart.Broker = (*Broker)(nil)
@@ -145,6 +186,7 @@ func (b *Broker) receive(n chart.Node) {
 			continue
 		}
 		failing, backoff = false, 50*time.Millisecond
+		b.down.Store(false)
 		if m, ok := msg.(*redis.Message); ok {
 			n.Receive([]byte(m.Payload))
 		}
@@ -169,16 +211,22 @@ func (b *Broker) Close() error {
 
 // PublishChannel publishes data to the channel's topic.
 func (b *Broker) PublishChannel(channelId string, data []byte) error {
+	if err := b.allow(); err != nil {
+		return err
+	}
 	ctx, cancel := b.ctx()
 	defer cancel()
-	return b.rdb.Publish(ctx, b.chanTopic(channelId), data).Err()
+	return b.done(b.rdb.Publish(ctx, b.chanTopic(channelId), data).Err())
 }
 
 // PublishUser publishes data to the uid's topic.
 func (b *Broker) PublishUser(uid uint64, data []byte) error {
+	if err := b.allow(); err != nil {
+		return err
+	}
 	ctx, cancel := b.ctx()
 	defer cancel()
-	return b.rdb.Publish(ctx, b.userTopic(uid), data).Err()
+	return b.done(b.rdb.Publish(ctx, b.userTopic(uid), data).Err())
 }
 
 func (b *Broker) subscribe(topic string, on bool) error {
@@ -187,9 +235,9 @@ func (b *Broker) subscribe(topic string, on bool) error {
 	// go-redis records the topic even when the call fails, and
 	// resubscribes when its connection comes back.
 	if on {
-		return b.ps.Subscribe(ctx, topic)
+		return b.done(b.ps.Subscribe(ctx, topic))
 	}
-	return b.ps.Unsubscribe(ctx, topic)
+	return b.done(b.ps.Unsubscribe(ctx, topic))
 }
 
 // SubscribeChannel subscribes to the channel's topic.
@@ -292,9 +340,13 @@ return {lost, gone}`)
 )
 
 func (b *Broker) run(s *redis.Script, args ...any) (any, error) {
+	if err := b.allow(); err != nil {
+		return nil, err
+	}
 	ctx, cancel := b.ctx()
 	defer cancel()
-	return s.Run(ctx, b.rdb, nil, args...).Result()
+	v, err := s.Run(ctx, b.rdb, nil, args...).Result()
+	return v, b.done(err)
 }
 
 func uidArg(uid uint64) string { return strconv.FormatUint(uid, 10) }
@@ -345,10 +397,13 @@ func (b *Broker) Leave(uid uint64, channelIds []string) error {
 
 // Channels returns uid's channels.
 func (b *Broker) Channels(uid uint64) ([]string, error) {
+	if err := b.allow(); err != nil {
+		return nil, err
+	}
 	ctx, cancel := b.ctx()
 	defer cancel()
 	fields, err := b.rdb.HKeys(ctx, b.opt.Prefix+"u:"+uidArg(uid)).Result()
-	if err != nil {
+	if err := b.done(err); err != nil {
 		return nil, err
 	}
 	var ids []string
@@ -375,23 +430,34 @@ func parseUids(list []string, err error) ([]uint64, error) {
 
 // Members returns the uids in channelId.
 func (b *Broker) Members(channelId string) ([]uint64, error) {
-	ctx, cancel := b.ctx()
-	defer cancel()
-	return parseUids(b.rdb.SMembers(ctx, b.opt.Prefix+"c:"+channelId).Result())
+	return b.uids(b.opt.Prefix + "c:" + channelId)
 }
 
 // Online returns every online uid.
 func (b *Broker) Online() ([]uint64, error) {
-	ctx, cancel := b.ctx()
-	defer cancel()
-	return parseUids(b.rdb.SMembers(ctx, b.opt.Prefix+"online").Result())
+	return b.uids(b.opt.Prefix + "online")
 }
 
 // IsOnline reports whether uid is online on some node.
 func (b *Broker) IsOnline(uid uint64) (bool, error) {
+	if err := b.allow(); err != nil {
+		return false, err
+	}
 	ctx, cancel := b.ctx()
 	defer cancel()
-	return b.rdb.SIsMember(ctx, b.opt.Prefix+"online", uidArg(uid)).Result()
+	ok, err := b.rdb.SIsMember(ctx, b.opt.Prefix+"online", uidArg(uid)).Result()
+	return ok, b.done(err)
+}
+
+// uids reads a set of uids.
+func (b *Broker) uids(key string) ([]uint64, error) {
+	if err := b.allow(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	list, err := b.rdb.SMembers(ctx, key).Result()
+	return parseUids(list, b.done(err))
 }
 
 // Heartbeat refreshes the node's TTL and reaps dead nodes.
