@@ -23,6 +23,13 @@ import (
 //
 // LoginServer and LogoutServer of one uid never overlap and arrive in order:
 // a uid that reconnects sees LogoutServer finish before the next LoginServer.
+//
+// With Config.Broker, first and last connection mean in the whole cluster:
+// a uid moving from a node to another is not logged out. LoginServer runs
+// on the node of the first connection, LogoutServer on the node of the
+// last one (or on a surviving node for the users of a dead node); the
+// order guarantee then holds per node.
+
 type Handler interface {
 	// SendMessage is called for every message a client sent over its
 	// WebSocket and the hub accepted, with UserId and SendTime set by the
