@@ -29,7 +29,6 @@ import (
 // on the node of the first connection, LogoutServer on the node of the
 // last one (or on a surviving node for the users of a dead node); the
 // order guarantee then holds per node.
-
 type Handler interface {
 	// SendMessage is called for every message a client sent over its
 	// WebSocket and the hub accepted, with UserId and SendTime set by the
