@@ -23,8 +23,9 @@ type cluster struct {
 	subs  map[subKey]*subState
 
 	stop     chan struct{}
-	loop     sync.WaitGroup
+	loop     sync.WaitGroup // the heartbeat goroutine and its workers
 	stopOnce sync.Once
+	working  atomic.Bool // a republish worker runs
 
 	down  atomic.Bool // a failure was reported and no heartbeat succeeded since
 	stale atomic.Bool // presence must be re-published after the next good heartbeat
@@ -103,7 +104,9 @@ func (h *Hub) heartbeatLoop() {
 }
 
 // heartbeat refreshes the node's presence, re-publishes it after an outage
-// and runs LogoutServer for the uids of dead nodes it reaped.
+// and runs LogoutServer for the uids of dead nodes it reaped. The
+// callbacks and the re-publishing run on another goroutine, so that they
+// cannot delay the next heartbeat past the node's TTL.
 func (h *Hub) heartbeat(first bool) {
 	cl := h.cl
 	gone, lost, err := cl.b.Heartbeat()
@@ -112,36 +115,52 @@ func (h *Hub) heartbeat(first bool) {
 		return
 	}
 	cl.down.Store(false)
-	if cl.stale.Swap(false) || (lost && !first) {
-		h.republish()
-	}
+	var drain []uint64
 	for _, uid := range gone {
 		s := h.userShard(uid)
 		s.mu.Lock()
-		drain := s.pushEvent(uid, userEvent{kind: evGone})
+		if s.pushEvent(uid, userEvent{kind: evGone}) {
+			drain = append(drain, uid)
+		}
 		s.mu.Unlock()
-		if drain {
+	}
+	republish := cl.stale.Swap(false) || (lost && !first)
+	if republish && !cl.working.CompareAndSwap(false, true) {
+		cl.stale.Store(true) // the running worker may have missed changes: again next time
+		republish = false
+	}
+	if len(drain) == 0 && !republish {
+		return
+	}
+	cl.loop.Add(1)
+	go func() {
+		defer cl.loop.Done()
+		for _, uid := range drain {
 			h.drainEvents(uid)
 		}
-	}
+		if republish {
+			h.republish()
+			cl.working.Store(false)
+		}
+	}()
 }
 
 // republish restores every local uid's presence, through its event queue
 // so that it cannot overtake a disconnect.
 func (h *Hub) republish() {
+	var drain []uint64
 	for i := range h.users {
 		s := &h.users[i]
 		s.mu.Lock()
-		var drain []uint64
 		for uid, u := range s.users {
 			if s.pushEvent(uid, userEvent{kind: evRestore, u: u}) {
 				drain = append(drain, uid)
 			}
 		}
 		s.mu.Unlock()
-		for _, uid := range drain {
-			h.drainEvents(uid)
-		}
+	}
+	for _, uid := range drain {
+		h.drainEvents(uid)
 	}
 }
 

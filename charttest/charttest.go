@@ -323,6 +323,22 @@ func (c *Client) Quiet(d time.Duration) {
 	}
 }
 
+// WaitClosed discards frames until the server has closed the connection.
+func (c *Client) WaitClosed() {
+	c.t.Helper()
+	deadline := time.After(Wait)
+	for {
+		select {
+		case _, open := <-c.frames:
+			if !open {
+				return
+			}
+		case <-deadline:
+			c.t.Fatalf("uid %d: connection still open", c.Uid)
+		}
+	}
+}
+
 // Close closes the client cleanly and waits until the server closed too.
 func (c *Client) Close() {
 	c.WS.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(Wait))
