@@ -22,3 +22,36 @@ func TestReceiveMalformed(t *testing.T) {
 		h.receive(data)
 	}
 }
+
+// TestSubscriptionsFollowLocalInterest: a node subscribes to a channel only
+// while it has a local member, and to a uid only while it is connected.
+func TestSubscriptionsFollowLocalInterest(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	s := startServer(t, Config{Broker: bus.Broker()}, rec)
+	subs := func() (chans []string, uids []uint64) {
+		bus.mu.Lock()
+		defer bus.mu.Unlock()
+		for id := range bus.chanSubs {
+			chans = append(chans, id)
+		}
+		for uid := range bus.userSubs {
+			uids = append(uids, uid)
+		}
+		return chans, uids
+	}
+	c := s.login(t, rec, 1)
+	if chans, uids := subs(); len(chans) != 0 || len(uids) != 1 || uids[0] != 1 {
+		t.Fatalf("after login: %v %v", chans, uids)
+	}
+	s.hub.JoinChannelIds(1, "a", "b")
+	s.hub.UnJoinChannelIds(1, "a")
+	if chans, _ := subs(); len(chans) != 1 || chans[0] != "b" {
+		t.Fatalf("after join a, b and leave a: %v", chans)
+	}
+	c.closeNow()
+	recv(t, rec.logouts, "logout")
+	if chans, uids := subs(); len(chans) != 0 || len(uids) != 0 {
+		t.Fatalf("after logout: %v %v", chans, uids)
+	}
+}
