@@ -289,6 +289,32 @@ func (s Suite) loginOnce(t *testing.T, n int) {
 	if len(c.Rec.Logins) != 0 {
 		t.Fatalf("extra login of %d", <-c.Rec.Logins)
 	}
+
+	// Connections on every node at once: still one login, one logout.
+	var conns []*Client
+	for _, node := range c.Nodes {
+		conns = append(conns, node.Dial(t, 12))
+	}
+	if got := Recv(t, c.Rec.Logins, "login"); got != 12 {
+		t.Fatalf("login of %d, want 12", got)
+	}
+	// Every node has registered uid 12 once its connection gets a channel
+	// message (otherwise closing now may rightly log it out and in again).
+	if err := c.Nodes[0].Hub.JoinChannelIds(12, "z"); err != nil {
+		t.Fatal(err)
+	}
+	AwaitRoute(t, c.Nodes[0], "z", conns...)
+	for _, cl := range conns {
+		cl.Close()
+	}
+	Eventually(t, "uid 12 offline", func() bool { return !c.Nodes[0].Hub.IsOnline(12) })
+	c.Nodes[0].Login(t, c.Rec, 13).Close() // a second login of 12 would come first
+	if got := Recv(t, c.Rec.Logouts, "logout"); got != 12 {
+		t.Fatalf("logout of %d, want 12", got)
+	}
+	if got := Recv(t, c.Rec.Logouts, "logout"); got != 13 {
+		t.Fatalf("logout of %d, want 13 (a second logout of 12?)", got)
+	}
 }
 
 // secondNode: a connection on a second node gets the channels the uid
