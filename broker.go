@@ -94,6 +94,9 @@ type Presence interface {
 	Online() ([]uint64, error)
 	// IsOnline reports whether uid is online on some node.
 	IsOnline(uid uint64) (bool, error)
+	// NodeUids returns the uids online on this node, in any order. After
+	// an outage the hub disconnects those it no longer holds.
+	NodeUids() ([]uint64, error)
 	// Heartbeat refreshes this node's TTL and reaps the nodes whose TTL
 	// expired: their uids are marked offline there. gone lists the uids
 	// that thereby went offline everywhere, each reported by exactly one

@@ -117,6 +117,7 @@ const (
 	evDown                     // last connection here: Disconnect, maybe LogoutServer
 	evRestore                  // re-publish presence after an outage
 	evGone                     // reaped from a dead node: LogoutServer
+	evPurge                    // after an outage: Disconnect a uid no longer here
 )
 
 // pushEvent queues a login or logout for uid. The caller holds s.mu. It
@@ -163,6 +164,8 @@ func (hub *Hub) drainEvents(uid uint64) {
 			hub.clusterRestore(ev.u)
 		case evGone:
 			ev.h, kind = hub.fallbackHandler(), evLogout
+		case evPurge:
+			hub.clusterPurge(uid)
 		}
 		switch kind {
 		case evLogin:

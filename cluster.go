@@ -145,8 +145,10 @@ func (h *Hub) heartbeat(first bool) {
 	}()
 }
 
-// republish restores every local uid's presence, through its event queue
-// so that it cannot overtake a disconnect.
+// republish restores every local uid's presence, and disconnects in
+// presence the uids this node no longer holds (their Disconnect failed
+// during the outage), each through its uid's event queue so that it
+// cannot overtake a connect or disconnect.
 func (h *Hub) republish() {
 	var drain []uint64
 	for i := range h.users {
@@ -159,8 +161,31 @@ func (h *Hub) republish() {
 		}
 		s.mu.Unlock()
 	}
+	uids, err := h.cl.b.NodeUids()
+	if err != nil {
+		h.brokerFail(err)
+	}
+	for _, uid := range uids {
+		s := h.userShard(uid)
+		s.mu.Lock()
+		if s.users[uid] == nil && s.pushEvent(uid, userEvent{kind: evPurge}) {
+			drain = append(drain, uid)
+		}
+		s.mu.Unlock()
+	}
 	for _, uid := range drain {
 		h.drainEvents(uid)
+	}
+}
+
+// clusterPurge disconnects uid in presence if it has no connection here.
+// Its LogoutServer ran when its last connection here closed.
+func (h *Hub) clusterPurge(uid uint64) {
+	if h.lookupUser(uid) != nil {
+		return
+	}
+	if _, err := h.cl.b.Disconnect(uid); err != nil {
+		h.brokerFail(err)
 	}
 }
 

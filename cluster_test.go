@@ -2,6 +2,7 @@ package chart_test
 
 import (
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -39,5 +40,58 @@ func TestCloseIsAbrupt(t *testing.T) {
 	}
 	if err := s.Hub.JoinChannelIds(1, "x"); !errors.Is(err, chart.ErrHubClosed) {
 		t.Fatalf("JoinChannelIds after Close = %v", err)
+	}
+}
+
+// TestPartition cuts one node off the broker while the others go on. A uid
+// that left that node meanwhile is logged out there, and is not left
+// online in presence when the node comes back; joins made meanwhile are
+// re-published. A cut longer than the TTL gets the node's users logged out
+// by the others; back, their presence is restored without a new login.
+func TestPartition(t *testing.T) {
+	bus := chart.NewMemoryBus()
+	bus.TTL = 1500 * time.Millisecond
+	var brokers []chart.Broker
+	c := charttest.StartCluster(t, 2, func() chart.Broker {
+		b := bus.Broker()
+		brokers = append(brokers, b)
+		return b
+	})
+	a, b := c.Nodes[0], c.Nodes[1]
+	a.Login(t, c.Rec, 1)
+	three := a.Login(t, c.Rec, 3)
+	b.Login(t, c.Rec, 2)
+
+	bus.Cut(brokers[0], true)
+	three.Close()
+	if got := charttest.Recv(t, c.Rec.Logouts, "logout"); got != 3 {
+		t.Fatalf("logout of %d, want 3", got)
+	}
+	if err := a.Hub.JoinChannelIds(1, "p"); err != nil {
+		t.Fatal(err) // served locally
+	}
+	c.Rec.WantErr(t, chart.ErrBroker)
+	bus.Cut(brokers[0], false)
+	charttest.Eventually(t, "presence repaired", func() bool {
+		return slices.Equal(b.Hub.OnlineUserIds(), []uint64{1, 2}) &&
+			slices.Equal(b.Hub.ChannelUserIds("p"), []uint64{1})
+	})
+
+	bus.Cut(brokers[0], true)
+	if got := charttest.Recv(t, c.Rec.Logouts, "logout"); got != 1 {
+		t.Fatalf("logout of %d, want 1 (reaped)", got)
+	}
+	if !slices.Equal(b.Hub.OnlineUserIds(), []uint64{2}) {
+		t.Fatalf("OnlineUserIds = %v after reaping", b.Hub.OnlineUserIds())
+	}
+	bus.Cut(brokers[0], false)
+	charttest.Eventually(t, "presence restored", func() bool {
+		return slices.Equal(b.Hub.OnlineUserIds(), []uint64{1, 2}) &&
+			slices.Equal(b.Hub.ChannelUserIds("p"), []uint64{1})
+	})
+	select {
+	case uid := <-c.Rec.Logins:
+		t.Fatalf("login of %d after the partition", uid)
+	default:
 	}
 }

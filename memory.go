@@ -95,6 +95,23 @@ var _ Broker = (*memoryBroker)(nil)
 type memoryBroker struct {
 	bus *MemoryBus
 	id  string
+	cut bool // guarded by bus.mu
+}
+
+// Cut simulates a network partition between one node (a Broker of this
+// bus) and the backend: while cut, its calls fail with ErrBusDown and it
+// receives nothing, while the other nodes go on. Its presence stays, and
+// expires with the TTL if the cut lasts longer.
+func (b *MemoryBus) Cut(node Broker, cut bool) {
+	m := node.(*memoryBroker)
+	b.mu.Lock()
+	was := m.cut
+	m.cut = cut
+	n := b.attached[m]
+	b.mu.Unlock()
+	if cut && !was && n != nil {
+		n.BrokerError(ErrBusDown)
+	}
 }
 
 func (m *memoryBroker) NodeID() string { return m.id }
@@ -129,7 +146,7 @@ func (m *memoryBroker) Close() error {
 // lock locks the bus and fails while it is down.
 func (m *memoryBroker) lock() error {
 	m.bus.mu.Lock()
-	if m.bus.down {
+	if m.bus.down || m.cut {
 		m.bus.mu.Unlock()
 		return ErrBusDown
 	}
@@ -139,7 +156,7 @@ func (m *memoryBroker) lock() error {
 func (m *memoryBroker) publish(set map[*memoryBroker]struct{}, data []byte) {
 	nodes := make([]Node, 0, len(set))
 	for s := range set {
-		if n := m.bus.attached[s]; n != nil {
+		if n := m.bus.attached[s]; n != nil && !s.cut {
 			nodes = append(nodes, n)
 		}
 	}
@@ -202,7 +219,7 @@ func (m *memoryBroker) sub(fn func()) error {
 	m.bus.mu.Lock()
 	defer m.bus.mu.Unlock()
 	fn()
-	if m.bus.down {
+	if m.bus.down || m.cut {
 		return ErrBusDown
 	}
 	return nil
@@ -363,6 +380,18 @@ func (m *memoryBroker) IsOnline(uid uint64) (bool, error) {
 	}
 	defer m.bus.mu.Unlock()
 	return m.bus.users[uid] != nil, nil
+}
+
+func (m *memoryBroker) NodeUids() ([]uint64, error) {
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.bus.mu.Unlock()
+	var ids []uint64
+	for uid := range m.bus.nodeUsers[m.id] {
+		ids = append(ids, uid)
+	}
+	return ids, nil
 }
 
 func (m *memoryBroker) Heartbeat() (gone []uint64, lost bool, err error) {

@@ -588,6 +588,14 @@ func (b *Broker) Online() ([]uint64, error) {
 	return lastUids(b.keys(ctx, kv, "u.*"))
 }
 
+// NodeUids returns the uids online on this node.
+func (b *Broker) NodeUids() ([]uint64, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	kv, _ := b.buckets()
+	return lastUids(b.keys(ctx, kv, "nu."+b.opt.NodeID+".*"))
+}
+
 // Heartbeat refreshes the node's liveness key and reaps dead nodes. After
 // a server restart that lost the buckets it creates them again and reports
 // lost.

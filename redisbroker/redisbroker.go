@@ -449,6 +449,11 @@ func (b *Broker) IsOnline(uid uint64) (bool, error) {
 	return ok, b.done(err)
 }
 
+// NodeUids returns the uids online on this node.
+func (b *Broker) NodeUids() ([]uint64, error) {
+	return b.uids(b.opt.Prefix + "nu:" + b.opt.NodeID)
+}
+
 // uids reads a set of uids.
 func (b *Broker) uids(key string) ([]uint64, error) {
 	if err := b.allow(); err != nil {
