@@ -55,3 +55,18 @@ func TestSubscriptionsFollowLocalInterest(t *testing.T) {
 		t.Fatalf("after logout: %v %v", chans, uids)
 	}
 }
+
+// FuzzEnvelope feeds arbitrary broker messages to a hub with a member, a
+// connection-less uid and a channel: nothing may panic.
+func FuzzEnvelope(f *testing.F) {
+	f.Add([]byte{envChannel, 1, 'x', 4, 'r', 'o', 'o', 'm', 'h', 'i'})
+	f.Add([]byte{envUser, 1, 'x', 7, 'h', 'i'})
+	f.Add([]byte{envJoin, 1, 'x', 7, 1, 'a', 2, 'b', 'c'})
+	f.Add([]byte{envLeave, 1, 'x', 7, 1, 'a'})
+	bus := NewMemoryBus()
+	h := New(Config{Broker: bus.Broker(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer h.Shutdown(context.Background())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h.receive(data)
+	})
+}
