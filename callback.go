@@ -23,6 +23,12 @@ import (
 //
 // LoginServer and LogoutServer of one uid never overlap and arrive in order:
 // a uid that reconnects sees LogoutServer finish before the next LoginServer.
+//
+// With Config.Broker, first and last connection mean in the whole cluster:
+// a uid moving from a node to another is not logged out. LoginServer runs
+// on the node of the first connection, LogoutServer on the node of the
+// last one (or on a surviving node for the users of a dead node); the
+// order guarantee then holds per node.
 type Handler interface {
 	// SendMessage is called for every message a client sent over its
 	// WebSocket and the hub accepted, with UserId and SendTime set by the
@@ -93,11 +99,26 @@ func (hub *Hub) report(err error) {
 	hub.reportTo(h, err)
 }
 
-// userEvent is a pending LoginServer or LogoutServer call.
+// userEvent is a pending LoginServer or LogoutServer call, or with a
+// Broker, a presence change that may lead to one.
 type userEvent struct {
-	login bool
+	kind  eventKind
 	h     Handler
+	u     *user    // evUp, evRestore: the local user
+	chans []string // evDown: the channels it left here
 }
+
+type eventKind uint8
+
+const (
+	evLogin   eventKind = iota // LoginServer
+	evLogout                   // LogoutServer
+	evUp                       // first connection here: Connect, maybe LoginServer
+	evDown                     // last connection here: Disconnect, maybe LogoutServer
+	evRestore                  // re-publish presence after an outage
+	evGone                     // reaped from a dead node: LogoutServer
+	evPurge                    // after an outage: Disconnect a uid no longer here
+)
 
 // pushEvent queues a login or logout for uid. The caller holds s.mu. It
 // returns true when the caller must run drainEvents (nobody is draining
@@ -126,10 +147,43 @@ func (hub *Hub) drainEvents(uid uint64) {
 		q[0] = userEvent{}
 		s.events[uid] = q[1:]
 		s.mu.Unlock()
-		if ev.login {
+		if hub.killed.Load() {
+			continue // Close: the node is dead
+		}
+		kind := ev.kind
+		switch kind {
+		case evUp:
+			if hub.clusterUp(ev.u) {
+				kind = evLogin
+			}
+		case evDown:
+			if hub.clusterDown(uid, ev.chans) {
+				kind = evLogout
+			}
+		case evRestore:
+			hub.clusterRestore(ev.u)
+		case evGone:
+			ev.h, kind = hub.fallbackHandler(), evLogout
+		case evPurge:
+			hub.clusterPurge(uid)
+		}
+		switch kind {
+		case evLogin:
 			hub.call(ev.h, uid, "LoginServer", func() { ev.h.LoginServer(uid) })
-		} else {
+		case evLogout:
 			hub.call(ev.h, uid, "LogoutServer", func() { ev.h.LogoutServer(uid) })
 		}
 	}
+}
+
+// fallbackHandler is Config.Handler, else the handler last given to
+// NewServer, else one that ignores everything.
+func (hub *Hub) fallbackHandler() Handler {
+	if hub.cfg.Handler != nil {
+		return hub.cfg.Handler
+	}
+	if ref := hub.lastHandler.Load(); ref != nil {
+		return ref.h
+	}
+	return nopHandler{}
 }

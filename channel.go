@@ -38,6 +38,11 @@ type user struct {
 	h        Handler                 // handler of the connection that logged it in
 	conns    atomic.Pointer[[]*conn] // copy-on-write; replaced under the shard lock
 	channels map[string]*channel     // guarded by the user's shard lock
+	// With a Broker: set while the channels uid holds on other nodes load;
+	// joins and leaves received meanwhile wait in pending. Both guarded by
+	// the shard lock.
+	loading bool
+	pending []memberOp
 }
 
 func (u *user) connList() []*conn { return *u.conns.Load() }
@@ -114,11 +119,16 @@ func (h *Hub) JoinChannelIds(uid uint64, channelIds ...string) error {
 	u := s.users[uid]
 	if u == nil {
 		s.mu.Unlock()
+		if h.cl != nil {
+			return h.remoteMembership(uid, true, channelIds)
+		}
 		return h.fail(nil, newError(ErrUserOffline, uid, "", nil))
 	}
 	var err error
+	n := 0
 	for _, id := range channelIds {
 		if _, ok := u.channels[id]; ok {
+			n++
 			continue
 		}
 		if !h.validChannel(id) {
@@ -130,10 +140,37 @@ func (h *Hub) JoinChannelIds(uid uint64, channelIds ...string) error {
 			break
 		}
 		u.channels[id] = h.addMember(id, u)
+		n++
 	}
 	s.mu.Unlock()
+	if h.cl != nil {
+		// A copy, so that channelIds does not escape in single-node mode.
+		h.clusterMembership(uid, true, true, slices.Clone(channelIds[:n]))
+	}
 	if err != nil {
 		return h.fail(u.h, err)
+	}
+	return nil
+}
+
+// remoteMembership joins or leaves channels for a uid that has no
+// connection on this node, through the broker.
+func (h *Hub) remoteMembership(uid uint64, join bool, channelIds []string) error {
+	ids := make([]string, 0, len(channelIds))
+	var bad error
+	for _, id := range channelIds {
+		if h.validChannel(id) {
+			ids = append(ids, id)
+		} else if join {
+			bad = newError(ErrInvalidChannel, uid, id, nil)
+			break
+		}
+	}
+	if err := h.clusterMembership(uid, join, false, ids); err != nil {
+		return h.fail(nil, err)
+	}
+	if bad != nil {
+		return h.fail(nil, bad)
 	}
 	return nil
 }
@@ -150,6 +187,9 @@ func (h *Hub) UnJoinChannelIds(uid uint64, channelIds ...string) error {
 	u := s.users[uid]
 	if u == nil {
 		s.mu.Unlock()
+		if h.cl != nil {
+			return h.remoteMembership(uid, false, channelIds)
+		}
 		return h.fail(nil, newError(ErrUserOffline, uid, "", nil))
 	}
 	for _, id := range channelIds {
@@ -159,6 +199,9 @@ func (h *Hub) UnJoinChannelIds(uid uint64, channelIds ...string) error {
 		}
 	}
 	s.mu.Unlock()
+	if h.cl != nil {
+		h.clusterMembership(uid, false, true, slices.Clone(channelIds))
+	}
 	return nil
 }
 
@@ -213,16 +256,22 @@ func (h *Hub) lookupUser(uid uint64) *user {
 	return u
 }
 
-// publishChannel sends an encoded frame to every subscriber of a channel.
-// It is the seam where a cluster broker will plug in; today it delivers
-// locally.
+// publishChannel sends an encoded frame to every subscriber of a channel:
+// to local connections first, then with a Broker to the other nodes.
 func (h *Hub) publishChannel(channelId string, f []byte) {
 	h.deliverChannel(channelId, f)
+	if h.cl != nil {
+		h.clusterPublishChannel(channelId, f)
+	}
 }
 
-// publishUser sends an encoded frame to every connection of uid.
+// publishUser sends an encoded frame to every connection of uid: local
+// ones first, then with a Broker those on other nodes.
 func (h *Hub) publishUser(uid uint64, f []byte) {
 	h.deliverUser(uid, f)
+	if h.cl != nil {
+		h.clusterPublishUser(uid, f)
+	}
 }
 
 // deliverChannel queues f on every local connection subscribed to the
@@ -276,6 +325,21 @@ func (h *Hub) SendMessageToChannelIds(uid uint64, msg string, channelIds ...stri
 		}
 	}
 	s.mu.RUnlock()
+	if u == nil && h.cl != nil {
+		chans, online, err := h.remoteChannels(uid)
+		if err != nil {
+			h.fail(nil, h.brokerErr(uid, "", err))
+			return res
+		}
+		for _, id := range chans {
+			if _, ok := res[id]; ok {
+				res[id] = true
+			}
+		}
+		if online {
+			u = &user{uid: uid} // online elsewhere: publish as uid
+		}
+	}
 	if u == nil {
 		h.fail(nil, newError(ErrUserOffline, uid, "", nil))
 		return res
@@ -310,7 +374,18 @@ func (h *Hub) sendDirect(m *Message) error {
 		return newError(ErrHubClosed, m.UserId, "", nil)
 	}
 	if h.lookupUser(m.ToUserId) == nil {
-		return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
+		if h.cl == nil {
+			return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
+		}
+		online, err := h.remoteOnline(m.ToUserId)
+		if err != nil {
+			e := h.brokerErr(m.UserId, "", err).(*Error)
+			e.ToUid = m.ToUserId
+			return e
+		}
+		if !online {
+			return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
+		}
 	}
 	f := encode(m)
 	h.publishUser(m.ToUserId, f)
@@ -352,13 +427,33 @@ func (h *Hub) fail(handler Handler, err error) error {
 	return err
 }
 
-// IsOnline reports whether uid has at least one connection.
+// IsOnline reports whether uid has at least one connection (on any node,
+// with a Broker).
 func (h *Hub) IsOnline(uid uint64) bool {
-	return h.lookupUser(uid) != nil
+	if h.lookupUser(uid) != nil {
+		return true
+	}
+	if h.cl != nil {
+		online, err := h.remoteOnline(uid)
+		if err != nil {
+			h.report(h.brokerErr(uid, "", err))
+		}
+		return online
+	}
+	return false
 }
 
 // OnlineUserIds returns the uids with at least one connection, sorted.
+// With a Broker it asks the cluster; when the broker fails, the error goes
+// to ErrorLogServer and the answer is this node's.
 func (h *Hub) OnlineUserIds() []uint64 {
+	if h.cl != nil {
+		ids, err := sortedUids(h.cl.b.Online())
+		if err == nil {
+			return ids
+		}
+		h.report(h.brokerErr(0, "", err))
+	}
 	var ids []uint64
 	for i := range h.users {
 		s := &h.users[i]
@@ -372,8 +467,19 @@ func (h *Hub) OnlineUserIds() []uint64 {
 	return ids
 }
 
-// ChannelUserIds returns the uids that joined a channel, sorted.
+// ChannelUserIds returns the uids that joined a channel, sorted. With a
+// Broker it asks the cluster, falling back to this node's members.
 func (h *Hub) ChannelUserIds(channelId string) []uint64 {
+	if h.cl != nil {
+		ids, err := sortedUids(h.cl.b.Members(channelId))
+		if err == nil {
+			if len(ids) == 0 {
+				return nil
+			}
+			return ids
+		}
+		h.report(h.brokerErr(0, channelId, err))
+	}
 	ch := h.lookupChannel(channelId)
 	if ch == nil {
 		return nil
@@ -389,19 +495,33 @@ func (h *Hub) ChannelUserIds(channelId string) []uint64 {
 }
 
 // UserChannelIds returns the channels uid has joined, sorted; nil when uid
-// is offline.
+// is offline. With a Broker, a uid connected to another node is asked of
+// the cluster.
 func (h *Hub) UserChannelIds(uid uint64) []string {
 	s := h.userShard(uid)
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	u := s.users[uid]
 	if u == nil {
-		return nil
+		s.mu.RUnlock()
+		if h.cl == nil {
+			return nil
+		}
+		ids, err := h.cl.b.Channels(uid)
+		if err != nil {
+			h.report(h.brokerErr(uid, "", err))
+			return nil
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		slices.Sort(ids)
+		return slices.Compact(ids)
 	}
 	ids := make([]string, 0, len(u.channels))
 	for id := range u.channels {
 		ids = append(ids, id)
 	}
+	s.mu.RUnlock()
 	slices.Sort(ids)
 	return ids
 }

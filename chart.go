@@ -24,6 +24,8 @@ type Hub struct {
 	readers     sync.WaitGroup // one per registered connection
 	lastHandler atomic.Pointer[handlerRef]
 	stats       counters
+	cl          *cluster    // nil without Config.Broker
+	killed      atomic.Bool // Close: drop everything, run no callback
 }
 
 // New returns a Hub configured by cfg; zero fields take their defaults.
@@ -42,6 +44,9 @@ func New(cfg Config) *Hub {
 	for i := range h.chans {
 		h.chans[i].chans = make(map[string]*channel)
 	}
+	if cfg.Broker != nil {
+		h.startCluster(cfg.Broker)
+	}
 	return h
 }
 
@@ -59,6 +64,9 @@ func (h *Hub) Config() Config { return h.cfg }
 // all connections are gone, or with ctx.Err() when ctx ends first, in which
 // case the remaining connections are dropped at once. Afterwards every API
 // call returns ErrHubClosed. Calling it again waits for the same end.
+//
+// With a Broker, LogoutServer runs for the uids that have no connection
+// left on any node, then the heartbeat stops and the broker is closed.
 func (h *Hub) Shutdown(ctx context.Context) error {
 	h.closed.Store(true)
 	conns := h.allConns()
@@ -72,11 +80,13 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		h.stopCluster()
 		return nil
 	case <-ctx.Done():
 		for _, c := range h.allConns() {
 			c.abort()
 		}
+		h.stopCluster()
 		return ctx.Err()
 	}
 }
@@ -110,6 +120,8 @@ type Stats struct {
 	MaxQueueDepth  int // the longest send queue now
 
 	Disconnects Disconnects // connections ended, by reason
+
+	BrokerErrors uint64 // failed broker calls (Config.Broker)
 }
 
 // Disconnects counts ended connections by reason.
@@ -158,6 +170,9 @@ func (h *Hub) Stats() Stats {
 			TooLarge:     h.stats.large.Load(),
 			Failed:       h.stats.failing.Load(),
 		},
+	}
+	if h.cl != nil {
+		st.BrokerErrors = h.cl.errs.Load()
 	}
 	for i := range h.users {
 		s := &h.users[i]

@@ -100,6 +100,15 @@ type Config struct {
 	// MaxChannelsPerUid bounds how many channels one uid may join.
 	// Default 1024.
 	MaxChannelsPerUid int
+
+	// Broker joins this hub to a cluster of hubs (nodes) sharing the
+	// broker's backend: users on different nodes chat as if they shared
+	// one, and presence queries answer for the whole cluster. Each hub
+	// needs its own Broker value, which the hub closes in Shutdown. New
+	// attaches it and sends a first heartbeat (network I/O); failures go
+	// to ErrorLogServer as ErrBroker. Nil (the default): a single node,
+	// with no broker call and no extra goroutine. See Broker.
+	Broker Broker
 }
 
 // withDefaults returns c with every zero field set to its default.

@@ -56,8 +56,42 @@
 //   - A message is encoded into its WebSocket frame once per fan-out; every
 //     recipient's queue shares the same bytes.
 //   - Each connection receives messages in the order they were published.
+//   - With a Broker, broker calls are network I/O too: none is made with a
+//     lock held. A hub with a Broker runs one more goroutine, its
+//     heartbeat, plus the broker's receiving goroutine; without one it
+//     makes no broker call and runs no extra goroutine.
 //
 // See Handler for the goroutine each callback runs on.
+//
+// # Cluster
+//
+// Config.Broker joins hubs in different processes into one cluster (the
+// sub-modules redisbroker and natsbroker; MemoryBus for several hubs in one
+// process). Every function behaves as on one node: channel messages and
+// direct messages reach users connected anywhere, JoinChannelIds and
+// UnJoinChannelIds work on any node for a uid connected on others, presence
+// queries answer for the cluster, LoginServer runs once when a uid's first
+// connection anywhere opens and LogoutServer once when its last one closes
+// (each on the node where that happened), and each sender's messages
+// arrive in order.
+//
+// A node delivers to its own connections first, then publishes the frame,
+// encoded once, to the broker; other nodes queue those bytes as they are.
+// A node subscribes to a channel only while it has a local member. Nodes
+// heartbeat; a node that stops (a crash, Hub.Close) expires after the
+// broker's TTL, and a surviving node runs LogoutServer for its users. When
+// the broker is unreachable each node goes on serving its own connections,
+// reports ErrBroker to ErrorLogServer, and re-publishes its presence once
+// the broker answers again.
+//
+// What a cluster cannot promise: LoginServer on one node and LogoutServer
+// on another for the same uid may overlap; joins and leaves made on
+// another node reach a uid's connections asynchronously (a few
+// milliseconds); during an outage a uid closing its last connection on one
+// node is logged out there even if it is connected to another node; a node
+// cut off for longer than the TTL has its users logged out by the others,
+// and when it comes back their presence is restored without a new
+// LoginServer.
 //
 // # Safety
 //

@@ -44,6 +44,10 @@ var (
 	// ErrConnection: a connection failed (network error, missed pongs, write
 	// timeout, protocol violation).
 	ErrConnection = errors.New("connection failed")
+	// ErrBroker: a call to Config.Broker failed (the backend is
+	// unreachable, for instance). Local delivery goes on; the error wraps
+	// the broker's.
+	ErrBroker = errors.New("broker failed")
 )
 
 // Error is the concrete error the hub reports. Kind is one of the Err*
@@ -116,6 +120,8 @@ func errorCode(err error) string {
 		return "too_many_channels"
 	case errors.Is(err, ErrHubClosed):
 		return "hub_closed"
+	case errors.Is(err, ErrBroker):
+		return "broker_failed"
 	}
 	return "bad_message"
 }

@@ -132,7 +132,13 @@ func (h *Hub) register(c *conn) (login, ok bool) {
 		u = &user{uid: c.uid, h: c.h, channels: make(map[string]*channel)}
 		u.conns.Store(&[]*conn{c})
 		s.users[c.uid] = u
-		login = s.pushEvent(c.uid, userEvent{login: true, h: c.h})
+		ev := userEvent{kind: evLogin, h: c.h}
+		if h.cl != nil {
+			// Presence and channels load on the event queue, off the lock.
+			u.loading = true
+			ev.kind, ev.u = evUp, u
+		}
+		login = s.pushEvent(c.uid, ev)
 	} else {
 		list := append(slices.Clip(u.connList()), c)
 		u.conns.Store(&list)
@@ -178,11 +184,19 @@ func (h *Hub) unregister(c *conn) (drain bool) {
 		return false
 	}
 	delete(s.users, c.uid)
+	ev := userEvent{kind: evLogout, h: c.h}
+	if h.cl != nil {
+		ev.kind = evDown
+		ev.chans = make([]string, 0, len(u.channels))
+	}
 	for id, ch := range u.channels {
 		delete(u.channels, id)
 		h.removeMember(ch, u)
+		if h.cl != nil {
+			ev.chans = append(ev.chans, id)
+		}
 	}
-	return s.pushEvent(c.uid, userEvent{login: false, h: c.h})
+	return s.pushEvent(c.uid, ev)
 }
 
 // conn is one WebSocket connection. Its read goroutine (readLoop) lives as

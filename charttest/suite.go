@@ -1,0 +1,437 @@
+package charttest
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"runtime"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/wuyan94zl/chart"
+)
+
+// Suite is the behaviour every Broker must show: the same scenarios as on
+// one node, with users spread over two and three hubs on separate HTTP
+// servers that share one broker backend, plus node failure and, when
+// Outage is set, a backend outage.
+type Suite struct {
+	// NewCluster is called once per scenario and returns a function that
+	// makes a new node (a Broker) of a fresh, empty cluster. Nodes should
+	// use a short TTL (about a second) so that dead nodes expire quickly.
+	NewCluster func(t *testing.T) (newNode func() chart.Broker)
+	// Outage, when set, stops the broker backend and returns a function
+	// that brings it back (empty, as a restarted server without
+	// persistence).
+	Outage func(t *testing.T) (restore func())
+}
+
+// Run runs every scenario as a subtest.
+func (s Suite) Run(t *testing.T) {
+	for _, n := range []int{2, 3} {
+		t.Run(strconv.Itoa(n)+"nodes", func(t *testing.T) {
+			t.Run("Channel", func(t *testing.T) { s.channel(t, n) })
+			t.Run("Direct", func(t *testing.T) { s.direct(t, n) })
+			t.Run("RemoteJoin", func(t *testing.T) { s.remoteJoin(t, n) })
+			t.Run("LoginOnce", func(t *testing.T) { s.loginOnce(t, n) })
+			t.Run("SecondNodeLoadsChannels", func(t *testing.T) { s.secondNode(t, n) })
+		})
+	}
+	t.Run("KillNode", s.killNode)
+	if s.Outage != nil {
+		t.Run("Outage", s.outage)
+	}
+}
+
+// Cluster is a set of nodes sharing one broker, with one Recorder.
+type Cluster struct {
+	Nodes []*Server
+	Rec   *Recorder
+}
+
+// StartCluster starts n nodes made by newNode, all with the same Recorder
+// as Handler.
+func StartCluster(t *testing.T, n int, newNode func() chart.Broker) *Cluster {
+	t.Helper()
+	c := &Cluster{Rec: NewRecorder()}
+	for i := 0; i < n; i++ {
+		c.Nodes = append(c.Nodes, Start(t, chart.Config{Broker: newNode(), RateLimit: -1, Handler: c.Rec}, c.Rec))
+	}
+	return c
+}
+
+func (s Suite) start(t *testing.T, n int) *Cluster {
+	t.Helper()
+	return StartCluster(t, n, s.NewCluster(t))
+}
+
+// AwaitRoute publishes probes to channelId from pub until every client has
+// received one, then a marker, and discards the clients' frames up to the
+// marker, whatever they are: afterwards messages published on pub reach
+// them all. It is for changes the cluster makes asynchronously (a join made
+// on another node, resubscription after an outage).
+func AwaitRoute(t testing.TB, pub *Server, channelId string, clients ...*Client) {
+	t.Helper()
+	got := make([]bool, len(clients))
+	deadline := time.Now().Add(Wait)
+	for i := 0; ; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no route to channel %q from %s", channelId, pub.URL)
+		}
+		pub.Hub.Publish(channelId, chart.Message{Content: "probe"})
+		all := true
+		for k, c := range clients {
+			for !got[k] {
+				f, ok := c.next(20 * time.Millisecond)
+				if !ok {
+					break
+				}
+				got[k] = f.Content == "probe"
+			}
+			all = all && got[k]
+		}
+		if all {
+			break
+		}
+	}
+	marker := fmt.Sprintf("route-%p", got)
+	pub.Hub.Publish(channelId, chart.Message{Content: marker})
+	for _, c := range clients {
+		for {
+			f := c.Next()
+			if f.Content == marker {
+				break
+			}
+		}
+	}
+}
+
+func wantUids(t testing.TB, what string, got []uint64, want ...uint64) {
+	t.Helper()
+	if len(got) == 0 && len(want) == 0 {
+		return
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s = %v, want %v", what, got, want)
+	}
+}
+
+// channel: users on every node in one channel; per-sender order.
+func (s Suite) channel(t *testing.T, n int) {
+	c := s.start(t, n)
+	var clients []*Client
+	var uids []uint64
+	for i, node := range c.Nodes {
+		uid := uint64(i + 1)
+		clients = append(clients, node.Login(t, c.Rec, uid))
+		uids = append(uids, uid)
+		if err := node.Hub.JoinChannelIds(uid, "room"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const count = 50
+	for i := 0; i < count; i++ {
+		clients[0].SendTo("room", "m"+strconv.Itoa(i))
+	}
+	clients[1].SendTo("room", "from 2")
+	for _, cl := range clients {
+		// Each sender's messages in order; the two senders interleave.
+		next, from2 := 0, false
+		for next < count || !from2 {
+			m := cl.NextMsg()
+			switch {
+			case m.Content == "from 2" && m.UserId == 2 && !from2:
+				from2 = true
+			case m.Content == "m"+strconv.Itoa(next) && m.UserId == 1 && m.ChannelId == "room":
+				next++
+			default:
+				t.Fatalf("uid %d: got %+v after m%d", cl.Uid, m, next)
+			}
+		}
+	}
+	// The API on a node where the sender has no connection.
+	res := c.Nodes[0].Hub.SendMessageToChannelIds(2, "api", "room", "other")
+	if !res["room"] || res["other"] {
+		t.Fatalf("SendMessageToChannelIds = %v", res)
+	}
+	for _, cl := range clients {
+		if m := cl.WantContent("api"); m.UserId != 2 {
+			t.Fatalf("got %+v", m)
+		}
+	}
+	for i, node := range c.Nodes {
+		wantUids(t, fmt.Sprintf("node %d OnlineUserIds", i), node.Hub.OnlineUserIds(), uids...)
+		wantUids(t, fmt.Sprintf("node %d ChannelUserIds", i), node.Hub.ChannelUserIds("room"), uids...)
+		if got := node.Hub.UserChannelIds(uint64(n)); !reflect.DeepEqual(got, []string{"room"}) {
+			t.Fatalf("node %d UserChannelIds(%d) = %v", i, n, got)
+		}
+		if !node.Hub.IsOnline(uint64(n)) || node.Hub.IsOnline(999) {
+			t.Fatalf("node %d IsOnline wrong", i)
+		}
+	}
+}
+
+// direct: direct messages between nodes reach every device of both users.
+func (s Suite) direct(t *testing.T, n int) {
+	c := s.start(t, n)
+	a1 := c.Nodes[0].Login(t, c.Rec, 1)
+	b := c.Nodes[1].Login(t, c.Rec, 2)
+	a2 := c.Nodes[n-1].Dial(t, 1) // a second device, on another node when n > 2
+	// a2's node loads uid 1's state asynchronously: wait until it is
+	// subscribed to uid 1, which a direct message from another node shows.
+	Eventually(t, "second device reachable", func() bool {
+		c.Nodes[1].Hub.SendMessageToUid(2, 1, "ping")
+		f, ok := a2.next(50 * time.Millisecond)
+		return ok && f.Content == "ping"
+	})
+	for _, cl := range []*Client{a1, a2, b} {
+		for {
+			if f, ok := cl.next(100 * time.Millisecond); !ok || f.Content != "ping" {
+				if ok {
+					t.Fatalf("unexpected %+v", f)
+				}
+				break
+			}
+		}
+	}
+	a1.SendToUser(2, "hi")
+	for _, cl := range []*Client{b, a1, a2} {
+		if m := cl.WantContent("hi"); m.UserId != 1 || m.ToUserId != 2 {
+			t.Fatalf("uid %d got %+v", cl.Uid, m)
+		}
+	}
+	if err := c.Nodes[n-1].Hub.SendMessageToUid(2, 1, "back"); err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range []*Client{a1, a2, b} {
+		if m := cl.WantContent("back"); m.UserId != 2 || m.ToUserId != 1 {
+			t.Fatalf("uid %d got %+v", cl.Uid, m)
+		}
+	}
+	b.SendToUser(999, "nobody")
+	if f := b.Next(); f.Error != "user_offline" {
+		t.Fatalf("got %+v, want user_offline", f)
+	}
+	if err := c.Nodes[0].Hub.SendMessageToUid(1, 999, "x"); !errors.Is(err, chart.ErrUserOffline) {
+		t.Fatalf("SendMessageToUid to offline: %v", err)
+	}
+}
+
+// remoteJoin: JoinChannelIds and UnJoinChannelIds on a node where the uid
+// has no connection.
+func (s Suite) remoteJoin(t *testing.T, n int) {
+	c := s.start(t, n)
+	a := c.Nodes[0].Login(t, c.Rec, 1)
+	b := c.Nodes[1].Login(t, c.Rec, 2)
+	other := c.Nodes[n-1]
+	for _, uid := range []uint64{1, 2} {
+		if err := other.Hub.JoinChannelIds(uid, "r"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantUids(t, "ChannelUserIds", c.Nodes[0].Hub.ChannelUserIds("r"), 1, 2)
+	AwaitRoute(t, other, "r", a, b)
+	AwaitRoute(t, c.Nodes[0], "r", a, b)
+	AwaitRoute(t, c.Nodes[1], "r", a, b)
+	a.SendTo("r", "hello")
+	b.WantContent("hello")
+	a.WantContent("hello")
+
+	if err := c.Nodes[1].Hub.UnJoinChannelIds(1, "r"); err != nil {
+		t.Fatal(err)
+	}
+	wantUids(t, "ChannelUserIds after leave", c.Nodes[1].Hub.ChannelUserIds("r"), 2)
+	Eventually(t, "uid 1 left r on its node", func() bool { return len(c.Nodes[0].Hub.UserChannelIds(1)) == 0 })
+	b.SendTo("r", "after")
+	b.WantContent("after")
+	b.SendToUser(1, "marker")
+	a.WantContent("marker") // not "after"
+	b.WantContent("marker")
+
+	for _, node := range c.Nodes {
+		if err := node.Hub.JoinChannelIds(999, "r"); !errors.Is(err, chart.ErrUserOffline) {
+			t.Fatalf("JoinChannelIds(999) = %v", err)
+		}
+		if err := node.Hub.UnJoinChannelIds(999, "r"); !errors.Is(err, chart.ErrUserOffline) {
+			t.Fatalf("UnJoinChannelIds(999) = %v", err)
+		}
+	}
+}
+
+// loginOnce: a uid moving from one node to another is logged in once and
+// out once.
+func (s Suite) loginOnce(t *testing.T, n int) {
+	c := s.start(t, n)
+	phone := c.Nodes[0].Login(t, c.Rec, 7)
+	laptop := c.Nodes[n-1].Dial(t, 7)
+	// The laptop's node registers uid 7 asynchronously; once the cluster
+	// routes to it, the phone may go.
+	if err := c.Nodes[n-1].Hub.JoinChannelIds(7, "x"); err != nil {
+		t.Fatal(err)
+	}
+	AwaitRoute(t, c.Nodes[0], "x", phone, laptop)
+	phone.Close()
+	if !c.Nodes[0].Hub.IsOnline(7) {
+		t.Fatal("uid 7 offline while its laptop is connected")
+	}
+	laptop.Close()
+	Eventually(t, "uid 7 offline", func() bool { return !c.Nodes[0].Hub.IsOnline(7) })
+	// Sentinel events: a login and logout of uid 8 must come next.
+	c.Nodes[1].Login(t, c.Rec, 8).Close()
+	if got := Recv(t, c.Rec.Logouts, "logout"); got != 7 {
+		t.Fatalf("logout of %d, want 7", got)
+	}
+	if got := Recv(t, c.Rec.Logouts, "logout"); got != 8 {
+		t.Fatalf("logout of %d, want 8 (a second logout of 7?)", got)
+	}
+	if len(c.Rec.Logins) != 0 {
+		t.Fatalf("extra login of %d", <-c.Rec.Logins)
+	}
+
+	// Connections on every node at once: still one login, one logout.
+	var conns []*Client
+	for _, node := range c.Nodes {
+		conns = append(conns, node.Dial(t, 12))
+	}
+	if got := Recv(t, c.Rec.Logins, "login"); got != 12 {
+		t.Fatalf("login of %d, want 12", got)
+	}
+	// Every node has registered uid 12 once its connection gets a channel
+	// message (otherwise closing now may rightly log it out and in again).
+	if err := c.Nodes[0].Hub.JoinChannelIds(12, "z"); err != nil {
+		t.Fatal(err)
+	}
+	AwaitRoute(t, c.Nodes[0], "z", conns...)
+	for _, cl := range conns {
+		cl.Close()
+	}
+	Eventually(t, "uid 12 offline", func() bool { return !c.Nodes[0].Hub.IsOnline(12) })
+	c.Nodes[0].Login(t, c.Rec, 13).Close() // a second login of 12 would come first
+	if got := Recv(t, c.Rec.Logouts, "logout"); got != 12 {
+		t.Fatalf("logout of %d, want 12", got)
+	}
+	if got := Recv(t, c.Rec.Logouts, "logout"); got != 13 {
+		t.Fatalf("logout of %d, want 13 (a second logout of 12?)", got)
+	}
+}
+
+// secondNode: a connection on a second node gets the channels the uid
+// joined on its first.
+func (s Suite) secondNode(t *testing.T, n int) {
+	c := s.start(t, n)
+	first := c.Nodes[0].Login(t, c.Rec, 3)
+	if err := c.Nodes[0].Hub.JoinChannelIds(3, "news"); err != nil {
+		t.Fatal(err)
+	}
+	second := c.Nodes[1].Dial(t, 3)
+	Eventually(t, "channels loaded", func() bool {
+		return reflect.DeepEqual(c.Nodes[1].Hub.UserChannelIds(3), []string{"news"})
+	})
+	AwaitRoute(t, c.Nodes[n-1], "news", first, second)
+	c.Nodes[n-1].Hub.Publish("news", chart.Message{Content: "extra"})
+	first.WantContent("extra")
+	second.WantContent("extra")
+}
+
+// killNode: a node dies; its users expire from presence and get their
+// LogoutServer once, from a survivor; a user also connected elsewhere
+// stays online.
+func (s Suite) killNode(t *testing.T) {
+	c := s.start(t, 3)
+	c.Nodes[1].Login(t, c.Rec, 4)
+	c.Nodes[2].Login(t, c.Rec, 5)
+	c.Nodes[2].Login(t, c.Rec, 6)
+	six := c.Nodes[0].Dial(t, 6)
+	if err := c.Nodes[0].Hub.JoinChannelIds(6, "keep"); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, "uid 6 registered on node 0", func() bool {
+		return reflect.DeepEqual(c.Nodes[2].Hub.UserChannelIds(6), []string{"keep"})
+	})
+	c.Nodes[2].Kill()
+	Eventually(t, "uid 5 expired", func() bool { return !c.Nodes[0].Hub.IsOnline(5) })
+	if got := Recv(t, c.Rec.Logouts, "logout of 5"); got != 5 {
+		t.Fatalf("logout of %d, want 5", got)
+	}
+	wantUids(t, "OnlineUserIds", c.Nodes[1].Hub.OnlineUserIds(), 4, 6)
+	wantUids(t, "ChannelUserIds", c.Nodes[1].Hub.ChannelUserIds("keep"), 6)
+	c.Nodes[0].Hub.Publish("keep", chart.Message{Content: "still here"})
+	six.WantContent("still here")
+	// Exactly once: the next logout is the sentinel's.
+	c.Nodes[1].Login(t, c.Rec, 9).Close()
+	if got := Recv(t, c.Rec.Logouts, "logout"); got != 9 {
+		t.Fatalf("logout of %d, want 9", got)
+	}
+}
+
+// outage: the backend goes away mid-conversation. Local chat goes on, the
+// failure is reported, and once the backend is back presence is
+// re-published and no message published after recovery is lost.
+func (s Suite) outage(t *testing.T) {
+	c := s.start(t, 2)
+	a := c.Nodes[0].Login(t, c.Rec, 1)
+	a2 := c.Nodes[0].Login(t, c.Rec, 3)
+	b := c.Nodes[1].Login(t, c.Rec, 2)
+	for i, uid := range []uint64{1, 3, 2} {
+		if err := c.Nodes[i/2].Hub.JoinChannelIds(uid, "room"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.SendTo("room", "before")
+	for _, cl := range []*Client{a, a2, b} {
+		cl.WantContent("before")
+	}
+
+	restore := s.Outage(t)
+	a.SendTo("room", "local")
+	a.WantContent("local")
+	a2.WantContent("local")
+	c.Rec.WantErr(t, chart.ErrBroker)
+
+	// No goroutine grows while the broker is away: let a few heartbeats
+	// fail, then chat locally.
+	g0, e0 := runtime.NumGoroutine(), c.Nodes[0].Hub.Stats().BrokerErrors
+	Eventually(t, "heartbeats failing", func() bool { return c.Nodes[0].Hub.Stats().BrokerErrors >= e0+3 })
+	for i := 0; i < 100; i++ {
+		a.SendTo("room", "local"+strconv.Itoa(i))
+	}
+	for i := 0; i < 100; i++ {
+		a.WantContent("local" + strconv.Itoa(i))
+		a2.WantContent("local" + strconv.Itoa(i))
+	}
+	if g := runtime.NumGoroutine(); g > g0+10 {
+		t.Fatalf("goroutines grew from %d to %d during the outage", g0, g)
+	}
+	restore()
+
+	Eventually(t, "presence re-published", func() bool {
+		return slices.Equal(c.Nodes[1].Hub.OnlineUserIds(), []uint64{1, 2, 3}) &&
+			slices.Equal(c.Nodes[0].Hub.ChannelUserIds("room"), []uint64{1, 2, 3})
+	})
+	// b may or may not have seen "local"; drop it if so.
+	AwaitRoute(t, c.Nodes[0], "room", a, a2, b)
+	AwaitRoute(t, c.Nodes[1], "room", a, a2, b)
+	for i := 0; i < 20; i++ {
+		a.SendTo("room", "a"+strconv.Itoa(i))
+		b.SendTo("room", "b"+strconv.Itoa(i))
+	}
+	for _, cl := range []*Client{a, a2, b} {
+		na, nb := 0, 0
+		for na+nb < 40 {
+			m := cl.NextMsg()
+			switch m.Content {
+			case "a" + strconv.Itoa(na):
+				na++
+			case "b" + strconv.Itoa(nb):
+				nb++
+			default:
+				t.Fatalf("uid %d: got %q after a%d/b%d", cl.Uid, m.Content, na, nb)
+			}
+		}
+	}
+	if c.Nodes[0].Hub.Stats().BrokerErrors == 0 {
+		t.Fatal("Stats.BrokerErrors = 0")
+	}
+}

@@ -1,0 +1,420 @@
+package chart
+
+import (
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// MemoryBus is an in-process broker backend: every Broker made by its
+// Broker method is one node of the same cluster, so several hubs in one
+// process behave as separate nodes would. It needs nothing external and is
+// mainly for tests; it delivers synchronously, in publish order.
+type MemoryBus struct {
+	// TTL is how long a node may go without heartbeat before the others
+	// reap it. Set it before the first Broker call; default
+	// DefaultNodeTTL.
+	TTL time.Duration
+
+	mu        sync.Mutex
+	seq       int
+	down      bool
+	attached  map[*memoryBroker]Node
+	chanSubs  map[string]map[*memoryBroker]struct{}
+	userSubs  map[uint64]map[*memoryBroker]struct{}
+	alive     map[string]time.Time // node id: last heartbeat
+	users     map[uint64]*memUser
+	members   map[string]map[uint64]struct{}
+	nodeUsers map[string]map[uint64]struct{}
+}
+
+type memUser struct {
+	nodes map[string]struct{}
+	chans map[string]struct{}
+}
+
+// ErrBusDown is returned by MemoryBus brokers while SetDown(true) holds.
+var ErrBusDown = errors.New("memory bus down")
+
+// NewMemoryBus returns an empty in-process bus.
+func NewMemoryBus() *MemoryBus {
+	return &MemoryBus{
+		attached:  make(map[*memoryBroker]Node),
+		chanSubs:  make(map[string]map[*memoryBroker]struct{}),
+		userSubs:  make(map[uint64]map[*memoryBroker]struct{}),
+		alive:     make(map[string]time.Time),
+		users:     make(map[uint64]*memUser),
+		members:   make(map[string]map[uint64]struct{}),
+		nodeUsers: make(map[string]map[uint64]struct{}),
+	}
+}
+
+// Broker returns a new node of the bus, for one hub's Config.Broker.
+func (b *MemoryBus) Broker() Broker {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.seq++
+	return &memoryBroker{bus: b, id: "mem-" + strconv.Itoa(b.seq)}
+}
+
+// SetDown simulates an outage of the backend: while down every call fails
+// with ErrBusDown and nothing is delivered. Going down also forgets all
+// presence, as a restarted server without persistence would; subscriptions
+// are kept, as clients resubscribe after reconnecting. Attached nodes are
+// told through Node.BrokerError.
+func (b *MemoryBus) SetDown(down bool) {
+	b.mu.Lock()
+	was := b.down
+	b.down = down
+	var nodes []Node
+	if down && !was {
+		clear(b.alive)
+		clear(b.users)
+		clear(b.members)
+		clear(b.nodeUsers)
+		for _, n := range b.attached {
+			nodes = append(nodes, n)
+		}
+	}
+	b.mu.Unlock()
+	for _, n := range nodes {
+		n.BrokerError(ErrBusDown)
+	}
+}
+
+func (b *MemoryBus) ttl() time.Duration {
+	if b.TTL > 0 {
+		return b.TTL
+	}
+	return DefaultNodeTTL
+}
+
+var _ Broker = (*memoryBroker)(nil)
+
+type memoryBroker struct {
+	bus *MemoryBus
+	id  string
+	cut bool // guarded by bus.mu
+}
+
+// Cut simulates a network partition between one node (a Broker of this
+// bus) and the backend: while cut, its calls fail with ErrBusDown and it
+// receives nothing, while the other nodes go on. Its presence stays, and
+// expires with the TTL if the cut lasts longer.
+func (b *MemoryBus) Cut(node Broker, cut bool) {
+	m := node.(*memoryBroker)
+	b.mu.Lock()
+	was := m.cut
+	m.cut = cut
+	n := b.attached[m]
+	b.mu.Unlock()
+	if cut && !was && n != nil {
+		n.BrokerError(ErrBusDown)
+	}
+}
+
+func (m *memoryBroker) NodeID() string { return m.id }
+
+func (m *memoryBroker) HeartbeatInterval() time.Duration { return m.bus.ttl() / 3 }
+
+func (m *memoryBroker) Attach(n Node) error {
+	m.bus.mu.Lock()
+	m.bus.attached[m] = n
+	m.bus.mu.Unlock()
+	return nil
+}
+
+func (m *memoryBroker) Close() error {
+	b := m.bus
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.attached, m)
+	for id, set := range b.chanSubs {
+		if delete(set, m); len(set) == 0 {
+			delete(b.chanSubs, id)
+		}
+	}
+	for uid, set := range b.userSubs {
+		if delete(set, m); len(set) == 0 {
+			delete(b.userSubs, uid)
+		}
+	}
+	return nil
+}
+
+// lock locks the bus and fails while it is down.
+func (m *memoryBroker) lock() error {
+	m.bus.mu.Lock()
+	if m.bus.down || m.cut {
+		m.bus.mu.Unlock()
+		return ErrBusDown
+	}
+	return nil
+}
+
+func (m *memoryBroker) publish(set map[*memoryBroker]struct{}, data []byte) {
+	nodes := make([]Node, 0, len(set))
+	for s := range set {
+		if n := m.bus.attached[s]; n != nil && !s.cut {
+			nodes = append(nodes, n)
+		}
+	}
+	m.bus.mu.Unlock()
+	for _, n := range nodes {
+		n.Receive(data)
+	}
+}
+
+func (m *memoryBroker) PublishChannel(channelId string, data []byte) error {
+	if err := m.lock(); err != nil {
+		return err
+	}
+	m.publish(m.bus.chanSubs[channelId], data)
+	return nil
+}
+
+func (m *memoryBroker) PublishUser(uid uint64, data []byte) error {
+	if err := m.lock(); err != nil {
+		return err
+	}
+	m.publish(m.bus.userSubs[uid], data)
+	return nil
+}
+
+func subscribe[K comparable](subs map[K]map[*memoryBroker]struct{}, k K, m *memoryBroker, on bool) {
+	set := subs[k]
+	if on {
+		if set == nil {
+			set = make(map[*memoryBroker]struct{})
+			subs[k] = set
+		}
+		set[m] = struct{}{}
+	} else if set != nil {
+		if delete(set, m); len(set) == 0 {
+			delete(subs, k)
+		}
+	}
+}
+
+// Subscriptions are recorded even while the bus is down.
+
+func (m *memoryBroker) SubscribeChannel(channelId string) error {
+	return m.sub(func() { subscribe(m.bus.chanSubs, channelId, m, true) })
+}
+
+func (m *memoryBroker) UnsubscribeChannel(channelId string) error {
+	return m.sub(func() { subscribe(m.bus.chanSubs, channelId, m, false) })
+}
+
+func (m *memoryBroker) SubscribeUser(uid uint64) error {
+	return m.sub(func() { subscribe(m.bus.userSubs, uid, m, true) })
+}
+
+func (m *memoryBroker) UnsubscribeUser(uid uint64) error {
+	return m.sub(func() { subscribe(m.bus.userSubs, uid, m, false) })
+}
+
+func (m *memoryBroker) sub(fn func()) error {
+	m.bus.mu.Lock()
+	defer m.bus.mu.Unlock()
+	fn()
+	if m.bus.down || m.cut {
+		return ErrBusDown
+	}
+	return nil
+}
+
+func (m *memoryBroker) Connect(uid uint64) (bool, error) {
+	if err := m.lock(); err != nil {
+		return false, err
+	}
+	defer m.bus.mu.Unlock()
+	return m.bus.connect(m.id, uid), nil
+}
+
+func (b *MemoryBus) connect(node string, uid uint64) (first bool) {
+	u := b.users[uid]
+	if u == nil {
+		u = &memUser{nodes: make(map[string]struct{}), chans: make(map[string]struct{})}
+		b.users[uid] = u
+		first = true
+	}
+	u.nodes[node] = struct{}{}
+	set := b.nodeUsers[node]
+	if set == nil {
+		set = make(map[uint64]struct{})
+		b.nodeUsers[node] = set
+	}
+	set[uid] = struct{}{}
+	return first
+}
+
+func (m *memoryBroker) Disconnect(uid uint64) (bool, error) {
+	if err := m.lock(); err != nil {
+		return false, err
+	}
+	defer m.bus.mu.Unlock()
+	delete(m.bus.nodeUsers[m.id], uid)
+	return m.bus.disconnect(m.id, uid), nil
+}
+
+func (b *MemoryBus) disconnect(node string, uid uint64) (last bool) {
+	u := b.users[uid]
+	if u == nil {
+		return false
+	}
+	delete(u.nodes, node)
+	if len(u.nodes) > 0 {
+		return false
+	}
+	for id := range u.chans {
+		b.member(id, uid, false)
+	}
+	delete(b.users, uid)
+	return true
+}
+
+func (b *MemoryBus) member(id string, uid uint64, on bool) {
+	set := b.members[id]
+	if on {
+		if set == nil {
+			set = make(map[uint64]struct{})
+			b.members[id] = set
+		}
+		set[uid] = struct{}{}
+	} else if set != nil {
+		if delete(set, uid); len(set) == 0 {
+			delete(b.members, id)
+		}
+	}
+}
+
+func (m *memoryBroker) Restore(uid uint64, channelIds []string) error {
+	if err := m.lock(); err != nil {
+		return err
+	}
+	defer m.bus.mu.Unlock()
+	m.bus.connect(m.id, uid)
+	u := m.bus.users[uid]
+	for id := range u.chans {
+		m.bus.member(id, uid, false)
+	}
+	clear(u.chans)
+	for _, id := range channelIds {
+		u.chans[id] = struct{}{}
+		m.bus.member(id, uid, true)
+	}
+	return nil
+}
+
+func (m *memoryBroker) Join(uid uint64, channelIds []string) error {
+	return m.membership(uid, channelIds, true)
+}
+
+func (m *memoryBroker) Leave(uid uint64, channelIds []string) error {
+	return m.membership(uid, channelIds, false)
+}
+
+func (m *memoryBroker) membership(uid uint64, channelIds []string, on bool) error {
+	if err := m.lock(); err != nil {
+		return err
+	}
+	defer m.bus.mu.Unlock()
+	u := m.bus.users[uid]
+	if u == nil {
+		return ErrUserOffline
+	}
+	for _, id := range channelIds {
+		if on {
+			u.chans[id] = struct{}{}
+		} else {
+			delete(u.chans, id)
+		}
+		m.bus.member(id, uid, on)
+	}
+	return nil
+}
+
+func (m *memoryBroker) Channels(uid uint64) ([]string, error) {
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.bus.mu.Unlock()
+	var ids []string
+	if u := m.bus.users[uid]; u != nil {
+		for id := range u.chans {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+func (m *memoryBroker) Members(channelId string) ([]uint64, error) {
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.bus.mu.Unlock()
+	var ids []uint64
+	for uid := range m.bus.members[channelId] {
+		ids = append(ids, uid)
+	}
+	return ids, nil
+}
+
+func (m *memoryBroker) Online() ([]uint64, error) {
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.bus.mu.Unlock()
+	ids := make([]uint64, 0, len(m.bus.users))
+	for uid := range m.bus.users {
+		ids = append(ids, uid)
+	}
+	return ids, nil
+}
+
+func (m *memoryBroker) IsOnline(uid uint64) (bool, error) {
+	if err := m.lock(); err != nil {
+		return false, err
+	}
+	defer m.bus.mu.Unlock()
+	return m.bus.users[uid] != nil, nil
+}
+
+func (m *memoryBroker) NodeUids() ([]uint64, error) {
+	if err := m.lock(); err != nil {
+		return nil, err
+	}
+	defer m.bus.mu.Unlock()
+	var ids []uint64
+	for uid := range m.bus.nodeUsers[m.id] {
+		ids = append(ids, uid)
+	}
+	return ids, nil
+}
+
+func (m *memoryBroker) Heartbeat() (gone []uint64, lost bool, err error) {
+	if err := m.lock(); err != nil {
+		return nil, false, err
+	}
+	b := m.bus
+	defer b.mu.Unlock()
+	now := time.Now()
+	_, ok := b.alive[m.id]
+	lost = !ok
+	b.alive[m.id] = now
+	for node, seen := range b.alive {
+		if now.Sub(seen) <= b.ttl() {
+			continue
+		}
+		for uid := range b.nodeUsers[node] {
+			if b.disconnect(node, uid) {
+				gone = append(gone, uid)
+			}
+		}
+		delete(b.nodeUsers, node)
+		delete(b.alive, node)
+	}
+	return gone, lost, nil
+}

@@ -1,0 +1,656 @@
+// Package natsbroker is a chart.Broker on NATS: messages travel over core
+// NATS subjects, presence lives in a JetStream key-value bucket updated
+// with compare-and-swap, and each node's liveness is a key in a second
+// bucket whose entries expire after the node TTL unless its heartbeat
+// rewrites them. The server must run with JetStream (nats-server -js).
+//
+//	b, err := natsbroker.Connect("nats://127.0.0.1:4222", natsbroker.Options{})
+//	hub := chart.New(chart.Config{Broker: b})
+//
+// Each hub needs its own Broker.
+//
+// Subjects, under Options.Prefix: PREFIX.c.CHANNEL and PREFIX.u.UID, the
+// channel id in unpadded base64url. Bucket Options.Bucket holds u.UID (a
+// JSON record of the uid's nodes and channels), c.CHANNEL.UID (member
+// index), nu.NODE.UID (the node's uids) and node.NODE (known nodes);
+// bucket Options.Bucket+"_alive" holds one key per live node.
+package natsbroker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/wuyan94zl/chart"
+)
+
+// Options configure a Broker; zero fields take their defaults.
+type Options struct {
+	// Prefix starts every subject. Default "chart".
+	Prefix string
+	// Bucket names the presence bucket; the liveness bucket is
+	// Bucket+"_alive". Default "chart_presence". Clusters sharing one NATS
+	// server need different prefixes and buckets.
+	Bucket string
+	// TTL is how long the node stays alive in presence without heartbeat;
+	// it heartbeats every TTL/3. Default chart.DefaultNodeTTL.
+	TTL time.Duration
+	// Timeout bounds each call. Default 5 s.
+	Timeout time.Duration
+	// Storage of the buckets. Default jetstream.MemoryStorage: presence
+	// is re-published by every node after a server restart anyway.
+	Storage jetstream.StorageType
+	// Replicas of the buckets in a NATS cluster. Default 1.
+	Replicas int
+	// NodeID names the node; default a random id.
+	NodeID string
+}
+
+// Broker is a chart.Broker on NATS. Create it with New or Connect.
+type Broker struct {
+	nc    *nats.Conn
+	owned bool
+	js    jetstream.JetStream
+	opt   Options
+
+	mu      sync.Mutex
+	kv      jetstream.KeyValue // presence
+	alive   jetstream.KeyValue // liveness, with TTL
+	subs    map[string]*nats.Subscription
+	node    chart.Node
+	msgs    chan *nats.Msg
+	closed  chan struct{}
+	wg      sync.WaitGroup
+	onceEnd sync.Once
+}
+
+var _ chart.Broker = (*Broker)(nil)
+
+// errDisconnected fails presence calls at once while NATS reconnects,
+// instead of waiting for their timeout.
+var errDisconnected = errors.New("natsbroker: not connected")
+
+// New returns a Broker using nc, which stays the caller's to close. nc
+// should reconnect forever (nats.MaxReconnects(-1)).
+func New(nc *nats.Conn, opt Options) (*Broker, error) {
+	if opt.Prefix == "" {
+		opt.Prefix = "chart"
+	}
+	if opt.Bucket == "" {
+		opt.Bucket = "chart_presence"
+	}
+	if opt.TTL <= 0 {
+		opt.TTL = chart.DefaultNodeTTL
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = 5 * time.Second
+	}
+	if opt.Replicas <= 0 {
+		opt.Replicas = 1
+	}
+	if opt.NodeID == "" {
+		var b [8]byte
+		rand.Read(b[:])
+		opt.NodeID = hex.EncodeToString(b[:])
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	b := &Broker{nc: nc, js: js, opt: opt, subs: make(map[string]*nats.Subscription),
+		msgs: make(chan *nats.Msg, 1<<16), closed: make(chan struct{})}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	if err := b.ensureBuckets(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Connect connects to the NATS server at url and returns a Broker that
+// owns the connection, which reconnects forever.
+func Connect(url string, opt Options) (*Broker, error) {
+	var b *Broker
+	nc, err := nats.Connect(url,
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(100*time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if b != nil {
+				b.lost(err)
+			}
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if b != nil {
+				b.lost(err)
+			}
+		}))
+	if err != nil {
+		return nil, err
+	}
+	b, err = New(nc, opt)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	b.owned = true
+	return b, nil
+}
+
+func (b *Broker) lost(err error) {
+	if err == nil {
+		err = nats.ErrDisconnected
+	}
+	b.mu.Lock()
+	n := b.node
+	b.mu.Unlock()
+	if n != nil {
+		n.BrokerError(fmt.Errorf("nats: %w", err))
+	}
+}
+
+// ensureBuckets creates the buckets, or finds them.
+func (b *Broker) ensureBuckets(ctx context.Context) error {
+	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: b.opt.Bucket, History: 1, Storage: b.opt.Storage, Replicas: b.opt.Replicas,
+	})
+	if err != nil {
+		return err
+	}
+	alive, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: b.opt.Bucket + "_alive", History: 1, TTL: b.opt.TTL, Storage: b.opt.Storage, Replicas: b.opt.Replicas,
+	})
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.kv, b.alive = kv, alive
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *Broker) buckets() (kv, alive jetstream.KeyValue) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.kv, b.alive
+}
+
+// NodeID returns the node's id.
+func (b *Broker) NodeID() string { return b.opt.NodeID }
+
+// HeartbeatInterval is a third of the TTL.
+func (b *Broker) HeartbeatInterval() time.Duration { return b.opt.TTL / 3 }
+
+func (b *Broker) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), b.opt.Timeout)
+}
+
+func chanToken(id string) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }
+
+func (b *Broker) chanSubject(id string) string  { return b.opt.Prefix + ".c." + chanToken(id) }
+func (b *Broker) userSubject(uid uint64) string { return b.opt.Prefix + ".u." + uidStr(uid) }
+func uidStr(uid uint64) string                  { return strconv.FormatUint(uid, 10) }
+
+// Attach starts the goroutine that hands received messages to n.
+func (b *Broker) Attach(n chart.Node) error {
+	b.mu.Lock()
+	b.node = n
+	b.mu.Unlock()
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			select {
+			case <-b.closed:
+				return
+			case m := <-b.msgs:
+				n.Receive(m.Data)
+			}
+		}
+	}()
+	return nil
+}
+
+// Close unsubscribes, stops the receiving goroutine, and closes the
+// connection when Connect made it.
+func (b *Broker) Close() error {
+	b.onceEnd.Do(func() {
+		b.mu.Lock()
+		b.node = nil
+		for k, s := range b.subs {
+			s.Unsubscribe()
+			delete(b.subs, k)
+		}
+		b.mu.Unlock()
+		close(b.closed)
+		b.wg.Wait()
+		if b.owned {
+			b.nc.Close()
+		}
+	})
+	return nil
+}
+
+// PublishChannel publishes data on the channel's subject. While NATS
+// reconnects, messages wait in the client's bounded reconnect buffer.
+func (b *Broker) PublishChannel(channelId string, data []byte) error {
+	return b.nc.Publish(b.chanSubject(channelId), data)
+}
+
+// PublishUser publishes data on the uid's subject.
+func (b *Broker) PublishUser(uid uint64, data []byte) error {
+	return b.nc.Publish(b.userSubject(uid), data)
+}
+
+// subscribe (un)subscribes a subject and waits until the server has it, so
+// that messages published after it returns are received. The NATS client
+// keeps subscriptions across reconnects.
+func (b *Broker) subscribe(subj string, on bool) error {
+	b.mu.Lock()
+	s, have := b.subs[subj]
+	switch {
+	case on && !have:
+		var err error
+		if s, err = b.nc.ChanSubscribe(subj, b.msgs); err != nil {
+			b.mu.Unlock()
+			return err
+		}
+		b.subs[subj] = s
+	case !on && have:
+		delete(b.subs, subj)
+		s.Unsubscribe()
+	}
+	b.mu.Unlock()
+	if !b.nc.IsConnected() {
+		return errDisconnected
+	}
+	return b.nc.FlushTimeout(b.opt.Timeout)
+}
+
+// SubscribeChannel subscribes to the channel's subject.
+func (b *Broker) SubscribeChannel(channelId string) error {
+	return b.subscribe(b.chanSubject(channelId), true)
+}
+
+// UnsubscribeChannel unsubscribes from the channel's subject.
+func (b *Broker) UnsubscribeChannel(channelId string) error {
+	return b.subscribe(b.chanSubject(channelId), false)
+}
+
+// SubscribeUser subscribes to the uid's subject.
+func (b *Broker) SubscribeUser(uid uint64) error { return b.subscribe(b.userSubject(uid), true) }
+
+// UnsubscribeUser unsubscribes from the uid's subject.
+func (b *Broker) UnsubscribeUser(uid uint64) error { return b.subscribe(b.userSubject(uid), false) }
+
+// record is the presence of one uid: the nodes it is connected to and the
+// channels it joined.
+type record struct {
+	Nodes    []string `json:"n"`
+	Channels []string `json:"c,omitempty"`
+}
+
+func conflict(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && (api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// update applies fn to uid's record with compare-and-swap, retrying on
+// conflict. fn gets nil when uid has no record, and returns the new record
+// (nil: delete it). It returns the records before and after.
+func (b *Broker) update(ctx context.Context, uid uint64, fn func(r *record) (*record, error)) (before, after *record, err error) {
+	if !b.nc.IsConnected() {
+		return nil, nil, errDisconnected
+	}
+	kv, _ := b.buckets()
+	key := "u." + uidStr(uid)
+	for {
+		var rev uint64
+		before = nil
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return nil, nil, err
+		default:
+			rev = e.Revision()
+			before = new(record)
+			if err := json.Unmarshal(e.Value(), before); err != nil {
+				return nil, nil, err
+			}
+		}
+		var cp *record
+		if before != nil {
+			cp = &record{Nodes: slices.Clone(before.Nodes), Channels: slices.Clone(before.Channels)}
+		}
+		after, err = fn(cp)
+		if err != nil {
+			return before, nil, err
+		}
+		switch {
+		case after == nil && before == nil:
+			return nil, nil, nil
+		case after == nil:
+			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
+		case before == nil:
+			data, _ := json.Marshal(after)
+			_, err = kv.Create(ctx, key, data)
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue
+			}
+		default:
+			data, _ := json.Marshal(after)
+			_, err = kv.Update(ctx, key, data, rev)
+		}
+		if conflict(err) {
+			continue
+		}
+		return before, after, err
+	}
+}
+
+func addAll(list []string, xs ...string) []string {
+	for _, x := range xs {
+		if !slices.Contains(list, x) {
+			list = append(list, x)
+		}
+	}
+	return list
+}
+
+func removeAll(list []string, xs ...string) []string {
+	return slices.DeleteFunc(list, func(s string) bool { return slices.Contains(xs, s) })
+}
+
+func (b *Broker) memberKey(ch string, uid uint64) string {
+	return "c." + chanToken(ch) + "." + uidStr(uid)
+}
+
+// members puts or deletes the member index keys.
+func (b *Broker) members(ctx context.Context, uid uint64, chans []string, on bool) error {
+	kv, _ := b.buckets()
+	var errs []error
+	for _, ch := range chans {
+		var err error
+		if on {
+			_, err = kv.Put(ctx, b.memberKey(ch, uid), nil)
+		} else {
+			err = kv.Delete(ctx, b.memberKey(ch, uid))
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Connect marks uid online on this node; first when it was offline.
+func (b *Broker) Connect(uid uint64) (bool, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	before, _, err := b.update(ctx, uid, func(r *record) (*record, error) {
+		if r == nil {
+			r = &record{}
+		}
+		r.Nodes = addAll(r.Nodes, b.opt.NodeID)
+		return r, nil
+	})
+	if err != nil {
+		return false, err
+	}
+	kv, _ := b.buckets()
+	if _, err := kv.Put(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid), nil); err != nil {
+		return before == nil, err
+	}
+	return before == nil, nil
+}
+
+// drop removes node from uid's record; last when uid went offline.
+func (b *Broker) drop(ctx context.Context, node string, uid uint64) (last bool, err error) {
+	before, after, err := b.update(ctx, uid, func(r *record) (*record, error) {
+		if r == nil || !slices.Contains(r.Nodes, node) {
+			return r, errNoChange
+		}
+		r.Nodes = removeAll(r.Nodes, node)
+		if len(r.Nodes) == 0 {
+			return nil, nil
+		}
+		return r, nil
+	})
+	if errors.Is(err, errNoChange) {
+		return false, nil
+	}
+	if err != nil || before == nil || after != nil {
+		return false, err
+	}
+	return true, b.members(ctx, uid, before.Channels, false)
+}
+
+var errNoChange = errors.New("no change")
+
+// Disconnect marks uid offline on this node; last when it is now offline.
+func (b *Broker) Disconnect(uid uint64) (bool, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	last, err := b.drop(ctx, b.opt.NodeID, uid)
+	if err != nil {
+		return last, err
+	}
+	kv, _ := b.buckets()
+	return last, kv.Delete(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid))
+}
+
+// Restore marks uid online here with exactly channelIds.
+func (b *Broker) Restore(uid uint64, channelIds []string) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	before, _, err := b.update(ctx, uid, func(r *record) (*record, error) {
+		if r == nil {
+			r = &record{}
+		}
+		r.Nodes = addAll(r.Nodes, b.opt.NodeID)
+		r.Channels = addAll(nil, channelIds...)
+		return r, nil
+	})
+	if err != nil {
+		return err
+	}
+	if before != nil {
+		if err := b.members(ctx, uid, removeAll(before.Channels, channelIds...), false); err != nil {
+			return err
+		}
+	}
+	kv, _ := b.buckets()
+	if _, err := kv.Put(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid), nil); err != nil {
+		return err
+	}
+	return b.members(ctx, uid, channelIds, true)
+}
+
+func (b *Broker) membership(uid uint64, channelIds []string, on bool) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	_, _, err := b.update(ctx, uid, func(r *record) (*record, error) {
+		if r == nil {
+			return nil, chart.ErrUserOffline
+		}
+		if on {
+			r.Channels = addAll(r.Channels, channelIds...)
+		} else {
+			r.Channels = removeAll(r.Channels, channelIds...)
+		}
+		return r, nil
+	})
+	if err != nil {
+		return err
+	}
+	return b.members(ctx, uid, channelIds, on)
+}
+
+// Join adds uid to channels; chart.ErrUserOffline if it is offline.
+func (b *Broker) Join(uid uint64, channelIds []string) error {
+	return b.membership(uid, channelIds, true)
+}
+
+// Leave removes uid from channels; chart.ErrUserOffline if it is offline.
+func (b *Broker) Leave(uid uint64, channelIds []string) error {
+	return b.membership(uid, channelIds, false)
+}
+
+func (b *Broker) get(ctx context.Context, uid uint64) (*record, error) {
+	if !b.nc.IsConnected() {
+		return nil, errDisconnected
+	}
+	kv, _ := b.buckets()
+	e, err := kv.Get(ctx, "u."+uidStr(uid))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	r := new(record)
+	return r, json.Unmarshal(e.Value(), r)
+}
+
+// Channels returns uid's channels.
+func (b *Broker) Channels(uid uint64) ([]string, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	r, err := b.get(ctx, uid)
+	if r == nil || err != nil {
+		return nil, err
+	}
+	return r.Channels, nil
+}
+
+// IsOnline reports whether uid is online on some node.
+func (b *Broker) IsOnline(uid uint64) (bool, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	r, err := b.get(ctx, uid)
+	return r != nil, err
+}
+
+// keys lists the keys under filter (a subject filter on key names).
+func (b *Broker) keys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
+	if !b.nc.IsConnected() {
+		return nil, errDisconnected
+	}
+	l, err := kv.ListKeysFiltered(ctx, filter)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for k := range l.Keys() {
+		keys = append(keys, k)
+	}
+	l.Stop() // already stopped once listed; its error says so
+	return keys, nil
+}
+
+// lastUids parses the last token of each key as a uid.
+func lastUids(keys []string, err error) ([]uint64, error) {
+	ids := make([]uint64, 0, len(keys))
+	for _, k := range keys {
+		if uid, err := strconv.ParseUint(k[strings.LastIndexByte(k, '.')+1:], 10, 64); err == nil {
+			ids = append(ids, uid)
+		}
+	}
+	return ids, err
+}
+
+// Members returns the uids in channelId.
+func (b *Broker) Members(channelId string) ([]uint64, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	kv, _ := b.buckets()
+	return lastUids(b.keys(ctx, kv, "c."+chanToken(channelId)+".*"))
+}
+
+// Online returns every online uid.
+func (b *Broker) Online() ([]uint64, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	kv, _ := b.buckets()
+	return lastUids(b.keys(ctx, kv, "u.*"))
+}
+
+// NodeUids returns the uids online on this node.
+func (b *Broker) NodeUids() ([]uint64, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	kv, _ := b.buckets()
+	return lastUids(b.keys(ctx, kv, "nu."+b.opt.NodeID+".*"))
+}
+
+// Heartbeat refreshes the node's liveness key and reaps dead nodes. After
+// a server restart that lost the buckets it creates them again and reports
+// lost.
+func (b *Broker) Heartbeat() (gone []uint64, lost bool, err error) {
+	if !b.nc.IsConnected() {
+		return nil, false, errDisconnected
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	kv, alive := b.buckets()
+	if _, err := alive.Get(ctx, b.opt.NodeID); err != nil {
+		lost = true
+	}
+	if _, err := alive.Put(ctx, b.opt.NodeID, nil); err != nil {
+		if err := b.ensureBuckets(ctx); err != nil {
+			return nil, false, err
+		}
+		kv, alive = b.buckets()
+		if _, err := alive.Put(ctx, b.opt.NodeID, nil); err != nil {
+			return nil, false, err
+		}
+		lost = true
+	}
+	if lost {
+		if _, err := kv.Put(ctx, "node."+b.opt.NodeID, nil); err != nil {
+			return nil, lost, err
+		}
+	}
+	nodes, err := b.keys(ctx, kv, "node.*")
+	if err != nil {
+		return nil, lost, err
+	}
+	for _, k := range nodes {
+		node := strings.TrimPrefix(k, "node.")
+		if node == b.opt.NodeID {
+			continue
+		}
+		if _, err := alive.Get(ctx, node); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // alive, or unknown: reap only what is surely dead
+		}
+		uids, err := lastUids(b.keys(ctx, kv, "nu."+node+".*"))
+		if err != nil {
+			return gone, lost, err
+		}
+		for _, uid := range uids {
+			last, err := b.drop(ctx, node, uid)
+			if err != nil {
+				return gone, lost, err
+			}
+			if last {
+				gone = append(gone, uid)
+			}
+			kv.Delete(ctx, "nu."+node+"."+uidStr(uid))
+		}
+		kv.Delete(ctx, k)
+	}
+	return gone, lost, nil
+}

@@ -1,0 +1,488 @@
+// Package redisbroker is a chart.Broker on Redis: messages travel over
+// Redis pub/sub, presence lives in Redis keys updated by Lua scripts, and
+// each node's liveness is a key with a TTL refreshed by its heartbeat.
+//
+//	b, err := redisbroker.Dial("redis://127.0.0.1:6379", redisbroker.Options{})
+//	hub := chart.New(chart.Config{Broker: b})
+//
+// Each hub needs its own Broker. The scripts touch keys they compute, so
+// use a single Redis server (with replicas or Sentinel if you like), not a
+// Redis Cluster.
+//
+// Keys, under Options.Prefix: alive:NODE (string with the node TTL),
+// nodes (set of node ids), nu:NODE (set of the node's uids), u:UID (hash:
+// n:NODE and c:CHANNEL fields), online (set of uids), c:CHANNEL (set of
+// member uids). Pub/sub channels: PREFIX ch:CHANNEL and PREFIX us:UID.
+package redisbroker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/wuyan94zl/chart"
+)
+
+// Options configure a Broker; zero fields take their defaults.
+type Options struct {
+	// Prefix starts every key and pub/sub channel. Default "chart:".
+	// Clusters sharing one Redis need different prefixes.
+	Prefix string
+	// TTL is how long the node stays alive in presence without heartbeat;
+	// it heartbeats every TTL/3. Default chart.DefaultNodeTTL.
+	TTL time.Duration
+	// Timeout bounds each Redis call. Default 5 s.
+	Timeout time.Duration
+	// NodeID names the node; default a random id.
+	NodeID string
+}
+
+// Broker is a chart.Broker on Redis. Create it with New or Dial.
+type Broker struct {
+	rdb    redis.UniversalClient
+	owned  bool // Close closes rdb
+	ps     *redis.PubSub
+	opt    Options
+	closed chan struct{}
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	// While Redis is unreachable calls fail at once, but for one probe
+	// every probeEvery, so that a sender's goroutine does not wait on
+	// dial timeouts and retries for each message.
+	down    atomic.Bool
+	lastTry atomic.Int64 // unix nanoseconds of the last probe
+}
+
+// ErrUnreachable is returned without a network call while Redis is known
+// to be unreachable.
+var ErrUnreachable = errors.New("redisbroker: redis unreachable")
+
+const probeEvery = 100 * time.Millisecond
+
+// allow says whether to try a call now.
+func (b *Broker) allow() error {
+	if !b.down.Load() {
+		return nil
+	}
+	now, last := time.Now().UnixNano(), b.lastTry.Load()
+	if now-last < int64(probeEvery) || !b.lastTry.CompareAndSwap(last, now) {
+		return ErrUnreachable
+	}
+	return nil
+}
+
+// done records the outcome of a call: a failure other than an error reply
+// from Redis marks it unreachable, a success reachable.
+func (b *Broker) done(err error) error {
+	var reply redis.Error
+	switch {
+	case err == nil:
+		b.down.Store(false)
+	case errors.As(err, &reply):
+	default:
+		if !b.down.Swap(true) {
+			b.lastTry.Store(time.Now().UnixNano())
+		}
+	}
+	return err
+}
+
+var _ chart.Broker = (*Broker)(nil)
+
+// New returns a Broker using rdb, which stays the caller's to close.
+func New(rdb redis.UniversalClient, opt Options) *Broker {
+	if opt.Prefix == "" {
+		opt.Prefix = "chart:"
+	}
+	if opt.TTL <= 0 {
+		opt.TTL = chart.DefaultNodeTTL
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = 5 * time.Second
+	}
+	if opt.NodeID == "" {
+		var b [8]byte
+		rand.Read(b[:])
+		opt.NodeID = hex.EncodeToString(b[:])
+	}
+	return &Broker{rdb: rdb, opt: opt, closed: make(chan struct{})}
+}
+
+// Dial connects to the Redis server at url (redis://[user:pass@]host:port/db)
+// and returns a Broker that owns the connection.
+func Dial(url string, opt Options) (*Broker, error) {
+	o, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	o.MaxRetries = 1 // fail fast while Redis is away: the hub goes on locally
+	o.DialTimeout = 2 * time.Second
+	b := New(redis.NewClient(o), opt)
+	b.owned = true
+	return b, nil
+}
+
+// NodeID returns the node's id.
+func (b *Broker) NodeID() string { return b.opt.NodeID }
+
+// HeartbeatInterval is a third of the TTL.
+func (b *Broker) HeartbeatInterval() time.Duration { return b.opt.TTL / 3 }
+
+func (b *Broker) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), b.opt.Timeout)
+}
+
+func (b *Broker) chanTopic(id string) string { return b.opt.Prefix + "ch:" + id }
+func (b *Broker) userTopic(uid uint64) string {
+	return b.opt.Prefix + "us:" + strconv.FormatUint(uid, 10)
+}
+
+// Attach starts the subscriber goroutine, which delivers messages to n and
+// reconnects (resubscribing) after a lost connection.
+func (b *Broker) Attach(n chart.Node) error {
+	b.ps = b.rdb.Subscribe(context.Background())
+	b.wg.Add(1)
+	go b.receive(n)
+	return nil
+}
+
+func (b *Broker) receive(n chart.Node) {
+	defer b.wg.Done()
+	ctx := context.Background()
+	backoff := 50 * time.Millisecond
+	failing := false
+	for {
+		msg, err := b.ps.ReceiveTimeout(ctx, b.HeartbeatInterval())
+		select {
+		case <-b.closed:
+			return
+		default:
+		}
+		if err != nil {
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() {
+				b.ps.Ping(ctx) // a dead connection fails the next receive
+				continue
+			}
+			if !failing {
+				failing = true
+				n.BrokerError(fmt.Errorf("redis subscriber: %w", err))
+			}
+			select {
+			case <-b.closed:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		failing, backoff = false, 50*time.Millisecond
+		b.down.Store(false)
+		if m, ok := msg.(*redis.Message); ok {
+			n.Receive([]byte(m.Payload))
+		}
+	}
+}
+
+// Close stops the subscriber, and closes the client when Dial made it.
+func (b *Broker) Close() error {
+	var err error
+	b.once.Do(func() {
+		close(b.closed)
+		if b.ps != nil {
+			err = b.ps.Close()
+		}
+		b.wg.Wait()
+		if b.owned {
+			err = errors.Join(err, b.rdb.Close())
+		}
+	})
+	return err
+}
+
+// PublishChannel publishes data to the channel's topic.
+func (b *Broker) PublishChannel(channelId string, data []byte) error {
+	if err := b.allow(); err != nil {
+		return err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	return b.done(b.rdb.Publish(ctx, b.chanTopic(channelId), data).Err())
+}
+
+// PublishUser publishes data to the uid's topic.
+func (b *Broker) PublishUser(uid uint64, data []byte) error {
+	if err := b.allow(); err != nil {
+		return err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	return b.done(b.rdb.Publish(ctx, b.userTopic(uid), data).Err())
+}
+
+func (b *Broker) subscribe(topic string, on bool) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	// go-redis records the topic even when the call fails, and
+	// resubscribes when its connection comes back.
+	if on {
+		return b.done(b.ps.Subscribe(ctx, topic))
+	}
+	return b.done(b.ps.Unsubscribe(ctx, topic))
+}
+
+// SubscribeChannel subscribes to the channel's topic.
+func (b *Broker) SubscribeChannel(channelId string) error {
+	return b.subscribe(b.chanTopic(channelId), true)
+}
+
+// UnsubscribeChannel unsubscribes from the channel's topic.
+func (b *Broker) UnsubscribeChannel(channelId string) error {
+	return b.subscribe(b.chanTopic(channelId), false)
+}
+
+// SubscribeUser subscribes to the uid's topic.
+func (b *Broker) SubscribeUser(uid uint64) error { return b.subscribe(b.userTopic(uid), true) }
+
+// UnsubscribeUser unsubscribes from the uid's topic.
+func (b *Broker) UnsubscribeUser(uid uint64) error { return b.subscribe(b.userTopic(uid), false) }
+
+// drop is shared by the scripts: uid leaves node; when no node is left it
+// leaves its channels and goes offline, and drop returns 1.
+const drop = `
+local function drop(p, node, uid)
+  local uk = p .. 'u:' .. uid
+  redis.call('HDEL', uk, 'n:' .. node)
+  local fields = redis.call('HKEYS', uk)
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 2) == 'n:' then return 0 end
+  end
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, 2) == 'c:' then redis.call('SREM', p .. 'c:' .. string.sub(f, 3), uid) end
+  end
+  redis.call('DEL', uk)
+  return redis.call('SREM', p .. 'online', uid)
+end
+local function connect(p, node, uid)
+  redis.call('SADD', p .. 'nodes', node)
+  redis.call('SADD', p .. 'nu:' .. node, uid)
+  redis.call('HSET', p .. 'u:' .. uid, 'n:' .. node, '1')
+  return redis.call('SADD', p .. 'online', uid)
+end
+local p, node = ARGV[1], ARGV[2]
+`
+
+var (
+	connectScript = redis.NewScript(drop + `
+return connect(p, node, ARGV[3])`)
+
+	disconnectScript = redis.NewScript(drop + `
+redis.call('SREM', p .. 'nu:' .. node, ARGV[3])
+return drop(p, node, ARGV[3])`)
+
+	restoreScript = redis.NewScript(drop + `
+local uid = ARGV[3]
+local uk = p .. 'u:' .. uid
+connect(p, node, uid)
+for _, f in ipairs(redis.call('HKEYS', uk)) do
+  if string.sub(f, 1, 2) == 'c:' then
+    redis.call('HDEL', uk, f)
+    redis.call('SREM', p .. 'c:' .. string.sub(f, 3), uid)
+  end
+end
+for i = 4, #ARGV do
+  redis.call('HSET', uk, 'c:' .. ARGV[i], '1')
+  redis.call('SADD', p .. 'c:' .. ARGV[i], uid)
+end
+return 1`)
+
+	// membership: ARGV[2] is 'join' or 'leave'; -1 when uid is offline.
+	membershipScript = redis.NewScript(`
+local p, op, uid = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('SISMEMBER', p .. 'online', uid) == 0 then return -1 end
+local uk = p .. 'u:' .. uid
+for i = 4, #ARGV do
+  if op == 'join' then
+    redis.call('HSET', uk, 'c:' .. ARGV[i], '1')
+    redis.call('SADD', p .. 'c:' .. ARGV[i], uid)
+  else
+    redis.call('HDEL', uk, 'c:' .. ARGV[i])
+    redis.call('SREM', p .. 'c:' .. ARGV[i], uid)
+  end
+end
+return 1`)
+
+	heartbeatScript = redis.NewScript(drop + `
+local ak = p .. 'alive:' .. node
+local lost = 1 - redis.call('EXISTS', ak)
+redis.call('SET', ak, '1', 'PX', ARGV[3])
+redis.call('SADD', p .. 'nodes', node)
+local gone = {}
+for _, n in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
+  if n ~= node and redis.call('EXISTS', p .. 'alive:' .. n) == 0 then
+    for _, uid in ipairs(redis.call('SMEMBERS', p .. 'nu:' .. n)) do
+      if drop(p, n, uid) == 1 then table.insert(gone, uid) end
+    end
+    redis.call('DEL', p .. 'nu:' .. n)
+    redis.call('SREM', p .. 'nodes', n)
+  end
+end
+return {lost, gone}`)
+)
+
+func (b *Broker) run(s *redis.Script, args ...any) (any, error) {
+	if err := b.allow(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	v, err := s.Run(ctx, b.rdb, nil, args...).Result()
+	return v, b.done(err)
+}
+
+func uidArg(uid uint64) string { return strconv.FormatUint(uid, 10) }
+
+// Connect marks uid online on this node; first when it was offline.
+func (b *Broker) Connect(uid uint64) (bool, error) {
+	v, err := b.run(connectScript, b.opt.Prefix, b.opt.NodeID, uidArg(uid))
+	return v == int64(1), err
+}
+
+// Disconnect marks uid offline on this node; last when it is now offline.
+func (b *Broker) Disconnect(uid uint64) (bool, error) {
+	v, err := b.run(disconnectScript, b.opt.Prefix, b.opt.NodeID, uidArg(uid))
+	return v == int64(1), err
+}
+
+// Restore marks uid online here with exactly channelIds.
+func (b *Broker) Restore(uid uint64, channelIds []string) error {
+	args := []any{b.opt.Prefix, b.opt.NodeID, uidArg(uid)}
+	for _, id := range channelIds {
+		args = append(args, id)
+	}
+	_, err := b.run(restoreScript, args...)
+	return err
+}
+
+func (b *Broker) membership(op string, uid uint64, channelIds []string) error {
+	args := []any{b.opt.Prefix, op, uidArg(uid)}
+	for _, id := range channelIds {
+		args = append(args, id)
+	}
+	v, err := b.run(membershipScript, args...)
+	if err == nil && v == int64(-1) {
+		return chart.ErrUserOffline
+	}
+	return err
+}
+
+// Join adds uid to channels; chart.ErrUserOffline if it is offline.
+func (b *Broker) Join(uid uint64, channelIds []string) error {
+	return b.membership("join", uid, channelIds)
+}
+
+// Leave removes uid from channels; chart.ErrUserOffline if it is offline.
+func (b *Broker) Leave(uid uint64, channelIds []string) error {
+	return b.membership("leave", uid, channelIds)
+}
+
+// Channels returns uid's channels.
+func (b *Broker) Channels(uid uint64) ([]string, error) {
+	if err := b.allow(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	fields, err := b.rdb.HKeys(ctx, b.opt.Prefix+"u:"+uidArg(uid)).Result()
+	if err := b.done(err); err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, f := range fields {
+		if id, ok := strings.CutPrefix(f, "c:"); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+func parseUids(list []string, err error) ([]uint64, error) {
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]uint64, 0, len(list))
+	for _, s := range list {
+		if uid, err := strconv.ParseUint(s, 10, 64); err == nil {
+			ids = append(ids, uid)
+		}
+	}
+	return ids, nil
+}
+
+// Members returns the uids in channelId.
+func (b *Broker) Members(channelId string) ([]uint64, error) {
+	return b.uids(b.opt.Prefix + "c:" + channelId)
+}
+
+// Online returns every online uid.
+func (b *Broker) Online() ([]uint64, error) {
+	return b.uids(b.opt.Prefix + "online")
+}
+
+// IsOnline reports whether uid is online on some node.
+func (b *Broker) IsOnline(uid uint64) (bool, error) {
+	if err := b.allow(); err != nil {
+		return false, err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	ok, err := b.rdb.SIsMember(ctx, b.opt.Prefix+"online", uidArg(uid)).Result()
+	return ok, b.done(err)
+}
+
+// NodeUids returns the uids online on this node.
+func (b *Broker) NodeUids() ([]uint64, error) {
+	return b.uids(b.opt.Prefix + "nu:" + b.opt.NodeID)
+}
+
+// uids reads a set of uids.
+func (b *Broker) uids(key string) ([]uint64, error) {
+	if err := b.allow(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	list, err := b.rdb.SMembers(ctx, key).Result()
+	return parseUids(list, b.done(err))
+}
+
+// Heartbeat refreshes the node's TTL and reaps dead nodes.
+func (b *Broker) Heartbeat() (gone []uint64, lost bool, err error) {
+	v, err := b.run(heartbeatScript, b.opt.Prefix, b.opt.NodeID, b.opt.TTL.Milliseconds())
+	if err != nil {
+		return nil, false, err
+	}
+	res, ok := v.([]any)
+	if !ok || len(res) != 2 {
+		return nil, false, fmt.Errorf("redisbroker: unexpected heartbeat reply %v", v)
+	}
+	lost = res[0] == int64(1)
+	list, _ := res[1].([]any)
+	for _, x := range list {
+		if s, ok := x.(string); ok {
+			if uid, err := strconv.ParseUint(s, 10, 64); err == nil {
+				gone = append(gone, uid)
+			}
+		}
+	}
+	return gone, lost, nil
+}

@@ -1,0 +1,109 @@
+package redisbroker
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/wuyan94zl/chart"
+	"github.com/wuyan94zl/chart/charttest"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// redisServer is a real redis-server on a free port, started by the test.
+type redisServer struct {
+	t    *testing.T
+	port int
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
+		}
+		t.Skip("redis-server is not installed: apt-get install redis-server to run the Redis broker tests")
+	}
+	r := &redisServer{t: t, port: freePort(t)}
+	r.start()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *redisServer) url() string { return fmt.Sprintf("redis://127.0.0.1:%d", r.port) }
+
+func (r *redisServer) start() {
+	t := r.t
+	t.Helper()
+	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
+	r.done = make(chan struct{})
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func(cmd *exec.Cmd, done chan struct{}) {
+		cmd.Wait()
+		close(done)
+	}(r.cmd, r.done)
+	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.port), MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server did not start")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a starting process: no event to wait for
+	}
+}
+
+func (r *redisServer) stop() {
+	if r.cmd == nil {
+		return
+	}
+	r.cmd.Process.Kill()
+	<-r.done
+	r.cmd = nil
+}
+
+func TestRedisBroker(t *testing.T) {
+	srv := startRedis(t)
+	var seq atomic.Int64
+	charttest.Suite{
+		NewCluster: func(t *testing.T) func() chart.Broker {
+			prefix := fmt.Sprintf("test%d:", seq.Add(1))
+			return func() chart.Broker {
+				b, err := Dial(srv.url(), Options{Prefix: prefix, TTL: 600 * time.Millisecond, Timeout: time.Second})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
+			}
+		},
+		Outage: func(t *testing.T) func() {
+			srv.stop()
+			return srv.start
+		},
+	}.Run(t)
+}
