@@ -14,7 +14,7 @@ import (
 // handler, chart.JoinChannelIds from Handler.LoginServer, chart.Publish from
 // business code. Clients send {"channel_id","content","type":3} frames to
 // publish into a joined channel (rooms workload). All chart defaults are
-// kept (origin check, 50 msg/s inbound limit, 256-message / 1 MiB queues).
+// kept (origin check, 50 msg/s inbound limit, 4096-message / 1 MiB queues).
 type chartLib struct {
 	mu      sync.Mutex
 	pending map[uint64][]string // channels to join at login, by uid

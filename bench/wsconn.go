@@ -135,8 +135,10 @@ func (w *wsConn) readMessage() ([]byte, error) {
 			continue
 		}
 		start := len(w.msg)
-		if cap(w.msg) < start+int(n) {
-			grown := make([]byte, start, start+int(n)+512)
+		if need := start + int(n); cap(w.msg) < need {
+			// Grow geometrically: a message coalesced from many fragments
+			// must not be copied once per fragment.
+			grown := make([]byte, start, max(need, 2*cap(w.msg), 512))
 			copy(grown, w.msg)
 			w.msg = grown
 		}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// TestMain lets the test binary act as the server subprocess, so the smoke
+// test runs the real driver against real server processes.
+func TestMain(m *testing.M) {
+	if os.Getenv("BENCH_ROLE") == "server" {
+		serverMain()
+	}
+	os.Exit(m.Run())
+}
+
+func TestPayloadRoundTrip(t *testing.T) {
+	p := appendPayload(nil, kindFanout, 42, 1234567890123, 7, 100)
+	if len(p) != 100 {
+		t.Fatalf("len = %d, want 100", len(p))
+	}
+	frame := append([]byte(`{"push":{"channel":"room","pub":{"data":"`), p...)
+	frame = append(frame, `"}}}`+"\n"+`{"push":{"channel":"room","pub":{"data":"`...)
+	frame = appendPayload(frame, kindFanout, 43, 5, 0, 10)
+	frame = append(frame, `"}}}`...)
+	h, rest, ok := nextPayload(frame)
+	if !ok || h.kind != kindFanout || h.seq != 42 || h.ts != 1234567890123 || h.sender != 7 {
+		t.Fatalf("first payload = %+v, %v", h, ok)
+	}
+	h, rest, ok = nextPayload(rest)
+	if !ok || h.seq != 43 || h.ts != 5 || h.sender != 0 {
+		t.Fatalf("second payload = %+v, %v", h, ok)
+	}
+	if _, _, ok = nextPayload(rest); ok {
+		t.Fatal("found a third payload")
+	}
+	// A short payload keeps its header whole.
+	if p := appendPayload(nil, kindProbe, 1, 2, 3, 4); string(p) != "@@P1,2,3;" {
+		t.Fatalf("short payload = %q", p)
+	}
+	// Broken markers are skipped.
+	if _, _, ok := nextPayload([]byte("@@F12,x@@F")); ok {
+		t.Fatal("parsed a broken payload")
+	}
+}
+
+func TestHistogramQuantiles(t *testing.T) {
+	h := new(histogram)
+	for i := 1; i <= 1000; i++ {
+		h.record(i, int64(i)*int64(time.Microsecond))
+	}
+	n, q := h.quantiles(0.5, 0.99, 1)
+	if n != 1000 {
+		t.Fatalf("count = %d", n)
+	}
+	for i, want := range []time.Duration{500 * time.Microsecond, 990 * time.Microsecond, 1000 * time.Microsecond} {
+		if d := float64(q[i]-want) / float64(want); d < -0.04 || d > 0.04 {
+			t.Errorf("quantile %d = %v, want %v ±4%%", i, q[i], want)
+		}
+	}
+	for v := int64(0); v < 1<<20; v = v*3/2 + 1 {
+		if b := bucketOf(v); bucketValue(b) < v/2 || bucketValue(b) > v*2+1 {
+			t.Fatalf("bucket of %d represents %d", v, bucketValue(b))
+		}
+	}
+}
+
+// TestWSConn checks the raw client against gorilla's server: fragmented
+// messages, pings and masked client frames.
+func TestWSConn(t *testing.T) {
+	up := websocket.Upgrader{WriteBufferSize: 64}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		// Pongs are handled inside ReadMessage; the handler reports them.
+		c.SetPongHandler(func(s string) error {
+			return c.WriteMessage(websocket.TextMessage, []byte("pong:"+s))
+		})
+		// A message larger than the write buffer is sent in fragments.
+		big := strings.Repeat("abcdefgh", 100)
+		_ = c.WriteMessage(websocket.TextMessage, []byte(big))
+		_ = c.WriteControl(websocket.PingMessage, []byte("hi"), time.Now().Add(time.Second))
+		for {
+			_, msg, err := c.ReadMessage()
+			if err != nil {
+				return // the client closed
+			}
+			_ = c.WriteMessage(websocket.TextMessage, append([]byte("echo:"), msg...))
+		}
+	}))
+	defer srv.Close()
+	ws, err := dialWS(strings.TrimPrefix(srv.URL, "http://"), "/x", 512, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	msg, err := ws.readMessage()
+	if err != nil || string(msg) != strings.Repeat("abcdefgh", 100) {
+		t.Fatalf("big message: %v, %d bytes", err, len(msg))
+	}
+	long := bytes.Repeat([]byte("z"), 300) // needs the 16-bit length form
+	if err := ws.writeText(long); err != nil {
+		t.Fatal(err)
+	}
+	// The client answered the ping after sending long, so the echo comes
+	// first, then the server's report of the pong.
+	if msg, err = ws.readMessage(); err != nil || string(msg) != "echo:"+string(long) {
+		t.Fatalf("echo: %v %q", err, msg)
+	}
+	if msg, err = ws.readMessage(); err != nil || string(msg) != "pong:hi" {
+		t.Fatalf("pong: %v %q", err, msg)
+	}
+}
+
+func TestCentrifugePing(t *testing.T) {
+	for in, want := range map[string]bool{
+		"{}": true, "{}\n{\"push\":{}}": true, "{\"id\":1}\n{}": true, "{\"a\":{}}": false, "{\"a\":{}}\n{\"b\":1}": false,
+	} {
+		if got := centrifugeProto.isPing([]byte(in)); got != want {
+			t.Errorf("isPing(%q) = %v", in, got)
+		}
+	}
+}
+
+// TestSmoke runs every workload for every peer at a tiny scale through the
+// real driver and server subprocesses, and checks that nothing is lost and
+// that the report is written.
+func TestSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server processes")
+	}
+	dir := t.TempDir()
+	cfg := &config{
+		mode: "test", workloads: []string{wlFanout, wlRooms, wlStorm}, sizes: []int{100, 1024},
+		fanoutSubs: []int{20, 50}, fanoutDuration: 200 * time.Millisecond, window: 16, repeat: 1,
+		roomsConns: 50, roomsRates: []float64{5}, roomsSize: 100, roomsDuration: 300 * time.Millisecond,
+		stormConns: 50, stormConcurrency: 8, stormSequential: 10, dialConcurrency: 16,
+		outDir: dir, doc: filepath.Join(dir, "bench.md"), svg: filepath.Join(dir, "fanout.svg"),
+	}
+	cfg.libs = append(cfg.libs, libOrder...)
+	rep := run(cfg)
+	for _, f := range rep.Fanout {
+		if f.Err != "" || f.Lost != 0 || f.Published == 0 {
+			t.Errorf("fanout %s subs=%d size=%d: published %d lost %d: %s", f.Lib, f.Subs, f.Size, f.Published, f.Lost, f.Err)
+		}
+	}
+	if len(rep.Fanout) != len(libOrder)*4 {
+		t.Errorf("%d fan-out results, want %d", len(rep.Fanout), len(libOrder)*4)
+	}
+	for _, r := range rep.Rooms {
+		if r.Err != "" || r.Lost != 0 || r.Sent == 0 {
+			t.Errorf("rooms %s: sent %d lost %d: %s", r.Lib, r.Sent, r.Lost, r.Err)
+		}
+	}
+	for _, s := range rep.Storm {
+		if s.Err != "" || s.Failed != 0 || s.P50us <= 0 || s.SeqP50us <= 0 {
+			t.Errorf("storm %s: failed %d p50 %.0f: %s", s.Lib, s.Failed, s.P50us, s.Err)
+		}
+	}
+	if err := writeReport(cfg, rep); err != nil {
+		t.Fatal(err)
+	}
+	md, err := os.ReadFile(cfg.doc)
+	if err != nil || !bytes.Contains(md, []byte("| fan-out 50 subs, 1 KiB | deliveries/s ↑ |")) {
+		t.Fatalf("report: %v\n%s", err, md)
+	}
+	svg, err := os.ReadFile(cfg.svg)
+	if err != nil || !bytes.HasPrefix(svg, []byte("<svg")) || !bytes.Contains(svg, []byte("</svg>")) {
+		t.Fatalf("svg: %v", err)
+	}
+}

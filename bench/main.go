@@ -1,0 +1,310 @@
+// Command bench compares github.com/wuyan94zl/chart with melody,
+// centrifuge and a gorilla/websocket examples/chat-style hub on three
+// workloads over loopback: fan-out from business code, chat rooms, and a
+// connect storm followed by an idle memory measurement.
+//
+// One binary plays every role. The driver (the default role) starts one
+// server subprocess per peer and workload (-role server), runs all clients
+// itself, and talks to the server over a small HTTP control API
+// (/ctl/publish, /ctl/stats, /debug/pprof). Clients and server are separate
+// processes so that each stays below the file descriptor limit.
+//
+//	cd bench && go run . -quick   # smoke run, < 2 minutes, writes out/quick.md
+//	cd bench && go run . -all     # full run, writes ../docs/benchmarks.md and ../docs/fanout.svg
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config holds the parameters of a run.
+type config struct {
+	mode             string
+	libs             []string
+	workloads        []string
+	fanoutSubs       []int
+	sizes            []int
+	fanoutDuration   time.Duration
+	window           int
+	roomsConns       int
+	roomsRates       []float64
+	quietBudget      time.Duration
+	quietWaited      time.Duration
+	roomsSize        int
+	roomsDuration    time.Duration
+	stormConns       int
+	stormConcurrency int
+	stormSequential  int
+	repeat           int
+	dialConcurrency  int
+	pprof            bool
+	profileLib       string
+	outDir           string
+	doc              string
+	svg              string
+	strict           bool
+}
+
+// logf prints a progress line to stderr.
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func main() {
+	if os.Getenv("BENCH_ROLE") == "server" {
+		serverMain()
+	}
+	var (
+		role      = flag.String("role", "driver", "driver (default) or server (internal)")
+		lib       = flag.String("lib", "", "server role: peer to serve")
+		workload  = flag.String("workload", "", "server role: fanout, rooms or storm")
+		all       = flag.Bool("all", false, "full run of every workload; writes ../docs/benchmarks.md and ../docs/fanout.svg")
+		quick     = flag.Bool("quick", false, "quick smoke run (< 2 min) at reduced scale; writes out/quick.md")
+		libsFlag  = flag.String("libs", "", "comma-separated peers (default: all)")
+		wlFlag    = flag.String("workloads", "fanout,rooms,storm", "comma-separated workloads")
+		subsFlag  = flag.String("fanout-subs", "", "fan-out subscriber counts (default 1000,10000; quick 500,2000)")
+		sizesFlag = flag.String("sizes", "100,1024", "fan-out payload sizes in bytes")
+		fanDur    = flag.Duration("fanout-duration", 0, "publishing time per fan-out phase (default 4s; quick 1s)")
+		repeat    = flag.Int("repeat", 0, "fan-out repetitions per configuration, the median is reported (default 3; quick 1)")
+		window    = flag.Int("window", 64, "fan-out publisher window: messages published but not yet received by every subscriber")
+		rConns    = flag.Int("rooms-conns", 0, "rooms workload connections (default 10000; quick 2000)")
+		rRate     = flag.String("rooms-rate", "0.5,1", "rooms workload: messages per second per user, one run per value")
+		quiet     = flag.Duration("quiet-wait", -1, "before each measurement wait for the machine to be idle (< 0.3 busy cores), at most this long in all (default 4m; quick 0)")
+		rSize     = flag.Int("rooms-size", 100, "rooms workload payload bytes")
+		rDur      = flag.Duration("rooms-duration", 0, "rooms workload sending time (default 8s; quick 2s)")
+		sConns    = flag.Int("storm-conns", 0, "connect storm connections (default 10000; quick 2000)")
+		sConc     = flag.Int("storm-concurrency", 64, "connect storm: connections being opened at once")
+		sSeq      = flag.Int("storm-sequential", 0, "after the storm: connections opened one at a time for unloaded connect-to-ready (default 500; quick 200)")
+		dialConc  = flag.Int("dial-concurrency", 256, "connections opened at once when setting up fan-out and rooms")
+		pprofFlag = flag.Bool("pprof", true, "profile the server of -profile-lib during the largest fan-out phase")
+		profLib   = flag.String("profile-lib", "chart", "peer whose server is profiled")
+		outDir    = flag.String("out", "out", "directory for results JSON, profiles and the quick report")
+		doc       = flag.String("doc", "", "markdown report path (default ../docs/benchmarks.md for -all, out/quick.md otherwise)")
+		svg       = flag.String("svg", "", "SVG chart path (default ../docs/fanout.svg for -all, out/fanout.svg otherwise)")
+		strict    = flag.Bool("strict", true, "exit with status 1 if a measurement lost messages or failed: of any peer with -quick, of chart with -all")
+	)
+	flag.Parse()
+
+	if *role == "server" {
+		os.Setenv("BENCH_LIB", *lib)
+		os.Setenv("BENCH_WORKLOAD", *workload)
+		serverMain()
+	}
+	if !*all && !*quick {
+		fmt.Fprintln(os.Stderr, "usage: go run . -all | -quick [flags]")
+		flag.PrintDefaults()
+		os.Exit(2)
+	}
+
+	cfg := &config{
+		mode: "full", workloads: splitList(*wlFlag), sizes: ints(*sizesFlag),
+		fanoutSubs: []int{1000, 10000}, fanoutDuration: 4 * time.Second, window: *window,
+		roomsConns: 10000, roomsRates: floats(*rRate), quietBudget: 4 * time.Minute, roomsSize: *rSize, roomsDuration: 8 * time.Second,
+		stormConns: 10000, stormConcurrency: *sConc, stormSequential: 500, repeat: 3, dialConcurrency: *dialConc,
+		pprof: *pprofFlag, profileLib: *profLib, outDir: *outDir, doc: *doc, svg: *svg, strict: *strict,
+	}
+	if *quick {
+		cfg.mode = "quick"
+		cfg.fanoutSubs = []int{500, 2000}
+		cfg.fanoutDuration = time.Second
+		cfg.roomsConns, cfg.roomsDuration, cfg.stormConns = 2000, 2*time.Second, 2000
+		cfg.stormSequential, cfg.repeat, cfg.quietBudget = 200, 1, 0
+	}
+	if *quiet >= 0 {
+		cfg.quietBudget = *quiet
+	}
+	if *sSeq > 0 {
+		cfg.stormSequential = *sSeq
+	}
+	if *repeat > 0 {
+		cfg.repeat = *repeat
+	}
+	if *subsFlag != "" {
+		cfg.fanoutSubs = ints(*subsFlag)
+	}
+	if *fanDur > 0 {
+		cfg.fanoutDuration = *fanDur
+	}
+	if *rConns > 0 {
+		cfg.roomsConns = *rConns
+	}
+	if *rDur > 0 {
+		cfg.roomsDuration = *rDur
+	}
+	if *sConns > 0 {
+		cfg.stormConns = *sConns
+	}
+	if cfg.doc == "" {
+		cfg.doc = filepath.Join(cfg.outDir, "quick.md")
+		if cfg.mode == "full" {
+			cfg.doc = filepath.Join("..", "docs", "benchmarks.md")
+		}
+	}
+	if cfg.svg == "" {
+		cfg.svg = filepath.Join(filepath.Dir(cfg.doc), "fanout.svg")
+	}
+	for _, name := range libOrder {
+		if findLib(name) != nil {
+			cfg.libs = append(cfg.libs, name)
+		}
+	}
+	if *libsFlag != "" {
+		cfg.libs = splitList(*libsFlag)
+	}
+	for _, name := range cfg.libs {
+		if findLib(name) == nil {
+			fmt.Fprintf(os.Stderr, "unknown peer %q\n", name)
+			os.Exit(2)
+		}
+	}
+	if cfg.roomsConns%roomSize != 0 {
+		fmt.Fprintf(os.Stderr, "-rooms-conns must be a multiple of %d\n", roomSize)
+		os.Exit(2)
+	}
+	if cfg.window <= 0 || cfg.window >= fanRing {
+		fmt.Fprintf(os.Stderr, "-window must be in [1,%d)\n", fanRing)
+		os.Exit(2)
+	}
+
+	rep := run(cfg)
+	if err := writeReport(cfg, rep); err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+	logf("wrote %s, %s and %s", cfg.doc, cfg.svg, filepath.Join(cfg.outDir, "results-"+cfg.mode+".json"))
+	if n := rep.failures(""); n > 0 {
+		logf("%d measurement(s) failed or lost messages (see the notes in %s)", n, cfg.doc)
+	}
+	// In quick mode every peer must be lossless at its reduced scale, so a
+	// failure points at the suite or at a peer's bug; in a full run an
+	// overloaded peer may legitimately drop, and only chart's failures count.
+	strictLib := ""
+	if cfg.mode == "full" {
+		strictLib = "chart"
+	}
+	if cfg.strict && rep.failures(strictLib) > 0 {
+		os.Exit(1)
+	}
+}
+
+// serverMain runs the server role described by BENCH_LIB and
+// BENCH_WORKLOAD and exits.
+func serverMain() {
+	if err := runServer(os.Getenv("BENCH_LIB"), os.Getenv("BENCH_WORKLOAD")); err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// run executes every selected workload for every selected peer.
+func run(cfg *config) *report {
+	rep := newReport(cfg)
+	b0, t0 := machineBusy(), time.Now()
+	idle := time.NewTimer(time.Second) // measuring the background load, not synchronising
+	<-idle.C
+	rep.BackgroundCPU = (machineBusy() - b0).Seconds() / time.Since(t0).Seconds()
+	if rep.BackgroundCPU > 0.2 {
+		logf("warning: the machine is already busy (%.2f cores) before the run; figures will be disturbed", rep.BackgroundCPU)
+	}
+	start := time.Now()
+	for _, wl := range cfg.workloads {
+		for _, name := range cfg.libs {
+			spec := findLib(name)
+			switch wl {
+			case wlFanout:
+				for _, subs := range cfg.fanoutSubs {
+					res, prof := runFanout(cfg, spec, subs)
+					rep.Fanout = append(rep.Fanout, res...)
+					if prof != "" {
+						rep.Profile = prof
+					}
+				}
+			case wlRooms:
+				for _, rate := range cfg.roomsRates {
+					rep.Rooms = append(rep.Rooms, runRooms(cfg, spec, rate))
+				}
+			case wlStorm:
+				rep.Storm = append(rep.Storm, runStorm(cfg, spec))
+			default:
+				logf("unknown workload %q skipped", wl)
+			}
+		}
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	rep.QuietWaited = cfg.quietWaited.Seconds()
+	return rep
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" && !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// floats parses a comma-separated list of positive numbers.
+func floats(s string) []float64 {
+	var out []float64
+	for _, f := range splitList(s) {
+		v, err := strconv.ParseFloat(f, 64)
+		if err != nil || v <= 0 {
+			fmt.Fprintf(os.Stderr, "bad number %q\n", f)
+			os.Exit(2)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// quietThreshold is the busy CPU (cores) below which the machine counts as
+// idle for waitQuiet.
+const quietThreshold = 0.3
+
+// waitQuiet waits until the machine is idle, sampling its busy CPU over
+// 300 ms windows, for at most what is left of cfg.quietBudget. The suite's
+// own processes are idle between measurements, so what it sees is other
+// work on the machine (other developers' builds and tests). It measures the
+// machine; it does not synchronise anything.
+func waitQuiet(cfg *config) {
+	logged := false
+	for cfg.quietWaited < cfg.quietBudget {
+		b0, t0 := machineBusy(), time.Now()
+		t := time.NewTimer(300 * time.Millisecond)
+		<-t.C
+		busy := (machineBusy() - b0).Seconds() / time.Since(t0).Seconds()
+		if busy < quietThreshold {
+			return
+		}
+		cfg.quietWaited += time.Since(t0)
+		if !logged {
+			logf("waiting for the machine to be idle (%.2f cores busy); %v of %v waited so far", busy, cfg.quietWaited.Round(time.Second), cfg.quietBudget)
+			logged = true
+		}
+	}
+}
+
+// ints parses a comma-separated list of positive integers.
+func ints(s string) []int {
+	var out []int
+	for _, f := range splitList(s) {
+		v, err := strconv.Atoi(f)
+		if err != nil || v <= 0 {
+			fmt.Fprintf(os.Stderr, "bad number %q\n", f)
+			os.Exit(2)
+		}
+		out = append(out, v)
+	}
+	return out
+}

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// roomsSink counts deliveries of room messages and checks, per receiver
+// and sender, that sequence numbers arrive without gaps.
+type roomsSink struct {
+	n        int64
+	warm     atomic.Int64
+	warmDone chan struct{}
+	hist     *histogram
+}
+
+// onPayload is called from every client's read loop.
+func (s *roomsSink) onPayload(c *client, h payloadHeader, now int64) {
+	switch h.kind {
+	case kindWarmup:
+		if !c.ready.Load() {
+			c.ready.Store(true)
+			if s.warm.Add(1) == s.n {
+				close(s.warmDone)
+			}
+		}
+	case kindRoom:
+		s.hist.record(c.idx, now-h.ts)
+		// Connection i has uid i+1 and is in room i/roomSize.
+		if (h.sender-1)/roomSize != int64(c.idx/roomSize) {
+			c.gaps.Add(1) // delivered to the wrong room
+			return
+		}
+		if h.sender == c.uid {
+			c.self.Add(1)
+		}
+		i := (h.sender - 1) % roomSize
+		if h.seq != c.roomLast[i]+1 {
+			c.gaps.Add(1)
+		}
+		c.roomLast[i] = h.seq
+		c.recv.Add(1)
+	}
+}
+
+// roomsResult is one rooms measurement.
+type roomsResult struct {
+	Lib          string  `json:"lib"`
+	Conns        int     `json:"connections"`
+	Rooms        int     `json:"rooms"`
+	PerUserRate  float64 `json:"msgs_per_user_per_sec"`
+	Size         int     `json:"payload_bytes"`
+	Sent         int64   `json:"sent"`
+	SendRate     float64 `json:"achieved_send_rate"`
+	Echo         bool    `json:"sender_receives_own"`
+	Expected     int64   `json:"expected_deliveries"`
+	Deliveries   int64   `json:"deliveries"`
+	Seconds      float64 `json:"seconds"`
+	Rate         float64 `json:"deliveries_per_sec"`
+	P50us        float64 `json:"p50_us"`
+	P99us        float64 `json:"p99_us"`
+	Lost         int64   `json:"lost"`
+	SeqErrors    int64   `json:"seq_errors"`
+	Disconnected int     `json:"disconnected"`
+	ServerCPU    float64 `json:"server_cores"`
+	ClientCPU    float64 `json:"client_cores"`
+	OtherCPU     float64 `json:"other_cores"`
+	Err          string  `json:"error,omitempty"`
+}
+
+// runRooms measures one peer with cfg.roomsConns connections in rooms of
+// roomSize, every user sending rate messages per second for
+// cfg.roomsDuration.
+func runRooms(cfg *config, spec *libSpec, rate float64) roomsResult {
+	n := cfg.roomsConns
+	r := roomsResult{Lib: spec.name, Conns: n, Rooms: n / roomSize, PerUserRate: rate, Size: cfg.roomsSize}
+	fail := func(err error) roomsResult {
+		r.Err = err.Error()
+		logf("rooms  %-12s error: %v", spec.name, err)
+		return r
+	}
+	srv, err := startServer(spec.name, wlRooms)
+	if err != nil {
+		return fail(err)
+	}
+	defer srv.stop()
+	s := &roomsSink{n: int64(n), warmDone: make(chan struct{}), hist: new(histogram)}
+	room := func(i int) []string { return []string{"room-" + strconv.Itoa(i/roomSize)} }
+	clients, err := connectAll(srv.addr, spec, n, cfg.dialConcurrency, room, s)
+	if err != nil {
+		return fail(err)
+	}
+	defer func() { srv.stop(); closeAll(clients) }()
+	err = warmUp(s.warmDone, func() error {
+		_, err := srv.ctl(fmt.Sprintf("/ctl/publish?ch=room-&kind=%c&rooms=%d&size=16", kindWarmup, r.Rooms))
+		return err
+	})
+	if err != nil {
+		return fail(err)
+	}
+
+	// Pacer: a 1 ms ticker; at each tick, send every message due by now so
+	// that the aggregate rate is exactly n*rate per second. Users are
+	// visited with a stride coprime to n so rooms' sends interleave.
+	stride := 1
+	for _, p := range []int{1009, 997, 991, 983} {
+		if n%p != 0 {
+			stride = p
+			break
+		}
+	}
+	total := float64(n) * rate
+	var buf []byte
+	var sendErrs int
+	waitQuiet(cfg)
+	cpu := startCPU(srv)
+	start := time.Now()
+	ticker := time.NewTicker(time.Millisecond)
+	var k int64
+	for {
+		elapsed := time.Since(start)
+		if elapsed >= cfg.roomsDuration {
+			break
+		}
+		due := int64(elapsed.Seconds() * total)
+		for ; k < due; k++ {
+			c := clients[int(k*int64(stride))%n]
+			c.sent++
+			buf = appendPayload(buf[:0], kindRoom, c.sent, time.Now().UnixNano(), c.uid, cfg.roomsSize)
+			if err := c.publish(c.chans[0], buf); err != nil {
+				sendErrs++
+			}
+		}
+		<-ticker.C
+	}
+	ticker.Stop()
+	sendTime := time.Since(start)
+	r.Sent = k
+	r.SendRate = float64(k) / sendTime.Seconds()
+
+	// Drain: poll the delivery count until it reaches the expected total,
+	// giving up after 10 s without progress or 60 s in all.
+	sum := func() (recv, self int64) {
+		for _, c := range clients {
+			recv += c.recv.Load()
+			self += c.self.Load()
+		}
+		return
+	}
+	expected := func() int64 {
+		_, self := sum()
+		fan := int64(roomSize - 1)
+		if self > 0 {
+			fan = roomSize
+		}
+		return r.Sent * fan
+	}
+	poll := time.NewTicker(10 * time.Millisecond)
+	lastRecv, lastChange := int64(-1), time.Now()
+	for drainEnd := time.Now().Add(60 * time.Second); time.Now().Before(drainEnd); {
+		recv, _ := sum()
+		if recv >= expected() {
+			break
+		}
+		if recv != lastRecv {
+			lastRecv, lastChange = recv, time.Now()
+		} else if time.Since(lastChange) > 10*time.Second {
+			break
+		}
+		<-poll.C
+	}
+	poll.Stop()
+	elapsed := time.Since(start)
+	cpu.stop()
+
+	recv, self := sum()
+	r.Echo = self > 0
+	r.Expected = expected()
+	r.Deliveries = recv
+	r.Lost = r.Expected - recv
+	for _, c := range clients {
+		r.SeqErrors += c.gaps.Load()
+		if c.closed() {
+			r.Disconnected++
+		}
+	}
+	r.Seconds = elapsed.Seconds()
+	r.Rate = float64(recv) / r.Seconds
+	_, q := s.hist.quantiles(0.5, 0.99)
+	r.P50us, r.P99us = us(q[0]), us(q[1])
+	r.ServerCPU, r.ClientCPU, r.OtherCPU = cpu.server, cpu.clnt, cpu.other
+	if r.Lost != 0 || r.SeqErrors != 0 || r.Disconnected != 0 || sendErrs != 0 {
+		r.Err = fmt.Sprintf("lost %d, sequence errors %d, disconnected %d, send errors %d", r.Lost, r.SeqErrors, r.Disconnected, sendErrs)
+	}
+	logf("rooms  %-12s conns=%d rate=%.1f/s/user  %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  sent=%d echo=%v lost=%d srvCPU=%.2f cliCPU=%.2f other=%.2f %s",
+		spec.name, n, rate, r.Rate, r.P50us, r.P99us, r.Sent, r.Echo, r.Lost, r.ServerCPU, r.ClientCPU, r.OtherCPU, r.Err)
+	return r
+}
