@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -309,6 +310,7 @@ func (c *conn) startWriterLocked() {
 func (c *conn) writeLoop() {
 	defer c.writer.Done()
 	cfg := &c.hub.cfg
+	lingered := 0
 	for {
 		c.mu.Lock()
 		batch := c.queue
@@ -323,6 +325,18 @@ func (c *conn) writeLoop() {
 					return
 				}
 				c.nc.SetReadDeadline(time.Now().Add(cfg.CloseGrace))
+				continue
+			}
+			if lingered < 2 && !c.dead {
+				// Before exiting, twice let the goroutines waiting to run
+				// go first, among them a publisher in the middle of a
+				// fan-out: what it queues meanwhile leaves in this
+				// writer's next writev instead of costing a new
+				// goroutine and a system call each (at 10,000
+				// subscribers: +45% deliveries/s, bench/).
+				lingered++
+				c.mu.Unlock()
+				runtime.Gosched()
 				continue
 			}
 			c.writing = false
