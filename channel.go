@@ -37,7 +37,7 @@ type user struct {
 	uid      uint64
 	h        Handler                 // handler of the connection that logged it in
 	conns    atomic.Pointer[[]*conn] // copy-on-write; replaced under the shard lock
-	channels map[string]*channel     // guarded by the user's shard lock
+	channels smallMap[string, *channel] // guarded by the user's shard lock
 	// With a Broker: set while the channels uid holds on other nodes load;
 	// joins and leaves received meanwhile wait in pending. Both guarded by
 	// the shard lock.
@@ -51,7 +51,7 @@ func (u *user) connList() []*conn { return *u.conns.Load() }
 type channel struct {
 	id      string
 	mu      sync.Mutex
-	members map[*user]struct{}
+	members smallMap[*user, struct{}]
 	// subs is the flattened list of member connections that fan-out reads
 	// without a lock; nil when membership changed since it was built.
 	subs atomic.Pointer[[]*conn]
@@ -69,13 +69,9 @@ func (ch *channel) subscribers() []*conn {
 		return *p
 	}
 	n := 0
-	for u := range ch.members {
-		n += len(u.connList())
-	}
+	ch.members.each(func(u *user, _ struct{}) { n += len(u.connList()) })
 	list := make([]*conn, 0, n)
-	for u := range ch.members {
-		list = append(list, u.connList()...)
-	}
+	ch.members.each(func(u *user, _ struct{}) { list = append(list, u.connList()...) })
 	ch.subs.Store(&list)
 	return list
 }
@@ -127,7 +123,7 @@ func (h *Hub) JoinChannelIds(uid uint64, channelIds ...string) error {
 	var err error
 	n := 0
 	for _, id := range channelIds {
-		if _, ok := u.channels[id]; ok {
+		if u.channels.has(id) {
 			n++
 			continue
 		}
@@ -135,11 +131,11 @@ func (h *Hub) JoinChannelIds(uid uint64, channelIds ...string) error {
 			err = newError(ErrInvalidChannel, uid, id, nil)
 			break
 		}
-		if len(u.channels) >= h.cfg.MaxChannelsPerUid {
+		if u.channels.len() >= h.cfg.MaxChannelsPerUid {
 			err = newError(ErrTooManyChannels, uid, id, nil)
 			break
 		}
-		u.channels[id] = h.addMember(id, u)
+		u.channels.set(id, h.addMember(id, u))
 		n++
 	}
 	s.mu.Unlock()
@@ -193,8 +189,8 @@ func (h *Hub) UnJoinChannelIds(uid uint64, channelIds ...string) error {
 		return h.fail(nil, newError(ErrUserOffline, uid, "", nil))
 	}
 	for _, id := range channelIds {
-		if ch, ok := u.channels[id]; ok {
-			delete(u.channels, id)
+		if ch, ok := u.channels.get(id); ok {
+			u.channels.del(id)
 			h.removeMember(ch, u)
 		}
 	}
@@ -212,11 +208,11 @@ func (h *Hub) addMember(id string, u *user) *channel {
 	cs.mu.Lock()
 	ch := cs.chans[id]
 	if ch == nil {
-		ch = &channel{id: id, members: make(map[*user]struct{})}
+		ch = &channel{id: id}
 		cs.chans[id] = ch
 	}
 	ch.mu.Lock()
-	ch.members[u] = struct{}{}
+	ch.members.set(u, struct{}{})
 	ch.subs.Store(nil)
 	ch.mu.Unlock()
 	cs.mu.Unlock()
@@ -229,9 +225,9 @@ func (h *Hub) removeMember(ch *channel, u *user) {
 	cs := h.chanShard(ch.id)
 	cs.mu.Lock()
 	ch.mu.Lock()
-	delete(ch.members, u)
+	ch.members.del(u)
 	ch.subs.Store(nil)
-	if len(ch.members) == 0 && cs.chans[ch.id] == ch {
+	if ch.members.len() == 0 && cs.chans[ch.id] == ch {
 		delete(cs.chans, ch.id)
 	}
 	ch.mu.Unlock()
@@ -321,7 +317,7 @@ func (h *Hub) SendMessageToChannelIds(uid uint64, msg string, channelIds ...stri
 	u := s.users[uid]
 	if u != nil {
 		for _, id := range channelIds {
-			_, res[id] = u.channels[id]
+			res[id] = u.channels.has(id)
 		}
 	}
 	s.mu.RUnlock()
@@ -485,10 +481,8 @@ func (h *Hub) ChannelUserIds(channelId string) []uint64 {
 		return nil
 	}
 	ch.mu.Lock()
-	ids := make([]uint64, 0, len(ch.members))
-	for u := range ch.members {
-		ids = append(ids, u.uid)
-	}
+	ids := make([]uint64, 0, ch.members.len())
+	ch.members.each(func(u *user, _ struct{}) { ids = append(ids, u.uid) })
 	ch.mu.Unlock()
 	slices.Sort(ids)
 	return ids
@@ -517,10 +511,7 @@ func (h *Hub) UserChannelIds(uid uint64) []string {
 		slices.Sort(ids)
 		return slices.Compact(ids)
 	}
-	ids := make([]string, 0, len(u.channels))
-	for id := range u.channels {
-		ids = append(ids, id)
-	}
+	ids := u.channels.keys()
 	s.mu.RUnlock()
 	slices.Sort(ids)
 	return ids

@@ -345,16 +345,16 @@ func (h *Hub) applyControl(uid uint64, join bool, ids []string) {
 // uid, since the node that asked may not know its count.
 func (h *Hub) applyMembershipLocked(u *user, join bool, ids []string) error {
 	for _, id := range ids {
-		ch, ok := u.channels[id]
+		ch, ok := u.channels.get(id)
 		switch {
 		case !join && ok:
-			delete(u.channels, id)
+			u.channels.del(id)
 			h.removeMember(ch, u)
 		case join && !ok && h.validChannel(id):
-			if len(u.channels) >= h.cfg.MaxChannelsPerUid {
+			if u.channels.len() >= h.cfg.MaxChannelsPerUid {
 				return newError(ErrTooManyChannels, u.uid, id, nil)
 			}
-			u.channels[id] = h.addMember(id, u)
+			u.channels.set(id, h.addMember(id, u))
 		}
 	}
 	return nil
@@ -524,10 +524,7 @@ func (h *Hub) clusterRestore(u *user) {
 		s.mu.RUnlock()
 		return
 	}
-	chans := make([]string, 0, len(u.channels))
-	for id := range u.channels {
-		chans = append(chans, id)
-	}
+	chans := u.channels.keys()
 	s.mu.RUnlock()
 	if err := h.cl.b.Restore(u.uid, chans); err != nil {
 		h.brokerFail(err)

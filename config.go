@@ -17,7 +17,7 @@ const (
 	DefaultSendQueueBytes    = 1 << 20
 	DefaultRateLimit         = 50
 	DefaultRateBurst         = 100
-	DefaultReadBufferSize    = 256
+	DefaultReadBufferSize    = 128
 	DefaultMaxChannelIdLen   = 256
 	DefaultMaxChannelsPerUid = 1024
 )
@@ -90,7 +90,7 @@ type Config struct {
 	// CheckOrigin, when set, replaces the origin check entirely.
 	CheckOrigin func(r *http.Request) bool
 
-	// ReadBufferSize is the per-connection read buffer. Default 256 bytes:
+	// ReadBufferSize is the per-connection read buffer. Default 128 bytes:
 	// it holds frame headers and small messages, larger payloads are read
 	// past it straight into the message buffer.
 	ReadBufferSize int

@@ -130,7 +130,7 @@ func (h *Hub) register(c *conn) (login, ok bool) {
 	}
 	u := s.users[c.uid]
 	if u == nil {
-		u = &user{uid: c.uid, h: c.h, channels: make(map[string]*channel)}
+		u = &user{uid: c.uid, h: c.h}
 		u.conns.Store(&[]*conn{c})
 		s.users[c.uid] = u
 		ev := userEvent{kind: evLogin, h: c.h}
@@ -143,9 +143,7 @@ func (h *Hub) register(c *conn) (login, ok bool) {
 	} else {
 		list := append(slices.Clip(u.connList()), c)
 		u.conns.Store(&list)
-		for _, ch := range u.channels {
-			ch.invalidate()
-		}
+		u.channels.each(func(_ string, ch *channel) { ch.invalidate() })
 	}
 	c.user = u
 	h.readers.Add(1)
@@ -179,24 +177,17 @@ func (h *Hub) unregister(c *conn) (drain bool) {
 	u.conns.Store(&list)
 	h.stats.conns.Add(-1)
 	if len(list) > 0 {
-		for _, ch := range u.channels {
-			ch.invalidate()
-		}
+		u.channels.each(func(_ string, ch *channel) { ch.invalidate() })
 		return false
 	}
 	delete(s.users, c.uid)
 	ev := userEvent{kind: evLogout, h: c.h}
 	if h.cl != nil {
 		ev.kind = evDown
-		ev.chans = make([]string, 0, len(u.channels))
+		ev.chans = u.channels.keys()
 	}
-	for id, ch := range u.channels {
-		delete(u.channels, id)
-		h.removeMember(ch, u)
-		if h.cl != nil {
-			ev.chans = append(ev.chans, id)
-		}
-	}
+	u.channels.each(func(_ string, ch *channel) { h.removeMember(ch, u) })
+	u.channels = smallMap[string, *channel]{}
 	return s.pushEvent(c.uid, ev)
 }
 
@@ -563,7 +554,7 @@ func (c *conn) sendToChannel(m *Message) error {
 	}
 	s := hub.userShard(c.uid)
 	s.mu.RLock()
-	_, joined := c.user.channels[m.ChannelId]
+	joined := c.user.channels.has(m.ChannelId)
 	s.mu.RUnlock()
 	if !joined {
 		return newError(ErrNotJoined, c.uid, m.ChannelId, nil)
