@@ -35,8 +35,8 @@ type chanShard struct {
 // user is one online uid: its connections (tabs, devices) and channels.
 type user struct {
 	uid      uint64
-	h        Handler                 // handler of the connection that logged it in
-	conns    atomic.Pointer[[]*conn] // copy-on-write; replaced under the shard lock
+	h        Handler                    // handler of the connection that logged it in
+	conns    atomic.Pointer[[]*conn]    // copy-on-write; replaced under the shard lock
 	channels smallMap[string, *channel] // guarded by the user's shard lock
 	// With a Broker: set while the channels uid holds on other nodes load;
 	// joins and leaves received meanwhile wait in pending. Both guarded by
