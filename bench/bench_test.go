@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,12 +14,10 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// TestMain lets the test binary act as the server subprocess, so the smoke
-// test runs the real driver against real server processes.
+// TestMain lets the test binary act as the server (and NATS) subprocess,
+// so the smoke tests run the real driver against real server processes.
 func TestMain(m *testing.M) {
-	if os.Getenv("BENCH_ROLE") == "server" {
-		serverMain()
-	}
+	roleMain()
 	os.Exit(m.Run())
 }
 
@@ -178,5 +177,63 @@ func TestSmoke(t *testing.T) {
 	svg, err := os.ReadFile(cfg.svg)
 	if err != nil || !bytes.HasPrefix(svg, []byte("<svg")) || !bytes.Contains(svg, []byte("</svg>")) {
 		t.Fatalf("svg: %v", err)
+	}
+}
+
+// TestCluster runs the -cluster workloads (fan-out, rooms, direct) at a
+// tiny scale on one node and on two nodes over Redis and over NATS, through
+// real node and broker processes, and checks that nothing is lost and that
+// the report is written. Without redis-server the redis setup is skipped,
+// unless CI is set.
+func TestCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts server and broker processes")
+	}
+	dir := t.TempDir()
+	cfg := &config{
+		mode: "cluster", workloads: []string{wlFanout, wlRooms, wlDirect}, sizes: []int{100},
+		fanoutSubs: []int{20}, fanoutDuration: 200 * time.Millisecond, window: 16, repeat: 1,
+		roomsConns: 20, roomsRates: []float64{5}, roomsSize: 100, roomsDuration: 300 * time.Millisecond,
+		dialConcurrency: 16, outDir: dir, doc: filepath.Join(dir, "cluster.md"),
+	}
+	all := &report{cfg: cfg}
+	for _, setup := range []string{"single", "redis", "nats"} {
+		t.Run(setup, func(t *testing.T) {
+			if _, err := exec.LookPath("redis-server"); setup == "redis" && err != nil {
+				if os.Getenv("CI") != "" {
+					t.Fatal("redis-server is not installed; CI must install it (apt-get install -y redis-server)")
+				}
+				t.Skip("redis-server is not installed: apt-get install -y redis-server to run the Redis cluster benchmark")
+			}
+			c := *cfg
+			c.setups = []string{setup}
+			rep := runCluster(&c)
+			if len(rep.Fanout) != 1 || len(rep.Rooms) != 2 {
+				t.Fatalf("%d fan-out and %d rooms results, want 1 and 2", len(rep.Fanout), len(rep.Rooms))
+			}
+			for _, f := range rep.Fanout {
+				if f.Err != "" || f.Lost != 0 || f.Published == 0 {
+					t.Errorf("fanout %s: published %d lost %d: %s", f.Lib, f.Published, f.Lost, f.Err)
+				}
+			}
+			for _, r := range rep.Rooms {
+				if r.Err != "" || r.Lost != 0 || r.Sent == 0 || !r.Echo {
+					t.Errorf("%s %s: sent %d lost %d echo %v: %s", r.Kind, r.Lib, r.Sent, r.Lost, r.Echo, r.Err)
+				}
+			}
+			all.Fanout = append(all.Fanout, rep.Fanout...)
+			all.Rooms = append(all.Rooms, rep.Rooms...)
+			cfg.setups = append(cfg.setups, setup)
+		})
+	}
+	if t.Failed() || len(cfg.setups) == 0 {
+		return
+	}
+	if err := writeClusterReport(cfg, all); err != nil {
+		t.Fatal(err)
+	}
+	md, err := os.ReadFile(cfg.doc)
+	if err != nil || !bytes.Contains(md, []byte("| direct 20 conns, 5 msg/s/user | deliveries/s ↑ |")) {
+		t.Fatalf("report: %v\n%s", err, md)
 	}
 }

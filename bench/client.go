@@ -224,8 +224,9 @@ func (c *client) publish(channel string, payload []byte) error {
 }
 
 // connectAll opens n connections with the given concurrency. Connection i
-// has uid i+1 (chart reserves uid 0) and joins the channels chans(i).
-func connectAll(addr string, spec *libSpec, n, concurrency int, chans func(i int) []string, s sink) ([]*client, error) {
+// has uid i+1 (chart reserves uid 0), joins the channels chans(i) and
+// connects to addrs[i%len(addrs)] (the nodes of a cluster in turn).
+func connectAll(addrs []string, spec *libSpec, n, concurrency int, chans func(i int) []string, s sink) ([]*client, error) {
 	clients := make([]*client, n)
 	var next atomic.Int64
 	var firstErr error
@@ -241,7 +242,7 @@ func connectAll(addr string, spec *libSpec, n, concurrency int, chans func(i int
 				if i >= n {
 					return
 				}
-				c, err := connectClient(addr, spec, i, int64(i)+1, chans(i), s)
+				c, err := connectClient(addrs[i%len(addrs)], spec, i, int64(i)+1, chans(i), s)
 				if err != nil {
 					failed.Add(1)
 					mu.Lock()

@@ -78,7 +78,8 @@ type fanoutResult struct {
 	Lost         int64   `json:"lost"`
 	SeqErrors    int64   `json:"seq_errors"`
 	Disconnected int     `json:"disconnected"`
-	ServerCPU    float64 `json:"server_cores"`
+	ServerCPU    float64 `json:"server_cores"` // every server process (node) together
+	BrokerCPU    float64 `json:"broker_cores,omitempty"`
 	ClientCPU    float64 `json:"client_cores"`
 	OtherCPU     float64 `json:"other_cores"`
 	// WritesPerK and ReadsPerK are the server's write(v) and the clients'
@@ -119,28 +120,46 @@ func warmUp(ready <-chan struct{}, publish func() error) error {
 
 // runFanout measures one peer with subs subscribers for every payload size.
 func runFanout(cfg *config, spec *libSpec, subs int) ([]fanoutResult, string) {
-	var results []fanoutResult
-	fail := func(err error) ([]fanoutResult, string) {
-		for _, size := range cfg.sizes {
-			results = append(results, fanoutResult{Lib: spec.name, Subs: subs, Size: size, Err: err.Error()})
-		}
-		return results, ""
-	}
 	srv, err := startServer(spec.name, wlFanout)
 	if err != nil {
-		return fail(err)
+		return failFanout(cfg, spec.name, subs, err), ""
 	}
 	defer srv.stop()
-	s := &fanoutSink{n: int32(subs), notify: make(chan struct{}, 1), warmDone: make(chan struct{})}
-	clients, err := connectAll(srv.addr, spec, subs, cfg.dialConcurrency, func(int) []string { return []string{"room"} }, s)
+	s := newFanoutSink(subs)
+	clients, err := connectAll([]string{srv.addr}, spec, subs, cfg.dialConcurrency, func(int) []string { return []string{"room"} }, s)
 	if err != nil {
-		return fail(err)
+		return failFanout(cfg, spec.name, subs, err), ""
 	}
 	defer func() { srv.stop(); closeAll(clients) }()
-	if err := warmUp(s.warmDone, func() error { return srv.publish("room", kindWarmup, 0, 1, 16) }); err != nil {
-		return fail(err)
+	return fanoutSizes(cfg, spec.name, single(srv), s, clients)
+}
+
+// newFanoutSink returns the sink of a fan-out to subs subscribers.
+func newFanoutSink(subs int) *fanoutSink {
+	return &fanoutSink{n: int32(subs), notify: make(chan struct{}, 1), warmDone: make(chan struct{})}
+}
+
+// failFanout returns a failed result for every payload size.
+func failFanout(cfg *config, lib string, subs int, err error) []fanoutResult {
+	var results []fanoutResult
+	for _, size := range cfg.sizes {
+		results = append(results, fanoutResult{Lib: lib, Subs: subs, Size: size, Err: err.Error()})
+	}
+	return results
+}
+
+// fanoutSizes measures the fan-out to the connected clients, all in
+// channel "room", for every payload size (cfg.repeat times each, the
+// median reported), publishing through the first server of set. It
+// returns the results and the CPU profile, if one was taken.
+func fanoutSizes(cfg *config, lib string, set serverSet, s *fanoutSink, clients []*client) ([]fanoutResult, string) {
+	subs := len(clients)
+	pub := set.procs[0]
+	if err := warmUp(s.warmDone, func() error { return pub.publish("room", kindWarmup, 0, 1, 16) }); err != nil {
+		return failFanout(cfg, lib, subs, err), ""
 	}
 
+	var results []fanoutResult
 	var profile string
 	var seq int64 // last published sequence number
 	// An unrecorded warm-up phase lets buffers, stacks and the heap of both
@@ -149,19 +168,19 @@ func runFanout(cfg *config, spec *libSpec, subs int) ([]fanoutResult, string) {
 	if warm > time.Second {
 		warm = time.Second
 	}
-	if r := fanoutPhase(cfg, spec, srv, s, clients, &seq, cfg.sizes[0], warm, nil); r.Err != "" {
-		logf("fanout %-12s subs=%-6d warm-up phase failed: %s", spec.name, subs, r.Err)
+	if r := fanoutPhase(cfg, lib, set, s, clients, &seq, cfg.sizes[0], warm, nil); r.Err != "" {
+		logf("fanout %-12s subs=%-6d warm-up phase failed: %s", lib, subs, r.Err)
 	}
 	for _, size := range cfg.sizes {
 		var reps []fanoutResult
 		for rep := 0; rep < cfg.repeat; rep++ {
 			var prof func()
-			if rep == 0 && cfg.pprof && spec.name == cfg.profileLib && subs == cfg.fanoutSubs[len(cfg.fanoutSubs)-1] && size == cfg.sizes[len(cfg.sizes)-1] {
-				prof = func() { profile = captureProfile(cfg, srv, fmt.Sprintf("%s-fanout-%d-%d", spec.name, subs, size)) }
+			if rep == 0 && cfg.pprof && lib == cfg.profileLib && subs == cfg.fanoutSubs[len(cfg.fanoutSubs)-1] && size == cfg.sizes[len(cfg.sizes)-1] {
+				prof = func() { profile = captureProfile(cfg, pub, fmt.Sprintf("%s-fanout-%d-%d", lib, subs, size)) }
 			}
-			r := fanoutPhase(cfg, spec, srv, s, clients, &seq, size, cfg.fanoutDuration, prof)
-			logf("fanout %-12s subs=%-6d size=%-5d %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  msgs=%d lost=%d srvCPU=%.2f cliCPU=%.2f other=%.2f writes/1k=%.0f reads/1k=%.0f %s",
-				spec.name, subs, size, r.Rate, r.P50us, r.P99us, r.Published, r.Lost, r.ServerCPU, r.ClientCPU, r.OtherCPU, r.WritesPerK, r.ReadsPerK, r.Err)
+			r := fanoutPhase(cfg, lib, set, s, clients, &seq, size, cfg.fanoutDuration, prof)
+			logf("fanout %-12s subs=%-6d size=%-5d %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  msgs=%d lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f writes/1k=%.0f reads/1k=%.0f %s",
+				lib, subs, size, r.Rate, r.P50us, r.P99us, r.Published, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, r.WritesPerK, r.ReadsPerK, r.Err)
 			reps = append(reps, r)
 			if r.Disconnected > 0 {
 				break
@@ -207,12 +226,14 @@ func minPos(a, b float64) float64 {
 	return a
 }
 
-// fanoutPhase publishes size-byte payloads for dur with the window, waits
-// until every message reached every subscriber and returns the figures.
-// seq is the last sequence number published so far and is advanced. prof,
-// when set, runs concurrently with the phase (the CPU profile).
-func fanoutPhase(cfg *config, spec *libSpec, srv *serverProc, s *fanoutSink, clients []*client, seq *int64, size int, dur time.Duration, prof func()) fanoutResult {
-	r := fanoutResult{Lib: spec.name, Subs: len(clients), Size: size}
+// fanoutPhase publishes size-byte payloads through the first server of set
+// for dur with the window, waits until every message reached every
+// subscriber and returns the figures. seq is the last sequence number
+// published so far and is advanced. prof, when set, runs concurrently with
+// the phase (the CPU profile).
+func fanoutPhase(cfg *config, lib string, set serverSet, s *fanoutSink, clients []*client, seq *int64, size int, dur time.Duration, prof func()) fanoutResult {
+	r := fanoutResult{Lib: lib, Subs: len(clients), Size: size}
+	srv := set.procs[0]
 	hist := new(histogram)
 	s.hist.Store(hist)
 	var recv0, gaps0 int64
@@ -229,7 +250,7 @@ func fanoutPhase(cfg *config, spec *libSpec, srv *serverProc, s *fanoutSink, cli
 			prof()
 		}()
 	}
-	cpu := startCPU(srv)
+	cpu := set.startCPU()
 	start := time.Now()
 	base := *seq
 	window := int64(cfg.window)
@@ -278,7 +299,7 @@ func fanoutPhase(cfg *config, spec *libSpec, srv *serverProc, s *fanoutSink, cli
 	r.Rate = float64(r.Deliveries) / r.Seconds
 	_, q := hist.quantiles(0.5, 0.99)
 	r.P50us, r.P99us = us(q[0]), us(q[1])
-	r.ServerCPU, r.ClientCPU, r.OtherCPU = cpu.server, cpu.clnt, cpu.other
+	r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU = cpu.server, cpu.broker, cpu.clnt, cpu.other
 	if r.Deliveries > 0 {
 		r.WritesPerK = 1000 * float64(cpu.srvWrites) / float64(r.Deliveries)
 		r.ReadsPerK = 1000 * float64(cpu.cliReads) / float64(r.Deliveries)

@@ -11,6 +11,7 @@
 //
 //	cd bench && go run . -quick   # smoke run, < 2 minutes, writes out/quick.md
 //	cd bench && go run . -all     # full run, writes ../docs/benchmarks.md and ../docs/fanout.svg
+//	cd bench && go run . -cluster # chart on one node vs two nodes over Redis and NATS, writes ../docs/benchmarks-cluster.md
 package main
 
 import (
@@ -50,6 +51,7 @@ type config struct {
 	doc              string
 	svg              string
 	strict           bool
+	setups           []string // -cluster: "single", "redis", "nats"
 }
 
 // logf prints a progress line to stderr.
@@ -57,16 +59,28 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 }
 
-func main() {
-	if os.Getenv("BENCH_ROLE") == "server" {
+// roleMain runs the subprocess role named by BENCH_ROLE, if any, and exits:
+// "server" (a peer under test) or "nats" (the NATS server of a cluster
+// measurement).
+func roleMain() {
+	switch os.Getenv("BENCH_ROLE") {
+	case "server":
 		serverMain()
+	case "nats":
+		natsMain()
 	}
+}
+
+func main() {
+	roleMain()
 	var (
 		role      = flag.String("role", "driver", "driver (default) or server (internal)")
 		lib       = flag.String("lib", "", "server role: peer to serve")
 		workload  = flag.String("workload", "", "server role: fanout, rooms or storm")
 		all       = flag.Bool("all", false, "full run of every workload; writes ../docs/benchmarks.md and ../docs/fanout.svg")
 		quick     = flag.Bool("quick", false, "quick smoke run (< 2 min) at reduced scale; writes out/quick.md")
+		cluster   = flag.Bool("cluster", false, "chart on one node vs two nodes sharing a broker (< 5 min); writes ../docs/benchmarks-cluster.md")
+		setups    = flag.String("cluster-setups", "single,redis,nats", "-cluster: setups to run (single: one node, no broker; redis, nats: two nodes)")
 		libsFlag  = flag.String("libs", "", "comma-separated peers (default: all)")
 		wlFlag    = flag.String("workloads", "fanout,rooms,storm", "comma-separated workloads")
 		subsFlag  = flag.String("fanout-subs", "", "fan-out subscriber counts (default 1000,10000; quick 500,2000)")
@@ -97,8 +111,8 @@ func main() {
 		os.Setenv("BENCH_WORKLOAD", *workload)
 		serverMain()
 	}
-	if !*all && !*quick {
-		fmt.Fprintln(os.Stderr, "usage: go run . -all | -quick [flags]")
+	if !*all && !*quick && !*cluster {
+		fmt.Fprintln(os.Stderr, "usage: go run . -all | -quick | -cluster [flags]")
 		flag.PrintDefaults()
 		os.Exit(2)
 	}
@@ -116,6 +130,9 @@ func main() {
 		cfg.fanoutDuration = time.Second
 		cfg.roomsConns, cfg.roomsDuration, cfg.stormConns = 2000, 2*time.Second, 2000
 		cfg.stormSequential, cfg.repeat, cfg.quietBudget = 200, 1, 0
+	}
+	if *cluster {
+		setClusterDefaults(cfg, *setups)
 	}
 	if *quiet >= 0 {
 		cfg.quietBudget = *quiet
@@ -143,8 +160,11 @@ func main() {
 	}
 	if cfg.doc == "" {
 		cfg.doc = filepath.Join(cfg.outDir, "quick.md")
-		if cfg.mode == "full" {
+		switch cfg.mode {
+		case "full":
 			cfg.doc = filepath.Join("..", "docs", "benchmarks.md")
+		case "cluster":
+			cfg.doc = filepath.Join("..", "docs", "benchmarks-cluster.md")
 		}
 	}
 	if cfg.svg == "" {
@@ -173,6 +193,9 @@ func main() {
 		os.Exit(2)
 	}
 
+	if cfg.mode == "cluster" {
+		os.Exit(clusterMain(cfg))
+	}
 	rep := run(cfg)
 	if err := writeReport(cfg, rep); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)

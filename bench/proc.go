@@ -30,8 +30,15 @@ type serverProc struct {
 }
 
 // startServer starts the server for lib and workload and waits for its
-// listen address.
-func startServer(lib, workload string) (*serverProc, error) {
+// listen address. env adds variables to the server's environment (the
+// broker URL of a cluster node).
+func startServer(lib, workload string, env ...string) (*serverProc, error) {
+	return startRole(append([]string{"BENCH_ROLE=server", "BENCH_LIB=" + lib, "BENCH_WORKLOAD=" + workload}, env...), lib)
+}
+
+// startRole starts this binary in the role given by env (BENCH_ROLE=...)
+// and waits, at most 30 s, for the "LISTEN <addr>" line on its stdout.
+func startRole(env []string, name string) (*serverProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -39,7 +46,7 @@ func startServer(lib, workload string) (*serverProc, error) {
 	// The role is passed in the environment so that a test binary (see
 	// TestMain) can serve as well as the command.
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), "BENCH_ROLE=server", "BENCH_LIB="+lib, "BENCH_WORKLOAD="+workload)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -70,7 +77,7 @@ func startServer(lib, workload string) (*serverProc, error) {
 	if !ok {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, fmt.Errorf("server %s did not start (got %q)", lib, line)
+		return nil, fmt.Errorf("server %s did not start (got %q)", name, line)
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 1024, DisableCompression: true}
 	return &serverProc{cmd: cmd, stdin: stdin, addr: addr, tr: tr,
@@ -116,8 +123,11 @@ func (s *serverProc) stats(gc bool) (serverStats, error) {
 }
 
 // cpu returns the user+system CPU time consumed by the server so far.
-func (s *serverProc) cpu() time.Duration {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(s.cmd.Process.Pid) + "/stat")
+func (s *serverProc) cpu() time.Duration { return procCPU(s.cmd.Process.Pid) }
+
+// procCPU returns the user+system CPU time consumed by process pid so far.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0
 	}
@@ -195,39 +205,72 @@ func procIO(pid string) (syscr, syscw int64) {
 	return
 }
 
-// cpuMeter measures server, client and other CPU over an interval, and the
-// server's write and the client's read system calls.
-type cpuMeter struct {
-	srv                 *serverProc
-	s0, c0, m0          time.Duration
-	sw0, cr0            int64
-	start               time.Time
-	server, clnt, other float64 // cores used on average, set by stop
-	srvWrites, cliReads int64   // system calls during the interval, set by stop
+// serverSet is the server side of a measurement: one server process, or
+// the chart nodes of a cluster and their broker process. Business-code
+// publishes go to the first process; the CPU of every process is measured.
+type serverSet struct {
+	procs  []*serverProc
+	broker int // pid of the broker process (redis-server, nats), 0 for none
 }
 
-// startCPU begins measuring.
-func startCPU(srv *serverProc) *cpuMeter {
-	m := &cpuMeter{srv: srv, s0: srv.cpu(), c0: selfCPU(), m0: machineBusy(), start: time.Now()}
-	_, m.sw0 = procIO(strconv.Itoa(srv.cmd.Process.Pid))
+// single returns the set of one server process.
+func single(srv *serverProc) serverSet { return serverSet{procs: []*serverProc{srv}} }
+
+// cpuMeter measures server, broker, client and other CPU over an interval,
+// and the servers' write and the client's read system calls.
+type cpuMeter struct {
+	set                         serverSet
+	s0, b0, c0, m0              time.Duration
+	sw0, cr0                    int64
+	start                       time.Time
+	server, broker, clnt, other float64 // cores used on average, set by stop
+	srvWrites, cliReads         int64   // system calls during the interval, set by stop
+}
+
+// startCPU begins measuring one server process.
+func startCPU(srv *serverProc) *cpuMeter { return single(srv).startCPU() }
+
+// serverCPU returns the CPU time and write system calls of the servers.
+func (set serverSet) serverCPU() (cpu time.Duration, writes int64) {
+	for _, p := range set.procs {
+		_, w := procIO(strconv.Itoa(p.cmd.Process.Pid))
+		cpu, writes = cpu+p.cpu(), writes+w
+	}
+	return
+}
+
+// brokerCPU returns the CPU time of the broker process, 0 without one.
+func (set serverSet) brokerCPU() time.Duration {
+	if set.broker == 0 {
+		return 0
+	}
+	return procCPU(set.broker)
+}
+
+// startCPU begins measuring the set.
+func (set serverSet) startCPU() *cpuMeter {
+	m := &cpuMeter{set: set, b0: set.brokerCPU(), c0: selfCPU(), m0: machineBusy(), start: time.Now()}
+	m.s0, m.sw0 = set.serverCPU()
 	m.cr0, _ = procIO("self")
 	return m
 }
 
 // stop ends the measurement. other is the machine's busy time not spent by
-// the server or the client process (other processes, and kernel work not
-// charged to either): a high value means the figures are disturbed.
+// the servers, the broker or the client process (other processes, and
+// kernel work not charged to any): a high value means the figures are
+// disturbed.
 func (m *cpuMeter) stop() {
 	el := time.Since(m.start).Seconds()
 	if el <= 0 {
 		return
 	}
-	m.server = (m.srv.cpu() - m.s0).Seconds() / el
+	s, sw := m.set.serverCPU()
+	m.server = (s - m.s0).Seconds() / el
+	m.broker = (m.set.brokerCPU() - m.b0).Seconds() / el
 	m.clnt = (selfCPU() - m.c0).Seconds() / el
-	_, sw := procIO(strconv.Itoa(m.srv.cmd.Process.Pid))
 	cr, _ := procIO("self")
 	m.srvWrites, m.cliReads = sw-m.sw0, cr-m.cr0
-	m.other = (machineBusy()-m.m0).Seconds()/el - m.server - m.clnt
+	m.other = (machineBusy()-m.m0).Seconds()/el - m.server - m.broker - m.clnt
 	if m.other < 0 {
 		m.other = 0
 	}

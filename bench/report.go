@@ -184,6 +184,8 @@ func fmtUs(v float64) string {
 	switch {
 	case v <= 0 || math.IsNaN(v):
 		return "–"
+	case v >= 1e6:
+		return fmt.Sprintf("%.2f s", v/1e6)
 	case v >= 1000:
 		return fmt.Sprintf("%.2f ms", v/1000)
 	default:
@@ -234,6 +236,43 @@ type summaryRow struct {
 	fmtv             func(float64) string
 	values           map[string]float64
 	failed           map[string]bool
+}
+
+// writeMatrix renders rows as a table with one column per name, then one
+// ratio column per pair (numerator, denominator).
+func writeMatrix(b *strings.Builder, rows []summaryRow, names []string, ratios [][2]string) {
+	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	w("| workload | metric |")
+	for _, n := range names {
+		w(" %s |", n)
+	}
+	for _, q := range ratios {
+		w(" %s/%s |", q[0], q[1])
+	}
+	w("\n|---|---|")
+	for range len(names) + len(ratios) {
+		w("---:|")
+	}
+	w("\n")
+	for _, row := range rows {
+		w("| %s | %s |", row.workload, row.metric)
+		for _, n := range names {
+			v, ok := row.values[n]
+			cell := "–"
+			if ok {
+				cell = row.fmtv(v)
+				if row.failed[n] {
+					cell += " (!)"
+				}
+			}
+			w(" %s |", cell)
+		}
+		for _, q := range ratios {
+			w(" %s |", ratio(row.values[q[0]], row.values[q[1]]))
+		}
+		w("\n")
+	}
+	w("\n")
 }
 
 // markdown renders the report.
@@ -320,10 +359,6 @@ func markdown(r *report) string {
 	}
 	w("## Summary\n\n")
 	w("Ratios are chart ÷ peer: above 1 is better for chart where the metric is marked ↑, below 1 is better where it is marked ↓. A figure marked (!) comes from a measurement that lost messages or had errors (see the detail tables).\n\n")
-	w("| workload | metric |")
-	for _, n := range names {
-		w(" %s |", n)
-	}
 	var others []string
 	for _, n := range names {
 		if n != "chart" {
@@ -331,42 +366,13 @@ func markdown(r *report) string {
 		}
 	}
 	hasChart := len(others) < len(names)
+	var ratios [][2]string
 	if hasChart {
 		for _, n := range others {
-			w(" chart/%s |", n)
+			ratios = append(ratios, [2]string{"chart", n})
 		}
 	}
-	w("\n|---|---|")
-	for range names {
-		w("---:|")
-	}
-	if hasChart {
-		for range others {
-			w("---:|")
-		}
-	}
-	w("\n")
-	for _, row := range rows {
-		w("| %s | %s |", row.workload, row.metric)
-		for _, n := range names {
-			v, ok := row.values[n]
-			cell := "–"
-			if ok {
-				cell = row.fmtv(v)
-				if row.failed[n] {
-					cell += " (!)"
-				}
-			}
-			w(" %s |", cell)
-		}
-		if hasChart {
-			for _, n := range others {
-				w(" %s |", ratio(row.values["chart"], row.values[n]))
-			}
-		}
-		w("\n")
-	}
-	w("\n")
+	writeMatrix(&b, rows, names, ratios)
 
 	if hasChart {
 		writeTargets(&b, r)

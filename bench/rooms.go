@@ -8,9 +8,11 @@ import (
 )
 
 // roomsSink counts deliveries of room messages and checks, per receiver
-// and sender, that sequence numbers arrive without gaps.
+// and sender, that sequence numbers arrive without gaps. Connection i has
+// uid i+1 and is in room i/group; group is at most roomSize.
 type roomsSink struct {
 	n        int64
+	group    int64
 	warm     atomic.Int64
 	warmDone chan struct{}
 	hist     *histogram
@@ -28,15 +30,14 @@ func (s *roomsSink) onPayload(c *client, h payloadHeader, now int64) {
 		}
 	case kindRoom:
 		s.hist.record(c.idx, now-h.ts)
-		// Connection i has uid i+1 and is in room i/roomSize.
-		if (h.sender-1)/roomSize != int64(c.idx/roomSize) {
+		if (h.sender-1)/s.group != int64(c.idx)/s.group {
 			c.gaps.Add(1) // delivered to the wrong room
 			return
 		}
 		if h.sender == c.uid {
 			c.self.Add(1)
 		}
-		i := (h.sender - 1) % roomSize
+		i := (h.sender - 1) % s.group
 		if h.seq != c.roomLast[i]+1 {
 			c.gaps.Add(1)
 		}
@@ -48,6 +49,7 @@ func (s *roomsSink) onPayload(c *client, h payloadHeader, now int64) {
 // roomsResult is one rooms measurement.
 type roomsResult struct {
 	Lib          string  `json:"lib"`
+	Kind         string  `json:"kind,omitempty"` // "direct": to a partner, not to a room
 	Conns        int     `json:"connections"`
 	Rooms        int     `json:"rooms"`
 	PerUserRate  float64 `json:"msgs_per_user_per_sec"`
@@ -64,7 +66,8 @@ type roomsResult struct {
 	Lost         int64   `json:"lost"`
 	SeqErrors    int64   `json:"seq_errors"`
 	Disconnected int     `json:"disconnected"`
-	ServerCPU    float64 `json:"server_cores"`
+	ServerCPU    float64 `json:"server_cores"` // every server process (node) together
+	BrokerCPU    float64 `json:"broker_cores,omitempty"`
 	ClientCPU    float64 `json:"client_cores"`
 	OtherCPU     float64 `json:"other_cores"`
 	Err          string  `json:"error,omitempty"`
@@ -86,19 +89,34 @@ func runRooms(cfg *config, spec *libSpec, rate float64) roomsResult {
 		return fail(err)
 	}
 	defer srv.stop()
-	s := &roomsSink{n: int64(n), warmDone: make(chan struct{}), hist: new(histogram)}
+	s := &roomsSink{n: int64(n), group: roomSize, warmDone: make(chan struct{}), hist: new(histogram)}
 	room := func(i int) []string { return []string{"room-" + strconv.Itoa(i/roomSize)} }
-	clients, err := connectAll(srv.addr, spec, n, cfg.dialConcurrency, room, s)
+	clients, err := connectAll([]string{srv.addr}, spec, n, cfg.dialConcurrency, room, s)
 	if err != nil {
 		return fail(err)
 	}
 	defer func() { srv.stop(); closeAll(clients) }()
-	err = warmUp(s.warmDone, func() error {
-		_, err := srv.ctl(fmt.Sprintf("/ctl/publish?ch=room-&kind=%c&rooms=%d&size=16", kindWarmup, r.Rooms))
+	send := func(c *client, p []byte) error { return c.publish(c.chans[0], p) }
+	return roomsPhase(cfg, r, single(srv), clients, s, send)
+}
+
+// roomsPhase warms up and measures a rooms workload on connected clients:
+// client i is in channel "room-<i/s.group>", and every user sends r.Size-byte
+// payloads with send at r.PerUserRate per second for cfg.roomsDuration. r
+// names the measurement; the figures are filled in and r is returned.
+func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s *roomsSink, send func(c *client, payload []byte) error) roomsResult {
+	n, rate, label := len(clients), r.PerUserRate, r.Lib
+	if r.Kind != "" {
+		label += " " + r.Kind
+	}
+	err := warmUp(s.warmDone, func() error {
+		_, err := set.procs[0].ctl(fmt.Sprintf("/ctl/publish?ch=room-&kind=%c&rooms=%d&size=16", kindWarmup, r.Rooms))
 		return err
 	})
 	if err != nil {
-		return fail(err)
+		r.Err = err.Error()
+		logf("rooms  %-12s error: %v", label, err)
+		return r
 	}
 
 	// Pacer: a 1 ms ticker; at each tick, send every message due by now so
@@ -115,7 +133,7 @@ func runRooms(cfg *config, spec *libSpec, rate float64) roomsResult {
 	var buf []byte
 	var sendErrs int
 	waitQuiet(cfg)
-	cpu := startCPU(srv)
+	cpu := set.startCPU()
 	start := time.Now()
 	ticker := time.NewTicker(time.Millisecond)
 	var k int64
@@ -128,8 +146,8 @@ func runRooms(cfg *config, spec *libSpec, rate float64) roomsResult {
 		for ; k < due; k++ {
 			c := clients[int(k*int64(stride))%n]
 			c.sent++
-			buf = appendPayload(buf[:0], kindRoom, c.sent, time.Now().UnixNano(), c.uid, cfg.roomsSize)
-			if err := c.publish(c.chans[0], buf); err != nil {
+			buf = appendPayload(buf[:0], kindRoom, c.sent, time.Now().UnixNano(), c.uid, r.Size)
+			if err := send(c, buf); err != nil {
 				sendErrs++
 			}
 		}
@@ -151,9 +169,9 @@ func runRooms(cfg *config, spec *libSpec, rate float64) roomsResult {
 	}
 	expected := func() int64 {
 		_, self := sum()
-		fan := int64(roomSize - 1)
+		fan := s.group - 1
 		if self > 0 {
-			fan = roomSize
+			fan = s.group
 		}
 		return r.Sent * fan
 	}
@@ -190,11 +208,11 @@ func runRooms(cfg *config, spec *libSpec, rate float64) roomsResult {
 	r.Rate = float64(recv) / r.Seconds
 	_, q := s.hist.quantiles(0.5, 0.99)
 	r.P50us, r.P99us = us(q[0]), us(q[1])
-	r.ServerCPU, r.ClientCPU, r.OtherCPU = cpu.server, cpu.clnt, cpu.other
+	r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU = cpu.server, cpu.broker, cpu.clnt, cpu.other
 	if r.Lost != 0 || r.SeqErrors != 0 || r.Disconnected != 0 || sendErrs != 0 {
 		r.Err = fmt.Sprintf("lost %d, sequence errors %d, disconnected %d, send errors %d", r.Lost, r.SeqErrors, r.Disconnected, sendErrs)
 	}
-	logf("rooms  %-12s conns=%d rate=%.1f/s/user  %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  sent=%d echo=%v lost=%d srvCPU=%.2f cliCPU=%.2f other=%.2f %s",
-		spec.name, n, rate, r.Rate, r.P50us, r.P99us, r.Sent, r.Echo, r.Lost, r.ServerCPU, r.ClientCPU, r.OtherCPU, r.Err)
+	logf("rooms  %-12s conns=%d rate=%.1f/s/user  %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  sent=%d echo=%v lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f %s",
+		label, n, rate, r.Rate, r.P50us, r.P99us, r.Sent, r.Echo, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, r.Err)
 	return r
 }
