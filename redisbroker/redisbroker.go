@@ -60,7 +60,25 @@ type Broker struct {
 	// dial timeouts and retries for each message.
 	down    atomic.Bool
 	lastTry atomic.Int64 // unix nanoseconds of the last probe
+
+	// pubq feeds the publishing goroutine; see publish.
+	pubq chan pubMsg
 }
+
+// pubMsg is one message waiting to be published.
+type pubMsg struct {
+	topic string
+	data  []byte
+}
+
+// publishQueue bounds the messages waiting to be published: what a node
+// sends in a few milliseconds at full speed. When it is full, a publish
+// fails at once instead of buffering without bound.
+const publishQueue = 4096
+
+// ErrPublishQueueFull is returned when messages are published faster than
+// Redis takes them.
+var ErrPublishQueueFull = errors.New("redisbroker: publish queue full")
 
 // ErrUnreachable is returned without a network call while Redis is known
 // to be unreachable.
@@ -114,7 +132,7 @@ func New(rdb redis.UniversalClient, opt Options) *Broker {
 		rand.Read(b[:])
 		opt.NodeID = hex.EncodeToString(b[:])
 	}
-	return &Broker{rdb: rdb, opt: opt, closed: make(chan struct{})}
+	return &Broker{rdb: rdb, opt: opt, closed: make(chan struct{}), pubq: make(chan pubMsg, publishQueue)}
 }
 
 // Dial connects to the Redis server at url (redis://[user:pass@]host:port/db)
@@ -150,9 +168,82 @@ func (b *Broker) userTopic(uid uint64) string {
 // reconnects (resubscribing) after a lost connection.
 func (b *Broker) Attach(n chart.Node) error {
 	b.ps = b.rdb.Subscribe(context.Background())
-	b.wg.Add(1)
+	b.wg.Add(2)
 	go b.receive(n)
+	go b.publishLoop(n)
 	return nil
+}
+
+// publish queues a message for publishLoop. Publishing is asynchronous so
+// that a sender does not wait a Redis round trip per message: what queues
+// meanwhile goes out in one pipeline, in order, and reaches the other
+// nodes together, where it batches into few writes per connection as on
+// one node (a synchronous publish cut cross-node fan-out to a quarter).
+// Failures of the pipeline go to the node as broker errors.
+func (b *Broker) publish(topic string, data []byte) error {
+	if err := b.allow(); err != nil {
+		return err
+	}
+	select {
+	case b.pubq <- pubMsg{topic, data}:
+		return nil
+	default:
+		return ErrPublishQueueFull
+	}
+}
+
+// publishLoop sends the queued messages, all that are waiting in one
+// pipeline, until Close; then it sends what is left and returns.
+func (b *Broker) publishLoop(n chart.Node) {
+	defer b.wg.Done()
+	batch := make([]pubMsg, 0, 256)
+	for {
+		select {
+		case m := <-b.pubq:
+			batch = append(batch, m)
+		case <-b.closed:
+		drain:
+			for {
+				select {
+				case m := <-b.pubq:
+					batch = append(batch, m)
+				default:
+					break drain
+				}
+			}
+			if len(batch) > 0 && !b.down.Load() {
+				b.send(n, batch)
+			}
+			return
+		}
+	more:
+		for len(batch) < cap(batch) {
+			select {
+			case m := <-b.pubq:
+				batch = append(batch, m)
+			default:
+				break more
+			}
+		}
+		b.send(n, batch)
+		clear(batch)
+		batch = batch[:0]
+	}
+}
+
+// send publishes a batch in one pipeline.
+func (b *Broker) send(n chart.Node, batch []pubMsg) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	_, err := b.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, m := range batch {
+			p.Publish(ctx, m.topic, m.data)
+		}
+		return nil
+	})
+	if b.done(err) != nil {
+		n.BrokerError(fmt.Errorf("redis publish: %w", err))
+	}
 }
 
 func (b *Broker) receive(n chart.Node) {
@@ -193,7 +284,8 @@ func (b *Broker) receive(n chart.Node) {
 	}
 }
 
-// Close stops the subscriber, and closes the client when Dial made it.
+// Close sends the messages still queued, stops the subscriber, and closes
+// the client when Dial made it.
 func (b *Broker) Close() error {
 	var err error
 	b.once.Do(func() {
@@ -209,24 +301,14 @@ func (b *Broker) Close() error {
 	return err
 }
 
-// PublishChannel publishes data to the channel's topic.
+// PublishChannel queues data for the channel's topic; see publish.
 func (b *Broker) PublishChannel(channelId string, data []byte) error {
-	if err := b.allow(); err != nil {
-		return err
-	}
-	ctx, cancel := b.ctx()
-	defer cancel()
-	return b.done(b.rdb.Publish(ctx, b.chanTopic(channelId), data).Err())
+	return b.publish(b.chanTopic(channelId), data)
 }
 
-// PublishUser publishes data to the uid's topic.
+// PublishUser queues data for the uid's topic; see publish.
 func (b *Broker) PublishUser(uid uint64, data []byte) error {
-	if err := b.allow(); err != nil {
-		return err
-	}
-	ctx, cancel := b.ctx()
-	defer cancel()
-	return b.done(b.rdb.Publish(ctx, b.userTopic(uid), data).Err())
+	return b.publish(b.userTopic(uid), data)
 }
 
 func (b *Broker) subscribe(topic string, on bool) error {
