@@ -2,6 +2,7 @@ package redisbroker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -106,4 +107,25 @@ func TestRedisBroker(t *testing.T) {
 			return srv.start
 		},
 	}.Run(t)
+}
+
+// TestPublishQueueBounded: when messages are published faster than they
+// are sent (here nothing sends: the broker is not attached), the queue
+// stops at publishQueue and further publishes fail at once with
+// ErrPublishQueueFull instead of buffering without bound.
+func TestPublishQueueBounded(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	b := New(rdb, Options{})
+	for i := 0; i < publishQueue; i++ {
+		if err := b.PublishChannel("room", []byte("x")); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	if err := b.PublishUser(7, []byte("x")); !errors.Is(err, ErrPublishQueueFull) {
+		t.Fatalf("publish past the queue: %v, want ErrPublishQueueFull", err)
+	}
+	if len(b.pubq) != publishQueue {
+		t.Fatalf("queue holds %d, want %d", len(b.pubq), publishQueue)
+	}
 }
