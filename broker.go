@@ -4,74 +4,61 @@ import (
 	"time"
 )
 
-// Broker connects hubs running in different processes into one cluster, so
-// that users connected to different nodes chat as if they shared one.
-// Set it in Config.Broker; each hub (node) needs its own Broker value, all
-// of them connected to the same backend. Without a Broker a hub serves a
-// single node and makes no broker call at all.
+// Broker carries messages between the hubs (nodes) of a cluster: plain
+// publish/subscribe on topics that the hub names. Set it in Config.Broker;
+// each hub needs its own Broker value, all of them connected to the same
+// backend. The package doc's "Cluster" section tells what a cluster
+// promises; this comment is the contract for implementations.
 //
-// Implementations: the in-process MemoryBus in this package (several hubs
-// in one process, for tests), and the sub-modules
-// github.com/wuyan94zl/chart/redisbroker and
-// github.com/wuyan94zl/chart/natsbroker.
+// Implementations: MemoryBus (several hubs in one process, for tests), and
+// the sub-modules github.com/wuyan94zl/chart/redisbroker and
+// github.com/wuyan94zl/chart/natsbroker. Each also implements Presence.
 //
-// Messages. The hub delivers to its own connections first and publishes an
-// opaque envelope (the WebSocket frame, encoded once, plus routing data) to
-// the broker for the other nodes. A node subscribes to a channel's topic
-// only while it has a local member of that channel, and to a user's topic
-// only while that user has a connection on it. The hub serialises the
-// subscribe and unsubscribe calls of one topic, and never calls them with a
-// lock held. Subscribe must record the interest even when the network call
-// fails, and the broker must resubscribe by itself after reconnecting.
-// Every message received on a subscribed topic is handed to Node.Receive,
-// in the order it was published per publisher; Receive must not block, and
-// the data passed to it must not be modified afterwards.
-//
-// Presence. The Presence methods keep the cluster-wide view of which uids
-// are online, on which nodes, and in which channels. Each must be atomic
-// on the broker side (a Lua script, a compare-and-swap); see Presence.
+// Topics are strings of at most a few hundred bytes of valid UTF-8, with
+// any characters in them; a broker maps them onto its own namespace (a key
+// prefix, an encoded subject). The hub serialises the Subscribe and
+// Unsubscribe calls of one topic and makes none with a lock held.
 //
 // Every method may be called concurrently, and may fail while the backend
 // is unreachable: the hub then goes on serving its local connections,
-// reports the failure to ErrorLogServer as ErrBroker, and re-publishes its
-// presence once a heartbeat succeeds again.
+// reports the failure as ErrBroker, and re-publishes its presence once a
+// heartbeat succeeds again.
 type Broker interface {
 	// NodeID names this node uniquely in the cluster.
 	NodeID() string
 	// Attach is called once by New: from then on the broker hands every
-	// message of the topics subscribed to n.Receive, and reports lost
-	// connections to n.BrokerError.
+	// message of the subscribed topics to n.Receive, in the order each
+	// publisher published them, and reports failures the hub cannot see
+	// (a lost connection) to n.BrokerError.
 	Attach(n Node) error
-	// PublishChannel sends data to the nodes subscribed to channelId.
-	PublishChannel(channelId string, data []byte) error
-	// PublishUser sends data to the nodes subscribed to uid.
-	PublishUser(uid uint64, data []byte) error
-	// SubscribeChannel starts receiving the messages of channelId.
-	SubscribeChannel(channelId string) error
-	// UnsubscribeChannel stops receiving the messages of channelId.
-	UnsubscribeChannel(channelId string) error
-	// SubscribeUser starts receiving the messages of uid.
-	SubscribeUser(uid uint64) error
-	// UnsubscribeUser stops receiving the messages of uid.
-	UnsubscribeUser(uid uint64) error
-	Presence
-	// HeartbeatInterval is how often the hub calls Presence.Heartbeat; it
-	// must be well below the time after which the broker considers a silent
-	// node dead (its TTL).
-	HeartbeatInterval() time.Duration
+	// Publish sends data to every node subscribed to topic, this one
+	// included if it is. It must not block on a slow backend for longer
+	// than a network round trip, and must not keep data after returning
+	// unless it copied it.
+	Publish(topic string, data []byte) error
+	// Subscribe starts receiving topic's messages. It records the interest
+	// even when the network call fails, and the broker resubscribes by
+	// itself after reconnecting.
+	Subscribe(topic string) error
+	// Unsubscribe stops receiving topic's messages.
+	Unsubscribe(topic string) error
 	// Close releases the broker's connections and goroutines. It does not
 	// remove the node's presence: that expires with its TTL (an abrupt
 	// stop), or is gone already after Hub.Shutdown logged every user out.
 	Close() error
 }
 
-// Presence is the cluster-wide record of online uids, kept by a Broker.
-// Each uid is online on a set of nodes and is a member of a set of
-// channels; a node is alive while it heartbeats within the broker's TTL.
-// Every method is atomic on the broker side.
+// Presence is the cluster-wide record of online uids: on which nodes each
+// is connected and which channels it joined. A node is alive while it
+// heartbeats within the presence's TTL. Every method is atomic on the
+// backend (a Lua script, a compare-and-swap). Methods taking a slice must
+// not keep it after returning.
+//
+// The hub uses Config.Presence, or else the Broker when it implements
+// Presence, or else its own registry: a single node is its own presence.
 type Presence interface {
 	// Connect marks uid online on this node. first reports that uid was
-	// offline on every live node before: that node runs LoginServer.
+	// offline on every live node before: this node runs LoginServer.
 	Connect(uid uint64) (first bool, err error)
 	// Disconnect marks uid offline on this node. last reports that uid is
 	// now offline on every node: its memberships are dropped, and this node
@@ -105,14 +92,23 @@ type Presence interface {
 	// than the TTL, a restarted backend): the hub then re-publishes its
 	// presence with Restore.
 	Heartbeat() (gone []uint64, lost bool, err error)
+	// HeartbeatInterval is how often the hub calls Heartbeat, well below
+	// the TTL; zero or negative: never.
+	HeartbeatInterval() time.Duration
 }
 
 // Node is the hub side of a Broker, given to Broker.Attach.
 type Node interface {
 	// Receive takes one message from a subscribed topic. It does not
-	// block, and keeps data (shared with local connections' queues).
+	// block, and keeps data (shared with local connections' queues): the
+	// broker must not modify it afterwards.
 	Receive(data []byte)
 	// BrokerError reports a broker failure the hub did not see itself,
 	// such as a lost connection; it goes to ErrorLogServer as ErrBroker.
 	BrokerError(err error)
 }
+
+// DefaultNodeTTL is the time after which brokers consider a node that
+// stopped heartbeating dead, unless configured otherwise. Nodes heartbeat
+// every third of it.
+const DefaultNodeTTL = 15 * time.Second

@@ -3,39 +3,100 @@ package chart
 import (
 	"encoding/binary"
 	"errors"
-	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// DefaultNodeTTL is the time after which brokers consider a node that
-// stopped heartbeating dead, unless configured otherwise. Nodes heartbeat
-// every third of it.
-const DefaultNodeTTL = 15 * time.Second
+// The cluster seam. The hub reaches the other nodes only through peers,
+// and asks who is online only through Presence (presence.go). A single
+// node has noPeers and localPresence; Config.Broker swaps in a *cluster
+// and, when the broker implements it, the broker's Presence. Nothing
+// outside this file knows which it has.
 
-// cluster is a hub's broker state; nil without a Broker.
+// peers is the hub's link to the other nodes of its cluster.
+type peers interface {
+	// publish ships a frame that local subscribers of t already got to
+	// the other nodes.
+	publish(t topic, f []byte)
+	// follow makes this node's subscription of t match local interest:
+	// subscribed while t's channel has a member here, or t's uid a
+	// connection.
+	follow(t topic)
+	// control tells the nodes holding uid's connections that it joined or
+	// left channels. ids is not kept.
+	control(uid uint64, join bool, ids []string) error
+	// failed counts a failed broker or presence call; true when it begins
+	// an outage, which is then reported once.
+	failed(err error) bool
+	// stop ends the heartbeat and closes the broker, once.
+	stop()
+}
+
+// topic is a channel's broker topic, or a uid's when ch is empty.
+type topic struct {
+	ch  string
+	uid uint64
+}
+
+// name is the topic as brokers see it: "c:" + channel id, "u:" + uid.
+func (t topic) name() string {
+	if t.ch != "" {
+		return "c:" + t.ch
+	}
+	return "u:" + strconv.FormatUint(t.uid, 10)
+}
+
+// noPeers is a single node's link: there is nobody to reach.
+type noPeers struct{}
+
+func (noPeers) publish(topic, []byte)                {}
+func (noPeers) follow(topic)                         {}
+func (noPeers) control(uint64, bool, []string) error { return nil }
+func (noPeers) failed(error) bool                    { return false }
+func (noPeers) stop()                                {}
+
+// connectBackends chooses the hub's presence and peers from its Config.
+func (h *Hub) connectBackends() {
+	h.presence, h.peers = localPresence{h}, noPeers{}
+	b := h.cfg.Broker
+	if b == nil {
+		return
+	}
+	if p, ok := b.(Presence); ok {
+		h.presence = p
+	}
+	cl := &cluster{h: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{})}
+	h.peers = cl
+	if err := b.Attach(cl); err != nil {
+		h.brokerFailed(err)
+	}
+	// The first heartbeat registers the node before any user connects.
+	cl.heartbeat(true)
+	if every := h.presence.HeartbeatInterval(); every > 0 {
+		cl.loop.Add(1)
+		go cl.heartbeatLoop(every)
+	}
+}
+
+// cluster is the peers of a hub with a Broker. It is also the Node the
+// broker delivers to.
 type cluster struct {
+	h  *Hub
 	b  Broker
 	id string
 
 	subMu sync.Mutex
-	subs  map[subKey]*subState
+	subs  map[topic]*subState
 
-	stop     chan struct{}
+	done     chan struct{}
 	loop     sync.WaitGroup // the heartbeat goroutine and its workers
 	stopOnce sync.Once
 	working  atomic.Bool // a republish worker runs
 
 	down  atomic.Bool // a failure was reported and no heartbeat succeeded since
 	stale atomic.Bool // presence must be re-published after the next good heartbeat
-	errs  atomic.Uint64
-}
-
-// subKey names a broker topic: a channel, or a uid when ch is empty.
-type subKey struct {
-	ch  string
-	uid uint64
 }
 
 // subState serialises the (un)subscribe calls of one topic without holding
@@ -43,86 +104,57 @@ type subKey struct {
 // pass of the goroutine at work, which re-reads the wanted state.
 type subState struct{ have, busy, again bool }
 
-// Envelope kinds. An envelope is: kind byte, origin node id (uvarint
-// length + bytes), then for a channel frame the channel id (length +
-// bytes) and the frame; for a user frame the uid (uvarint) and the frame;
-// for a join or leave the uid and the channel ids (each length + bytes).
-const (
-	envChannel = 'c'
-	envUser    = 'u'
-	envJoin    = 'j'
-	envLeave   = 'l'
-)
-
-// hubNode is the Node a hub gives its broker.
-type hubNode struct{ h *Hub }
-
-func (n hubNode) Receive(data []byte)   { n.h.receive(data) }
-func (n hubNode) BrokerError(err error) { n.h.brokerFail(err) }
-
-// startCluster attaches the broker and starts the heartbeat goroutine.
-func (h *Hub) startCluster(b Broker) {
-	cl := &cluster{b: b, id: b.NodeID(), subs: make(map[subKey]*subState), stop: make(chan struct{})}
-	h.cl = cl
-	if err := b.Attach(hubNode{h}); err != nil {
-		h.brokerFail(err)
-	}
-	// The first heartbeat registers the node before any user connects.
-	h.heartbeat(true)
-	cl.loop.Add(1)
-	go h.heartbeatLoop()
-}
-
-// stopCluster stops the heartbeat and closes the broker, once.
-func (h *Hub) stopCluster() {
-	cl := h.cl
-	if cl == nil {
-		return
-	}
+func (cl *cluster) stop() {
 	cl.stopOnce.Do(func() {
-		close(cl.stop)
+		close(cl.done)
 		cl.loop.Wait()
 		if err := cl.b.Close(); err != nil {
-			h.brokerFail(err)
+			cl.h.brokerFailed(err)
 		}
 	})
 }
 
-func (h *Hub) heartbeatLoop() {
-	cl := h.cl
+func (cl *cluster) failed(err error) bool {
+	cl.h.stats.brokerErrs.Add(1)
+	cl.stale.Store(true)
+	return !cl.down.Swap(true)
+}
+
+// BrokerError is the Node method through which the broker reports a
+// failure the hub did not see itself.
+func (cl *cluster) BrokerError(err error) { cl.h.brokerFailed(err) }
+
+func (cl *cluster) heartbeatLoop(every time.Duration) {
 	defer cl.loop.Done()
-	t := time.NewTicker(max(cl.b.HeartbeatInterval(), time.Millisecond))
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
-		case <-cl.stop:
+		case <-cl.done:
 			return
 		case <-t.C:
 		}
-		h.heartbeat(false)
+		cl.heartbeat(false)
 	}
 }
 
-// heartbeat refreshes the node's presence, re-publishes it after an outage
-// and runs LogoutServer for the uids of dead nodes it reaped. The
-// callbacks and the re-publishing run on another goroutine, so that they
-// cannot delay the next heartbeat past the node's TTL.
-func (h *Hub) heartbeat(first bool) {
-	cl := h.cl
-	gone, lost, err := cl.b.Heartbeat()
+// heartbeat refreshes the node's presence, runs LogoutServer for the uids
+// of dead nodes it reaped, and re-publishes this node's presence after an
+// outage. The callbacks and the re-publishing run on another goroutine, so
+// that they cannot delay the next heartbeat past the node's TTL.
+func (cl *cluster) heartbeat(first bool) {
+	h := cl.h
+	gone, lost, err := h.presence.Heartbeat()
 	if err != nil {
-		h.brokerFail(err)
+		h.brokerFailed(err)
 		return
 	}
 	cl.down.Store(false)
 	var drain []uint64
 	for _, uid := range gone {
-		s := h.userShard(uid)
-		s.mu.Lock()
-		if s.pushEvent(uid, userEvent{kind: evGone}) {
+		if h.queueEvent(uid, func() { h.gone(uid) }) {
 			drain = append(drain, uid)
 		}
-		s.mu.Unlock()
 	}
 	republish := cl.stale.Swap(false) || (lost && !first)
 	if republish && !cl.working.CompareAndSwap(false, true) {
@@ -139,76 +171,79 @@ func (h *Hub) heartbeat(first bool) {
 			h.drainEvents(uid)
 		}
 		if republish {
-			h.republish()
+			cl.republish()
 			cl.working.Store(false)
 		}
 	}()
+}
+
+// gone runs LogoutServer for a uid reaped from a dead node.
+func (h *Hub) gone(uid uint64) {
+	handler := h.fallbackHandler()
+	if handler == nil {
+		handler = nopHandler{}
+	}
+	h.call(handler, uid, "LogoutServer", func() { handler.LogoutServer(uid) })
 }
 
 // republish restores every local uid's presence, and disconnects in
 // presence the uids this node no longer holds (their Disconnect failed
 // during the outage), each through its uid's event queue so that it
 // cannot overtake a connect or disconnect.
-func (h *Hub) republish() {
+func (cl *cluster) republish() {
+	h := cl.h
 	var drain []uint64
-	for i := range h.users {
-		s := &h.users[i]
-		s.mu.Lock()
-		for uid, u := range s.users {
-			if s.pushEvent(uid, userEvent{kind: evRestore, u: u}) {
-				drain = append(drain, uid)
-			}
-		}
-		s.mu.Unlock()
-	}
-	uids, err := h.cl.b.NodeUids()
-	if err != nil {
-		h.brokerFail(err)
-	}
-	for _, uid := range uids {
-		s := h.userShard(uid)
-		s.mu.Lock()
-		if s.users[uid] == nil && s.pushEvent(uid, userEvent{kind: evPurge}) {
+	for _, uid := range h.localUids() {
+		if h.queueEvent(uid, func() { cl.restore(uid) }) {
 			drain = append(drain, uid)
 		}
-		s.mu.Unlock()
+	}
+	uids, err := h.presence.NodeUids()
+	if err != nil {
+		h.brokerFailed(err)
+	}
+	for _, uid := range uids {
+		if h.queueEvent(uid, func() { cl.purge(uid) }) {
+			drain = append(drain, uid)
+		}
 	}
 	for _, uid := range drain {
 		h.drainEvents(uid)
 	}
 }
 
-// clusterPurge disconnects uid in presence if it has no connection here.
-// Its LogoutServer ran when its last connection here closed.
-func (h *Hub) clusterPurge(uid uint64) {
-	if h.lookupUser(uid) != nil {
+// restore re-publishes the presence of uid, if it is still connected here.
+func (cl *cluster) restore(uid uint64) {
+	chans, ok := cl.h.localChannels(uid)
+	if !ok {
 		return
 	}
-	if _, err := h.cl.b.Disconnect(uid); err != nil {
-		h.brokerFail(err)
+	if err := cl.h.presence.Restore(uid, chans); err != nil {
+		cl.h.brokerFailed(err)
 	}
 }
 
-// brokerFail counts a broker failure and reports the first of an outage to
-// ErrorLogServer; presence is re-published when the broker answers again.
-func (h *Hub) brokerFail(err error) {
-	cl := h.cl
-	cl.errs.Add(1)
-	cl.stale.Store(true)
-	if !cl.down.Swap(true) {
-		h.report(&Error{Kind: ErrBroker, Err: err})
+// purge disconnects uid in presence if it has no connection here. Its
+// LogoutServer ran when its last connection here closed.
+func (cl *cluster) purge(uid uint64) {
+	if cl.h.lookupUser(uid) != nil {
+		return
+	}
+	if _, err := cl.h.presence.Disconnect(uid); err != nil {
+		cl.h.brokerFailed(err)
 	}
 }
 
-// brokerErr wraps a broker failure of an API call about uid and counts it.
-func (h *Hub) brokerErr(uid uint64, channelId string, err error) error {
-	if errors.Is(err, ErrUserOffline) {
-		return newError(ErrUserOffline, uid, channelId, nil)
-	}
-	h.cl.errs.Add(1)
-	h.cl.stale.Store(true)
-	return newError(ErrBroker, uid, channelId, err)
-}
+// Envelope kinds. An envelope is: kind byte, origin node id (uvarint
+// length + bytes), then for a channel frame the channel id (length +
+// bytes) and the frame; for a user frame the uid (uvarint) and the frame;
+// for a join or leave the uid and the channel ids (each length + bytes).
+const (
+	envChannel = 'c'
+	envUser    = 'u'
+	envJoin    = 'j'
+	envLeave   = 'l'
+)
 
 func appendStr(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
@@ -229,30 +264,22 @@ func (cl *cluster) envelope(kind byte, size int) []byte {
 	return appendStr(append(b, kind), cl.id)
 }
 
-// publishChannel ships a channel frame, encoded once, to the other nodes.
-func (h *Hub) clusterPublishChannel(channelId string, f []byte) {
-	cl := h.cl
-	b := cl.envelope(envChannel, binary.MaxVarintLen64+len(channelId)+len(f))
-	b = append(appendStr(b, channelId), f...)
-	if err := cl.b.PublishChannel(channelId, b); err != nil {
-		h.brokerFail(err)
+// publish ships a frame, encoded once, to the other nodes.
+func (cl *cluster) publish(t topic, f []byte) {
+	var b []byte
+	if t.ch != "" {
+		b = cl.envelope(envChannel, binary.MaxVarintLen64+len(t.ch)+len(f))
+		b = appendStr(b, t.ch)
+	} else {
+		b = cl.envelope(envUser, binary.MaxVarintLen64+len(f))
+		b = binary.AppendUvarint(b, t.uid)
+	}
+	if err := cl.b.Publish(t.name(), append(b, f...)); err != nil {
+		cl.h.brokerFailed(err)
 	}
 }
 
-// clusterPublishUser ships a direct-message frame to the nodes of uid.
-func (h *Hub) clusterPublishUser(uid uint64, f []byte) {
-	cl := h.cl
-	b := cl.envelope(envUser, binary.MaxVarintLen64+len(f))
-	b = append(binary.AppendUvarint(b, uid), f...)
-	if err := cl.b.PublishUser(uid, b); err != nil {
-		h.brokerFail(err)
-	}
-}
-
-// publishMembership tells the other nodes holding uid's connections that it
-// joined or left channels.
-func (h *Hub) publishMembership(uid uint64, join bool, ids []string) error {
-	cl := h.cl
+func (cl *cluster) control(uid uint64, join bool, ids []string) error {
 	kind := byte(envLeave)
 	if join {
 		kind = envJoin
@@ -265,61 +292,63 @@ func (h *Hub) publishMembership(uid uint64, join bool, ids []string) error {
 	for _, id := range ids {
 		b = appendStr(b, id)
 	}
-	return cl.b.PublishUser(uid, b)
+	return cl.b.Publish(topic{uid: uid}.name(), b)
 }
 
-// receive handles an envelope from the broker. Envelopes this node
-// published are skipped: it delivered them locally already.
-func (h *Hub) receive(data []byte) {
+// Receive is the Node method that takes an envelope from the broker.
+// Envelopes this node published are skipped: it delivered them locally
+// already.
+func (cl *cluster) Receive(data []byte) {
+	h := cl.h
 	if len(data) == 0 || h.killed.Load() {
 		return
 	}
 	kind := data[0]
 	origin, rest, ok := readStr(data[1:])
 	if !ok {
-		h.brokerFail(errors.New("malformed envelope"))
+		h.brokerFailed(errors.New("malformed envelope"))
 		return
 	}
-	if string(origin) == h.cl.id {
+	if string(origin) == cl.id {
 		return
 	}
 	switch kind {
 	case envChannel:
-		id, f, ok := readStr(rest)
-		if ok {
+		if id, f, ok := readStr(rest); ok {
 			h.deliverChannel(string(id), f)
 		}
 	case envUser:
-		uid, k := binary.Uvarint(rest)
-		if k > 0 {
+		if uid, k := binary.Uvarint(rest); k > 0 {
 			h.deliverUser(uid, rest[k:])
 		}
 	case envJoin, envLeave:
-		uid, k := binary.Uvarint(rest)
-		if k <= 0 {
-			return
+		if uid, ids, ok := readIds(rest); ok {
+			cl.apply(uid, kind == envJoin, ids)
 		}
-		rest = rest[k:]
-		var ids []string
-		for len(rest) > 0 {
-			var id []byte
-			if id, rest, ok = readStr(rest); !ok {
-				return
-			}
-			ids = append(ids, string(id))
-		}
-		h.applyControl(uid, kind == envJoin, ids)
 	}
 }
 
-// memberOp is a join or leave received while the user's channels load.
-type memberOp struct {
-	join bool
-	ids  []string
+// readIds reads a join or leave envelope's body.
+func readIds(b []byte) (uid uint64, ids []string, ok bool) {
+	uid, k := binary.Uvarint(b)
+	if k <= 0 {
+		return 0, nil, false
+	}
+	for b = b[k:]; len(b) > 0; {
+		var id []byte
+		if id, b, ok = readStr(b); !ok {
+			return 0, nil, false
+		}
+		ids = append(ids, string(id))
+	}
+	return uid, ids, true
 }
 
-// applyControl updates the local mirror of uid's memberships.
-func (h *Hub) applyControl(uid uint64, join bool, ids []string) {
+// apply updates the local registry for a join or leave another node made.
+// Joins past MaxChannelsPerUid are refused here, on the node holding uid,
+// since the node that asked may not know its count.
+func (cl *cluster) apply(uid uint64, join bool, ids []string) {
+	h := cl.h
 	s := h.userShard(uid)
 	s.mu.Lock()
 	u := s.users[uid]
@@ -332,81 +361,21 @@ func (h *Hub) applyControl(uid uint64, join bool, ids []string) {
 		s.mu.Unlock()
 		return
 	}
-	err := h.applyMembershipLocked(u, join, ids)
+	err := h.applyLocked(u, join, ids)
 	s.mu.Unlock()
 	if err != nil {
-		h.reportTo(u.h, err)
+		h.report(u.h, err)
 	}
-	h.syncChannels(ids)
+	h.followChannels(ids)
 }
 
-// applyMembershipLocked joins or leaves locally; the caller holds u's shard
-// lock. Joins past MaxChannelsPerUid are refused here, on the node holding
-// uid, since the node that asked may not know its count.
-func (h *Hub) applyMembershipLocked(u *user, join bool, ids []string) error {
-	for _, id := range ids {
-		ch, ok := u.channels.get(id)
-		switch {
-		case !join && ok:
-			u.channels.del(id)
-			h.removeMember(ch, u)
-		case join && !ok && h.validChannel(id):
-			if u.channels.len() >= h.cfg.MaxChannelsPerUid {
-				return newError(ErrTooManyChannels, u.uid, id, nil)
-			}
-			u.channels.set(id, h.addMember(id, u))
-		}
-	}
-	return nil
-}
-
-// clusterMembership propagates a join or leave of uid: to presence, to the
-// nodes holding uid's connections, and to this node's subscriptions. local
-// says uid has connections here (already updated).
-func (h *Hub) clusterMembership(uid uint64, join, local bool, ids []string) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	if local && join {
-		// Subscribe before telling the cluster, so that whoever sees the
-		// membership can reach it.
-		h.syncChannels(ids)
-	}
-	b := h.cl.b
-	var err error
-	if join {
-		err = b.Join(uid, ids)
-	} else {
-		err = b.Leave(uid, ids)
-	}
-	if err != nil && (!local || !errors.Is(err, ErrUserOffline)) {
-		if local {
-			// Served locally; presence is re-published after the outage.
-			h.brokerFail(err)
-		} else {
-			return h.brokerErr(uid, "", err)
-		}
-	}
-	if err := h.publishMembership(uid, join, ids); err != nil {
-		if !local {
-			return h.brokerErr(uid, "", err)
-		}
-		h.brokerFail(err)
-	}
-	if local && !join {
-		h.syncChannels(ids)
-	}
-	return nil
-}
-
-// syncSub makes this node's subscription of a topic follow local interest.
-func (h *Hub) syncSub(k subKey) {
-	cl := h.cl
+// follow makes this node's subscription of a topic follow local interest.
+func (cl *cluster) follow(t topic) {
 	cl.subMu.Lock()
-	st := cl.subs[k]
+	st := cl.subs[t]
 	if st == nil {
 		st = &subState{}
-		cl.subs[k] = st
+		cl.subs[t] = st
 	}
 	if st.busy {
 		st.again = true
@@ -417,29 +386,7 @@ func (h *Hub) syncSub(k subKey) {
 	have := st.have
 	cl.subMu.Unlock()
 	for {
-		var want bool
-		if k.ch != "" {
-			want = h.lookupChannel(k.ch) != nil
-		} else {
-			want = h.lookupUser(k.uid) != nil
-		}
-		if want != have && !h.killed.Load() {
-			var err error
-			switch {
-			case k.ch != "" && want:
-				err = cl.b.SubscribeChannel(k.ch)
-			case k.ch != "":
-				err = cl.b.UnsubscribeChannel(k.ch)
-			case want:
-				err = cl.b.SubscribeUser(k.uid)
-			default:
-				err = cl.b.UnsubscribeUser(k.uid)
-			}
-			if err != nil {
-				h.brokerFail(err) // the broker keeps the interest and retries
-			}
-			have = want
-		}
+		have = cl.subscribe(t, have)
 		cl.subMu.Lock()
 		st.have = have
 		if st.again {
@@ -449,125 +396,34 @@ func (h *Hub) syncSub(k subKey) {
 		}
 		st.busy = false
 		if !have {
-			delete(cl.subs, k)
+			delete(cl.subs, t)
 		}
 		cl.subMu.Unlock()
 		return
 	}
 }
 
-func (h *Hub) syncChannels(ids []string) {
-	for _, id := range ids {
-		h.syncSub(subKey{ch: id})
+// subscribe (un)subscribes t to match local interest and returns whether
+// it is now subscribed.
+func (cl *cluster) subscribe(t topic, have bool) bool {
+	h := cl.h
+	var want bool
+	if t.ch != "" {
+		want = h.lookupChannel(t.ch) != nil
+	} else {
+		want = h.lookupUser(t.uid) != nil
 	}
-}
-
-// clusterUp runs on uid's event queue when it got its first connection on
-// this node: subscribe to its topic, mark it online, load the channels it
-// holds elsewhere. It returns whether LoginServer runs here.
-func (h *Hub) clusterUp(u *user) (login bool) {
-	uid, b := u.uid, h.cl.b
-	h.syncSub(subKey{uid: uid})
-	first, err := b.Connect(uid)
+	if want == have || h.killed.Load() {
+		return have
+	}
+	var err error
+	if want {
+		err = cl.b.Subscribe(t.name())
+	} else {
+		err = cl.b.Unsubscribe(t.name())
+	}
 	if err != nil {
-		h.brokerFail(err)
-		first = true // serve as a single node until the broker is back
+		h.brokerFailed(err) // the broker keeps the interest and retries
 	}
-	var chans []string
-	if !first {
-		if chans, err = b.Channels(uid); err != nil {
-			h.brokerFail(err)
-		}
-	}
-	s := h.userShard(uid)
-	s.mu.Lock()
-	var errs []error
-	if s.users[uid] == u {
-		if err := h.applyMembershipLocked(u, true, chans); err != nil {
-			errs = append(errs, err)
-		}
-		for _, op := range u.pending {
-			if err := h.applyMembershipLocked(u, op.join, op.ids); err != nil {
-				errs = append(errs, err)
-			}
-			chans = append(chans, op.ids...)
-		}
-	}
-	u.pending = nil
-	u.loading = false
-	s.mu.Unlock()
-	for _, err := range errs {
-		h.reportTo(u.h, err)
-	}
-	h.syncChannels(chans)
-	return first
-}
-
-// clusterDown runs on uid's event queue when its last connection on this
-// node closed. It returns whether LogoutServer runs here.
-func (h *Hub) clusterDown(uid uint64, chans []string) (logout bool) {
-	last, err := h.cl.b.Disconnect(uid)
-	if err != nil {
-		h.brokerFail(err)
-		last = true
-	}
-	h.syncSub(subKey{uid: uid})
-	h.syncChannels(chans)
-	return last
-}
-
-// clusterRestore re-publishes u's presence after an outage.
-func (h *Hub) clusterRestore(u *user) {
-	s := h.userShard(u.uid)
-	s.mu.RLock()
-	if s.users[u.uid] != u {
-		s.mu.RUnlock()
-		return
-	}
-	chans := u.channels.keys()
-	s.mu.RUnlock()
-	if err := h.cl.b.Restore(u.uid, chans); err != nil {
-		h.brokerFail(err)
-	}
-}
-
-// remoteChannels returns the channels of a uid that has no connection here.
-func (h *Hub) remoteChannels(uid uint64) (chans []string, online bool, err error) {
-	chans, err = h.cl.b.Channels(uid)
-	if err != nil {
-		return nil, false, err
-	}
-	if len(chans) > 0 {
-		return chans, true, nil
-	}
-	online, err = h.cl.b.IsOnline(uid)
-	return nil, online, err
-}
-
-// remoteOnline reports whether uid, which has no connection here, is online
-// on another node.
-func (h *Hub) remoteOnline(uid uint64) (bool, error) {
-	return h.cl.b.IsOnline(uid)
-}
-
-func sortedUids(ids []uint64, err error) ([]uint64, error) {
-	slices.Sort(ids)
-	return slices.Compact(ids), err
-}
-
-// Close stops the hub at once, as if its process had died: the broker is
-// closed first, so the other nodes learn of it only when its presence
-// expires (and then run LogoutServer for its users); every connection is
-// dropped without a close frame; no LogoutServer runs here. It is meant
-// for testing node failures; stop a hub with Shutdown. Afterwards every
-// call returns ErrHubClosed.
-func (h *Hub) Close() error {
-	h.closed.Store(true)
-	h.killed.Store(true)
-	h.stopCluster()
-	for _, c := range h.allConns() {
-		c.abort()
-	}
-	h.readers.Wait()
-	return nil
+	return want
 }

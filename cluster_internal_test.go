@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strconv"
 	"testing"
 )
 
@@ -14,12 +15,13 @@ func TestReceiveMalformed(t *testing.T) {
 	h := New(Config{Broker: bus.Broker(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	defer h.Shutdown(context.Background())
 	other := []byte{envChannel, 1, 'x'}
+	cl := h.peers.(*cluster)
 	for _, data := range [][]byte{
 		nil, {envChannel}, {envChannel, 200}, {envChannel, 5, 'x'},
 		append(other, 9, 'a'), append([]byte{envUser, 1, 'x'}, 0xff),
 		{envJoin, 1, 'x', 7, 3, 'a'}, {envLeave, 1, 'x'}, {'?', 1, 'x', 1, 2, 3},
 	} {
-		h.receive(data)
+		cl.Receive(data)
 	}
 }
 
@@ -32,11 +34,14 @@ func TestSubscriptionsFollowLocalInterest(t *testing.T) {
 	subs := func() (chans []string, uids []uint64) {
 		bus.mu.Lock()
 		defer bus.mu.Unlock()
-		for id := range bus.chanSubs {
-			chans = append(chans, id)
-		}
-		for uid := range bus.userSubs {
-			uids = append(uids, uid)
+		for t := range bus.subs {
+			switch t[:2] {
+			case "c:":
+				chans = append(chans, t[2:])
+			case "u:":
+				uid, _ := strconv.ParseUint(t[2:], 10, 64)
+				uids = append(uids, uid)
+			}
 		}
 		return chans, uids
 	}
@@ -66,7 +71,8 @@ func FuzzEnvelope(f *testing.F) {
 	bus := NewMemoryBus()
 	h := New(Config{Broker: bus.Broker(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	defer h.Shutdown(context.Background())
+	cl := h.peers.(*cluster)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		h.receive(data)
+		cl.Receive(data)
 	})
 }

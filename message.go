@@ -2,7 +2,6 @@ package chart
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"strconv"
 	"time"
@@ -104,41 +103,6 @@ func parseNumber(raw json.RawMessage, max uint64) (uint64, error) {
 // now is the server's clock for SendTime.
 func now() string { return time.Now().Format(TimeLayout) }
 
-// WebSocket opcodes the writer emits. Frames from server to client are never
-// masked, so a whole frame is a header followed by the payload.
-const (
-	opText  = 0x1
-	opClose = 0x8
-	opPing  = 0x9
-	opPong  = 0xA
-)
-
-// frame returns a complete WebSocket frame (FIN set) holding payload. The
-// result is immutable and shared by every connection it is queued to: a
-// message is encoded once per fan-out, not once per subscriber.
-func frame(op byte, payload []byte) []byte {
-	n := len(payload)
-	var hdr [10]byte
-	hdr[0] = 0x80 | op
-	h := 2
-	switch {
-	case n < 126:
-		hdr[1] = byte(n)
-	case n <= 0xffff:
-		hdr[1] = 126
-		binary.BigEndian.PutUint16(hdr[2:], uint16(n))
-		h = 4
-	default:
-		hdr[1] = 127
-		binary.BigEndian.PutUint64(hdr[2:], uint64(n))
-		h = 10
-	}
-	b := make([]byte, h+n)
-	copy(b, hdr[:h])
-	copy(b[h:], payload)
-	return b
-}
-
 // encode turns a message into a text frame.
 func encode(m *Message) []byte {
 	payload, err := json.Marshal(m)
@@ -162,15 +126,4 @@ type errorFrame struct {
 func encodeError(err error, channelId string, toUid uint64) []byte {
 	payload, _ := json.Marshal(errorFrame{Error: errorCode(err), Message: err.Error(), ChannelId: channelId, ToUserId: toUid})
 	return frame(opText, payload)
-}
-
-// closeFrame builds a close frame with a status code and a short reason.
-func closeFrame(code int, reason string) []byte {
-	if len(reason) > 123 {
-		reason = reason[:123]
-	}
-	p := make([]byte, 2+len(reason))
-	binary.BigEndian.PutUint16(p, uint16(code))
-	copy(p[2:], reason)
-	return frame(opClose, p)
 }

@@ -21,8 +21,7 @@ type MemoryBus struct {
 	seq       int
 	down      bool
 	attached  map[*memoryBroker]Node
-	chanSubs  map[string]map[*memoryBroker]struct{}
-	userSubs  map[uint64]map[*memoryBroker]struct{}
+	subs      map[string]map[*memoryBroker]struct{} // topic: subscribed nodes
 	alive     map[string]time.Time // node id: last heartbeat
 	users     map[uint64]*memUser
 	members   map[string]map[uint64]struct{}
@@ -41,8 +40,7 @@ var ErrBusDown = errors.New("memory bus down")
 func NewMemoryBus() *MemoryBus {
 	return &MemoryBus{
 		attached:  make(map[*memoryBroker]Node),
-		chanSubs:  make(map[string]map[*memoryBroker]struct{}),
-		userSubs:  make(map[uint64]map[*memoryBroker]struct{}),
+		subs:      make(map[string]map[*memoryBroker]struct{}),
 		alive:     make(map[string]time.Time),
 		users:     make(map[uint64]*memUser),
 		members:   make(map[string]map[uint64]struct{}),
@@ -50,7 +48,8 @@ func NewMemoryBus() *MemoryBus {
 	}
 }
 
-// Broker returns a new node of the bus, for one hub's Config.Broker.
+// Broker returns a new node of the bus, for one hub's Config.Broker. It
+// implements Presence too.
 func (b *MemoryBus) Broker() Broker {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -116,6 +115,7 @@ func (b *MemoryBus) Cut(node Broker, cut bool) {
 
 func (m *memoryBroker) NodeID() string { return m.id }
 
+// HeartbeatInterval is a third of the bus's TTL.
 func (m *memoryBroker) HeartbeatInterval() time.Duration { return m.bus.ttl() / 3 }
 
 func (m *memoryBroker) Attach(n Node) error {
@@ -130,14 +130,9 @@ func (m *memoryBroker) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.attached, m)
-	for id, set := range b.chanSubs {
+	for t, set := range b.subs {
 		if delete(set, m); len(set) == 0 {
-			delete(b.chanSubs, id)
-		}
-	}
-	for uid, set := range b.userSubs {
-		if delete(set, m); len(set) == 0 {
-			delete(b.userSubs, uid)
+			delete(b.subs, t)
 		}
 	}
 	return nil
@@ -153,7 +148,13 @@ func (m *memoryBroker) lock() error {
 	return nil
 }
 
-func (m *memoryBroker) publish(set map[*memoryBroker]struct{}, data []byte) {
+// Publish hands data to every node subscribed to topic, synchronously, in
+// the caller's goroutine.
+func (m *memoryBroker) Publish(topic string, data []byte) error {
+	if err := m.lock(); err != nil {
+		return err
+	}
+	set := m.bus.subs[topic]
 	nodes := make([]Node, 0, len(set))
 	for s := range set {
 		if n := m.bus.attached[s]; n != nil && !s.cut {
@@ -164,62 +165,33 @@ func (m *memoryBroker) publish(set map[*memoryBroker]struct{}, data []byte) {
 	for _, n := range nodes {
 		n.Receive(data)
 	}
-}
-
-func (m *memoryBroker) PublishChannel(channelId string, data []byte) error {
-	if err := m.lock(); err != nil {
-		return err
-	}
-	m.publish(m.bus.chanSubs[channelId], data)
 	return nil
 }
 
-func (m *memoryBroker) PublishUser(uid uint64, data []byte) error {
-	if err := m.lock(); err != nil {
-		return err
-	}
-	m.publish(m.bus.userSubs[uid], data)
-	return nil
-}
+// Subscribe records the interest even while the bus is down, as a broker
+// that resubscribes after reconnecting would.
+func (m *memoryBroker) Subscribe(topic string) error { return m.subscribe(topic, true) }
 
-func subscribe[K comparable](subs map[K]map[*memoryBroker]struct{}, k K, m *memoryBroker, on bool) {
-	set := subs[k]
+// Unsubscribe forgets the interest, even while the bus is down.
+func (m *memoryBroker) Unsubscribe(topic string) error { return m.subscribe(topic, false) }
+
+func (m *memoryBroker) subscribe(topic string, on bool) error {
+	b := m.bus
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	set := b.subs[topic]
 	if on {
 		if set == nil {
 			set = make(map[*memoryBroker]struct{})
-			subs[k] = set
+			b.subs[topic] = set
 		}
 		set[m] = struct{}{}
 	} else if set != nil {
 		if delete(set, m); len(set) == 0 {
-			delete(subs, k)
+			delete(b.subs, topic)
 		}
 	}
-}
-
-// Subscriptions are recorded even while the bus is down.
-
-func (m *memoryBroker) SubscribeChannel(channelId string) error {
-	return m.sub(func() { subscribe(m.bus.chanSubs, channelId, m, true) })
-}
-
-func (m *memoryBroker) UnsubscribeChannel(channelId string) error {
-	return m.sub(func() { subscribe(m.bus.chanSubs, channelId, m, false) })
-}
-
-func (m *memoryBroker) SubscribeUser(uid uint64) error {
-	return m.sub(func() { subscribe(m.bus.userSubs, uid, m, true) })
-}
-
-func (m *memoryBroker) UnsubscribeUser(uid uint64) error {
-	return m.sub(func() { subscribe(m.bus.userSubs, uid, m, false) })
-}
-
-func (m *memoryBroker) sub(fn func()) error {
-	m.bus.mu.Lock()
-	defer m.bus.mu.Unlock()
-	fn()
-	if m.bus.down || m.cut {
+	if b.down || m.cut {
 		return ErrBusDown
 	}
 	return nil

@@ -1,0 +1,114 @@
+package chart
+
+// The login/logout queue. Each uid has a queue of steps (its first
+// connection here came, its last one went, and with a Broker the
+// cluster's repairs) that run one at a time, in order, with no lock held:
+// whoever queues a step into an idle queue drains it. So one uid's
+// LoginServer and LogoutServer never overlap and arrive in order, and a
+// callback may call any function of the package.
+
+// pushEvent queues a step for uid. The caller holds s.mu, the lock under
+// which it decided the step. It returns true when the caller must run
+// drainEvents (nobody is draining this uid's queue yet).
+func (s *userShard) pushEvent(uid uint64, step func()) bool {
+	q, busy := s.events[uid]
+	s.events[uid] = append(q, step)
+	return !busy
+}
+
+// queueEvent queues a step for uid and reports whether the caller must
+// drain.
+func (h *Hub) queueEvent(uid uint64, step func()) bool {
+	s := h.userShard(uid)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pushEvent(uid, step)
+}
+
+// drainEvents runs uid's queued steps in order, with no lock held while
+// each runs. After Close (a simulated crash) the steps are dropped.
+func (h *Hub) drainEvents(uid uint64) {
+	s := h.userShard(uid)
+	for {
+		s.mu.Lock()
+		q := s.events[uid]
+		if len(q) == 0 {
+			delete(s.events, uid)
+			s.mu.Unlock()
+			return
+		}
+		step := q[0]
+		q[0] = nil
+		s.events[uid] = q[1:]
+		s.mu.Unlock()
+		if !h.killed.Load() {
+			step()
+		}
+	}
+}
+
+// up runs when uid's first connection on this node registered: subscribe
+// to the uid's topic, mark it online, load the channels it holds on other
+// nodes, and run LoginServer if it was offline everywhere.
+func (h *Hub) up(u *user) {
+	uid := u.uid
+	h.peers.follow(topic{uid: uid})
+	first, err := h.presence.Connect(uid)
+	if err != nil {
+		h.brokerFailed(err)
+		first = true // serve as a single node until the broker is back
+	}
+	var chans []string
+	if !first {
+		if chans, err = h.presence.Channels(uid); err != nil {
+			h.brokerFailed(err)
+		}
+	}
+	h.loaded(u, chans)
+	if first {
+		h.call(u.h, uid, "LoginServer", func() { u.h.LoginServer(uid) })
+	}
+}
+
+// loaded joins u to the channels it holds elsewhere and applies the joins
+// and leaves that arrived while they loaded.
+func (h *Hub) loaded(u *user, chans []string) {
+	s := h.userShard(u.uid)
+	s.mu.Lock()
+	var errs []error
+	follow := chans
+	if s.users[u.uid] == u {
+		if err := h.applyLocked(u, true, chans); err != nil {
+			errs = append(errs, err)
+		}
+		for _, op := range u.pending {
+			if err := h.applyLocked(u, op.join, op.ids); err != nil {
+				errs = append(errs, err)
+			}
+			follow = append(follow, op.ids...)
+		}
+	}
+	u.pending = nil
+	u.loading = false
+	s.mu.Unlock()
+	for _, err := range errs {
+		h.report(u.h, err)
+	}
+	h.followChannels(follow)
+}
+
+// down runs when uid's last connection on this node closed: mark it
+// offline here, drop the subscriptions nobody here needs, and run
+// LogoutServer if it is now offline everywhere.
+func (h *Hub) down(uid uint64, chans []string, handler Handler) {
+	last, err := h.presence.Disconnect(uid)
+	if err != nil {
+		h.brokerFailed(err)
+		last = true
+	}
+	h.peers.follow(topic{uid: uid})
+	h.followChannels(chans)
+	if last {
+		h.call(handler, uid, "LogoutServer", func() { handler.LogoutServer(uid) })
+	}
+}

@@ -1,0 +1,69 @@
+package chart
+
+import (
+	"encoding/binary"
+
+	"github.com/gorilla/websocket"
+)
+
+// This file holds the WebSocket framing the hub does itself. gorilla's
+// Conn keeps the handshake and the reading; every frame the server sends is
+// built here and written by the connection's writer (conn.go), so that one
+// message is framed once and the same bytes go to every recipient.
+
+// WebSocket opcodes the writer emits. Frames from server to client are
+// never masked, so a whole frame is a header followed by the payload.
+const (
+	opText  = 0x1
+	opClose = 0x8
+	opPing  = 0x9
+	opPong  = 0xA
+)
+
+// Close status codes the server sends (RFC 6455, section 7.4.1).
+const (
+	closeNormal        = websocket.CloseNormalClosure
+	closeGoingAway     = websocket.CloseGoingAway
+	closePolicy        = websocket.ClosePolicyViolation
+	closeTooBig        = websocket.CloseMessageTooBig
+	closeNoStatus      = websocket.CloseNoStatusReceived
+	maxCloseReasonSize = 123 // a control frame's payload is at most 125 bytes
+)
+
+var pingFrame = frame(opPing, nil)
+
+// frame returns a complete WebSocket frame (FIN set) holding payload. The
+// result is immutable and shared by every connection it is queued to.
+func frame(op byte, payload []byte) []byte {
+	n := len(payload)
+	var hdr [10]byte
+	hdr[0] = 0x80 | op
+	h := 2
+	switch {
+	case n < 126:
+		hdr[1] = byte(n)
+	case n <= 0xffff:
+		hdr[1] = 126
+		binary.BigEndian.PutUint16(hdr[2:], uint16(n))
+		h = 4
+	default:
+		hdr[1] = 127
+		binary.BigEndian.PutUint64(hdr[2:], uint64(n))
+		h = 10
+	}
+	b := make([]byte, h+n)
+	copy(b, hdr[:h])
+	copy(b[h:], payload)
+	return b
+}
+
+// closeFrame builds a close frame with a status code and a short reason.
+func closeFrame(code int, reason string) []byte {
+	if len(reason) > maxCloseReasonSize {
+		reason = reason[:maxCloseReasonSize]
+	}
+	p := make([]byte, 2+len(reason))
+	binary.BigEndian.PutUint16(p, uint16(code))
+	copy(p[2:], reason)
+	return frame(opClose, p)
+}

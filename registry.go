@@ -1,0 +1,185 @@
+package chart
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The local registry: which users are connected to this node, with which
+// connections, and which channels they joined. It is sharded by uid and by
+// channel id so that unrelated users and channels do not contend for one
+// lock; there is no central goroutine.
+//
+// Lock order, outermost first: userShard.mu, chanShard.mu, channel.mu,
+// conn.mu. No lock is held during network I/O or while a callback runs.
+
+// shardCount splits the user and channel maps.
+const shardCount = 64
+
+type userShard struct {
+	mu     sync.RWMutex
+	users  map[uint64]*user
+	events map[uint64][]func() // each uid's queue of login/logout steps (events.go)
+	// pingTimer pings the shard's connections every PingInterval while
+	// pinging is set, that is while the shard has connections.
+	pingTimer *time.Timer
+	pinging   bool
+	_         [64]byte // keep shards on separate cache lines
+}
+
+// user is one uid connected to this node: its connections (tabs, devices)
+// and channels.
+type user struct {
+	uid      uint64
+	h        Handler                    // handler of the connection that logged it in
+	conns    atomic.Pointer[[]*conn]    // copy-on-write; replaced under the shard lock
+	channels smallMap[string, *channel] // guarded by the user's shard lock
+	// loading is set from the first connection until up (events.go) has
+	// loaded the channels the uid holds on other nodes; joins and leaves
+	// that other nodes send meanwhile wait in pending. Both guarded by the
+	// shard lock.
+	loading bool
+	pending []memberOp
+}
+
+// memberOp is a join or leave that waits until a user's channels loaded.
+type memberOp struct {
+	join bool
+	ids  []string
+}
+
+func (u *user) connList() []*conn { return *u.conns.Load() }
+
+func (h *Hub) userShard(uid uint64) *userShard {
+	return &h.users[(uid*0x9E3779B97F4A7C15)>>58]
+}
+
+// lookupUser returns the user connected here, or nil.
+func (h *Hub) lookupUser(uid uint64) *user {
+	s := h.userShard(uid)
+	s.mu.RLock()
+	u := s.users[uid]
+	s.mu.RUnlock()
+	return u
+}
+
+// register adds c to its user, creating the user on its first connection.
+// It returns whether the caller must drain uid's events (LoginServer may
+// be among them), and false for ok when the hub is closed.
+func (h *Hub) register(c *conn) (drain, ok bool) {
+	s := h.userShard(c.uid)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h.closed.Load() {
+		return false, false
+	}
+	u := s.users[c.uid]
+	if u == nil {
+		u = &user{uid: c.uid, h: c.h, loading: true}
+		u.conns.Store(&[]*conn{c})
+		s.users[c.uid] = u
+		drain = s.pushEvent(c.uid, func() { h.up(u) })
+	} else {
+		list := append(slices.Clip(u.connList()), c)
+		u.conns.Store(&list)
+		u.channels.each(func(_ string, ch *channel) { ch.invalidate() })
+	}
+	c.user = u
+	h.readers.Add(1)
+	h.stats.conns.Add(1)
+	h.startPingsLocked(s)
+	return drain, true
+}
+
+// unregister removes c from its user; the last connection drops the user
+// and its memberships, and queues its logout. It returns whether the caller
+// must drain uid's events.
+func (h *Hub) unregister(c *conn) (drain bool) {
+	s := h.userShard(c.uid)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u := c.user
+	old := u.connList()
+	list := make([]*conn, 0, len(old))
+	for _, x := range old {
+		if x != c {
+			list = append(list, x)
+		}
+	}
+	u.conns.Store(&list)
+	h.stats.conns.Add(-1)
+	if len(list) > 0 {
+		u.channels.each(func(_ string, ch *channel) { ch.invalidate() })
+		return false
+	}
+	delete(s.users, c.uid)
+	chans, handler := u.channels.keys(), c.h
+	u.channels.each(func(_ string, ch *channel) { h.removeMember(ch, u) })
+	u.channels = smallMap[string, *channel]{}
+	return s.pushEvent(c.uid, func() { h.down(c.uid, chans, handler) })
+}
+
+// allConns lists every registered connection.
+func (h *Hub) allConns() []*conn {
+	var list []*conn
+	for i := range h.users {
+		list = append(list, h.shardConns(&h.users[i])...)
+	}
+	return list
+}
+
+func (h *Hub) shardConns(s *userShard) []*conn {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	conns := make([]*conn, 0, len(s.users))
+	for _, u := range s.users {
+		conns = append(conns, u.connList()...)
+	}
+	return conns
+}
+
+// localUids returns the uids connected to this node, unsorted.
+func (h *Hub) localUids() []uint64 {
+	var ids []uint64
+	for i := range h.users {
+		s := &h.users[i]
+		s.mu.RLock()
+		for uid := range s.users {
+			ids = append(ids, uid)
+		}
+		s.mu.RUnlock()
+	}
+	return ids
+}
+
+// startPingsLocked starts the shard's ping timer if it is not running. One
+// timer per shard instead of one per connection keeps idle connections
+// small. The caller holds s.mu.
+func (h *Hub) startPingsLocked(s *userShard) {
+	if h.cfg.PingInterval <= 0 || s.pinging {
+		return
+	}
+	s.pinging = true
+	if s.pingTimer == nil {
+		s.pingTimer = time.AfterFunc(h.cfg.PingInterval, func() { h.pingShard(s) })
+	} else {
+		s.pingTimer.Reset(h.cfg.PingInterval)
+	}
+}
+
+// pingShard pings every connection of a user shard, and runs again after
+// PingInterval while the shard has connections.
+func (h *Hub) pingShard(s *userShard) {
+	for _, c := range h.shardConns(s) {
+		c.enqueue(pingFrame)
+	}
+	s.mu.Lock()
+	if len(s.users) == 0 {
+		s.pinging = false
+	} else {
+		s.pingTimer.Reset(h.cfg.PingInterval)
+	}
+	s.mu.Unlock()
+}

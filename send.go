@@ -1,0 +1,190 @@
+package chart
+
+// Sending: every message, from a client frame or from business code, is
+// encoded into one WebSocket frame here, queued on the local connections
+// that must receive it, then handed to the other nodes (peers). A client
+// frame arrives from the connection's reader (conn.go) through route.
+
+// route sends a message a client wrote on c: to a channel c's user
+// joined, or directly to a user. m has its server fields set.
+func (h *Hub) route(c *conn, m *Message) error {
+	if m.ToUserId != 0 {
+		return h.sendDirect(m)
+	}
+	if h.closed.Load() {
+		return newError(ErrHubClosed, c.uid, m.ChannelId, nil)
+	}
+	s := h.userShard(c.uid)
+	s.mu.RLock()
+	joined := c.user.channels.has(m.ChannelId)
+	s.mu.RUnlock()
+	if !joined {
+		return newError(ErrNotJoined, c.uid, m.ChannelId, nil)
+	}
+	h.publishChannel(m.ChannelId, encode(m))
+	return nil
+}
+
+// SendMessageToChannelIds publishes msg as uid to each channel, as a
+// Message of type TypeText. The result has one entry per channel: true when
+// the message was published, false when uid has not joined that channel.
+// When uid is offline every entry is false and ErrUserOffline goes to
+// ErrorLogServer.
+func (h *Hub) SendMessageToChannelIds(uid uint64, msg string, channelIds ...string) map[string]bool {
+	res := make(map[string]bool, len(channelIds))
+	for _, id := range channelIds {
+		res[id] = false
+	}
+	if h.closed.Load() {
+		h.fail(nil, newError(ErrHubClosed, uid, "", nil))
+		return res
+	}
+	online, err := h.memberships(uid, res)
+	if err != nil {
+		h.fail(nil, err)
+		return res
+	}
+	if !online {
+		h.fail(nil, newError(ErrUserOffline, uid, "", nil))
+		return res
+	}
+	t := now()
+	for _, id := range channelIds {
+		if res[id] {
+			m := Message{ChannelId: id, UserId: uid, Type: TypeText, Content: msg, SendTime: t}
+			h.publishChannel(id, encode(&m))
+		}
+	}
+	return res
+}
+
+// memberships sets res[id] for each channel uid joined among the keys of
+// res, and reports whether uid is online: from the local registry when uid
+// is connected here, else from presence.
+func (h *Hub) memberships(uid uint64, res map[string]bool) (online bool, err error) {
+	s := h.userShard(uid)
+	s.mu.RLock()
+	if u := s.users[uid]; u != nil {
+		for id := range res {
+			res[id] = u.channels.has(id)
+		}
+		s.mu.RUnlock()
+		return true, nil
+	}
+	s.mu.RUnlock()
+	chans, err := h.presence.Channels(uid)
+	if err != nil {
+		return false, h.presenceError(uid, "", err)
+	}
+	for _, id := range chans {
+		if _, ok := res[id]; ok {
+			res[id] = true
+		}
+	}
+	if len(chans) > 0 {
+		return true, nil
+	}
+	if online, err = h.presence.IsOnline(uid); err != nil {
+		return false, h.presenceError(uid, "", err)
+	}
+	return online, nil
+}
+
+// SendMessageToUid sends msg from uid to toUid as a direct Message of type
+// TypeText. Every connection of toUid receives it, and so do uid's own
+// connections when uid is online, so that all its devices show the
+// conversation. It returns ErrUserOffline (also sent to ErrorLogServer)
+// when toUid has no connection.
+func (h *Hub) SendMessageToUid(uid, toUid uint64, msg string) error {
+	m := Message{UserId: uid, ToUserId: toUid, Type: TypeText, Content: msg, SendTime: now()}
+	if err := h.sendDirect(&m); err != nil {
+		return h.fail(nil, err)
+	}
+	return nil
+}
+
+// sendDirect delivers a direct message to its recipient and echoes it to
+// the sender's connections.
+func (h *Hub) sendDirect(m *Message) error {
+	if h.closed.Load() {
+		return newError(ErrHubClosed, m.UserId, "", nil)
+	}
+	if h.lookupUser(m.ToUserId) == nil {
+		online, err := h.presence.IsOnline(m.ToUserId)
+		if err != nil {
+			e := h.presenceError(m.UserId, "", err)
+			e.ToUid = m.ToUserId
+			return e
+		}
+		if !online {
+			return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
+		}
+	}
+	f := encode(m)
+	h.publishUser(m.ToUserId, f)
+	if m.UserId != m.ToUserId {
+		h.publishUser(m.UserId, f)
+	}
+	return nil
+}
+
+// Publish sends a message to every member of a channel without the sender
+// having to be an online member: system notices, messages from other
+// services. m.ChannelId is set to channelId and m.ToUserId cleared; an empty
+// m.SendTime is set to now. m.UserId and m.Type are sent as given (0 means
+// "system" by convention). Publishing to a channel with no members is not an
+// error. It returns ErrInvalidChannel or ErrHubClosed.
+func (h *Hub) Publish(channelId string, m Message) error {
+	if h.closed.Load() {
+		return newError(ErrHubClosed, 0, channelId, nil)
+	}
+	if !h.validChannel(channelId) {
+		return newError(ErrInvalidChannel, 0, channelId, nil)
+	}
+	m.ChannelId, m.ToUserId = channelId, 0
+	if m.SendTime == "" {
+		m.SendTime = now()
+	}
+	h.publishChannel(channelId, encode(&m))
+	return nil
+}
+
+// publishChannel sends an encoded frame to every subscriber of a channel:
+// local connections first, then the other nodes.
+func (h *Hub) publishChannel(channelId string, f []byte) {
+	h.deliverChannel(channelId, f)
+	h.peers.publish(topic{ch: channelId}, f)
+}
+
+// publishUser sends an encoded frame to every connection of uid: local
+// ones first, then those on other nodes.
+func (h *Hub) publishUser(uid uint64, f []byte) {
+	h.deliverUser(uid, f)
+	h.peers.publish(topic{uid: uid}, f)
+}
+
+// deliverChannel queues f on every local connection subscribed to the
+// channel. The frame is shared, never copied.
+func (h *Hub) deliverChannel(channelId string, f []byte) {
+	if ch := h.lookupChannel(channelId); ch != nil {
+		h.deliver(ch.subscribers(), f)
+	}
+}
+
+// deliverUser queues f on every local connection of uid.
+func (h *Hub) deliverUser(uid uint64, f []byte) {
+	if u := h.lookupUser(uid); u != nil {
+		h.deliver(u.connList(), f)
+	}
+}
+
+func (h *Hub) deliver(conns []*conn, f []byte) {
+	var n uint64
+	for _, c := range conns {
+		if c.enqueue(f) {
+			n++
+		}
+	}
+	h.stats.out.Add(n)
+	h.stats.dropped.Add(uint64(len(conns)) - n)
+}
