@@ -22,7 +22,7 @@ type MemoryBus struct {
 	down      bool
 	attached  map[*memoryBroker]Node
 	subs      map[string]map[*memoryBroker]struct{} // topic: subscribed nodes
-	alive     map[string]time.Time // node id: last heartbeat
+	alive     map[string]time.Time                  // node id: last heartbeat
 	users     map[uint64]*memUser
 	members   map[string]map[uint64]struct{}
 	nodeUsers map[string]map[uint64]struct{}
