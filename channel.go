@@ -215,10 +215,20 @@ func (h *Hub) UnJoinChannelIds(uid uint64, channelIds ...string) error {
 // propagate tells presence and the other nodes that uid, connected here,
 // joined or left channels. Failures are the broker's: the change is
 // served locally, and presence is re-published after the outage.
-func (h *Hub) propagate(uid uint64, join bool, ids []string) {
-	if len(ids) == 0 {
+func (h *Hub) propagate(uid uint64, join bool, channelIds []string) {
+	if len(channelIds) == 0 {
 		return
 	}
+	// Passed to the interfaces below, channelIds would escape, and every
+	// caller's variadic list would be allocated: they get a pooled copy,
+	// which none of them keeps.
+	buf := idLists.Get().(*[]string)
+	ids := append((*buf)[:0], channelIds...)
+	defer func() {
+		clear(ids)
+		*buf = ids[:0]
+		idLists.Put(buf)
+	}()
 	if join {
 		// Subscribe before telling the cluster, so that whoever sees the
 		// membership can reach it.
@@ -234,6 +244,8 @@ func (h *Hub) propagate(uid uint64, join bool, ids []string) {
 		h.followChannels(ids)
 	}
 }
+
+var idLists = sync.Pool{New: func() any { return new([]string) }}
 
 // remoteMembership joins or leaves channels for a uid that has no
 // connection on this node: through presence, which knows whether it is

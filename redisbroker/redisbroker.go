@@ -1,6 +1,7 @@
-// Package redisbroker is a chart.Broker on Redis: messages travel over
-// Redis pub/sub, presence lives in Redis keys updated by Lua scripts, and
-// each node's liveness is a key with a TTL refreshed by its heartbeat.
+// Package redisbroker is a chart.Broker and chart.Presence on Redis:
+// messages travel over Redis pub/sub, presence lives in Redis keys updated
+// by Lua scripts, and each node's liveness is a key with a TTL refreshed by
+// its heartbeat.
 //
 //	b, err := redisbroker.Dial("redis://127.0.0.1:6379", redisbroker.Options{})
 //	hub := chart.New(chart.Config{Broker: b})
@@ -12,10 +13,13 @@
 // Keys, under Options.Prefix: alive:NODE (string with the node TTL),
 // nodes (set of node ids), nu:NODE (set of the node's uids), u:UID (hash:
 // n:NODE and c:CHANNEL fields), online (set of uids), c:CHANNEL (set of
-// member uids). Pub/sub channels: PREFIX ch:CHANNEL and PREFIX us:UID.
+// member uids). Pub/sub channels: PREFIX + the hub's topic, that is
+// PREFIX c:CHANNEL and PREFIX u:UID (Redis keeps pub/sub channel names apart
+// from keys, so these do not collide with the c:CHANNEL sets).
 package redisbroker
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -114,7 +118,10 @@ func (b *Broker) done(err error) error {
 	return err
 }
 
-var _ chart.Broker = (*Broker)(nil)
+var (
+	_ chart.Broker   = (*Broker)(nil)
+	_ chart.Presence = (*Broker)(nil)
+)
 
 // New returns a Broker using rdb, which stays the caller's to close.
 func New(rdb redis.UniversalClient, opt Options) *Broker {
@@ -135,8 +142,9 @@ func New(rdb redis.UniversalClient, opt Options) *Broker {
 	return &Broker{rdb: rdb, opt: opt, closed: make(chan struct{}), pubq: make(chan pubMsg, publishQueue)}
 }
 
-// Dial connects to the Redis server at url (redis://[user:pass@]host:port/db)
-// and returns a Broker that owns the connection.
+// Dial connects to the Redis server at url (redis://[user:pass@]host:port/db),
+// checks that it answers a PING within Options.Timeout, and returns a
+// Broker that owns the connection. It fails when Redis is unreachable.
 func Dial(url string, opt Options) (*Broker, error) {
 	o, err := redis.ParseURL(url)
 	if err != nil {
@@ -146,6 +154,12 @@ func Dial(url string, opt Options) (*Broker, error) {
 	o.DialTimeout = 2 * time.Second
 	b := New(redis.NewClient(o), opt)
 	b.owned = true
+	ctx, cancel := b.ctx()
+	defer cancel()
+	if err := b.rdb.Ping(ctx).Err(); err != nil {
+		b.rdb.Close()
+		return nil, fmt.Errorf("redisbroker: redis at %s: %w", o.Addr, err)
+	}
 	return b, nil
 }
 
@@ -159,11 +173,6 @@ func (b *Broker) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), b.opt.Timeout)
 }
 
-func (b *Broker) chanTopic(id string) string { return b.opt.Prefix + "ch:" + id }
-func (b *Broker) userTopic(uid uint64) string {
-	return b.opt.Prefix + "us:" + strconv.FormatUint(uid, 10)
-}
-
 // Attach starts the subscriber goroutine, which delivers messages to n and
 // reconnects (resubscribing) after a lost connection.
 func (b *Broker) Attach(n chart.Node) error {
@@ -174,18 +183,20 @@ func (b *Broker) Attach(n chart.Node) error {
 	return nil
 }
 
-// publish queues a message for publishLoop. Publishing is asynchronous so
-// that a sender does not wait a Redis round trip per message: what queues
-// meanwhile goes out in one pipeline, in order, and reaches the other
-// nodes together, where it batches into few writes per connection as on
-// one node (a synchronous publish cut cross-node fan-out to a quarter).
-// Failures of the pipeline go to the node as broker errors.
-func (b *Broker) publish(topic string, data []byte) error {
+// Publish queues data for the pub/sub channel Prefix+topic; publishLoop
+// sends it. Publishing is asynchronous so that a sender does not wait a
+// Redis round trip per message: what queues meanwhile goes out in one
+// pipeline, in order, and reaches the other nodes together, where it
+// batches into few writes per connection as on one node (a synchronous
+// publish cut cross-node fan-out to a quarter). The queue holds a copy of
+// data, since the caller may reuse it once Publish returns. Failures of the
+// pipeline go to the node as broker errors.
+func (b *Broker) Publish(topic string, data []byte) error {
 	if err := b.allow(); err != nil {
 		return err
 	}
 	select {
-	case b.pubq <- pubMsg{topic, data}:
+	case b.pubq <- pubMsg{b.opt.Prefix + topic, bytes.Clone(data)}:
 		return nil
 	default:
 		return ErrPublishQueueFull
@@ -301,42 +312,21 @@ func (b *Broker) Close() error {
 	return err
 }
 
-// PublishChannel queues data for the channel's topic; see publish.
-func (b *Broker) PublishChannel(channelId string, data []byte) error {
-	return b.publish(b.chanTopic(channelId), data)
-}
-
-// PublishUser queues data for the uid's topic; see publish.
-func (b *Broker) PublishUser(uid uint64, data []byte) error {
-	return b.publish(b.userTopic(uid), data)
-}
-
-func (b *Broker) subscribe(topic string, on bool) error {
+// Subscribe subscribes to the pub/sub channel Prefix+topic. go-redis
+// records it even when the call fails, and resubscribes when its
+// connection comes back.
+func (b *Broker) Subscribe(topic string) error {
 	ctx, cancel := b.ctx()
 	defer cancel()
-	// go-redis records the topic even when the call fails, and
-	// resubscribes when its connection comes back.
-	if on {
-		return b.done(b.ps.Subscribe(ctx, topic))
-	}
-	return b.done(b.ps.Unsubscribe(ctx, topic))
+	return b.done(b.ps.Subscribe(ctx, b.opt.Prefix+topic))
 }
 
-// SubscribeChannel subscribes to the channel's topic.
-func (b *Broker) SubscribeChannel(channelId string) error {
-	return b.subscribe(b.chanTopic(channelId), true)
+// Unsubscribe unsubscribes from the pub/sub channel Prefix+topic.
+func (b *Broker) Unsubscribe(topic string) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	return b.done(b.ps.Unsubscribe(ctx, b.opt.Prefix+topic))
 }
-
-// UnsubscribeChannel unsubscribes from the channel's topic.
-func (b *Broker) UnsubscribeChannel(channelId string) error {
-	return b.subscribe(b.chanTopic(channelId), false)
-}
-
-// SubscribeUser subscribes to the uid's topic.
-func (b *Broker) SubscribeUser(uid uint64) error { return b.subscribe(b.userTopic(uid), true) }
-
-// UnsubscribeUser unsubscribes from the uid's topic.
-func (b *Broker) UnsubscribeUser(uid uint64) error { return b.subscribe(b.userTopic(uid), false) }
 
 // drop is shared by the scripts: uid leaves node; when no node is left it
 // leaves its channels and goes offline, and drop returns 1.

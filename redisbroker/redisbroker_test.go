@@ -118,14 +118,105 @@ func TestPublishQueueBounded(t *testing.T) {
 	defer rdb.Close()
 	b := New(rdb, Options{})
 	for i := 0; i < publishQueue; i++ {
-		if err := b.PublishChannel("room", []byte("x")); err != nil {
+		if err := b.Publish("c:room", []byte("x")); err != nil {
 			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
-	if err := b.PublishUser(7, []byte("x")); !errors.Is(err, ErrPublishQueueFull) {
+	if err := b.Publish("u:7", []byte("x")); !errors.Is(err, ErrPublishQueueFull) {
 		t.Fatalf("publish past the queue: %v, want ErrPublishQueueFull", err)
 	}
 	if len(b.pubq) != publishQueue {
 		t.Fatalf("queue holds %d, want %d", len(b.pubq), publishQueue)
 	}
 }
+
+// TestPublishCopies: the queue keeps a copy, so the caller may reuse its
+// buffer once Publish returns; the channel is Prefix+topic.
+func TestPublishCopies(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	b := New(rdb, Options{Prefix: "p:"})
+	buf := []byte("abc")
+	if err := b.Publish("c:a b.*>", buf); err != nil {
+		t.Fatal(err)
+	}
+	copy(buf, "xyz")
+	m := <-b.pubq
+	if m.topic != "p:c:a b.*>" || string(m.data) != "abc" {
+		t.Fatalf("queued %q %q, want %q %q", m.topic, m.data, "p:c:a b.*>", "abc")
+	}
+}
+
+// TestDialUnreachable: Dial checks the server, and fails soon when nothing
+// listens at the address.
+func TestDialUnreachable(t *testing.T) {
+	url := fmt.Sprintf("redis://127.0.0.1:%d", freePort(t))
+	start := time.Now()
+	b, err := Dial(url, Options{})
+	if err == nil {
+		b.Close()
+		t.Fatal("Dial succeeded with no server listening")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Dial took %v to fail", d)
+	}
+	t.Log(err)
+}
+
+// TestTopics: topics with any characters reach the nodes subscribed to
+// exactly that topic, and are kept apart by the prefix.
+func TestTopics(t *testing.T) {
+	srv := startRedis(t)
+	topics := []string{"c:a.b", "c:*", "c:>", "c:a b", "c:\u00e9\u4e2d", "u:42"}
+	other, err := Dial(srv.url(), Options{Prefix: "other:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	sub, err := Dial(srv.url(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	got := &recvNode{ch: make(chan string, 16)}
+	sub.Attach(got)
+	other.Attach(got)
+	pub, err := Dial(srv.url(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	pub.Attach(&recvNode{ch: make(chan string, 16)})
+	for _, tp := range topics {
+		if err := sub.Subscribe(tp); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Subscribe(tp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sub.Unsubscribe("u:42"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range append([]string{"c:a"}, topics...) {
+		if err := pub.Publish(tp, []byte(tp)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tp := range topics[:len(topics)-1] {
+		if m := charttest.Recv(t, got.ch, tp); m != tp {
+			t.Fatalf("got %q, want %q", m, tp)
+		}
+	}
+	select {
+	case m := <-got.ch:
+		t.Fatalf("got %q after the last subscribed topic", m)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// recvNode is a chart.Node that forwards what it receives.
+type recvNode struct{ ch chan string }
+
+func (n *recvNode) Receive(data []byte) { n.ch <- string(data) }
+func (n *recvNode) BrokerError(error)   {}
