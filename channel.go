@@ -173,29 +173,19 @@ func (h *Hub) applyLocked(u *user, join bool, ids []string) error {
 // a bad request (the valid channels before it are joined); every error also
 // goes to ErrorLogServer.
 func (h *Hub) JoinChannelIds(uid uint64, channelIds ...string) error {
-	if h.closed.Load() {
-		return h.fail(nil, newError(ErrHubClosed, uid, "", nil))
-	}
-	s := h.userShard(uid)
-	s.mu.Lock()
-	u := s.users[uid]
-	if u == nil {
-		s.mu.Unlock()
-		return h.remoteMembership(uid, true, channelIds)
-	}
-	n, err := h.joinLocked(u, channelIds)
-	s.mu.Unlock()
-	h.propagate(uid, true, channelIds[:n])
-	if err != nil {
-		return h.fail(u.h, err)
-	}
-	return nil
+	return h.membership(uid, true, channelIds)
 }
 
 // UnJoinChannelIds ends uid's membership of the channels. Channels uid has
 // not joined are ignored. It returns ErrUserOffline (also sent to
 // ErrorLogServer) when uid has no connection (on any node, with a Broker).
 func (h *Hub) UnJoinChannelIds(uid uint64, channelIds ...string) error {
+	return h.membership(uid, false, channelIds)
+}
+
+// membership joins or leaves: in the local registry when uid is connected
+// here, then in presence and on the other nodes.
+func (h *Hub) membership(uid uint64, join bool, channelIds []string) error {
 	if h.closed.Load() {
 		return h.fail(nil, newError(ErrHubClosed, uid, "", nil))
 	}
@@ -204,11 +194,19 @@ func (h *Hub) UnJoinChannelIds(uid uint64, channelIds ...string) error {
 	u := s.users[uid]
 	if u == nil {
 		s.mu.Unlock()
-		return h.remoteMembership(uid, false, channelIds)
+		return h.remoteMembership(uid, join, channelIds)
 	}
-	h.leaveLocked(u, channelIds)
+	n, err := len(channelIds), error(nil)
+	if join {
+		n, err = h.joinLocked(u, channelIds)
+	} else {
+		h.leaveLocked(u, channelIds)
+	}
 	s.mu.Unlock()
-	h.propagate(uid, false, channelIds)
+	h.propagate(uid, join, channelIds[:n])
+	if err != nil {
+		return h.fail(u.h, err)
+	}
 	return nil
 }
 

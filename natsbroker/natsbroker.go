@@ -1,5 +1,6 @@
-// Package natsbroker is a chart.Broker on NATS: messages travel over core
-// NATS subjects, presence lives in a JetStream key-value bucket updated
+// Package natsbroker is a chart.Broker and chart.Presence on NATS:
+// messages travel over core NATS subjects, presence lives in a JetStream
+// key-value bucket updated
 // with compare-and-swap, and each node's liveness is a key in a second
 // bucket whose entries expire after the node TTL unless its heartbeat
 // rewrites them. The server must run with JetStream (nats-server -js).
@@ -9,11 +10,13 @@
 //
 // Each hub needs its own Broker.
 //
-// Subjects, under Options.Prefix: PREFIX.c.CHANNEL and PREFIX.u.UID, the
-// channel id in unpadded base64url. Bucket Options.Bucket holds u.UID (a
-// JSON record of the uid's nodes and channels), c.CHANNEL.UID (member
-// index), nu.NODE.UID (the node's uids) and node.NODE (known nodes);
-// bucket Options.Bucket+"_alive" holds one key per live node.
+// Subjects: PREFIX.TOPIC, the hub's topic (c:CHANNEL, u:UID) in unpadded
+// base64url, so that it is one token whatever characters it holds. Bucket
+// Options.Bucket holds u.UID (a JSON record of the uid's nodes and
+// channels), c.CHANNEL.UID (member index, the channel id in unpadded
+// base64url), nu.NODE.UID (the node's uids) and node.NODE (known nodes);
+// bucket Options.Bucket+"_alive" holds one key per live node. Both buckets
+// are in memory unless Options.FileStorage.
 package natsbroker
 
 import (
@@ -48,9 +51,11 @@ type Options struct {
 	TTL time.Duration
 	// Timeout bounds each call. Default 5 s.
 	Timeout time.Duration
-	// Storage of the buckets. Default jetstream.MemoryStorage: presence
-	// is re-published by every node after a server restart anyway.
-	Storage jetstream.StorageType
+	// FileStorage keeps the buckets on disk. By default they are in
+	// memory: presence is re-published by every node after a server
+	// restart anyway. The storage of an existing bucket cannot change:
+	// delete the buckets to switch.
+	FileStorage bool
 	// Replicas of the buckets in a NATS cluster. Default 1.
 	Replicas int
 	// NodeID names the node; default a random id.
@@ -75,7 +80,10 @@ type Broker struct {
 	onceEnd sync.Once
 }
 
-var _ chart.Broker = (*Broker)(nil)
+var (
+	_ chart.Broker   = (*Broker)(nil)
+	_ chart.Presence = (*Broker)(nil)
+)
 
 // errDisconnected fails presence calls at once while NATS reconnects,
 // instead of waiting for their timeout.
@@ -159,16 +167,25 @@ func (b *Broker) lost(err error) {
 	}
 }
 
+// storage is the buckets' storage type.
+func (o Options) storage() jetstream.StorageType {
+	if o.FileStorage {
+		return jetstream.FileStorage
+	}
+	return jetstream.MemoryStorage
+}
+
 // ensureBuckets creates the buckets, or finds them.
 func (b *Broker) ensureBuckets(ctx context.Context) error {
+	st := b.opt.storage()
 	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: b.opt.Bucket, History: 1, Storage: b.opt.Storage, Replicas: b.opt.Replicas,
+		Bucket: b.opt.Bucket, History: 1, Storage: st, Replicas: b.opt.Replicas,
 	})
 	if err != nil {
 		return err
 	}
 	alive, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: b.opt.Bucket + "_alive", History: 1, TTL: b.opt.TTL, Storage: b.opt.Storage, Replicas: b.opt.Replicas,
+		Bucket: b.opt.Bucket + "_alive", History: 1, TTL: b.opt.TTL, Storage: st, Replicas: b.opt.Replicas,
 	})
 	if err != nil {
 		return err
@@ -195,11 +212,14 @@ func (b *Broker) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), b.opt.Timeout)
 }
 
-func chanToken(id string) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }
+// token encodes s as one subject token (and key token): unpadded
+// base64url has no '.', '*', '>' or white space.
+func token(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
 
-func (b *Broker) chanSubject(id string) string  { return b.opt.Prefix + ".c." + chanToken(id) }
-func (b *Broker) userSubject(uid uint64) string { return b.opt.Prefix + ".u." + uidStr(uid) }
-func uidStr(uid uint64) string                  { return strconv.FormatUint(uid, 10) }
+// subject is a topic's subject.
+func (b *Broker) subject(topic string) string { return b.opt.Prefix + "." + token(topic) }
+
+func uidStr(uid uint64) string { return strconv.FormatUint(uid, 10) }
 
 // Attach starts the goroutine that hands received messages to n.
 func (b *Broker) Attach(n chart.Node) error {
@@ -241,16 +261,17 @@ func (b *Broker) Close() error {
 	return nil
 }
 
-// PublishChannel publishes data on the channel's subject. While NATS
-// reconnects, messages wait in the client's bounded reconnect buffer.
-func (b *Broker) PublishChannel(channelId string, data []byte) error {
-	return b.nc.Publish(b.chanSubject(channelId), data)
+// Publish publishes data on the topic's subject. While NATS reconnects,
+// messages wait in the client's bounded reconnect buffer.
+func (b *Broker) Publish(topic string, data []byte) error {
+	return b.nc.Publish(b.subject(topic), data)
 }
 
-// PublishUser publishes data on the uid's subject.
-func (b *Broker) PublishUser(uid uint64, data []byte) error {
-	return b.nc.Publish(b.userSubject(uid), data)
-}
+// Subscribe subscribes to the topic's subject; see subscribe.
+func (b *Broker) Subscribe(topic string) error { return b.subscribe(b.subject(topic), true) }
+
+// Unsubscribe unsubscribes from the topic's subject; see subscribe.
+func (b *Broker) Unsubscribe(topic string) error { return b.subscribe(b.subject(topic), false) }
 
 // subscribe (un)subscribes a subject and waits until the server has it, so
 // that messages published after it returns are received. The NATS client
@@ -276,22 +297,6 @@ func (b *Broker) subscribe(subj string, on bool) error {
 	}
 	return b.nc.FlushTimeout(b.opt.Timeout)
 }
-
-// SubscribeChannel subscribes to the channel's subject.
-func (b *Broker) SubscribeChannel(channelId string) error {
-	return b.subscribe(b.chanSubject(channelId), true)
-}
-
-// UnsubscribeChannel unsubscribes from the channel's subject.
-func (b *Broker) UnsubscribeChannel(channelId string) error {
-	return b.subscribe(b.chanSubject(channelId), false)
-}
-
-// SubscribeUser subscribes to the uid's subject.
-func (b *Broker) SubscribeUser(uid uint64) error { return b.subscribe(b.userSubject(uid), true) }
-
-// UnsubscribeUser unsubscribes from the uid's subject.
-func (b *Broker) UnsubscribeUser(uid uint64) error { return b.subscribe(b.userSubject(uid), false) }
 
 // record is the presence of one uid: the nodes it is connected to and the
 // channels it joined.
@@ -374,7 +379,7 @@ func removeAll(list []string, xs ...string) []string {
 }
 
 func (b *Broker) memberKey(ch string, uid uint64) string {
-	return "c." + chanToken(ch) + "." + uidStr(uid)
+	return "c." + token(ch) + "." + uidStr(uid)
 }
 
 // members puts or deletes the member index keys.
@@ -577,7 +582,7 @@ func (b *Broker) Members(channelId string) ([]uint64, error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
 	kv, _ := b.buckets()
-	return lastUids(b.keys(ctx, kv, "c."+chanToken(channelId)+".*"))
+	return lastUids(b.keys(ctx, kv, "c."+token(channelId)+".*"))
 }
 
 // Online returns every online uid.

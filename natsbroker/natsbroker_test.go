@@ -1,6 +1,7 @@
 package natsbroker
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"sync/atomic"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/wuyan94zl/chart"
 	"github.com/wuyan94zl/chart/charttest"
 	"go.uber.org/goleak"
@@ -89,3 +91,89 @@ func TestNATSBroker(t *testing.T) {
 		},
 	}.Run(t)
 }
+
+// TestStorage: the buckets are in memory unless Options.FileStorage.
+func TestStorage(t *testing.T) {
+	srv := startNATS(t)
+	for _, c := range []struct {
+		file bool
+		want jetstream.StorageType
+	}{{false, jetstream.MemoryStorage}, {true, jetstream.FileStorage}} {
+		bucket := fmt.Sprintf("storage_%v", c.file)
+		b, err := Connect(srv.url(), Options{Bucket: bucket, FileStorage: c.file})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{bucket, bucket + "_alive"} {
+			kv, err := b.js.KeyValue(context.Background(), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := kv.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Storage; got != c.want {
+				t.Errorf("FileStorage %v: bucket %s has %v, want %v", c.file, name, got, c.want)
+			}
+		}
+		b.Close()
+	}
+}
+
+// TestTopics: topics with any characters reach the nodes subscribed to
+// exactly that topic, and are kept apart by the prefix.
+func TestTopics(t *testing.T) {
+	srv := startNATS(t)
+	topics := []string{"c:a.b", "c:*", "c:>", "c:a b", "c:\u00e9\u4e2d", "u:42"}
+	connect := func(prefix string, n chart.Node) *Broker {
+		b, err := Connect(srv.url(), Options{Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		b.Attach(n)
+		return b
+	}
+	got := &recvNode{ch: make(chan string, 16)}
+	sub, other := connect("chart", got), connect("other", got)
+	pub := connect("chart", &recvNode{ch: make(chan string, 16)})
+	for _, tp := range topics {
+		if err := sub.Subscribe(tp); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Subscribe(tp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sub.Unsubscribe("u:42"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range append([]string{"c:a"}, topics...) {
+		if err := pub.Publish(tp, []byte(tp)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tp := range topics[:len(topics)-1] {
+		if m := charttest.Recv(t, got.ch, tp); m != tp {
+			t.Fatalf("got %q, want %q", m, tp)
+		}
+	}
+	if err := pub.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.nc.Flush(); err != nil { // what the server sent sub is in by now
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got.ch:
+		t.Fatalf("got %q after the last subscribed topic", m)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// recvNode is a chart.Node that forwards what it receives.
+type recvNode struct{ ch chan string }
+
+func (n *recvNode) Receive(data []byte) { n.ch <- string(data) }
+func (n *recvNode) BrokerError(error)   {}
