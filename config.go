@@ -102,12 +102,11 @@ type Config struct {
 	MaxChannelsPerUid int
 
 	// Broker joins this hub to a cluster of hubs (nodes) sharing the
-	// broker's backend: users on different nodes chat as if they shared
-	// one, and presence queries answer for the whole cluster. Each hub
-	// needs its own Broker value, which the hub closes in Shutdown. New
-	// attaches it and sends a first heartbeat (network I/O); failures go
-	// to ErrorLogServer as ErrBroker. Nil (the default): a single node,
-	// with no broker call and no extra goroutine. See Broker.
+	// broker's backend; see the package doc's "Cluster" section. Each hub
+	// needs its own Broker value, which the hub closes in Shutdown. When it
+	// also implements Presence (every broker shipped does) presence is the
+	// cluster's; otherwise each node answers for itself. Nil (the default):
+	// a single node, with no broker call and no goroutine of its own.
 	Broker Broker
 }
 

@@ -51,15 +51,19 @@
 //     goroutine, so the hub cannot block behind one. Publishing never
 //     blocks: each connection has a bounded queue, and a connection that
 //     cannot keep up is handled by Config.SlowConsumer.
-//   - No lock is held during network I/O or while a callback runs, so a
-//     callback may call any function of this package without deadlock.
+//   - No lock is held during network I/O (broker calls included) or while
+//     a callback runs, so a callback may call any function of this package
+//     without deadlock.
 //   - A message is encoded into its WebSocket frame once per fan-out; every
-//     recipient's queue shares the same bytes.
+//     recipient's queue shares the same bytes, and with a Broker the other
+//     nodes queue those same bytes too.
 //   - Each connection receives messages in the order they were published.
-//   - With a Broker, broker calls are network I/O too: none is made with a
-//     lock held. A hub with a Broker runs one more goroutine, its
-//     heartbeat, plus the broker's receiving goroutine; without one it
-//     makes no broker call and runs no extra goroutine.
+//   - One node and many share one path: the hub reaches presence and the
+//     other nodes only through interfaces (Presence, and an internal link
+//     to its peers), which on a single node are its own registry and
+//     nobody. Without a Broker it makes no broker call and runs no
+//     goroutine of its own; with one it runs a heartbeat, plus the
+//     broker's own goroutines.
 //
 // See Handler for the goroutine each callback runs on.
 //
@@ -67,8 +71,12 @@
 //
 // Config.Broker joins hubs in different processes into one cluster (the
 // sub-modules redisbroker and natsbroker; MemoryBus for several hubs in one
-// process). Every function behaves as on one node: channel messages and
-// direct messages reach users connected anywhere, JoinChannelIds and
+// process). This section is the one place that tells what a cluster does;
+// Broker and Presence document the contract for implementations, and the
+// README's "Scaling out" how to run one.
+//
+// Every function behaves as on one node: channel messages and direct
+// messages reach users connected anywhere, JoinChannelIds and
 // UnJoinChannelIds work on any node for a uid connected on others, presence
 // queries answer for the cluster, LoginServer runs once when a uid's first
 // connection anywhere opens and LogoutServer once when its last one closes
@@ -77,21 +85,25 @@
 //
 // A node delivers to its own connections first, then publishes the frame,
 // encoded once, to the broker; other nodes queue those bytes as they are.
-// A node subscribes to a channel only while it has a local member. Nodes
+// A node subscribes to a channel's topic only while it has a local member,
+// and to a uid's topic only while the uid has a connection on it. Nodes
 // heartbeat; a node that stops (a crash, Hub.Close) expires after the
-// broker's TTL, and a surviving node runs LogoutServer for its users. When
-// the broker is unreachable each node goes on serving its own connections,
-// reports ErrBroker to ErrorLogServer, and re-publishes its presence once
-// the broker answers again.
+// broker's TTL (default 15 s, so its users are seen offline within the
+// TTL plus one heartbeat interval, about 20 s), and a surviving node runs
+// LogoutServer for its users. When the broker is unreachable each node
+// goes on serving its own connections, reports ErrBroker to
+// ErrorLogServer once per outage, and re-publishes its presence once the
+// broker answers again.
 //
 // What a cluster cannot promise: LoginServer on one node and LogoutServer
 // on another for the same uid may overlap; joins and leaves made on
 // another node reach a uid's connections asynchronously (a few
-// milliseconds); during an outage a uid closing its last connection on one
-// node is logged out there even if it is connected to another node; a node
-// cut off for longer than the TTL has its users logged out by the others,
-// and when it comes back their presence is restored without a new
-// LoginServer.
+// milliseconds); messages published while the broker is unreachable reach
+// only the publishing node's connections; during an outage a uid closing
+// its last connection on one node is logged out there even if it is
+// connected to another node; a node cut off for longer than the TTL has its
+// users logged out by the others, and when it comes back their presence is
+// restored without a new LoginServer.
 //
 // # Safety
 //

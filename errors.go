@@ -10,7 +10,8 @@ import (
 // Handler.ErrorLogServer matches one of them with errors.Is; most arrive
 // wrapped in an *Error that names the user and channel concerned.
 var (
-	// ErrUserOffline: the uid has no open connection on this hub.
+	// ErrUserOffline: the uid has no open connection (on any node of the
+	// cluster, with a Broker).
 	ErrUserOffline = errors.New("user offline")
 	// ErrNotJoined: the sender has not joined the channel it sent to.
 	ErrNotJoined = errors.New("channel not joined")
