@@ -7,8 +7,8 @@ import (
 // Broker carries messages between the hubs (nodes) of a cluster: plain
 // publish/subscribe on topics that the hub names. Set it in Config.Broker;
 // each hub needs its own Broker value, all of them connected to the same
-// backend. The package doc's "Cluster" section tells what a cluster
-// promises; this comment is the contract for implementations.
+// backend. What a cluster promises is told in the README's "Scaling out"
+// section; this comment is the contract for implementations.
 //
 // Implementations: MemoryBus (several hubs in one process, for tests), and
 // the sub-modules github.com/wuyan94zl/chart/redisbroker and

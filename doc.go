@@ -71,39 +71,15 @@
 //
 // Config.Broker joins hubs in different processes into one cluster (the
 // sub-modules redisbroker and natsbroker; MemoryBus for several hubs in one
-// process). This section is the one place that tells what a cluster does;
-// Broker and Presence document the contract for implementations, and the
-// README's "Scaling out" how to run one.
-//
-// Every function behaves as on one node: channel messages and direct
-// messages reach users connected anywhere, JoinChannelIds and
-// UnJoinChannelIds work on any node for a uid connected on others, presence
-// queries answer for the cluster, LoginServer runs once when a uid's first
-// connection anywhere opens and LogoutServer once when its last one closes
-// (each on the node where that happened), and each sender's messages
-// arrive in order.
-//
-// A node delivers to its own connections first, then publishes the frame,
-// encoded once, to the broker; other nodes queue those bytes as they are.
-// A node subscribes to a channel's topic only while it has a local member,
-// and to a uid's topic only while the uid has a connection on it. Nodes
-// heartbeat; a node that stops (a crash, Hub.Close) expires after the
-// broker's TTL (default 15 s, so its users are seen offline within the
-// TTL plus one heartbeat interval, about 20 s), and a surviving node runs
-// LogoutServer for its users. When the broker is unreachable each node
-// goes on serving its own connections, reports ErrBroker to
-// ErrorLogServer once per outage, and re-publishes its presence once the
-// broker answers again.
-//
-// What a cluster cannot promise: LoginServer on one node and LogoutServer
-// on another for the same uid may overlap; joins and leaves made on
-// another node reach a uid's connections asynchronously (a few
-// milliseconds); messages published while the broker is unreachable reach
-// only the publishing node's connections; during an outage a uid closing
-// its last connection on one node is logged out there even if it is
-// connected to another node; a node cut off for longer than the TTL has its
-// users logged out by the others, and when it comes back their presence is
-// restored without a new LoginServer.
+// process), and every function then behaves as on one node: messages reach
+// users connected anywhere, membership calls work on any node, presence
+// queries answer for the cluster, and LoginServer and LogoutServer mean a
+// uid's first and last connection anywhere. A node delivers to its own
+// connections first, then hands the frame, encoded once, to the other
+// nodes. How it works, what it promises and what it does not (broker
+// outages, node failure, timings) is told once, in the README's "Scaling
+// out" section: https://github.com/wuyan94zl/chart#scaling-out. Broker and
+// Presence document the contract for implementations.
 //
 // # Safety
 //
