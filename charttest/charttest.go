@@ -83,6 +83,24 @@ func (r *Recorder) WantErr(t testing.TB, target error) error {
 	}
 }
 
+// WantLogin waits for the next LoginServer and requires it to be uid's.
+func (r *Recorder) WantLogin(t testing.TB, uid uint64) {
+	t.Helper()
+	if got := Recv(t, r.Logins, "login"); got != uid {
+		t.Fatalf("login of uid %d, want %d", got, uid)
+	}
+}
+
+// NoErr fails the test if an error was recorded and not yet taken.
+func (r *Recorder) NoErr(t testing.TB) {
+	t.Helper()
+	select {
+	case err := <-r.Errs:
+		t.Fatalf("unexpected error: %v", err)
+	default:
+	}
+}
+
 // Recv waits for one value from ch.
 func Recv[T any](t testing.TB, ch <-chan T, what string) T {
 	t.Helper()

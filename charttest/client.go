@@ -1,7 +1,10 @@
 package charttest
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -16,7 +19,8 @@ type Client struct {
 	t      testing.TB
 	WS     *websocket.Conn
 	Uid    uint64
-	frames chan Frame
+	frames chan received
+	end    error // why reading stopped; set before frames is closed
 }
 
 // Frame is what a client receives: a Message or an error frame.
@@ -24,6 +28,57 @@ type Frame struct {
 	chart.Message
 	Error  string `json:"error"`
 	Detail string `json:"message"`
+}
+
+// received is a frame as read, with why it fails the strict checks ("" if
+// it passes them or they are off).
+type received struct {
+	Frame
+	bad string
+}
+
+// newClient starts reading ws into a new Client; the test's cleanup closes
+// ws and waits for the reader.
+func newClient(t testing.TB, ws *websocket.Conn, uid uint64, strict bool) *Client {
+	c := &Client{t: t, WS: ws, Uid: uid, frames: make(chan received, 10000)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(c.frames)
+		for {
+			typ, data, err := ws.ReadMessage()
+			if err != nil {
+				c.end = err
+				return
+			}
+			var r received
+			if strict {
+				r.Frame, r.bad = decodeStrict(typ, data)
+			} else if json.Unmarshal(data, &r.Frame) != nil {
+				r.Error = "unparsable frame: " + string(data)
+			}
+			c.frames <- r
+		}
+	}()
+	t.Cleanup(func() {
+		ws.Close()
+		<-done
+	})
+	return c
+}
+
+// decodeStrict decodes a frame that must be a text frame holding exactly
+// one JSON object with only Frame's fields; bad says why it is not.
+func decodeStrict(typ int, data []byte) (f Frame, bad string) {
+	if typ != websocket.TextMessage {
+		return f, fmt.Sprintf("got frame type %d, want text", typ)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil || dec.More() {
+		return f, fmt.Sprintf("frame %q is not one known JSON object: %v", data, err)
+	}
+	return f, ""
 }
 
 // Send writes a raw text frame.
@@ -53,11 +108,14 @@ func (c *Client) SendToUser(uid uint64, content string) {
 func (c *Client) next(d time.Duration) (f Frame, ok bool) {
 	c.t.Helper()
 	select {
-	case f, open := <-c.frames:
+	case r, open := <-c.frames:
 		if !open {
 			c.t.Fatalf("uid %d: connection closed", c.Uid)
 		}
-		return f, true
+		if r.bad != "" {
+			c.t.Fatalf("uid %d: %s", c.Uid, r.bad)
+		}
+		return r.Frame, true
 	case <-time.After(d):
 		return Frame{}, false
 	}
@@ -81,6 +139,16 @@ func (c *Client) NextMsg() chart.Message {
 		c.t.Fatalf("uid %d: got error frame %q (%s), want a message", c.Uid, f.Error, f.Detail)
 	}
 	return f.Message
+}
+
+// NextErr waits for the next frame and requires an error frame with code.
+func (c *Client) NextErr(code string) Frame {
+	c.t.Helper()
+	f := c.Next()
+	if f.Error != code {
+		c.t.Fatalf("uid %d: got %+v, want error frame %q", c.Uid, f, code)
+	}
+	return f
 }
 
 // WantContent waits for the next message and requires its content.
@@ -113,6 +181,28 @@ func (c *Client) WaitClosed() {
 			}
 		case <-deadline:
 			c.t.Fatalf("uid %d: connection still open", c.Uid)
+		}
+	}
+}
+
+// CloseCode discards frames until the connection has ended and returns the
+// close code the server sent (websocket.CloseAbnormalClosure when it ended
+// without a close frame).
+func (c *Client) CloseCode() int {
+	c.t.Helper()
+	deadline := time.After(Wait)
+	for {
+		select {
+		case _, open := <-c.frames:
+			if !open {
+				var ce *websocket.CloseError
+				if errors.As(c.end, &ce) {
+					return ce.Code
+				}
+				return websocket.CloseAbnormalClosure
+			}
+		case <-deadline:
+			c.t.Fatalf("uid %d: connection still open after %v", c.Uid, Wait)
 		}
 	}
 }
