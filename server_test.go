@@ -1,4 +1,4 @@
-package chart
+package chart_test
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"runtime"
 	"strconv"
 	"strings"
@@ -18,26 +19,28 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wuyan94zl/chart"
+	"github.com/wuyan94zl/chart/charttest"
 )
 
 func TestOversizeFrame(t *testing.T) {
-	rec := newRecorder()
-	s := startServer(t, Config{MaxMessageSize: 1024}, rec)
-	big := s.login(t, rec, 1)
-	other := s.login(t, rec, 2)
-	s.hub.JoinChannelIds(1, "room")
-	s.hub.JoinChannelIds(2, "room")
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{MaxMessageSize: 1024}, rec)
+	big := s.Login(t, rec, 1)
+	other := s.Login(t, rec, 2)
+	s.Hub.JoinChannelIds(1, "room")
+	s.Hub.JoinChannelIds(2, "room")
 
-	big.send(`{"channel_id":"room","type":3,"content":"` + strings.Repeat("x", 1024) + `"}`)
-	if code := big.closeCode(); code != websocket.CloseMessageTooBig {
+	big.Send(`{"channel_id":"room","type":3,"content":"` + strings.Repeat("x", 1024) + `"}`)
+	if code := big.CloseCode(); code != websocket.CloseMessageTooBig {
 		t.Fatalf("close code %d, want 1009", code)
 	}
-	err := rec.wantErr(t, ErrMessageTooLarge)
-	var ce *Error
+	err := rec.WantErr(t, chart.ErrMessageTooLarge)
+	var ce *chart.Error
 	if !errors.As(err, &ce) || ce.Uid != 1 {
 		t.Fatalf("error %v does not name uid 1", err)
 	}
-	if uid := recv(t, rec.logouts, "logout"); uid != 1 {
+	if uid := charttest.Recv(t, rec.Logouts, "logout"); uid != 1 {
 		t.Fatalf("logout uid %d", uid)
 	}
 	// Exactly at the limit is fine, and the other user noticed nothing.
@@ -45,19 +48,23 @@ func TestOversizeFrame(t *testing.T) {
 	if len(msg) != 1024 {
 		t.Fatalf("test message is %d bytes", len(msg))
 	}
-	other.send(msg)
-	if m := other.nextMsg(); len(m.Content) != 1024-43 {
+	other.Send(msg)
+	if m := other.NextMsg(); len(m.Content) != 1024-43 {
 		t.Fatalf("got %d bytes", len(m.Content))
 	}
-	if st := s.hub.Stats(); st.Disconnects.TooLarge != 1 {
+	if st := s.Hub.Stats(); st.Disconnects.TooLarge != 1 {
 		t.Fatalf("stats %+v", st.Disconnects)
 	}
 }
 
 func TestOrigin(t *testing.T) {
-	rec := newRecorder()
-	s := startServer(t, Config{AllowedOrigins: []string{"https://app.example.com", "partner.example.org:8443"}}, rec)
-	host := strings.TrimPrefix(s.srv.URL, "http://")
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{AllowedOrigins: []string{"https://app.example.com", "partner.example.org:8443"}}, rec)
+	u, err := url.Parse(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := u.Host
 	for _, tc := range []struct {
 		origin string
 		ok     bool
@@ -75,38 +82,31 @@ func TestOrigin(t *testing.T) {
 		if tc.origin != "" {
 			hdr.Set("Origin", tc.origin)
 		}
-		ws, resp, err := websocket.DefaultDialer.Dial(s.url+"?id=5", hdr)
 		if tc.ok {
-			if err != nil {
-				t.Fatalf("origin %q refused: %v", tc.origin, err)
-			}
-			recv(t, rec.logins, "login")
-			ws.Close()
-			recv(t, rec.logouts, "logout")
+			c := s.DialHeader(t, 5, hdr)
+			rec.WantLogin(t, 5)
+			c.WS.Close()
+			charttest.Recv(t, rec.Logouts, "logout")
 			continue
 		}
-		if err == nil {
-			ws.Close()
-			t.Fatalf("origin %q accepted", tc.origin)
+		if status := s.DialRefused(t, 5, hdr); status != http.StatusForbidden {
+			t.Fatalf("origin %q: HTTP %d, want 403", tc.origin, status)
 		}
-		if resp == nil || resp.StatusCode != http.StatusForbidden {
-			t.Fatalf("origin %q: %v, want HTTP 403", tc.origin, err)
-		}
-		rec.wantErr(t, ErrOriginNotAllowed)
+		rec.WantErr(t, chart.ErrOriginNotAllowed)
 	}
 
 	// A custom check replaces the default.
-	rec2 := newRecorder()
-	s2 := startServer(t, Config{CheckOrigin: func(r *http.Request) bool { return r.Header.Get("Origin") == "null" }}, rec2)
-	s2.dialHeader(t, 6, http.Header{"Origin": {"null"}})
-	recv(t, rec2.logins, "login")
+	rec2 := charttest.NewRecorder()
+	s2 := start(t, chart.Config{CheckOrigin: func(r *http.Request) bool { return r.Header.Get("Origin") == "null" }}, rec2)
+	s2.DialHeader(t, 6, http.Header{"Origin": {"null"}})
+	rec2.WantLogin(t, 6)
 }
 
 func TestRefusedRequests(t *testing.T) {
-	rec := newRecorder()
-	s := startServer(t, Config{}, rec)
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{}, rec)
 	// Not a WebSocket request.
-	resp, err := http.Get(s.srv.URL + "/ws?id=1")
+	resp, err := http.Get("http" + strings.TrimPrefix(s.URL, "ws") + "?id=1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,20 +114,19 @@ func TestRefusedRequests(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("plain GET: HTTP %d", resp.StatusCode)
 	}
-	rec.wantErr(t, ErrUpgrade)
+	rec.WantErr(t, chart.ErrUpgrade)
 	// uid 0, what the seed's strconv.Atoi yields for a missing id.
-	_, resp, err = websocket.DefaultDialer.Dial(s.url+"?id=", nil)
-	if err == nil || resp.StatusCode != http.StatusBadRequest {
-		t.Fatalf("uid 0: %v", err)
+	if status := s.DialRefused(t, 0, nil); status != http.StatusBadRequest {
+		t.Fatalf("uid 0: HTTP %d", status)
 	}
-	rec.wantErr(t, ErrInvalidUid)
+	rec.WantErr(t, chart.ErrInvalidUid)
 
 	// A nil handler is allowed.
-	s2 := startServer(t, Config{}, nil)
-	c := s2.dial(t, 3)
-	s2.hub.Publish("x", Message{})
-	c.send(`{"channel_id":"x","content":"x"}`)
-	c.nextErr("not_joined")
+	s2 := start(t, chart.Config{}, nil)
+	c := s2.Dial(t, 3)
+	s2.Hub.Publish("x", chart.Message{})
+	c.Send(`{"channel_id":"x","content":"x"}`)
+	c.NextErr("not_joined")
 }
 
 // lockedBuffer is a log destination safe for concurrent writers.
@@ -150,7 +149,7 @@ func (b *lockedBuffer) String() string {
 
 // panicky panics in the callback named by which.
 type panicky struct {
-	*recorder
+	*charttest.Recorder
 	which string
 }
 
@@ -158,26 +157,26 @@ func (p *panicky) LoginServer(uid uint64) {
 	if p.which == "LoginServer" {
 		panic("boom in login")
 	}
-	p.recorder.LoginServer(uid)
+	p.Recorder.LoginServer(uid)
 }
 
 func (p *panicky) LogoutServer(uid uint64) {
 	if p.which == "LogoutServer" {
-		p.recorder.LogoutServer(uid)
+		p.Recorder.LogoutServer(uid)
 		panic("boom in logout")
 	}
-	p.recorder.LogoutServer(uid)
+	p.Recorder.LogoutServer(uid)
 }
 
-func (p *panicky) SendMessage(m Message) {
+func (p *panicky) SendMessage(m chart.Message) {
 	if p.which == "SendMessage" {
 		panic("boom in send")
 	}
-	p.recorder.SendMessage(m)
+	p.Recorder.SendMessage(m)
 }
 
 func (p *panicky) ErrorLogServer(err error) {
-	p.recorder.ErrorLogServer(err)
+	p.Recorder.ErrorLogServer(err)
 	if p.which == "ErrorLogServer" {
 		panic("boom in error log")
 	}
@@ -186,149 +185,152 @@ func (p *panicky) ErrorLogServer(err error) {
 func TestPanicsInCallbacks(t *testing.T) {
 	for _, which := range []string{"LoginServer", "LogoutServer", "SendMessage", "ErrorLogServer"} {
 		t.Run(which, func(t *testing.T) {
-			rec := newRecorder()
+			rec := charttest.NewRecorder()
 			logs := &lockedBuffer{}
-			s := startServer(t, Config{Logger: slog.New(slog.NewTextHandler(logs, nil))}, &panicky{recorder: rec, which: which})
-			c := s.dial(t, 1)
+			s := start(t, chart.Config{Logger: slog.New(slog.NewTextHandler(logs, nil))}, &panicky{Recorder: rec, which: which})
+			c := s.Dial(t, 1)
 			if which == "LoginServer" {
-				err := rec.wantErr(t, ErrCallbackPanic)
+				err := rec.WantErr(t, chart.ErrCallbackPanic)
 				if !strings.Contains(err.Error(), "boom in login") || !strings.Contains(err.Error(), "goroutine") {
 					t.Fatalf("panic error lacks value or stack: %v", err)
 				}
 			} else {
-				recv(t, rec.logins, "login")
+				charttest.Recv(t, rec.Logins, "login")
 			}
-			s.hub.JoinChannelIds(1, "room")
-			c.send(`{"channel_id":"room","content":"hello","type":3}`)
-			if m := c.nextMsg(); m.Content != "hello" {
+			s.Hub.JoinChannelIds(1, "room")
+			c.Send(`{"channel_id":"room","content":"hello","type":3}`)
+			if m := c.NextMsg(); m.Content != "hello" {
 				t.Fatalf("got %+v", m)
 			}
 			switch which {
 			case "SendMessage":
-				rec.wantErr(t, ErrCallbackPanic)
+				rec.WantErr(t, chart.ErrCallbackPanic)
 			case "ErrorLogServer":
-				c.send(`oops`)
-				c.nextErr("bad_message")
-				rec.wantErr(t, ErrBadMessage)
+				c.Send(`oops`)
+				c.NextErr("bad_message")
+				rec.WantErr(t, chart.ErrBadMessage)
 				// The panic in ErrorLogServer itself goes to the logger.
-				eventually(t, "the panic is logged", func() bool { return strings.Contains(logs.String(), "boom in error log") })
+				charttest.Eventually(t, "the panic is logged", func() bool { return strings.Contains(logs.String(), "boom in error log") })
 			}
 			// The server goes on: another user connects and chats.
-			d := s.dial(t, 2)
-			s.hub.JoinChannelIds(2, "room")
-			d.send(`{"channel_id":"room","content":"still up","type":3}`)
-			if m := c.nextMsg(); m.Content != "still up" {
+			d := s.Dial(t, 2)
+			s.Hub.JoinChannelIds(2, "room")
+			d.Send(`{"channel_id":"room","content":"still up","type":3}`)
+			if m := c.NextMsg(); m.Content != "still up" {
 				t.Fatalf("got %+v", m)
 			}
-			c.closeNow()
+			c.Close()
 			if which == "LogoutServer" {
-				recv(t, rec.logouts, "logout")
-				rec.wantErr(t, ErrCallbackPanic)
+				charttest.Recv(t, rec.Logouts, "logout")
+				rec.WantErr(t, chart.ErrCallbackPanic)
 			}
 		})
 	}
 }
 
 func TestRateLimit(t *testing.T) {
-	rec := newRecorder()
-	s := startServer(t, Config{RateLimit: 1, RateBurst: 5}, rec)
-	c := s.login(t, rec, 1)
-	peer := s.login(t, rec, 2)
-	s.hub.JoinChannelIds(1, "room")
-	s.hub.JoinChannelIds(2, "room")
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{RateLimit: 1, RateBurst: 5}, rec)
+	c := s.Login(t, rec, 1)
+	peer := s.Login(t, rec, 2)
+	s.Hub.JoinChannelIds(1, "room")
+	s.Hub.JoinChannelIds(2, "room")
 	for i := 0; i < 6; i++ {
-		c.send(fmt.Sprintf(`{"channel_id":"room","content":"%d","type":3}`, i))
+		c.Send(fmt.Sprintf(`{"channel_id":"room","content":"%d","type":3}`, i))
 	}
 	for i := 0; i < 5; i++ {
-		if m := c.nextMsg(); m.Content != strconv.Itoa(i) {
+		if m := c.NextMsg(); m.Content != strconv.Itoa(i) {
 			t.Fatalf("got %+v, want content %d", m, i)
 		}
 	}
-	c.nextErr("rate_limited")
-	rec.wantErr(t, ErrRateLimited)
+	c.NextErr("rate_limited")
+	rec.WantErr(t, chart.ErrRateLimited)
 	// Sustained flooding closes the connection; the peer is unharmed.
 	for i := 0; i < 10; i++ {
-		c.ws.WriteMessage(websocket.TextMessage, []byte(`{"channel_id":"room","content":"flood","type":3}`))
+		c.WS.WriteMessage(websocket.TextMessage, []byte(`{"channel_id":"room","content":"flood","type":3}`))
 	}
-	if code := c.closeCode(); code != websocket.ClosePolicyViolation {
+	if code := c.CloseCode(); code != websocket.ClosePolicyViolation {
 		t.Fatalf("close code %d, want 1008", code)
 	}
 	for i := 0; i < 5; i++ {
-		if m := peer.nextMsg(); m.Content != strconv.Itoa(i) {
+		if m := peer.NextMsg(); m.Content != strconv.Itoa(i) {
 			t.Fatalf("peer got %+v", m)
 		}
 	}
-	recv(t, rec.logouts, "logout")
-	if st := s.hub.Stats(); st.Disconnects.RateLimited != 1 {
+	charttest.Recv(t, rec.Logouts, "logout")
+	if st := s.Hub.Stats(); st.Disconnects.RateLimited != 1 {
 		t.Fatalf("stats %+v", st.Disconnects)
 	}
 	// A client within the limit is fine: no limit at all here.
-	s2 := startServer(t, Config{RateLimit: -1}, rec)
-	d := s2.login(t, rec, 3)
-	s2.hub.JoinChannelIds(3, "room")
+	s2 := start(t, chart.Config{RateLimit: -1}, rec)
+	d := s2.Login(t, rec, 3)
+	s2.Hub.JoinChannelIds(3, "room")
 	for i := 0; i < 300; i++ {
-		d.send(`{"channel_id":"room","content":"x","type":3}`)
+		d.Send(`{"channel_id":"room","content":"x","type":3}`)
 	}
 	for i := 0; i < 300; i++ {
-		d.nextMsg()
+		d.NextMsg()
 	}
 }
 
 func TestPongTimeout(t *testing.T) {
-	rec := newRecorder()
-	s := startServer(t, Config{PingInterval: 20 * time.Millisecond, PongWait: 200 * time.Millisecond}, rec)
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{PingInterval: 20 * time.Millisecond, PongWait: 200 * time.Millisecond}, rec)
 	// A reading gorilla client answers pings and stays connected well past
 	// PongWait, while a client that stops reading (and so stops answering)
 	// is dropped.
-	alive := s.login(t, rec, 1)
+	alive := s.Open(t, 1, nil)
+	rec.WantLogin(t, 1)
 	pings := make(chan struct{}, 100)
-	alive.ws.SetPingHandler(func(data string) error {
+	alive.SetPingHandler(func(data string) error {
 		pings <- struct{}{}
-		return alive.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(wait))
+		return alive.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(charttest.Wait))
 	})
-	go alive.ws.ReadMessage() // keeps answering pings until the test ends
-	silent := s.login(t, rec, 2)
+	s.Attach(t, alive, 1) // its reader answers pings until the test ends
+	silent := s.Open(t, 2, nil)
+	rec.WantLogin(t, 2)
 	start := time.Now()
-	if uid := recv(t, rec.logouts, "logout of the silent client"); uid != 2 {
+	if uid := charttest.Recv(t, rec.Logouts, "logout of the silent client"); uid != 2 {
 		t.Fatalf("logout of uid %d", uid)
 	}
 	if d := time.Since(start); d < 200*time.Millisecond {
 		t.Fatalf("dropped after %v, before PongWait", d)
 	}
-	err := rec.wantErr(t, ErrConnection)
+	err := rec.WantErr(t, chart.ErrConnection)
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("error %v is not a timeout", err)
 	}
 	for i := 0; i < 3; i++ {
-		recv(t, pings, "ping")
+		charttest.Recv(t, pings, "ping")
 	}
-	if !s.hub.IsOnline(1) {
+	if !s.Hub.IsOnline(1) {
 		t.Fatal("the client answering pings was dropped")
 	}
 	_ = silent
 }
 
 func TestWriteDeadline(t *testing.T) {
-	rec := newRecorder()
+	rec := charttest.NewRecorder()
 	// Queues big enough that only the write deadline can end this.
-	s := startServer(t, Config{WriteWait: 100 * time.Millisecond, SendQueueBytes: 1 << 30, SendQueueLen: 1 << 20}, rec)
-	s.login(t, rec, 1) // never reads
-	s.hub.JoinChannelIds(1, "room")
+	s := start(t, chart.Config{WriteWait: 100 * time.Millisecond, SendQueueBytes: 1 << 30, SendQueueLen: 1 << 20}, rec)
+	s.Open(t, 1, nil) // never reads
+	rec.WantLogin(t, 1)
+	s.Hub.JoinChannelIds(1, "room")
 	payload := strings.Repeat("w", 64<<10)
-	for i := 0; s.hub.IsOnline(1); i++ {
+	for i := 0; s.Hub.IsOnline(1); i++ {
 		if i == 10000 { // 640 MB: far beyond any socket buffer
 			t.Fatal("a client that never reads is still connected")
 		}
-		s.hub.Publish("room", Message{Content: payload})
+		s.Hub.Publish("room", chart.Message{Content: payload})
 		select {
-		case <-rec.logouts:
+		case <-rec.Logouts:
 		default:
 			continue
 		}
 		break
 	}
-	err := rec.wantErr(t, ErrConnection)
+	err := rec.WantErr(t, chart.ErrConnection)
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("error %v is not a write timeout", err)
@@ -341,24 +343,26 @@ func TestSlowConsumer(t *testing.T) {
 		n       = 10000
 		ahead   = 64
 	)
-	rec := newRecorder()
-	s := startServer(t, Config{}, rec)
-	stalled := s.login(t, rec, 1000)
-	_ = stalled
-	s.hub.JoinChannelIds(1000, "room")
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{}, rec)
+	s.Open(t, 1000, nil) // never reads
+	rec.WantLogin(t, 1000)
+	s.Hub.JoinChannelIds(1000, "room")
 	var progress [readers]atomic.Int64
 	moved := make(chan struct{}, 1)
 	done := make(chan error, readers)
 	for i := 0; i < readers; i++ {
-		c := s.login(t, rec, uint64(i+1))
-		s.hub.JoinChannelIds(c.uid, "room")
-		go func(i int, c *client) {
+		uid := uint64(i + 1)
+		ws := s.Open(t, uid, nil)
+		rec.WantLogin(t, uid)
+		s.Hub.JoinChannelIds(uid, "room")
+		go func(i int, ws *websocket.Conn) {
 			// Read into one buffer: the readers allocate nothing, so the
 			// heap measured below is the server's.
 			buf := make([]byte, 8<<10)
 			for j := 0; j < n; j++ {
-				c.ws.SetReadDeadline(time.Now().Add(wait))
-				_, r, err := c.ws.NextReader()
+				ws.SetReadDeadline(time.Now().Add(charttest.Wait))
+				_, r, err := ws.NextReader()
 				var k int
 				if err == nil {
 					k, err = io.ReadFull(r, buf)
@@ -383,7 +387,7 @@ func TestSlowConsumer(t *testing.T) {
 				}
 			}
 			done <- nil
-		}(i, c)
+		}(i, ws)
 	}
 	slowest := func() int64 {
 		m := int64(n)
@@ -399,9 +403,9 @@ func TestSlowConsumer(t *testing.T) {
 	pad := strings.Repeat("p", 4<<10-8)
 	for i := 0; i < n; i++ {
 		for int64(i)-slowest() > ahead {
-			recv(t, moved, "reader progress")
+			charttest.Recv(t, moved, "reader progress")
 		}
-		if err := s.hub.Publish("room", Message{Type: 3, Content: strconv.Itoa(i) + " " + pad}); err != nil {
+		if err := s.Hub.Publish("room", chart.Message{Type: 3, Content: strconv.Itoa(i) + " " + pad}); err != nil {
 			t.Fatal(err)
 		}
 		if i%500 == 0 {
@@ -413,49 +417,51 @@ func TestSlowConsumer(t *testing.T) {
 		}
 	}
 	for i := 0; i < readers; i++ {
-		if err := recv(t, done, "reader"); err != nil {
+		if err := charttest.Recv(t, done, "reader"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if uid := recv(t, rec.logouts, "logout of the stalled client"); uid != 1000 {
+	if uid := charttest.Recv(t, rec.Logouts, "logout of the stalled client"); uid != 1000 {
 		t.Fatalf("logout of uid %d", uid)
 	}
-	rec.wantErr(t, ErrSlowConsumer)
+	rec.WantErr(t, chart.ErrSlowConsumer)
 	// 40 MB went out to the healthy readers; the stalled one may hold back
 	// at most its 1 MiB queue, so the heap stays far below that.
 	if grown := int64(peak) - int64(before.HeapAlloc); grown > 16<<20 {
-		t.Fatalf("live heap grew by %d MiB while serving a stalled client (goroutines %d, stats %+v)", grown>>20, runtime.NumGoroutine(), s.hub.Stats())
+		t.Fatalf("live heap grew by %d MiB while serving a stalled client (goroutines %d, stats %+v)", grown>>20, runtime.NumGoroutine(), s.Hub.Stats())
 	}
-	if st := s.hub.Stats(); st.Disconnects.SlowConsumer != 1 || st.Connections != readers {
+	if st := s.Hub.Stats(); st.Disconnects.SlowConsumer != 1 || st.Connections != readers {
 		t.Fatalf("stats %+v", st)
 	}
 }
 
 func TestDropOldest(t *testing.T) {
-	rec := newRecorder()
-	s := startServer(t, Config{SlowConsumer: DropOldest, SendQueueLen: 8, WriteWait: time.Minute}, rec)
-	c := s.login(t, rec, 1)
-	s.hub.JoinChannelIds(1, "room")
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{SlowConsumer: chart.DropOldest, SendQueueLen: 8, WriteWait: time.Minute}, rec)
+	ws := s.Open(t, 1, nil) // read only after the publishing
+	rec.WantLogin(t, 1)
+	s.Hub.JoinChannelIds(1, "room")
 	pad := strings.Repeat("d", 16<<10)
 	const n = 2000 // 32 MB: more than the socket buffers hold
 	for i := 0; i < n; i++ {
-		s.hub.Publish("room", Message{Content: strconv.Itoa(i) + " " + pad})
+		s.Hub.Publish("room", chart.Message{Content: strconv.Itoa(i) + " " + pad})
 	}
-	if st := s.hub.Stats(); st.Dropped == 0 || st.MaxQueueDepth > 8 {
+	if st := s.Hub.Stats(); st.Dropped == 0 || st.MaxQueueDepth > 8 {
 		t.Fatalf("stats %+v: want drops and a queue of at most 8", st)
 	}
 	// The client is still connected, and what it gets is in order and ends
 	// with the newest message.
+	c := s.Attach(t, ws, 1)
 	last := -1
 	for last != n-1 {
-		m := c.nextMsg()
+		m := c.NextMsg()
 		seq, _ := strconv.Atoi(strings.Fields(m.Content)[0])
 		if seq <= last {
 			t.Fatalf("message %d after %d", seq, last)
 		}
 		last = seq
 	}
-	if !s.hub.IsOnline(1) {
+	if !s.Hub.IsOnline(1) {
 		t.Fatal("client disconnected")
 	}
 }
@@ -463,89 +469,90 @@ func TestDropOldest(t *testing.T) {
 func TestChurn(t *testing.T) {
 	const cycles = 5000
 	h := &countingHandler{}
-	s := startServer(t, Config{}, h)
+	s := start(t, chart.Config{}, h)
 	baseG := runtime.NumGoroutine()
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	d := websocket.Dialer{HandshakeTimeout: wait}
+	d := websocket.Dialer{HandshakeTimeout: charttest.Wait}
 	for i := 0; i < cycles; i++ {
-		ws, _, err := d.Dial(s.url+"?id="+strconv.Itoa(i%50+1), nil)
+		ws, _, err := d.Dial(s.URL+"?id="+strconv.Itoa(i%50+1), nil)
 		if err != nil {
 			t.Fatalf("cycle %d: %v", i, err)
 		}
 		if i%2 == 0 { // half leave cleanly, half just drop the TCP connection
-			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(wait))
+			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(charttest.Wait))
 		}
 		ws.Close()
 	}
-	eventually(t, "every connection is gone", func() bool {
-		return s.hub.Stats().Connections == 0 && h.logins.Load() == h.logouts.Load()
+	charttest.Eventually(t, "every connection is gone", func() bool {
+		return s.Hub.Stats().Connections == 0 && h.logins.Load() == h.logouts.Load()
 	})
-	eventually(t, "goroutines return to baseline", func() bool { return runtime.NumGoroutine() <= baseG })
+	charttest.Eventually(t, "goroutines return to baseline", func() bool { return runtime.NumGoroutine() <= baseG })
 	var after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 4<<20 {
 		t.Fatalf("heap grew by %d KiB over %d cycles", grown>>10, cycles)
 	}
-	if st := s.hub.Stats(); st.Users != 0 || st.Channels != 0 || st.Disconnects.Normal+st.Disconnects.Failed != cycles {
+	if st := s.Hub.Stats(); st.Users != 0 || st.Channels != 0 || st.Disconnects.Normal+st.Disconnects.Failed != cycles {
 		t.Fatalf("stats after churn %+v", st)
 	}
 }
 
 // countingHandler counts logins and logouts.
 type countingHandler struct {
-	nopHandler
 	logins, logouts atomic.Int64
 }
 
-func (h *countingHandler) LoginServer(uint64)  { h.logins.Add(1) }
-func (h *countingHandler) LogoutServer(uint64) { h.logouts.Add(1) }
+func (h *countingHandler) LoginServer(uint64)        { h.logins.Add(1) }
+func (h *countingHandler) LogoutServer(uint64)       { h.logouts.Add(1) }
+func (h *countingHandler) SendMessage(chart.Message) {}
+func (h *countingHandler) ErrorLogServer(error)      {}
 
 func TestShutdownFlushes(t *testing.T) {
-	rec := newRecorder()
-	hub := New(Config{})
-	s := startHubServer(t, hub, rec)
-	var clients []*client
+	rec := charttest.NewRecorder()
+	hub := chart.New(chart.Config{})
+	s := charttest.Serve(t, hub, rec)
+	s.Strict = true
+	var clients []*charttest.Client
 	for uid := uint64(1); uid <= 5; uid++ {
-		clients = append(clients, s.login(t, rec, uid))
+		clients = append(clients, s.Login(t, rec, uid))
 		hub.JoinChannelIds(uid, "room")
 	}
 	const n = 500
 	for i := 0; i < n; i++ {
-		hub.Publish("room", Message{Content: strconv.Itoa(i)})
+		hub.Publish("room", chart.Message{Content: strconv.Itoa(i)})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(context.Background(), charttest.Wait)
 	defer cancel()
 	shut := make(chan error, 1)
 	go func() { shut <- hub.Shutdown(ctx) }()
 	for _, c := range clients {
 		for i := 0; i < n; i++ {
-			if m := c.nextMsg(); m.Content != strconv.Itoa(i) {
-				t.Fatalf("uid %d got %+v, want %d", c.uid, m, i)
+			if m := c.NextMsg(); m.Content != strconv.Itoa(i) {
+				t.Fatalf("uid %d got %+v, want %d", c.Uid, m, i)
 			}
 		}
-		if code := c.closeCode(); code != websocket.CloseGoingAway {
+		if code := c.CloseCode(); code != websocket.CloseGoingAway {
 			t.Fatalf("close code %d, want 1001", code)
 		}
 	}
-	if err := recv(t, shut, "Shutdown"); err != nil {
+	if err := charttest.Recv(t, shut, "Shutdown"); err != nil {
 		t.Fatal(err)
 	}
 	// Every uid was logged out before Shutdown returned.
-	if len(rec.logouts) != 5 {
-		t.Fatalf("%d logouts before Shutdown returned", len(rec.logouts))
+	if len(rec.Logouts) != 5 {
+		t.Fatalf("%d logouts before Shutdown returned", len(rec.Logouts))
 	}
-	if err := hub.Publish("room", Message{}); !errors.Is(err, ErrHubClosed) {
+	if err := hub.Publish("room", chart.Message{}); !errors.Is(err, chart.ErrHubClosed) {
 		t.Fatalf("Publish after Shutdown: %v", err)
 	}
-	if err := hub.JoinChannelIds(1, "room"); !errors.Is(err, ErrHubClosed) {
+	if err := hub.JoinChannelIds(1, "room"); !errors.Is(err, chart.ErrHubClosed) {
 		t.Fatalf("Join after Shutdown: %v", err)
 	}
-	_, resp, err := websocket.DefaultDialer.Dial(s.url+"?id=1", nil)
-	if err == nil || resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("dial after Shutdown: %v", err)
+	if status := s.DialRefused(t, 1, nil); status != http.StatusServiceUnavailable {
+		t.Fatalf("dial after Shutdown: HTTP %d", status)
 	}
-	rec.wantErr(t, ErrHubClosed)
+	rec.WantErr(t, chart.ErrHubClosed)
 }
