@@ -64,10 +64,11 @@ func ExampleHub_NewServer() {
 // The original chart's calls, on the package-level API (DefaultHub), as
 // business code makes them inside LoginServer.
 func ExampleSendMessageToChannelIds() {
+	sent := make(chan map[string]bool, 1)
 	login := func(uid uint64) {
 		chart.JoinChannelIds(uid, "channel_one", "channel_two")
 		chart.UnJoinChannelIds(uid, "channel_one")
-		fmt.Println(chart.SendMessageToChannelIds(uid, "test", "channel_one", "channel_two"))
+		sent <- chart.SendMessageToChannelIds(uid, "test", "channel_one", "channel_two")
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		chart.NewServer(w, r, 888, nil)
@@ -80,6 +81,7 @@ func ExampleSendMessageToChannelIds() {
 		return
 	}
 	defer ws.Close()
+	fmt.Println(<-sent)
 	var m chart.Message
 	ws.ReadJSON(&m)
 	fmt.Println(m.ChannelId, m.Content)
