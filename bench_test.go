@@ -26,12 +26,12 @@ func (d *discardConn) SetWriteDeadline(time.Time) error { return nil }
 func (d *discardConn) SetReadDeadline(time.Time) error  { return nil }
 
 // benchHub registers n connections, one per uid, that all joined "room".
-func benchHub(b *testing.B, n int) (*Hub, []*conn) {
+func benchHub(b *testing.B, n int) (*Hub, []*Conn) {
 	b.Helper()
 	h := New(Config{PingInterval: -1})
-	conns := make([]*conn, n)
+	conns := make([]*Conn, n)
 	for i := range conns {
-		c := &conn{hub: h, uid: uint64(i + 1), h: nopHandler{}, nc: &discardConn{}}
+		c := &Conn{hub: h, uid: uint64(i + 1), handler: nopHandler{}, nc: &discardConn{}}
 		if _, ok := h.register(c); !ok {
 			b.Fatal("register failed")
 		}
@@ -45,7 +45,7 @@ func benchHub(b *testing.B, n int) (*Hub, []*conn) {
 }
 
 // idle waits until no connection has queued output.
-func idle(conns []*conn) {
+func idle(conns []*Conn) {
 	for _, c := range conns {
 		for {
 			c.mu.Lock()

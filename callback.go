@@ -59,7 +59,7 @@ func (nopHandler) LogoutServer(uint64)  {}
 func (nopHandler) ErrorLogServer(error) {}
 
 // handlerRef boxes a Handler for atomic.Pointer.
-type handlerRef struct{ h Handler }
+type handlerRef struct{ handler Handler }
 
 // call runs fn, a call into handler, and turns a panic into an
 // ErrCallbackPanic reported through handler.
@@ -105,7 +105,7 @@ func (h *Hub) fallbackHandler() Handler {
 		return h.cfg.Handler
 	}
 	if ref := h.lastHandler.Load(); ref != nil {
-		return ref.h
+		return ref.handler
 	}
 	return nil
 }

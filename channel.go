@@ -25,12 +25,12 @@ type channel struct {
 	members smallMap[*user, struct{}]
 	// subs is the flattened list of member connections that fan-out reads
 	// without a lock; nil when membership changed since it was built.
-	subs atomic.Pointer[[]*conn]
+	subs atomic.Pointer[[]*Conn]
 }
 
 // subscribers returns the connections of every member, rebuilding the
 // cached list after a membership change.
-func (ch *channel) subscribers() []*conn {
+func (ch *channel) subscribers() []*Conn {
 	if p := ch.subs.Load(); p != nil {
 		return *p
 	}
@@ -41,7 +41,7 @@ func (ch *channel) subscribers() []*conn {
 	}
 	n := 0
 	ch.members.each(func(u *user, _ struct{}) { n += len(u.connList()) })
-	list := make([]*conn, 0, n)
+	list := make([]*Conn, 0, n)
 	ch.members.each(func(u *user, _ struct{}) { list = append(list, u.connList()...) })
 	ch.subs.Store(&list)
 	return list
@@ -205,7 +205,7 @@ func (h *Hub) membership(uid uint64, join bool, channelIds []string) error {
 	s.mu.Unlock()
 	h.propagate(uid, join, channelIds[:n])
 	if err != nil {
-		return h.fail(u.h, err)
+		return h.fail(u.handler, err)
 	}
 	return nil
 }

@@ -67,7 +67,7 @@ func (h *Hub) connectBackends() {
 	if p, ok := b.(Presence); ok {
 		h.presence = p
 	}
-	cl := &cluster{h: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{})}
+	cl := &cluster{hub: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{})}
 	h.peers = cl
 	if err := b.Attach(cl); err != nil {
 		h.brokerFailed(err)
@@ -83,9 +83,9 @@ func (h *Hub) connectBackends() {
 // cluster is the peers of a hub with a Broker. It is also the Node the
 // broker delivers to.
 type cluster struct {
-	h  *Hub
-	b  Broker
-	id string
+	hub *Hub
+	b   Broker
+	id  string
 
 	subMu sync.Mutex
 	subs  map[topic]*subState
@@ -109,20 +109,20 @@ func (cl *cluster) stop() {
 		close(cl.done)
 		cl.loop.Wait()
 		if err := cl.b.Close(); err != nil {
-			cl.h.brokerFailed(err)
+			cl.hub.brokerFailed(err)
 		}
 	})
 }
 
 func (cl *cluster) failed(err error) bool {
-	cl.h.stats.brokerErrs.Add(1)
+	cl.hub.stats.brokerErrs.Add(1)
 	cl.stale.Store(true)
 	return !cl.down.Swap(true)
 }
 
 // BrokerError is the Node method through which the broker reports a
 // failure the hub did not see itself.
-func (cl *cluster) BrokerError(err error) { cl.h.brokerFailed(err) }
+func (cl *cluster) BrokerError(err error) { cl.hub.brokerFailed(err) }
 
 func (cl *cluster) heartbeatLoop(every time.Duration) {
 	defer cl.loop.Done()
@@ -143,7 +143,7 @@ func (cl *cluster) heartbeatLoop(every time.Duration) {
 // outage. The callbacks and the re-publishing run on another goroutine, so
 // that they cannot delay the next heartbeat past the node's TTL.
 func (cl *cluster) heartbeat(first bool) {
-	h := cl.h
+	h := cl.hub
 	gone, lost, err := h.presence.Heartbeat()
 	if err != nil {
 		h.brokerFailed(err)
@@ -191,7 +191,7 @@ func (h *Hub) gone(uid uint64) {
 // during the outage), each through its uid's event queue so that it
 // cannot overtake a connect or disconnect.
 func (cl *cluster) republish() {
-	h := cl.h
+	h := cl.hub
 	var drain []uint64
 	for _, uid := range h.localUids() {
 		if h.queueEvent(uid, func() { cl.restore(uid) }) {
@@ -214,23 +214,23 @@ func (cl *cluster) republish() {
 
 // restore re-publishes the presence of uid, if it is still connected here.
 func (cl *cluster) restore(uid uint64) {
-	chans, ok := cl.h.localChannels(uid)
+	chans, ok := cl.hub.localChannels(uid)
 	if !ok {
 		return
 	}
-	if err := cl.h.presence.Restore(uid, chans); err != nil {
-		cl.h.brokerFailed(err)
+	if err := cl.hub.presence.Restore(uid, chans); err != nil {
+		cl.hub.brokerFailed(err)
 	}
 }
 
 // purge disconnects uid in presence if it has no connection here. Its
 // LogoutServer ran when its last connection here closed.
 func (cl *cluster) purge(uid uint64) {
-	if cl.h.lookupUser(uid) != nil {
+	if cl.hub.lookupUser(uid) != nil {
 		return
 	}
-	if _, err := cl.h.presence.Disconnect(uid); err != nil {
-		cl.h.brokerFailed(err)
+	if _, err := cl.hub.presence.Disconnect(uid); err != nil {
+		cl.hub.brokerFailed(err)
 	}
 }
 
@@ -275,7 +275,7 @@ func (cl *cluster) publish(t topic, f []byte) {
 		b = binary.AppendUvarint(b, t.uid)
 	}
 	if err := cl.b.Publish(t.name(), append(b, f...)); err != nil {
-		cl.h.brokerFailed(err)
+		cl.hub.brokerFailed(err)
 	}
 }
 
@@ -299,7 +299,7 @@ func (cl *cluster) control(uid uint64, join bool, ids []string) error {
 // Envelopes this node published are skipped: it delivered them locally
 // already.
 func (cl *cluster) Receive(data []byte) {
-	h := cl.h
+	h := cl.hub
 	if len(data) == 0 || h.killed.Load() {
 		return
 	}
@@ -348,7 +348,7 @@ func readIds(b []byte) (uid uint64, ids []string, ok bool) {
 // Joins past MaxChannelsPerUid are refused here, on the node holding uid,
 // since the node that asked may not know its count.
 func (cl *cluster) apply(uid uint64, join bool, ids []string) {
-	h := cl.h
+	h := cl.hub
 	s := h.userShard(uid)
 	s.mu.Lock()
 	u := s.users[uid]
@@ -364,7 +364,7 @@ func (cl *cluster) apply(uid uint64, join bool, ids []string) {
 	err := h.applyLocked(u, join, ids)
 	s.mu.Unlock()
 	if err != nil {
-		h.report(u.h, err)
+		h.report(u.handler, err)
 	}
 	h.followChannels(ids)
 }
@@ -406,7 +406,7 @@ func (cl *cluster) follow(t topic) {
 // subscribe (un)subscribes t to match local interest and returns whether
 // it is now subscribed.
 func (cl *cluster) subscribe(t topic, have bool) bool {
-	h := cl.h
+	h := cl.hub
 	var want bool
 	if t.ch != "" {
 		want = h.lookupChannel(t.ch) != nil

@@ -17,10 +17,10 @@ import (
 // conn is one WebSocket connection. Its read goroutine (readLoop) lives as
 // long as the connection; its writer goroutine (writeLoop) runs only while
 // there is something to write, and is the only code that writes to nc.
-type conn struct {
+type Conn struct {
 	hub     *Hub
 	uid     uint64
-	h       Handler
+	handler Handler
 	user    *user
 	ws      *websocket.Conn
 	nc      net.Conn
@@ -55,7 +55,7 @@ var errClosed = errors.New("closed")
 // full the slow-consumer policy decides. It returns false if f was not
 // queued (the connection is closing, or f was dropped); frames dropped to
 // make room are counted here, f itself by the caller.
-func (c *conn) enqueue(f []byte) bool {
+func (c *Conn) enqueue(f []byte) bool {
 	cfg := &c.hub.cfg
 	c.mu.Lock()
 	if c.state.Load() != connOpen {
@@ -99,7 +99,7 @@ func (c *conn) enqueue(f []byte) bool {
 // closeLocked begins a server-side close: no more messages are accepted,
 // the writer sends a close frame (after the queued messages when flush is
 // set) and the read goroutine waits CloseGrace for the client's answer.
-func (c *conn) closeLocked(reason error, code int, text string, flush bool) {
+func (c *Conn) closeLocked(reason error, code int, text string, flush bool) {
 	if c.state.Load() != connOpen {
 		return
 	}
@@ -113,13 +113,13 @@ func (c *conn) closeLocked(reason error, code int, text string, flush bool) {
 	c.startWriterLocked()
 }
 
-func (c *conn) close(reason error, code int, text string, flush bool) {
+func (c *Conn) close(reason error, code int, text string, flush bool) {
 	c.mu.Lock()
 	c.closeLocked(reason, code, text, flush)
 	c.mu.Unlock()
 }
 
-func (c *conn) startWriterLocked() {
+func (c *Conn) startWriterLocked() {
 	if !c.writing && c.state.Load() != connDead {
 		c.writing = true
 		c.writer.Add(1)
@@ -129,7 +129,7 @@ func (c *conn) startWriterLocked() {
 
 // abort stops all writing and closes the network connection; the read
 // goroutine then ends and cleans up.
-func (c *conn) abort() {
+func (c *Conn) abort() {
 	c.mu.Lock()
 	c.state.Store(connDead)
 	c.writing = false
@@ -141,7 +141,7 @@ func (c *conn) abort() {
 // writeLoop writes queued frames until the queue is empty, then the close
 // frame if one is due, then exits. Frames queued meanwhile go out together
 // in one writev system call, each still its own WebSocket frame.
-func (c *conn) writeLoop() {
+func (c *Conn) writeLoop() {
 	defer c.writer.Done()
 	lingered := 0
 	for {
@@ -186,7 +186,7 @@ func (c *conn) writeLoop() {
 
 // writeBatch writes a batch of frames in one writev; false when the
 // connection broke (it is then aborted).
-func (c *conn) writeBatch(batch *sendQueue) bool {
+func (c *Conn) writeBatch(batch *sendQueue) bool {
 	c.nc.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteWait))
 	c.bufs = batch.frames
 	_, err := c.bufs.WriteTo(c.nc)
@@ -206,7 +206,7 @@ func (c *conn) writeBatch(batch *sendQueue) bool {
 
 // writeClose writes the close frame and gives the client CloseGrace to
 // answer; false when the connection broke.
-func (c *conn) writeClose(cf []byte) bool {
+func (c *Conn) writeClose(cf []byte) bool {
 	cfg := &c.hub.cfg
 	c.nc.SetWriteDeadline(time.Now().Add(min(cfg.WriteWait, cfg.CloseGrace)))
 	if _, err := c.nc.Write(cf); err != nil {
@@ -237,20 +237,20 @@ func (q *sendQueue) release() {
 	sendQueues.Put(q)
 }
 
-func (c *conn) onPing(data string) error {
+func (c *Conn) onPing(data string) error {
 	c.extendReadDeadline()
 	c.enqueue(frame(opPong, []byte(data)))
 	return nil
 }
 
-func (c *conn) onPong(string) error {
+func (c *Conn) onPong(string) error {
 	c.extendReadDeadline()
 	return nil
 }
 
 // extendReadDeadline gives the client another PongWait, unless the
 // connection is closing and only waits CloseGrace for the client's answer.
-func (c *conn) extendReadDeadline() {
+func (c *Conn) extendReadDeadline() {
 	if c.hub.cfg.PongWait <= 0 || c.state.Load() != connOpen {
 		return
 	}
@@ -272,7 +272,7 @@ var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // a message) the loop hands over to a fresh goroutine and exits, so that
 // the goroutine an idle connection keeps waiting in Read has the smallest
 // stack the runtime gives, instead of the largest one it ever grew to.
-func (c *conn) readLoop(drain bool) {
+func (c *Conn) readLoop(drain bool) {
 	hub := c.hub
 	defer hub.readers.Done()
 	if drain {
@@ -306,14 +306,14 @@ func (c *conn) readLoop(drain bool) {
 }
 
 // respawn continues readLoop on a new goroutine; see readLoop.
-func (c *conn) respawn() {
+func (c *Conn) respawn() {
 	c.hub.readers.Add(1)
 	go c.readLoop(false)
 }
 
 // handle reads one message and dispatches it. Only read errors are
 // returned; refused messages are answered with an error frame.
-func (c *conn) handle(mt int, r io.Reader) error {
+func (c *Conn) handle(mt int, r io.Reader) error {
 	hub := c.hub
 	buf := readBufs.Get().(*bytes.Buffer)
 	defer func() {
@@ -349,14 +349,14 @@ func (c *conn) handle(mt int, r io.Reader) error {
 		return nil
 	}
 	hub.stats.in.Add(1)
-	hub.call(c.h, c.uid, "SendMessage", func() { c.h.SendMessage(m) })
+	hub.call(c.handler, c.uid, "SendMessage", func() { c.handler.SendMessage(m) })
 	return nil
 }
 
 // allow applies the inbound rate limit to one message: over it, the
 // message is refused, and RateBurst refusals in a row close the
 // connection.
-func (c *conn) allow() bool {
+func (c *Conn) allow() bool {
 	cfg := &c.hub.cfg
 	if c.limiter == nil && cfg.RateLimit > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst)
@@ -377,16 +377,16 @@ func (c *conn) allow() bool {
 }
 
 // refuse counts and reports a refused message and tells the client why.
-func (c *conn) refuse(err error, channelId string, toUid uint64) {
+func (c *Conn) refuse(err error, channelId string, toUid uint64) {
 	c.hub.stats.refused.Add(1)
-	c.hub.report(c.h, err)
+	c.hub.report(c.handler, err)
 	c.enqueue(encodeError(err, channelId, toUid))
 }
 
 // teardown runs on the read goroutine when the connection ends: it lets the
 // writer finish a clean close, closes the socket, unregisters the
 // connection and runs the callbacks that follow.
-func (c *conn) teardown(readErr error) {
+func (c *Conn) teardown(readErr error) {
 	hub := c.hub
 	var ce *websocket.CloseError
 	clean := errors.As(readErr, &ce)
@@ -418,7 +418,7 @@ func (c *conn) teardown(readErr error) {
 	}
 	hub.countDisconnect(reason)
 	if reason != errClosed {
-		hub.report(c.h, reason)
+		hub.report(c.handler, reason)
 	}
 	if hub.unregister(c) {
 		hub.drainEvents(c.uid)

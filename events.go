@@ -66,7 +66,7 @@ func (h *Hub) up(u *user) {
 	}
 	h.loaded(u, chans)
 	if first {
-		h.call(u.h, uid, "LoginServer", func() { u.h.LoginServer(uid) })
+		h.call(u.handler, uid, "LoginServer", func() { u.handler.LoginServer(uid) })
 	}
 }
 
@@ -92,7 +92,7 @@ func (h *Hub) loaded(u *user, chans []string) {
 	u.loading = false
 	s.mu.Unlock()
 	for _, err := range errs {
-		h.report(u.h, err)
+		h.report(u.handler, err)
 	}
 	h.followChannels(follow)
 }

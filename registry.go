@@ -33,8 +33,8 @@ type userShard struct {
 // and channels.
 type user struct {
 	uid      uint64
-	h        Handler                    // handler of the connection that logged it in
-	conns    atomic.Pointer[[]*conn]    // copy-on-write; replaced under the shard lock
+	handler  Handler                    // of the connection that logged it in
+	conns    atomic.Pointer[[]*Conn]    // copy-on-write; replaced under the shard lock
 	channels smallMap[string, *channel] // guarded by the user's shard lock
 	// loading is set from the first connection until up (events.go) has
 	// loaded the channels the uid holds on other nodes; joins and leaves
@@ -50,7 +50,7 @@ type memberOp struct {
 	ids  []string
 }
 
-func (u *user) connList() []*conn { return *u.conns.Load() }
+func (u *user) connList() []*Conn { return *u.conns.Load() }
 
 func (h *Hub) userShard(uid uint64) *userShard {
 	return &h.users[(uid*0x9E3779B97F4A7C15)>>58]
@@ -68,7 +68,7 @@ func (h *Hub) lookupUser(uid uint64) *user {
 // register adds c to its user, creating the user on its first connection.
 // It returns whether the caller must drain uid's events (LoginServer may
 // be among them), and false for ok when the hub is closed.
-func (h *Hub) register(c *conn) (drain, ok bool) {
+func (h *Hub) register(c *Conn) (drain, ok bool) {
 	s := h.userShard(c.uid)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -77,8 +77,8 @@ func (h *Hub) register(c *conn) (drain, ok bool) {
 	}
 	u := s.users[c.uid]
 	if u == nil {
-		u = &user{uid: c.uid, h: c.h, loading: true}
-		u.conns.Store(&[]*conn{c})
+		u = &user{uid: c.uid, handler: c.handler, loading: true}
+		u.conns.Store(&[]*Conn{c})
 		s.users[c.uid] = u
 		drain = s.pushEvent(c.uid, func() { h.up(u) })
 	} else {
@@ -96,13 +96,13 @@ func (h *Hub) register(c *conn) (drain, ok bool) {
 // unregister removes c from its user; the last connection drops the user
 // and its memberships, and queues its logout. It returns whether the caller
 // must drain uid's events.
-func (h *Hub) unregister(c *conn) (drain bool) {
+func (h *Hub) unregister(c *Conn) (drain bool) {
 	s := h.userShard(c.uid)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	u := c.user
 	old := u.connList()
-	list := make([]*conn, 0, len(old))
+	list := make([]*Conn, 0, len(old))
 	for _, x := range old {
 		if x != c {
 			list = append(list, x)
@@ -115,25 +115,25 @@ func (h *Hub) unregister(c *conn) (drain bool) {
 		return false
 	}
 	delete(s.users, c.uid)
-	chans, handler := u.channels.keys(), c.h
+	chans, handler := u.channels.keys(), c.handler
 	u.channels.each(func(_ string, ch *channel) { h.removeMember(ch, u) })
 	u.channels = smallMap[string, *channel]{}
 	return s.pushEvent(c.uid, func() { h.down(c.uid, chans, handler) })
 }
 
 // allConns lists every registered connection.
-func (h *Hub) allConns() []*conn {
-	var list []*conn
+func (h *Hub) allConns() []*Conn {
+	var list []*Conn
 	for i := range h.users {
 		list = append(list, h.shardConns(&h.users[i])...)
 	}
 	return list
 }
 
-func (h *Hub) shardConns(s *userShard) []*conn {
+func (h *Hub) shardConns(s *userShard) []*Conn {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	conns := make([]*conn, 0, len(s.users))
+	conns := make([]*Conn, 0, len(s.users))
 	for _, u := range s.users {
 		conns = append(conns, u.connList()...)
 	}

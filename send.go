@@ -7,7 +7,7 @@ package chart
 
 // route sends a message a client wrote on c: to a channel c's user
 // joined, or directly to a user. m has its server fields set.
-func (h *Hub) route(c *conn, m *Message) error {
+func (h *Hub) route(c *Conn, m *Message) error {
 	if m.ToUserId != 0 {
 		return h.sendDirect(m)
 	}
@@ -178,7 +178,7 @@ func (h *Hub) deliverUser(uid uint64, f []byte) {
 	}
 }
 
-func (h *Hub) deliver(conns []*conn, f []byte) {
+func (h *Hub) deliver(conns []*Conn, f []byte) {
 	var n uint64
 	for _, c := range conns {
 		if c.enqueue(f) {

@@ -61,7 +61,7 @@ func (h *Hub) NewServer(w http.ResponseWriter, r *http.Request, uid uint64, hand
 		h.report(handler, newError(ErrUpgrade, uid, "", err))
 		return
 	}
-	c := &conn{hub: h, uid: uid, h: handler, ws: ws, nc: ws.NetConn()}
+	c := &Conn{hub: h, uid: uid, handler: handler, ws: ws, nc: ws.NetConn()}
 	ws.SetPingHandler(c.onPing)
 	ws.SetPongHandler(c.onPong)
 	ws.SetCloseHandler(func(int, string) error { return nil }) // the writer answers
