@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"errors"
 	"fmt"
 	"runtime/debug"
 )
@@ -44,9 +45,11 @@ type Handler interface {
 	// LogoutServer is called once after a uid's last connection closed;
 	// its channel memberships are gone by then.
 	LogoutServer(uid uint64)
-	// ErrorLogServer receives every error: refused messages, failed
-	// connections, API calls for offline users, recovered panics. Each
-	// matches an Err* sentinel with errors.Is.
+	// ErrorLogServer receives the errors no caller sees: refused client
+	// messages, failed connections, broker failures, recovered panics,
+	// SendMessageToChannelIds for an offline uid. An error an API call
+	// returns is not reported here too. Each matches an Err* sentinel with
+	// errors.Is.
 	ErrorLogServer(err error)
 }
 
@@ -92,12 +95,6 @@ func (h *Hub) report(handler Handler, err error) {
 	handler.ErrorLogServer(err)
 }
 
-// fail reports err (see report) and returns it, for API calls.
-func (h *Hub) fail(handler Handler, err error) error {
-	h.report(handler, err)
-	return err
-}
-
 // fallbackHandler is Config.Handler, else the handler last given to
 // NewServer, else nil.
 func (h *Hub) fallbackHandler() Handler {
@@ -108,4 +105,68 @@ func (h *Hub) fallbackHandler() Handler {
 		return ref.handler
 	}
 	return nil
+}
+
+// ConnectHandler is an optional interface of a Handler, found by type
+// assertion. ConnectServer runs for each connection after the WebSocket
+// handshake, before the connection is registered (so before LoginServer)
+// and before its first frame is read, on the goroutine of NewServer or
+// ServeHTTP. It may read the Conn and set its expiry. An error refuses the
+// connection: it is closed with CloseRefused (4003), the error's text
+// (its first 123 bytes) as the close reason, and no other callback runs
+// for it.
+type ConnectHandler interface {
+	ConnectServer(c *Conn) error
+}
+
+// DisconnectHandler is an optional interface of a Handler. DisconnectServer
+// runs once for each connection that was registered, after it closed, with
+// why: ErrClientClosed, ErrHubClosed (Shutdown), ErrDisconnected,
+// ErrExpired, ErrReplaced, ErrSlowConsumer, ErrRateLimited,
+// ErrMessageTooLarge, ErrConnection, ... (match with errors.Is). It runs in
+// order with the uid's LoginServer and LogoutServer: before the
+// LogoutServer that its closing may cause.
+type DisconnectHandler interface {
+	DisconnectServer(c *Conn, reason error)
+}
+
+// MessageFilter is an optional interface of a Handler. FilterMessage runs
+// for every message a client sends, channel or direct, after the server
+// set UserId and SendTime and before anything is delivered. Returning nil
+// delivers the message as the filter left it (it may change any field;
+// the destination is checked afterwards). An error refuses it: nothing is
+// delivered, SendMessage is not called, and the sender gets an error frame
+// with the code of an *Error (see Refuse), else "refused", and the error's
+// text. It runs on the sender's read goroutine. A panic refuses the message.
+type MessageFilter interface {
+	FilterMessage(c *Conn, m *Message) error
+}
+
+// filter runs the handler's MessageFilter, if it has one, on a client's
+// message; a refusal comes back as an *Error of kind ErrRefused.
+func (h *Hub) filter(c *Conn, m *Message) error {
+	f, ok := c.handler.(MessageFilter)
+	if !ok {
+		return nil
+	}
+	err := error(Refuse("refused", "message filter failed"))
+	h.call(c.handler, c.uid, "FilterMessage", func() { err = f.FilterMessage(c, m) })
+	if err == nil {
+		return nil
+	}
+	return h.refusal(c, err, m.ChannelId, m.ToUserId)
+}
+
+// refusal turns an error the application returned into the ErrRefused
+// the client is told about, keeping its Code and its own message.
+func (h *Hub) refusal(c *Conn, err error, channelId string, toUid uint64) *Error {
+	r := &Error{Kind: ErrRefused, Uid: c.uid, ChannelId: channelId, ToUid: toUid, Err: err}
+	var e *Error
+	if errors.As(err, &e) {
+		r.Code = e.Code
+		if e.Err != nil {
+			r.Err = e.Err
+		}
+	}
+	return r
 }

@@ -55,14 +55,7 @@ func (ch *channel) invalidate() {
 	ch.mu.Unlock()
 }
 
-func (h *Hub) chanShard(id string) *chanShard {
-	// FNV-1a
-	x := uint32(2166136261)
-	for i := 0; i < len(id); i++ {
-		x = (x ^ uint32(id[i])) * 16777619
-	}
-	return &h.chans[x%shardCount]
-}
+func (h *Hub) chanShard(id string) *chanShard { return &h.chans[fnv(id)%shardCount] }
 
 // lookupChannel returns the channel if it has a member here, or nil.
 func (h *Hub) lookupChannel(id string) *channel {
@@ -187,7 +180,7 @@ func (h *Hub) UnJoinChannelIds(uid uint64, channelIds ...string) error {
 // here, then in presence and on the other nodes.
 func (h *Hub) membership(uid uint64, join bool, channelIds []string) error {
 	if h.closed.Load() {
-		return h.fail(nil, newError(ErrHubClosed, uid, "", nil))
+		return newError(ErrHubClosed, uid, "", nil)
 	}
 	s := h.userShard(uid)
 	s.mu.Lock()
@@ -205,7 +198,7 @@ func (h *Hub) membership(uid uint64, join bool, channelIds []string) error {
 	s.mu.Unlock()
 	h.propagate(uid, join, channelIds[:n])
 	if err != nil {
-		return h.fail(u.handler, err)
+		return err
 	}
 	return nil
 }
@@ -260,13 +253,13 @@ func (h *Hub) remoteMembership(uid uint64, join bool, channelIds []string) error
 		}
 	}
 	if err := h.presenceMembership(uid, join, ids); err != nil {
-		return h.fail(nil, h.presenceError(uid, "", err))
+		return h.presenceError(uid, "", err)
 	}
 	if err := h.peers.control(uid, join, ids); err != nil {
-		return h.fail(nil, h.presenceError(uid, "", err))
+		return h.presenceError(uid, "", err)
 	}
 	if bad != nil {
-		return h.fail(nil, bad)
+		return bad
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package chart
 
 import (
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 )
@@ -20,30 +21,51 @@ const (
 	DefaultReadBufferSize    = 128
 	DefaultMaxChannelIdLen   = 256
 	DefaultMaxChannelsPerUid = 1024
+	DefaultMessageTimeout    = 10 * time.Second
+	DefaultMaxPendingBytes   = 32 << 20
+	DefaultReadRate          = 256 << 10
+	DefaultMaxConnsPerUid    = 32
 )
 
 // SlowConsumerPolicy says what happens when a connection's send queue is full.
 type SlowConsumerPolicy int
 
 const (
-	// Disconnect closes the connection with status 1008 and reports
-	// ErrSlowConsumer. It is the default: a client that cannot keep up gets
-	// a clear signal and reconnects, and nobody buffers for it.
-	Disconnect SlowConsumerPolicy = iota
-	// DropOldest discards the oldest queued messages to make room, counting
-	// them in Stats.Dropped. The client stays connected but misses messages.
-	DropOldest
+	// SlowConsumerDisconnect closes the connection with CloseSlowConsumer
+	// (4008) and reports ErrSlowConsumer. It is the default: a client that
+	// cannot keep up gets a clear signal and reconnects, and nobody buffers
+	// for it.
+	SlowConsumerDisconnect SlowConsumerPolicy = iota
+	// SlowConsumerDropOldest discards the oldest queued messages to make
+	// room, counting them in Stats.Dropped. The client stays connected but
+	// misses messages.
+	SlowConsumerDropOldest
 )
 
 // Config tunes a Hub. The zero value is ready to use: every zero field means
 // the documented default. Durations and limits that accept a negative value
 // say so; a negative value switches that mechanism off.
 type Config struct {
-	// Handler receives the events that belong to no connection: errors from
-	// API calls such as JoinChannelIds for an offline uid. When nil, they go
-	// to the handler most recently passed to NewServer, as in the original
-	// chart; when there is none either, to Logger.
+	// Handler receives the events of the connections the Hub accepts as
+	// an http.Handler (ServeHTTP), and the events that belong to no
+	// connection, such as broker failures. When nil, the latter go to the
+	// handler most recently passed to NewServer, as in the original chart;
+	// when there is none either, to Logger.
 	Handler Handler
+
+	// Authenticate makes the Hub an http.Handler: ServeHTTP calls it with
+	// each upgrade request and serves the connection for the uid it
+	// returns, with meta available as Conn.Meta. An error refuses the
+	// request with 401, or with the Status of an *Error (see Refuse), and
+	// the Code of an *Error as its body. It runs before the origin check.
+	// Nil: ServeHTTP answers 500; NewServer works either way.
+	Authenticate func(r *http.Request) (uid uint64, meta any, err error)
+	// Subprotocols lists the WebSocket subprotocols the server accepts, in
+	// order of preference; the first one a client offers is chosen. A
+	// browser can carry a token this way: new WebSocket(url,
+	// ["access_token", token]) with Subprotocols ["access_token"], and
+	// Authenticate reading websocket.Subprotocols(r). Default none.
+	Subprotocols []string
 
 	// Logger logs what no Handler can take. Default slog.Default().
 	Logger *slog.Logger
@@ -71,16 +93,48 @@ type Config struct {
 	// holds back, not memory it owns.
 	SendQueueLen   int
 	SendQueueBytes int
-	// SlowConsumer is the policy when a send queue is full. Default Disconnect.
+	// SlowConsumer is the policy when a send queue is full. Default
+	// SlowConsumerDisconnect.
 	SlowConsumer SlowConsumerPolicy
 
 	// RateLimit is the sustained number of inbound messages per second a
 	// connection may send, RateBurst the burst above it. A message over the
 	// limit is refused with an error frame (ErrRateLimited); RateBurst
-	// refusals in a row close the connection with status 1008.
-	// Defaults 50/s and 100; RateLimit negative: no limit.
+	// refusals in a row close the connection with CloseRateLimited (4029).
+	// Pings and pongs from the client count too. Defaults 50/s and 100;
+	// RateLimit negative: no limit.
 	RateLimit float64
 	RateBurst int
+	// ReadRate bounds the bytes per second read from each connection,
+	// control frames included, with a burst of MaxMessageSize or
+	// ReadRate, whichever is larger. Nothing is refused: a faster client
+	// is read more slowly, so that one sender cannot push more into a
+	// channel than its members can take. Default 256 KiB/s; negative: no
+	// limit.
+	ReadRate int
+	// MessageTimeout bounds the time from the first frame of an inbound
+	// message to its last; pings do not extend it. A client that takes
+	// longer is dropped (ErrMessageTimeout). Default 10 s.
+	MessageTimeout time.Duration
+	// MaxPendingBytes bounds the memory that incomplete inbound messages
+	// of all connections hold together; the connection whose message goes
+	// over is closed with 1013 (ErrOverloaded). Default 32 MiB; negative:
+	// no bound.
+	MaxPendingBytes int64
+
+	// MaxConnsPerUid bounds the connections of one uid on this node: a
+	// newer one closes the uid's oldest with CloseReplaced (4009), so a
+	// user whose dead connections linger can always reconnect. Default 32;
+	// negative: no limit.
+	MaxConnsPerUid int
+	// MaxConnsPerIP bounds the connections from one client IP on this
+	// node; past it requests are refused with 429 (ErrTooManyConns).
+	// Default 0: no limit.
+	MaxConnsPerIP int
+	// ClientIP returns a request's client IP for MaxConnsPerIP, e.g. from
+	// a header your reverse proxy sets. Default: the host of
+	// r.RemoteAddr.
+	ClientIP func(r *http.Request) string
 
 	// AllowedOrigins lists the browser origins accepted besides the request's
 	// own host: full origins ("https://app.example.com"), hosts
@@ -127,10 +181,26 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.ReadBufferSize, DefaultReadBufferSize)
 	setDefault(&c.MaxChannelIdLen, DefaultMaxChannelIdLen)
 	setDefault(&c.MaxChannelsPerUid, DefaultMaxChannelsPerUid)
+	setDefault(&c.ReadRate, DefaultReadRate)
+	setDefault(&c.MessageTimeout, DefaultMessageTimeout)
+	setDefault(&c.MaxPendingBytes, DefaultMaxPendingBytes)
+	setDefault(&c.MaxConnsPerUid, DefaultMaxConnsPerUid)
+	if c.ClientIP == nil {
+		c.ClientIP = remoteHost
+	}
 	if c.WriteWait < 0 {
 		c.WriteWait = DefaultWriteWait
 	}
 	return c
+}
+
+// remoteHost is the default Config.ClientIP.
+func remoteHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 func setDefault[T int | int64 | float64 | time.Duration](p *T, def T) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Sentinel errors. Every error the hub returns or hands to
@@ -49,18 +50,78 @@ var (
 	// unreachable, for instance). Local delivery goes on; the error wraps
 	// the broker's.
 	ErrBroker = errors.New("broker failed")
+	// ErrRefused: the application refused a message (FilterMessage) or a
+	// connection (ConnectServer, closed with CloseRefused).
+	ErrRefused = errors.New("refused")
+	// ErrUnauthorized: Config.Authenticate refused the request (401 unless
+	// the error carries another Status).
+	ErrUnauthorized = errors.New("unauthorized")
+	// ErrDisconnected: the application closed the connection (Disconnect,
+	// Conn.Close), with CloseDisconnected.
+	ErrDisconnected = errors.New("disconnected by the application")
+	// ErrExpired: the connection's credentials expired (Conn.SetExpiry);
+	// it was closed with CloseExpired.
+	ErrExpired = errors.New("credentials expired")
+	// ErrReplaced: the uid opened more than Config.MaxConnsPerUid
+	// connections and this, its oldest, was closed with CloseReplaced.
+	ErrReplaced = errors.New("replaced by a newer connection")
+	// ErrTooManyConns: the client's IP holds Config.MaxConnsPerIP
+	// connections already (HTTP 429).
+	ErrTooManyConns = errors.New("too many connections")
+	// ErrClientClosed: the client closed the connection.
+	ErrClientClosed = errors.New("closed by the client")
+	// ErrMessageTimeout: a client took longer than Config.MessageTimeout
+	// to send one message; the connection was dropped.
+	ErrMessageTimeout = errors.New("message not completed in time")
+	// ErrOverloaded: incomplete inbound messages of all connections
+	// together reached Config.MaxPendingBytes; the connection that went
+	// over was closed with status 1013 (try again later).
+	ErrOverloaded = errors.New("server overloaded")
 )
 
 // Error is the concrete error the hub reports. Kind is one of the Err*
 // sentinels; Uid and ChannelId name what it concerns (zero when nothing);
 // Err is the underlying cause, if any. errors.Is matches both Kind and Err,
 // and errors.As(err, &e) gives the fields to code that wants them.
+//
+// Code and Status are for errors the application returns to the hub: Code
+// is the "error" field a client sees in its error frame (from
+// FilterMessage) and Status the HTTP status of a refused request (from
+// Config.Authenticate). Empty, they follow from Kind. See Refuse.
 type Error struct {
 	Kind      error
 	Uid       uint64
 	ChannelId string
 	ToUid     uint64
 	Err       error
+	Code      string
+	Status    int
+}
+
+// Refuse returns an error for FilterMessage, ConnectServer or
+// Config.Authenticate to return: the client sees code (in an error frame,
+// or as the body of the refused request) and message.
+//
+//	return chart.Refuse("read_only", "this channel is read-only")
+func Refuse(code, message string) *Error {
+	return &Error{Kind: ErrRefused, Code: code, Err: errors.New(message)}
+}
+
+// maxQuoted bounds how much of a client-chosen string (a channel id, an
+// origin) an error message or error frame repeats.
+const maxQuoted = 64
+
+// clip returns s cut to maxQuoted bytes on a rune boundary, marked with
+// "..." when cut.
+func clip(s string) string {
+	if len(s) <= maxQuoted {
+		return s
+	}
+	n := maxQuoted
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 // Error formats as "chart: uid 7: channel "news": channel not joined: cause".
@@ -73,7 +134,7 @@ func (e *Error) Error() string {
 	}
 	if e.ChannelId != "" {
 		b = append(b, "channel "...)
-		b = strconv.AppendQuote(b, e.ChannelId)
+		b = strconv.AppendQuote(b, clip(e.ChannelId))
 		b = append(b, ": "...)
 	}
 	if e.ToUid != 0 {
@@ -104,25 +165,33 @@ func (e *Error) Unwrap() []error {
 	return []error{e.Kind, e.Err}
 }
 
+// errorCodes maps the sentinels a client can meet to the "error" field of
+// its error frame, most specific first.
+var errorCodes = []struct {
+	kind error
+	code string
+}{
+	{ErrNotJoined, "not_joined"},
+	{ErrUserOffline, "user_offline"},
+	{ErrRateLimited, "rate_limited"},
+	{ErrMessageTooLarge, "too_large"},
+	{ErrInvalidChannel, "invalid_channel"},
+	{ErrTooManyChannels, "too_many_channels"},
+	{ErrHubClosed, "hub_closed"},
+	{ErrBroker, "broker_failed"},
+	{ErrRefused, "refused"},
+}
+
 // errorCode is the "error" field of the error frame sent to a client.
 func errorCode(err error) string {
-	switch {
-	case errors.Is(err, ErrNotJoined):
-		return "not_joined"
-	case errors.Is(err, ErrUserOffline):
-		return "user_offline"
-	case errors.Is(err, ErrRateLimited):
-		return "rate_limited"
-	case errors.Is(err, ErrMessageTooLarge):
-		return "too_large"
-	case errors.Is(err, ErrInvalidChannel):
-		return "invalid_channel"
-	case errors.Is(err, ErrTooManyChannels):
-		return "too_many_channels"
-	case errors.Is(err, ErrHubClosed):
-		return "hub_closed"
-	case errors.Is(err, ErrBroker):
-		return "broker_failed"
+	var e *Error
+	if errors.As(err, &e) && e.Code != "" {
+		return clip(e.Code)
+	}
+	for _, c := range errorCodes {
+		if errors.Is(err, c.kind) {
+			return c.code
+		}
 	}
 	return "bad_message"
 }

@@ -26,7 +26,7 @@ func (h *Hub) queueEvent(uid uint64, step func()) bool {
 }
 
 // drainEvents runs uid's queued steps in order, with no lock held while
-// each runs. After Close (a simulated crash) the steps are dropped.
+// each runs. After Close (a simulated crash) the steps run no callback.
 func (h *Hub) drainEvents(uid uint64) {
 	s := h.userShard(uid)
 	for {
@@ -41,9 +41,7 @@ func (h *Hub) drainEvents(uid uint64) {
 		q[0] = nil
 		s.events[uid] = q[1:]
 		s.mu.Unlock()
-		if !h.killed.Load() {
-			step()
-		}
+		step()
 	}
 }
 
@@ -51,6 +49,9 @@ func (h *Hub) drainEvents(uid uint64) {
 // to the uid's topic, mark it online, load the channels it holds on other
 // nodes, and run LoginServer if it was offline everywhere.
 func (h *Hub) up(u *user) {
+	if h.killed.Load() {
+		return
+	}
 	uid := u.uid
 	h.peers.follow(topic{uid: uid})
 	first, err := h.presence.Connect(uid)
@@ -101,6 +102,10 @@ func (h *Hub) loaded(u *user, chans []string) {
 // offline here, drop the subscriptions nobody here needs, and run
 // LogoutServer if it is now offline everywhere.
 func (h *Hub) down(uid uint64, chans []string, handler Handler) {
+	defer h.forgetLeaving(uid, chans)
+	if h.killed.Load() {
+		return
+	}
 	last, err := h.presence.Disconnect(uid)
 	if err != nil {
 		h.brokerFailed(err)
@@ -110,5 +115,27 @@ func (h *Hub) down(uid uint64, chans []string, handler Handler) {
 	h.followChannels(chans)
 	if last {
 		h.call(handler, uid, "LogoutServer", func() { handler.LogoutServer(uid) })
+	}
+}
+
+// forgetLeaving drops what UserChannelIds answered for uid during its
+// logout, unless a newer logout replaced it.
+func (h *Hub) forgetLeaving(uid uint64, chans []string) {
+	s := h.userShard(uid)
+	s.mu.Lock()
+	if l, ok := s.leaving[uid]; ok && sameSlice(l, chans) {
+		delete(s.leaving, uid)
+	}
+	s.mu.Unlock()
+}
+
+func sameSlice(a, b []string) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// disconnected runs DisconnectServer for a connection that closed.
+func (h *Hub) disconnected(dh DisconnectHandler, c *Conn, reason error) {
+	if !h.killed.Load() {
+		h.call(c.handler, c.uid, "DisconnectServer", func() { dh.DisconnectServer(c, reason) })
 	}
 }

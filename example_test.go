@@ -104,7 +104,7 @@ func ExampleNew() {
 	hub := chart.New(chart.Config{
 		MaxMessageSize: 16 << 10,
 		AllowedOrigins: []string{"https://app.example.com"},
-		SlowConsumer:   chart.DropOldest,
+		SlowConsumer:   chart.SlowConsumerDropOldest,
 	})
 	cfg := hub.Config()
 	fmt.Println(cfg.MaxMessageSize, cfg.SendQueueBytes, cfg.PingInterval, cfg.RateLimit)

@@ -67,3 +67,29 @@ func closeFrame(code int, reason string) []byte {
 	copy(p[2:], reason)
 	return frame(opClose, p)
 }
+
+// Close codes the server sends in its close frame, so that clients can act
+// on why they were closed. Besides these: 1000 (or the client's own code)
+// answering a client's close, 1001 on Shutdown, 1007 for a text frame that
+// is not UTF-8, 1009 for an oversize message, 1013 when the server is
+// overloaded (MaxPendingBytes).
+const (
+	// CloseDisconnected: the application closed the connection
+	// (Disconnect, Conn.Close). Do not reconnect.
+	CloseDisconnected = 4001
+	// CloseExpired: the connection's credentials expired
+	// (Conn.SetExpiry). Reconnect with fresh ones.
+	CloseExpired = 4002
+	// CloseRefused: ConnectServer refused the connection. Do not
+	// reconnect.
+	CloseRefused = 4003
+	// CloseSlowConsumer: the client did not read fast enough. Reconnect
+	// (and recover what was missed).
+	CloseSlowConsumer = 4008
+	// CloseReplaced: the uid opened more than MaxConnsPerUid connections
+	// and this was its oldest.
+	CloseReplaced = 4009
+	// CloseRateLimited: the client kept sending over the rate limit.
+	// Reconnect after a backoff.
+	CloseRateLimited = 4029
+)

@@ -25,10 +25,15 @@ type Hub struct {
 	presence Presence
 	peers    peers
 
-	closed      atomic.Bool    // Shutdown or Close began
-	killed      atomic.Bool    // Close: drop everything, run no callback
-	readers     sync.WaitGroup // one per registered connection
+	closed      atomic.Bool   // Shutdown or Close began
+	killed      atomic.Bool   // Close: drop everything, run no callback
+	done        chan struct{} // closed by Shutdown and Close
+	doneOnce    sync.Once
+	readers     sync.WaitGroup // one per registered connection, one per drainer
 	lastHandler atomic.Pointer[handlerRef]
+	connIDs     atomic.Uint64
+	pending     atomic.Int64 // bytes of inbound messages being read (MaxPendingBytes)
+	ips         [shardCount]ipShard
 	stats       counters
 }
 
@@ -36,7 +41,7 @@ type Hub struct {
 // With cfg.Broker it attaches the broker and sends a first heartbeat
 // (network I/O; failures go to ErrorLogServer as ErrBroker).
 func New(cfg Config) *Hub {
-	h := &Hub{cfg: cfg.withDefaults()}
+	h := &Hub{cfg: cfg.withDefaults(), done: make(chan struct{})}
 	h.upgrader = h.newUpgrader()
 	for i := range h.users {
 		h.users[i].users = make(map[uint64]*user)
@@ -62,9 +67,9 @@ func (h *Hub) Config() Config { return h.cfg }
 // With a Broker, LogoutServer runs for the uids that have no connection
 // left on any node, then the heartbeat stops and the broker is closed.
 func (h *Hub) Shutdown(ctx context.Context) error {
-	h.closed.Store(true)
+	h.stopping()
 	for _, c := range h.allConns() {
-		c.close(errClosed, closeGoingAway, "server shutting down", true)
+		c.close(newError(ErrHubClosed, c.uid, "", nil), closeGoingAway, "server shutting down", closeFlush)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -91,12 +96,19 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // for testing node failures; stop a hub with Shutdown. Afterwards every
 // call returns ErrHubClosed.
 func (h *Hub) Close() error {
-	h.closed.Store(true)
 	h.killed.Store(true)
+	h.stopping()
 	h.peers.stop()
 	for _, c := range h.allConns() {
 		c.abort()
 	}
 	h.readers.Wait()
 	return nil
+}
+
+// stopping refuses new connections and calls, and ends the waits that
+// Shutdown and Close must not sit out.
+func (h *Hub) stopping() {
+	h.closed.Store(true)
+	h.doneOnce.Do(func() { close(h.done) })
 }

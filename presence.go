@@ -48,10 +48,13 @@ func (h *Hub) ChannelUserIds(channelId string) []uint64 {
 }
 
 // UserChannelIds returns the channels uid has joined, sorted; nil when uid
-// is offline. With a Broker, a uid connected to another node is asked of
-// the cluster.
+// is offline. During its LogoutServer, it returns the channels the uid had.
+// With a Broker, a uid connected to another node is asked of the cluster.
 func (h *Hub) UserChannelIds(uid uint64) []string {
 	ids, ok := h.localChannels(uid)
+	if !ok {
+		ids, ok = h.leavingChannels(uid)
+	}
 	if !ok {
 		var err error
 		if ids, err = h.presence.Channels(uid); err != nil {
@@ -76,6 +79,15 @@ func (h *Hub) localChannels(uid uint64) (ids []string, ok bool) {
 		return nil, false
 	}
 	return u.channels.keys(), true
+}
+
+// leavingChannels returns the channels of uid while its logout runs.
+func (h *Hub) leavingChannels(uid uint64) (ids []string, ok bool) {
+	s := h.userShard(uid)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ids, ok = s.leaving[uid]
+	return slices.Clone(ids), ok
 }
 
 // localMembers returns the uids that joined channelId on this node.

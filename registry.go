@@ -22,6 +22,9 @@ type userShard struct {
 	mu     sync.RWMutex
 	users  map[uint64]*user
 	events map[uint64][]func() // each uid's queue of login/logout steps (events.go)
+	// leaving holds the channels of uids whose last connection closed,
+	// until their LogoutServer returned (UserChannelIds answers from it).
+	leaving map[uint64][]string
 	// pingTimer pings the shard's connections every PingInterval while
 	// pinging is set, that is while the shard has connections.
 	pingTimer *time.Timer
@@ -65,9 +68,11 @@ func (h *Hub) lookupUser(uid uint64) *user {
 	return u
 }
 
-// register adds c to its user, creating the user on its first connection.
-// It returns whether the caller must drain uid's events (LoginServer may
-// be among them), and false for ok when the hub is closed.
+// register adds c to its user, creating the user on its first connection,
+// and queues the start of c's read goroutine on the uid's queue, after the
+// LoginServer of its first connection and any logout still running. It
+// returns whether the caller must drain uid's queue, and false for ok when
+// the hub is closed.
 func (h *Hub) register(c *Conn) (drain, ok bool) {
 	s := h.userShard(c.uid)
 	s.mu.Lock()
@@ -85,21 +90,56 @@ func (h *Hub) register(c *Conn) (drain, ok bool) {
 		list := append(slices.Clip(u.connList()), c)
 		u.conns.Store(&list)
 		u.channels.each(func(_ string, ch *channel) { ch.invalidate() })
+		h.evictLocked(list)
 	}
 	c.user = u
-	h.readers.Add(1)
+	h.readers.Add(1) // the read goroutine that start launches
+	if s.pushEvent(c.uid, c.start) {
+		drain = true
+	}
 	h.stats.conns.Add(1)
 	h.startPingsLocked(s)
 	return drain, true
 }
 
+// start launches the read goroutine of a registered connection.
+func (c *Conn) start() { go c.readLoop() }
+
+// evictLocked closes the oldest open connections of a uid beyond
+// MaxConnsPerUid. The caller holds the uid's shard lock.
+func (h *Hub) evictLocked(list []*Conn) {
+	over := -h.cfg.MaxConnsPerUid
+	if over >= 0 {
+		return // no limit
+	}
+	for _, c := range list {
+		if c.state.Load() == connOpen {
+			over++
+		}
+	}
+	for _, c := range list {
+		if over <= 0 {
+			return
+		}
+		if c.state.Load() == connOpen {
+			c.close(newError(ErrReplaced, c.uid, "", nil), CloseReplaced, "replaced by a newer connection", closeFlush)
+			over--
+		}
+	}
+}
+
 // unregister removes c from its user; the last connection drops the user
-// and its memberships, and queues its logout. It returns whether the caller
-// must drain uid's events.
-func (h *Hub) unregister(c *Conn) (drain bool) {
+// and its memberships. It queues DisconnectServer for c and, for the last
+// connection, the uid's logout, and returns whether the caller must drain
+// uid's queue.
+func (h *Hub) unregister(c *Conn, reason error) (drain bool) {
+	h.releaseIP(c.ip)
 	s := h.userShard(c.uid)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if dh, ok := c.handler.(DisconnectHandler); ok {
+		drain = s.pushEvent(c.uid, func() { h.disconnected(dh, c, reason) })
+	}
 	u := c.user
 	old := u.connList()
 	list := make([]*Conn, 0, len(old))
@@ -112,13 +152,65 @@ func (h *Hub) unregister(c *Conn) (drain bool) {
 	h.stats.conns.Add(-1)
 	if len(list) > 0 {
 		u.channels.each(func(_ string, ch *channel) { ch.invalidate() })
-		return false
+		return drain
 	}
 	delete(s.users, c.uid)
 	chans, handler := u.channels.keys(), c.handler
 	u.channels.each(func(_ string, ch *channel) { h.removeMember(ch, u) })
 	u.channels = smallMap[string, *channel]{}
-	return s.pushEvent(c.uid, func() { h.down(c.uid, chans, handler) })
+	if s.leaving == nil {
+		s.leaving = make(map[uint64][]string)
+	}
+	s.leaving[c.uid] = chans
+	if s.pushEvent(c.uid, func() { h.down(c.uid, chans, handler) }) {
+		drain = true
+	}
+	return drain
+}
+
+// ipShard counts connections per client IP, for MaxConnsPerIP.
+type ipShard struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (h *Hub) ipShard(ip string) *ipShard { return &h.ips[fnv(ip)%shardCount] }
+
+// fnv is the FNV-1a hash of s, to pick a shard.
+func fnv(s string) uint32 {
+	x := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		x = (x ^ uint32(s[i])) * 16777619
+	}
+	return x
+}
+
+// takeIP counts a connection from ip; false when ip has MaxConnsPerIP.
+func (h *Hub) takeIP(ip string) bool {
+	s := h.ipShard(ip)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[ip] >= h.cfg.MaxConnsPerIP {
+		return false
+	}
+	if s.n == nil {
+		s.n = make(map[string]int)
+	}
+	s.n[ip]++
+	return true
+}
+
+// releaseIP uncounts a connection from ip ("" when not counted).
+func (h *Hub) releaseIP(ip string) {
+	if ip == "" {
+		return
+	}
+	s := h.ipShard(ip)
+	s.mu.Lock()
+	if s.n[ip]--; s.n[ip] <= 0 {
+		delete(s.n, ip)
+	}
+	s.mu.Unlock()
 }
 
 // allConns lists every registered connection.

@@ -36,16 +36,16 @@ func (h *Hub) SendMessageToChannelIds(uid uint64, msg string, channelIds ...stri
 		res[id] = false
 	}
 	if h.closed.Load() {
-		h.fail(nil, newError(ErrHubClosed, uid, "", nil))
+		h.report(nil, newError(ErrHubClosed, uid, "", nil))
 		return res
 	}
 	online, err := h.memberships(uid, res)
 	if err != nil {
-		h.fail(nil, err)
+		h.report(nil, err)
 		return res
 	}
 	if !online {
-		h.fail(nil, newError(ErrUserOffline, uid, "", nil))
+		h.report(nil, newError(ErrUserOffline, uid, "", nil))
 		return res
 	}
 	t := now()
@@ -98,7 +98,7 @@ func (h *Hub) memberships(uid uint64, res map[string]bool) (online bool, err err
 func (h *Hub) SendMessageToUid(uid, toUid uint64, msg string) error {
 	m := Message{UserId: uid, ToUserId: toUid, Type: TypeText, Content: msg, SendTime: now()}
 	if err := h.sendDirect(&m); err != nil {
-		return h.fail(nil, err)
+		return err
 	}
 	return nil
 }

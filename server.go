@@ -5,14 +5,17 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
 )
 
-// Accepting a connection: NewServer checks the request, upgrades it,
-// registers the connection and starts its read goroutine (conn.go).
+// Accepting a connection: NewServer (or ServeHTTP, which authenticates
+// first) checks the request, upgrades it, lets ConnectServer decide,
+// registers the connection and queues the start of its read goroutine
+// (read.go) behind the uid's login.
 
 // noBuffers is a websocket.BufferPool that never holds a buffer. The hub
 // writes frames itself, so gorilla's write buffer is never needed and an
@@ -26,31 +29,83 @@ func (h *Hub) newUpgrader() websocket.Upgrader {
 	return websocket.Upgrader{
 		ReadBufferSize:  h.cfg.ReadBufferSize,
 		WriteBufferPool: noBuffers{},
-		// NewServer checks the origin itself, to report the refusal.
+		Subprotocols:    h.cfg.Subprotocols,
+		// The hub checks the origin itself, to explain a refusal.
 		CheckOrigin: func(*http.Request) bool { return true },
 	}
 }
 
 // NewServer upgrades the request to a WebSocket for uid and registers the
-// connection. It returns as soon as the connection is registered and its
-// read goroutine runs, which lets net/http free the request's buffers; the
-// connection lives on until the client leaves or the hub shuts down.
+// connection. It returns as soon as the connection is registered, which
+// lets net/http free the request's buffers; the connection lives on until
+// the client leaves or the hub shuts down.
 //
 // The first connection of a uid triggers handler.LoginServer; the last one
 // to close triggers handler.LogoutServer. A nil handler is allowed and
-// ignores every event.
+// ignores every event. The connection's first frame is read after its
+// uid's LoginServer has returned.
 //
 // Refusals are answered over HTTP and reported to handler.ErrorLogServer:
 // 400 for uid 0 (ErrInvalidUid), 403 for a foreign Origin
-// (ErrOriginNotAllowed), 503 after Shutdown (ErrHubClosed), and gorilla's
-// answer when the request is not a valid WebSocket upgrade (ErrUpgrade).
+// (ErrOriginNotAllowed), 429 past MaxConnsPerIP (ErrTooManyConns), 503
+// after Shutdown (ErrHubClosed), and gorilla's answer when the request is
+// not a valid WebSocket upgrade (ErrUpgrade).
 func (h *Hub) NewServer(w http.ResponseWriter, r *http.Request, uid uint64, handler Handler) {
 	if handler == nil {
 		handler = nopHandler{}
 	} else if h.cfg.Handler == nil {
 		h.lastHandler.Store(&handlerRef{handler})
 	}
-	if status, text, err := h.admit(r, uid); err != nil {
+	h.serve(w, r, uid, nil, handler)
+}
+
+// ServeHTTP makes the Hub an http.Handler, as in http.Handle("/ws", hub):
+// it authenticates the request with Config.Authenticate (a refusal is
+// answered with 401, or the error's Status and Code), then serves the
+// connection as NewServer does, with Config.Handler.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	handler := h.cfg.Handler
+	if handler == nil {
+		handler = nopHandler{}
+	}
+	if h.cfg.Authenticate == nil {
+		http.Error(w, "chart: Config.Authenticate is not set", http.StatusInternalServerError)
+		h.report(handler, &Error{Kind: ErrUnauthorized, Err: errors.New("ServeHTTP needs Config.Authenticate")})
+		return
+	}
+	var uid uint64
+	var meta any
+	err := error(ErrUnauthorized)
+	h.call(handler, 0, "Authenticate", func() { uid, meta, err = h.cfg.Authenticate(r) })
+	if err != nil {
+		status, body := http.StatusUnauthorized, "unauthorized"
+		var e *Error
+		if errors.As(err, &e) {
+			status, body = cmp(e.Status, status), cmp(clip(e.Code), body)
+		}
+		http.Error(w, "chart: "+body, status)
+		h.report(handler, &Error{Kind: ErrUnauthorized, Uid: uid, Err: err})
+		return
+	}
+	h.serve(w, r, uid, meta, handler)
+}
+
+// cmp returns v, or def when v is the zero value.
+func cmp[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// serve upgrades an admitted request and registers its connection.
+func (h *Hub) serve(w http.ResponseWriter, r *http.Request, uid uint64, meta any, handler Handler) {
+	ip := ""
+	if h.cfg.MaxConnsPerIP > 0 {
+		ip = h.cfg.ClientIP(r)
+	}
+	if status, text, err := h.admit(r, uid, ip); err != nil {
 		http.Error(w, text, status)
 		h.report(handler, err)
 		return
@@ -58,37 +113,74 @@ func (h *Hub) NewServer(w http.ResponseWriter, r *http.Request, uid uint64, hand
 	ws, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		// gorilla has answered the request with an HTTP error.
+		h.releaseIP(ip)
 		h.report(handler, newError(ErrUpgrade, uid, "", err))
 		return
 	}
-	c := &Conn{hub: h, uid: uid, handler: handler, ws: ws, nc: ws.NetConn()}
+	c := &Conn{hub: h, id: h.connIDs.Add(1), uid: uid, meta: meta, handler: handler, ws: ws, nc: ws.NetConn(), ip: ip}
 	ws.SetPingHandler(c.onPing)
 	ws.SetPongHandler(c.onPong)
 	ws.SetCloseHandler(func(int, string) error { return nil }) // the writer answers
+	if !h.connect(c) {
+		h.releaseIP(ip)
+		return
+	}
 	drain, ok := h.register(c)
 	if !ok {
-		// Shutdown began meanwhile. No writer exists yet: this goroutine is
-		// the connection's only writer.
-		c.nc.SetWriteDeadline(time.Now().Add(h.cfg.WriteWait))
-		c.nc.Write(closeFrame(closeGoingAway, "server shutting down"))
-		c.nc.Close()
+		// Shutdown began meanwhile.
+		h.releaseIP(ip)
+		c.closeNow(closeGoingAway, "server shutting down")
 		h.report(handler, newError(ErrHubClosed, uid, "", nil))
 		return
 	}
-	go c.readLoop(drain)
+	if drain {
+		h.readers.Add(1)
+		go func() {
+			defer h.readers.Done()
+			h.drainEvents(uid)
+		}()
+	}
+}
+
+// connect runs the handler's ConnectServer, if it has one; false when it
+// refused the connection, which is then closed with CloseRefused.
+func (h *Hub) connect(c *Conn) bool {
+	ch, ok := c.handler.(ConnectHandler)
+	if !ok {
+		return true
+	}
+	err := error(Refuse("refused", "connect handler failed"))
+	h.call(c.handler, c.uid, "ConnectServer", func() { err = ch.ConnectServer(c) })
+	if err == nil {
+		return true
+	}
+	c.SetExpiry(time.Time{})
+	c.closeNow(CloseRefused, h.refusal(c, err, "", 0).Err.Error())
+	return false
+}
+
+// closeNow writes a close frame and closes a connection that has no
+// writer goroutine: one that was never registered.
+func (c *Conn) closeNow(code int, text string) {
+	c.nc.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteWait))
+	c.nc.Write(closeFrame(code, text))
+	c.nc.Close()
 }
 
 // admit decides whether a request may become a connection; when it may
-// not, it returns the HTTP status and text to answer, and the error.
-func (h *Hub) admit(r *http.Request, uid uint64) (status int, text string, err error) {
+// not, it returns the HTTP status and text to answer, and the error. When
+// it admits a request with ip set, it counts the IP's connection: the
+// caller releases it if the connection does not register.
+func (h *Hub) admit(r *http.Request, uid uint64, ip string) (status int, text string, err error) {
 	switch {
 	case h.closed.Load():
 		return http.StatusServiceUnavailable, "chart: server shutting down", newError(ErrHubClosed, uid, "", nil)
 	case uid == 0:
 		return http.StatusBadRequest, "chart: invalid uid", newError(ErrInvalidUid, 0, "", nil)
 	case !h.checkOrigin(r):
-		origin := errors.New(strings.Join(r.Header["Origin"], ", "))
-		return http.StatusForbidden, "chart: origin not allowed", &Error{Kind: ErrOriginNotAllowed, Uid: uid, Err: origin}
+		return http.StatusForbidden, "chart: origin not allowed", &Error{Kind: ErrOriginNotAllowed, Uid: uid, Err: originError(r)}
+	case ip != "" && !h.takeIP(ip):
+		return http.StatusTooManyRequests, "chart: too many connections", &Error{Kind: ErrTooManyConns, Uid: uid, Err: errors.New("from " + clip(ip))}
 	}
 	return 0, "", nil
 }
@@ -116,4 +208,16 @@ func (h *Hub) checkOrigin(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// originError explains a refused Origin: what was compared, and how to fix
+// it.
+func originError(r *http.Request) error {
+	origin := strings.Join(r.Header["Origin"], ", ")
+	fix := `behind a reverse proxy, forward the Host with its port (nginx: proxy_set_header Host $http_host); ` +
+		`or list the origin in Config.AllowedOrigins`
+	if origin == "null" {
+		fix = `a page opened as a file sends Origin "null": serve it from this server, or allow "null" in Config.AllowedOrigins while developing`
+	}
+	return errors.New("Origin " + strconv.Quote(clip(origin)) + " is not the request's Host " + strconv.Quote(clip(r.Host)) + ": " + fix)
 }

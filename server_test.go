@@ -249,8 +249,8 @@ func TestRateLimit(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		c.WS.WriteMessage(websocket.TextMessage, []byte(`{"channel_id":"room","content":"flood","type":3}`))
 	}
-	if code := c.CloseCode(); code != websocket.ClosePolicyViolation {
-		t.Fatalf("close code %d, want 1008", code)
+	if code := c.CloseCode(); code != chart.CloseRateLimited {
+		t.Fatalf("close code %d, want %d", code, chart.CloseRateLimited)
 	}
 	for i := 0; i < 5; i++ {
 		if m := peer.NextMsg(); m.Content != strconv.Itoa(i) {
@@ -437,7 +437,7 @@ func TestSlowConsumer(t *testing.T) {
 
 func TestDropOldest(t *testing.T) {
 	rec := charttest.NewRecorder()
-	s := start(t, chart.Config{SlowConsumer: chart.DropOldest, SendQueueLen: 8, WriteWait: time.Minute}, rec)
+	s := start(t, chart.Config{SlowConsumer: chart.SlowConsumerDropOldest, SendQueueLen: 8, WriteWait: time.Minute}, rec)
 	ws := s.Open(t, 1, nil) // read only after the publishing
 	rec.WantLogin(t, 1)
 	s.Hub.JoinChannelIds(1, "room")

@@ -27,22 +27,25 @@ type Stats struct {
 // Disconnects counts ended connections by reason.
 type Disconnects struct {
 	Normal       uint64 // closed by the client or by Shutdown
+	Application  uint64 // closed by the application: Disconnect, Conn.Close, expiry, MaxConnsPerUid
 	SlowConsumer uint64 // send queue overflow
 	RateLimited  uint64 // sustained flooding
 	TooLarge     uint64 // oversize message
-	Failed       uint64 // network error, missed pongs, write timeout, protocol error
+	Failed       uint64 // network error, missed pongs, write timeout, protocol error, message timeout, overload
 }
 
 type counters struct {
-	conns                                 atomic.Int64
-	in, refused, out, dropped, brokerErrs atomic.Uint64
-	normal, slow, limited, large, failing atomic.Uint64
+	conns                                      atomic.Int64
+	in, refused, out, dropped, brokerErrs      atomic.Uint64
+	normal, app, slow, limited, large, failing atomic.Uint64
 }
 
 func (h *Hub) countDisconnect(err error) {
 	switch {
-	case err == errClosed:
+	case errors.Is(err, ErrClientClosed), errors.Is(err, ErrHubClosed):
 		h.stats.normal.Add(1)
+	case errors.Is(err, ErrDisconnected), errors.Is(err, ErrExpired), errors.Is(err, ErrReplaced):
+		h.stats.app.Add(1)
 	case errors.Is(err, ErrSlowConsumer):
 		h.stats.slow.Add(1)
 	case errors.Is(err, ErrRateLimited):
@@ -66,6 +69,7 @@ func (h *Hub) Stats() Stats {
 		BrokerErrors:    h.stats.brokerErrs.Load(),
 		Disconnects: Disconnects{
 			Normal:       h.stats.normal.Load(),
+			Application:  h.stats.app.Load(),
 			SlowConsumer: h.stats.slow.Load(),
 			RateLimited:  h.stats.limited.Load(),
 			TooLarge:     h.stats.large.Load(),

@@ -1,0 +1,274 @@
+package chart
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
+)
+
+// The read side of a connection: one goroutine reads the client's frames,
+// under the limits of Config (size, time to assemble a message, memory of
+// all messages being assembled, message rate, byte rate), and hands each
+// message to the send path.
+
+// readLoop reads the client's frames until the connection ends, then tears
+// it down.
+//
+// After each message (decoding and dispatching it needs a deep stack) the
+// loop hands over to a fresh goroutine and exits, so that the goroutine an
+// idle connection keeps waiting in Read has the smallest stack the runtime
+// gives, instead of the largest one it ever grew to.
+func (c *Conn) readLoop() {
+	defer c.hub.readers.Done()
+	var err error
+	for {
+		c.extendReadDeadline()
+		var mt int
+		var r io.Reader
+		mt, r, err = c.ws.NextReader()
+		if err != nil {
+			break
+		}
+		if c.state.Load() != connOpen {
+			// Closing: discard everything until the client's close frame.
+			if _, err = io.Copy(io.Discard, r); err != nil {
+				break
+			}
+			continue
+		}
+		if err = c.handle(mt, r); err != nil {
+			break
+		}
+		c.hub.readers.Add(1)
+		go c.readLoop()
+		return
+	}
+	c.teardown(err)
+}
+
+func (c *Conn) onPing(data string) error {
+	c.extendReadDeadline()
+	if c.control(len(data)) {
+		c.enqueue(frame(opPong, []byte(data)))
+	}
+	return nil
+}
+
+func (c *Conn) onPong(data string) error {
+	c.extendReadDeadline()
+	c.control(len(data))
+	return nil
+}
+
+// control accounts for a control frame from the client: its bytes count
+// against ReadRate (paid by the next message's wait), the frame against
+// the message rate limit. It returns false when over the rate limit.
+func (c *Conn) control(n int) bool {
+	if l := c.byteLimiter(); l != nil {
+		l.ReserveN(time.Now(), min(n+6, l.Burst()))
+	}
+	if c.overRate() {
+		c.hub.stats.refused.Add(1)
+		return false
+	}
+	return true
+}
+
+// extendReadDeadline gives the client another PongWait, but no more than
+// the time left to complete a message being read; none while the
+// connection is closing and waits CloseGrace for the client's answer.
+func (c *Conn) extendReadDeadline() {
+	cfg := &c.hub.cfg
+	if c.state.Load() != connOpen {
+		return
+	}
+	var t time.Time
+	if cfg.PongWait > 0 {
+		t = time.Now().Add(cfg.PongWait)
+	}
+	if !c.msgDeadline.IsZero() && (t.IsZero() || c.msgDeadline.Before(t)) {
+		t = c.msgDeadline
+	}
+	if t.IsZero() {
+		return
+	}
+	c.nc.SetReadDeadline(t)
+	if c.state.Load() != connOpen {
+		// The writer may have set the close deadline between the check and
+		// the line above; restore it.
+		c.nc.SetReadDeadline(time.Now().Add(cfg.CloseGrace))
+	}
+}
+
+// readBufs pools small read buffers; a large message gets its own.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+const maxPooledRead = 4 << 10
+
+// handle reads one message and dispatches it. Only read errors are
+// returned; refused messages are answered with an error frame.
+func (c *Conn) handle(mt int, r io.Reader) error {
+	bp := readBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= maxPooledRead {
+			*bp = (*bp)[:0]
+			readBufs.Put(bp)
+		}
+	}()
+	c.msgDeadline = time.Now().Add(c.hub.cfg.MessageTimeout)
+	c.extendReadDeadline()
+	data, err := c.readMessage(r, bp)
+	c.msgDeadline = time.Time{}
+	if err != nil || data == nil {
+		return err
+	}
+	c.throttle(len(data))
+	if c.overRate() {
+		if c.state.Load() == connOpen {
+			c.refuse(&Error{Kind: ErrRateLimited, Uid: c.uid}, "", 0)
+		} else {
+			c.hub.stats.refused.Add(1)
+		}
+		return nil
+	}
+	if mt != websocket.TextMessage {
+		c.refuse(badMessage(c.uid, "binary frames are not accepted; send JSON text"), "", 0)
+		return nil
+	}
+	if !utf8.Valid(data) {
+		c.hub.stats.refused.Add(1)
+		c.close(badMessage(c.uid, "text frame is not valid UTF-8"), websocket.CloseInvalidFramePayloadData, "invalid UTF-8", closeFlush|closeHangUp)
+		return nil
+	}
+	c.dispatch(data)
+	return nil
+}
+
+// readMessage reads one message into *bp. It returns nil data when the
+// connection is being closed for the message (too large, overloaded).
+// What the buffer holds meanwhile counts against MaxPendingBytes.
+func (c *Conn) readMessage(r io.Reader, bp *[]byte) (data []byte, err error) {
+	cfg := &c.hub.cfg
+	limit := int(cfg.MaxMessageSize) + 1
+	p, held := (*bp)[:0], 0
+	defer func() {
+		c.hub.pending.Add(-int64(held))
+		*bp = p[:0]
+	}()
+	for {
+		if len(p) >= limit {
+			c.hub.stats.refused.Add(1)
+			c.close(&Error{Kind: ErrMessageTooLarge, Uid: c.uid}, closeTooBig, "message too large", closeFlush|closeHangUp)
+			return nil, nil
+		}
+		if len(p) == cap(p) {
+			p = append(make([]byte, 0, min(2*cap(p), limit)), p...)
+		}
+		if grow := cap(p) - held; grow > 0 {
+			held = cap(p)
+			if n := c.hub.pending.Add(int64(grow)); cfg.MaxPendingBytes > 0 && n > cfg.MaxPendingBytes {
+				c.close(&Error{Kind: ErrOverloaded, Uid: c.uid}, websocket.CloseTryAgainLater, "server overloaded", closeHangUp)
+				return nil, nil
+			}
+		}
+		var n int
+		n, err = r.Read(p[len(p):min(cap(p), limit)])
+		p = p[:len(p)+n]
+		switch {
+		case err == io.EOF:
+			return p, nil
+		case err != nil:
+			var ne interface{ Timeout() bool }
+			if errors.As(err, &ne) && ne.Timeout() && !time.Now().Before(c.msgDeadline) {
+				c.setReason(&Error{Kind: ErrMessageTimeout, Uid: c.uid})
+			}
+			return nil, err
+		}
+	}
+}
+
+// overRate applies the message rate limit to one message or control
+// frame: true when over it. RateBurst refusals in a row close the
+// connection with CloseRateLimited.
+func (c *Conn) overRate() bool {
+	cfg := &c.hub.cfg
+	if cfg.RateLimit <= 0 {
+		return false
+	}
+	if c.limiter == nil {
+		c.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst)
+	}
+	if c.limiter.Allow() {
+		c.refused = 0
+		return false
+	}
+	if c.refused++; c.refused >= cfg.RateBurst {
+		c.close(&Error{Kind: ErrRateLimited, Uid: c.uid}, CloseRateLimited, "rate limit exceeded", closeFlush)
+	}
+	return true
+}
+
+func (c *Conn) byteLimiter() *rate.Limiter {
+	cfg := &c.hub.cfg
+	if c.bytes == nil && cfg.ReadRate > 0 {
+		c.bytes = rate.NewLimiter(rate.Limit(cfg.ReadRate), max(cfg.ReadRate, int(cfg.MaxMessageSize)))
+	}
+	return c.bytes
+}
+
+// throttle waits until n more bytes read fit ReadRate, so that a client
+// sending faster is read more slowly (TCP pushes back). Shutdown cuts the
+// wait short.
+func (c *Conn) throttle(n int) {
+	l := c.byteLimiter()
+	if l == nil {
+		return
+	}
+	d := l.ReserveN(time.Now(), min(n, l.Burst())).Delay()
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.hub.done:
+	}
+}
+
+// dispatch decodes a client's message, lets the application filter it,
+// and sends it.
+func (c *Conn) dispatch(data []byte) {
+	hub := c.hub
+	m, err := decodeInbound(c.uid, data)
+	if err != nil {
+		c.refuse(err, "", 0)
+		return
+	}
+	m.UserId, m.SendTime = c.uid, now()
+	if err := hub.filter(c, &m); err != nil {
+		c.refuse(err, m.ChannelId, m.ToUserId)
+		return
+	}
+	if err := hub.route(c, &m); err != nil {
+		c.refuse(err, m.ChannelId, m.ToUserId)
+		return
+	}
+	hub.stats.in.Add(1)
+	hub.call(c.handler, c.uid, "SendMessage", func() { c.handler.SendMessage(m) })
+}
+
+// refuse counts and reports a refused message and tells the client why.
+// A refusal by the application's filter is its decision, not reported.
+func (c *Conn) refuse(err error, channelId string, toUid uint64) {
+	c.hub.stats.refused.Add(1)
+	if !errors.Is(err, ErrRefused) {
+		c.hub.report(c.handler, err)
+	}
+	c.enqueue(encodeError(err, channelId, toUid))
+}
