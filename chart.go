@@ -38,6 +38,12 @@ func SendMessageToUid(uid, toUid uint64, msg string) error {
 	return DefaultHub.SendMessageToUid(uid, toUid, msg)
 }
 
+// Disconnect calls DefaultHub.Disconnect.
+func Disconnect(uid uint64, reason string) error { return DefaultHub.Disconnect(uid, reason) }
+
+// Broadcast calls DefaultHub.Broadcast.
+func Broadcast(m Message) error { return DefaultHub.Broadcast(m) }
+
 // Publish calls DefaultHub.Publish.
 func Publish(channelId string, m Message) error { return DefaultHub.Publish(channelId, m) }
 

@@ -27,6 +27,9 @@ type peers interface {
 	// control tells the nodes holding uid's connections that it joined or
 	// left channels. ids is not kept.
 	control(uid uint64, join bool, ids []string) error
+	// kick tells the nodes holding uid's connections to close them
+	// (Disconnect).
+	kick(uid uint64, reason string) error
 	// failed counts a failed broker or presence call; true when it begins
 	// an outage, which is then reported once.
 	failed(err error) bool
@@ -34,15 +37,21 @@ type peers interface {
 	stop()
 }
 
-// topic is a channel's broker topic, or a uid's when ch is empty.
+// topic is a channel's broker topic, or a uid's when ch is empty, or the
+// one every node subscribes to (Broadcast) when all is set.
 type topic struct {
 	ch  string
 	uid uint64
+	all bool
 }
 
-// name is the topic as brokers see it: "c:" + channel id, "u:" + uid.
+// name is the topic as brokers see it: "c:" + channel id, "u:" + uid, or
+// "all".
 func (t topic) name() string {
-	if t.ch != "" {
+	switch {
+	case t.all:
+		return "all"
+	case t.ch != "":
 		return "c:" + t.ch
 	}
 	return "u:" + strconv.FormatUint(t.uid, 10)
@@ -54,6 +63,7 @@ type noPeers struct{}
 func (noPeers) publish(topic, []byte)                {}
 func (noPeers) follow(topic)                         {}
 func (noPeers) control(uint64, bool, []string) error { return nil }
+func (noPeers) kick(uint64, string) error            { return nil }
 func (noPeers) failed(error) bool                    { return false }
 func (noPeers) stop()                                {}
 
@@ -72,6 +82,7 @@ func (h *Hub) connectBackends() {
 	if err := b.Attach(cl); err != nil {
 		h.brokerFailed(err)
 	}
+	cl.follow(topic{all: true})
 	// The first heartbeat registers the node before any user connects.
 	cl.heartbeat(true)
 	if every := h.presence.HeartbeatInterval(); every > 0 {
@@ -179,6 +190,9 @@ func (cl *cluster) heartbeat(first bool) {
 
 // gone runs LogoutServer for a uid reaped from a dead node.
 func (h *Hub) gone(uid uint64) {
+	if h.killed.Load() {
+		return
+	}
 	handler := h.fallbackHandler()
 	if handler == nil {
 		handler = nopHandler{}
@@ -214,6 +228,9 @@ func (cl *cluster) republish() {
 
 // restore re-publishes the presence of uid, if it is still connected here.
 func (cl *cluster) restore(uid uint64) {
+	if cl.hub.killed.Load() {
+		return
+	}
 	chans, ok := cl.hub.localChannels(uid)
 	if !ok {
 		return
@@ -226,7 +243,7 @@ func (cl *cluster) restore(uid uint64) {
 // purge disconnects uid in presence if it has no connection here. Its
 // LogoutServer ran when its last connection here closed.
 func (cl *cluster) purge(uid uint64) {
-	if cl.hub.lookupUser(uid) != nil {
+	if cl.hub.killed.Load() || cl.hub.lookupUser(uid) != nil {
 		return
 	}
 	if _, err := cl.hub.presence.Disconnect(uid); err != nil {
@@ -237,12 +254,15 @@ func (cl *cluster) purge(uid uint64) {
 // Envelope kinds. An envelope is: kind byte, origin node id (uvarint
 // length + bytes), then for a channel frame the channel id (length +
 // bytes) and the frame; for a user frame the uid (uvarint) and the frame;
-// for a join or leave the uid and the channel ids (each length + bytes).
+// for a join or leave the uid and the channel ids (each length + bytes);
+// for a broadcast the frame; for a kick the uid and the reason.
 const (
 	envChannel = 'c'
 	envUser    = 'u'
 	envJoin    = 'j'
 	envLeave   = 'l'
+	envAll     = 'a'
+	envKick    = 'k'
 )
 
 func appendStr(b []byte, s string) []byte {
@@ -267,10 +287,13 @@ func (cl *cluster) envelope(kind byte, size int) []byte {
 // publish ships a frame, encoded once, to the other nodes.
 func (cl *cluster) publish(t topic, f []byte) {
 	var b []byte
-	if t.ch != "" {
+	switch {
+	case t.all:
+		b = cl.envelope(envAll, len(f))
+	case t.ch != "":
 		b = cl.envelope(envChannel, binary.MaxVarintLen64+len(t.ch)+len(f))
 		b = appendStr(b, t.ch)
-	} else {
+	default:
 		b = cl.envelope(envUser, binary.MaxVarintLen64+len(f))
 		b = binary.AppendUvarint(b, t.uid)
 	}
@@ -293,6 +316,11 @@ func (cl *cluster) control(uid uint64, join bool, ids []string) error {
 		b = appendStr(b, id)
 	}
 	return cl.b.Publish(topic{uid: uid}.name(), b)
+}
+
+func (cl *cluster) kick(uid uint64, reason string) error {
+	b := binary.AppendUvarint(cl.envelope(envKick, binary.MaxVarintLen64+len(reason)), uid)
+	return cl.b.Publish(topic{uid: uid}.name(), append(b, reason...))
 }
 
 // Receive is the Node method that takes an envelope from the broker.
@@ -324,6 +352,12 @@ func (cl *cluster) Receive(data []byte) {
 	case envJoin, envLeave:
 		if uid, ids, ok := readIds(rest); ok {
 			cl.apply(uid, kind == envJoin, ids)
+		}
+	case envAll:
+		h.deliver(h.allConns(), rest)
+	case envKick:
+		if uid, k := binary.Uvarint(rest); k > 0 {
+			h.disconnectLocal(uid, string(rest[k:]))
 		}
 	}
 }
@@ -407,10 +441,11 @@ func (cl *cluster) follow(t topic) {
 // it is now subscribed.
 func (cl *cluster) subscribe(t topic, have bool) bool {
 	h := cl.hub
-	var want bool
-	if t.ch != "" {
+	want := t.all
+	switch {
+	case t.ch != "":
 		want = h.lookupChannel(t.ch) != nil
-	} else {
+	case !t.all:
 		want = h.lookupUser(t.uid) != nil
 	}
 	if want == have || h.killed.Load() {

@@ -82,6 +82,46 @@ func (c *Conn) Close(reason string) {
 	c.close(newError(ErrDisconnected, c.uid, "", nil), CloseDisconnected, reason, closeFlush)
 }
 
+// Disconnect closes every connection of uid, on every node, with
+// CloseDisconnected (4001) and reason as the close frame's text, after the
+// messages already queued: a ban, a password change, "log out everywhere".
+// Clients do not reconnect by themselves; to keep a uid out, refuse it in
+// Config.Authenticate or ConnectServer as well. LogoutServer runs once,
+// when its last connection has closed. It returns ErrUserOffline when uid
+// has no connection anywhere.
+func (h *Hub) Disconnect(uid uint64, reason string) error {
+	if h.closed.Load() {
+		return newError(ErrHubClosed, uid, "", nil)
+	}
+	online := h.disconnectLocal(uid, reason)
+	if !online {
+		var err error
+		if online, err = h.presence.IsOnline(uid); err != nil {
+			return h.presenceError(uid, "", err)
+		}
+	}
+	if !online {
+		return newError(ErrUserOffline, uid, "", nil)
+	}
+	if err := h.peers.kick(uid, reason); err != nil {
+		return h.presenceError(uid, "", err)
+	}
+	return nil
+}
+
+// disconnectLocal closes uid's connections on this node; false when it has
+// none.
+func (h *Hub) disconnectLocal(uid uint64, reason string) bool {
+	u := h.lookupUser(uid)
+	if u == nil {
+		return false
+	}
+	for _, c := range u.connList() {
+		c.Close(reason)
+	}
+	return true
+}
+
 // SetExpiry sets when the connection's credentials expire: at t it is
 // closed with CloseExpired (4002), and the client reconnects with fresh
 // credentials. Call it again to move the expiry (after validating a fresh

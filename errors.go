@@ -111,13 +111,18 @@ func Refuse(code, message string) *Error {
 // origin) an error message or error frame repeats.
 const maxQuoted = 64
 
-// clip returns s cut to maxQuoted bytes on a rune boundary, marked with
+// clip cuts a client-chosen string (a channel id, an origin, a code) to
+// maxQuoted bytes, clipMessage an error message to four times that, so
+// that neither repeats much of what a client sent.
+func clip(s string) string        { return cut(s, maxQuoted) }
+func clipMessage(s string) string { return cut(s, 4*maxQuoted) }
+
+// cut returns s cut to at most n bytes on a rune boundary, marked with
 // "..." when cut.
-func clip(s string) string {
-	if len(s) <= maxQuoted {
+func cut(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	n := maxQuoted
 	for n > 0 && !utf8.RuneStart(s[n]) {
 		n--
 	}

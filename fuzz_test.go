@@ -3,6 +3,7 @@ package chart
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -76,6 +77,39 @@ func FuzzInbound(f *testing.F) {
 		}
 		if !bytes.Contains(out, []byte(`"send_time":"`)) || len(got.SendTime) != len(TimeLayout) {
 			t.Fatalf("frame %q: bad send_time in %q", data, out)
+		}
+	})
+}
+
+// FuzzEncode checks the hand-written JSON encoder against encoding/json:
+// valid JSON that decodes to what encoding/json's output decodes to, with
+// <, > and & left as they are.
+func FuzzEncode(f *testing.F) {
+	for _, s := range []string{"", "hi", `<a href="x">&amp;</a>`, "\x00\x1f\b\f\n\r\t\\\"", "\xff\xfe", "\u2028\u2029\ufffd", "é中😀"} {
+		f.Add(s, s+"x", uint64(7), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, channel, content string, uid uint64, typ uint8) {
+		m := Message{ChannelId: channel, UserId: uid, ToUserId: uid / 2, Type: typ, Content: content, SendTime: content}
+		got := appendMessage(nil, &m)
+		std, err := json.Marshal(&m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a, b Message
+		if err := json.Unmarshal(got, &a); err != nil {
+			t.Fatalf("appendMessage(%+v) = %s: %v", m, got, err)
+		}
+		if err := json.Unmarshal(std, &b); err != nil {
+			t.Fatal(err)
+		}
+		if a != b {
+			t.Fatalf("appendMessage(%+v) decodes to %+v, encoding/json's to %+v", m, a, b)
+		}
+		if bytes.Contains(got, []byte(`\u003c`)) || bytes.Contains(got, []byte(`\u0026`)) {
+			t.Fatalf("appendMessage escaped HTML: %s", got)
+		}
+		if utf8.ValidString(content) && strings.ContainsAny(content, "<>&") && !bytes.ContainsAny(got, "<>&") {
+			t.Fatalf("appendMessage(%+v) = %s: <>& not kept", m, got)
 		}
 	})
 }

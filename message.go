@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // TimeLayout is the format of Message.SendTime.
@@ -95,7 +97,7 @@ func parseNumber(raw json.RawMessage, max uint64) (uint64, error) {
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil || n > max {
-		return 0, numberError("want an integer from 0 to " + strconv.FormatUint(max, 10) + ", got " + strconv.Quote(string(raw)))
+		return 0, numberError("want an integer from 0 to " + strconv.FormatUint(max, 10) + ", got " + strconv.Quote(clip(string(raw))))
 	}
 	return n, nil
 }
@@ -103,27 +105,113 @@ func parseNumber(raw json.RawMessage, max uint64) (uint64, error) {
 // now is the server's clock for SendTime.
 func now() string { return time.Now().Format(TimeLayout) }
 
-// encode turns a message into a text frame.
+// encode turns a message into a text frame. Its JSON is what
+// encoding/json would write, except that <, > and & stay as they are (the
+// payload is never HTML; escaped they cost 6 bytes each).
 func encode(m *Message) []byte {
-	payload, err := json.Marshal(m)
-	if err != nil {
-		// A Message has only strings and integers; Marshal cannot fail.
-		panic("chart: encode message: " + err.Error())
-	}
-	return frame(opText, payload)
+	bp := scratch.Get().(*[]byte)
+	b := appendMessage((*bp)[:0], m)
+	f := frame(opText, b)
+	putScratch(bp, b)
+	return f
 }
 
-// errorFrame is sent to a client whose message was refused:
+var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+func putScratch(bp *[]byte, b []byte) {
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+		scratch.Put(bp)
+	}
+}
+
+func appendMessage(b []byte, m *Message) []byte {
+	b = append(b, `{"channel_id":`...)
+	b = appendString(b, m.ChannelId)
+	b = append(b, `,"user_id":`...)
+	b = strconv.AppendUint(b, m.UserId, 10)
+	if m.ToUserId != 0 {
+		b = append(b, `,"to_user_id":`...)
+		b = strconv.AppendUint(b, m.ToUserId, 10)
+	}
+	b = append(b, `,"type":`...)
+	b = strconv.AppendUint(b, uint64(m.Type), 10)
+	b = append(b, `,"content":`...)
+	b = appendString(b, m.Content)
+	b = append(b, `,"send_time":`...)
+	b = appendString(b, m.SendTime)
+	return append(b, '}')
+}
+
+// appendString appends s as a JSON string: quotes, backslashes and control
+// characters escaped, invalid UTF-8 replaced by U+FFFD, U+2028 and U+2029
+// escaped (JavaScript source cannot hold them raw), everything else as is.
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if c >= utf8.RuneSelf && r != utf8.RuneError && r != '\u2028' && r != '\u2029' {
+			i += size
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c == '\n':
+			b = append(b, '\\', 'n')
+		case c == '\r':
+			b = append(b, '\\', 'r')
+		case c == '\t':
+			b = append(b, '\\', 't')
+		case c == '\b':
+			b = append(b, '\\', 'b')
+		case c == '\f':
+			b = append(b, '\\', 'f')
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		case r == utf8.RuneError && size == 1:
+			b = append(b, `\ufffd`...)
+		case r == utf8.RuneError:
+			b = append(b, s[i:i+size]...) // a real U+FFFD
+		default:
+			b = append(b, `\u202`...)
+			b = append(b, hex[r&0xf])
+		}
+		i += size
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// encodeError is the frame sent to a client whose message was refused:
 //
 //	{"error":"not_joined","message":"chart: uid 7: channel \"x\": channel not joined","channel_id":"x"}
-type errorFrame struct {
-	Error     string `json:"error"`
-	Message   string `json:"message"`
-	ChannelId string `json:"channel_id,omitempty"`
-	ToUserId  uint64 `json:"to_user_id,omitempty"`
-}
-
+//
+// Client-chosen strings in it are cut short (clip).
 func encodeError(err error, channelId string, toUid uint64) []byte {
-	payload, _ := json.Marshal(errorFrame{Error: errorCode(err), Message: err.Error(), ChannelId: channelId, ToUserId: toUid})
-	return frame(opText, payload)
+	bp := scratch.Get().(*[]byte)
+	b := append((*bp)[:0], `{"error":`...)
+	b = appendString(b, errorCode(err))
+	b = append(b, `,"message":`...)
+	b = appendString(b, clipMessage(err.Error()))
+	if channelId != "" {
+		b = append(b, `,"channel_id":`...)
+		b = appendString(b, clip(channelId))
+	}
+	if toUid != 0 {
+		b = append(b, `,"to_user_id":`...)
+		b = strconv.AppendUint(b, toUid, 10)
+	}
+	f := frame(opText, append(b, '}'))
+	putScratch(bp, b)
+	return f
 }

@@ -68,11 +68,10 @@ func (h *Hub) lookupUser(uid uint64) *user {
 	return u
 }
 
-// register adds c to its user, creating the user on its first connection,
-// and queues the start of c's read goroutine on the uid's queue, after the
-// LoginServer of its first connection and any logout still running. It
-// returns whether the caller must drain uid's queue, and false for ok when
-// the hub is closed.
+// register adds c to its user, creating the user on its first connection
+// (and queueing its login). It counts c's read goroutine, which the caller
+// starts through the uid's queue (Conn.start). It returns whether the
+// caller must drain uid's queue, and false for ok when the hub is closed.
 func (h *Hub) register(c *Conn) (drain, ok bool) {
 	s := h.userShard(c.uid)
 	s.mu.Lock()
@@ -94,15 +93,15 @@ func (h *Hub) register(c *Conn) (drain, ok bool) {
 	}
 	c.user = u
 	h.readers.Add(1) // the read goroutine that start launches
-	if s.pushEvent(c.uid, c.start) {
-		drain = true
-	}
 	h.stats.conns.Add(1)
 	h.startPingsLocked(s)
 	return drain, true
 }
 
-// start launches the read goroutine of a registered connection.
+// start launches the read goroutine of a registered connection. It runs
+// as a step of the uid's queue, so that the connection's first frame is
+// read after its uid's LoginServer, and after a LogoutServer of an earlier
+// connection still running.
 func (c *Conn) start() { go c.readLoop() }
 
 // evictLocked closes the oldest open connections of a uid beyond

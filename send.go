@@ -149,6 +149,28 @@ func (h *Hub) Publish(channelId string, m Message) error {
 	return nil
 }
 
+// Broadcast sends m to every online user, on every node, as a system
+// message: UserId 0, ToUserId cleared, ChannelId as given (it may be empty;
+// clients can use it as a label), an empty SendTime set to now. It returns
+// ErrInvalidChannel for a ChannelId that is not a valid channel id, or
+// ErrHubClosed.
+func (h *Hub) Broadcast(m Message) error {
+	if h.closed.Load() {
+		return newError(ErrHubClosed, 0, m.ChannelId, nil)
+	}
+	if m.ChannelId != "" && !h.validChannel(m.ChannelId) {
+		return newError(ErrInvalidChannel, 0, m.ChannelId, nil)
+	}
+	m.UserId, m.ToUserId = 0, 0
+	if m.SendTime == "" {
+		m.SendTime = now()
+	}
+	f := encode(&m)
+	h.deliver(h.allConns(), f)
+	h.peers.publish(topic{all: true}, f)
+	return nil
+}
+
 // publishChannel sends an encoded frame to every subscriber of a channel:
 // local connections first, then the other nodes.
 func (h *Hub) publishChannel(channelId string, f []byte) {

@@ -133,6 +133,9 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request, uid uint64, meta any
 		h.report(handler, newError(ErrHubClosed, uid, "", nil))
 		return
 	}
+	if h.queueEvent(uid, c.start) {
+		drain = true
+	}
 	if drain {
 		h.readers.Add(1)
 		go func() {
