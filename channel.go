@@ -15,6 +15,7 @@ import (
 type chanShard struct {
 	mu    sync.RWMutex
 	chans map[string]*channel
+	peak  int // see shrink
 	_     [64]byte
 }
 
@@ -79,6 +80,7 @@ func (h *Hub) addMember(id string, u *user) *channel {
 	if ch == nil {
 		ch = &channel{id: id}
 		cs.chans[id] = ch
+		cs.chans = shrink(cs.chans, &cs.peak)
 	}
 	ch.mu.Lock()
 	ch.members.set(u, struct{}{})
@@ -98,6 +100,7 @@ func (h *Hub) removeMember(ch *channel, u *user) {
 	ch.subs.Store(nil)
 	if ch.members.len() == 0 && cs.chans[ch.id] == ch {
 		delete(cs.chans, ch.id)
+		cs.chans = shrink(cs.chans, &cs.peak)
 	}
 	ch.mu.Unlock()
 	cs.mu.Unlock()

@@ -21,6 +21,7 @@ const shardCount = 64
 type userShard struct {
 	mu     sync.RWMutex
 	users  map[uint64]*user
+	peak   int // see shrink
 	events map[uint64][]func() // each uid's queue of login/logout steps (events.go)
 	// leaving holds the channels of uids whose last connection closed,
 	// until their LogoutServer returned (UserChannelIds answers from it).
@@ -84,6 +85,7 @@ func (h *Hub) register(c *Conn) (drain, ok bool) {
 		u = &user{uid: c.uid, handler: c.handler, loading: true}
 		u.conns.Store(&[]*Conn{c})
 		s.users[c.uid] = u
+		s.users = shrink(s.users, &s.peak)
 		drain = s.pushEvent(c.uid, func() { h.up(u) })
 	} else {
 		list := append(slices.Clip(u.connList()), c)
@@ -154,6 +156,7 @@ func (h *Hub) unregister(c *Conn, reason error) (drain bool) {
 		return drain
 	}
 	delete(s.users, c.uid)
+	s.users = shrink(s.users, &s.peak)
 	chans, handler := u.channels.keys(), c.handler
 	u.channels.each(func(_ string, ch *channel) { h.removeMember(ch, u) })
 	u.channels = smallMap[string, *channel]{}
@@ -273,4 +276,26 @@ func (h *Hub) pingShard(s *userShard) {
 		s.pingTimer.Reset(h.cfg.PingInterval)
 	}
 	s.mu.Unlock()
+}
+
+// shrink returns m, or a copy of it once it holds a quarter of the most it
+// held since the last copy: a Go map keeps the memory of its peak after
+// deletes, so after a burst of users or channels the maps would never give
+// it back. Call it after each insert and delete; it is O(1) but when it
+// copies, which amortises to O(1) per delete.
+func shrink[K comparable, V any](m map[K]V, peak *int) map[K]V {
+	n := len(m)
+	switch {
+	case n > *peak:
+		*peak = n
+		return m
+	case *peak < 1024 || n > *peak/4:
+		return m
+	}
+	small := make(map[K]V, n)
+	for k, v := range m {
+		small[k] = v
+	}
+	*peak = n
+	return small
 }

@@ -60,3 +60,40 @@ func TestSmallMap(t *testing.T) {
 		t.Fatalf("small map after deletes: %+v", small)
 	}
 }
+
+// TestShrink: a map that grew past 1024 entries is copied once it is down
+// to a quarter of its peak, and keeps every entry.
+func TestShrink(t *testing.T) {
+	m, peak := map[int]int{}, 0
+	for i := 0; i < 4000; i++ {
+		m[i] = i
+		m = shrink(m, &peak)
+	}
+	if peak != 4000 {
+		t.Fatalf("peak %d, want 4000", peak)
+	}
+	orig := m
+	for i := 0; i < 2999; i++ {
+		delete(m, i)
+		if m = shrink(m, &peak); i < 2999 && !sameMap(m, orig) {
+			t.Fatalf("copied after %d deletes, with %d of 4000 left", i+1, len(m))
+		}
+	}
+	delete(m, 2999)
+	if m = shrink(m, &peak); sameMap(m, orig) || peak != 1000 || len(m) != 1000 {
+		t.Fatalf("not copied at a quarter: same=%v peak=%d len=%d", sameMap(m, orig), peak, len(m))
+	}
+	for i := 3000; i < 4000; i++ {
+		if m[i] != i {
+			t.Fatalf("entry %d lost", i)
+		}
+	}
+}
+
+// sameMap reports whether a and b are the same map (not just equal).
+func sameMap(a, b map[int]int) bool {
+	a[-1] = 1
+	_, same := b[-1]
+	delete(a, -1)
+	return same
+}
