@@ -16,8 +16,9 @@ type Stats struct {
 	MessagesOut     uint64 // messages queued to connections: one per recipient connection
 	Dropped         uint64 // messages discarded for a full queue or a closing connection
 
-	QueuedMessages int // messages waiting in send queues now
-	MaxQueueDepth  int // the longest send queue now
+	QueuedMessages int   // messages waiting in send queues now
+	MaxQueueDepth  int   // the longest send queue now
+	PendingBytes   int64 // memory held by inbound messages being read now (MaxPendingBytes)
 
 	Disconnects Disconnects // connections ended, by reason
 
@@ -67,6 +68,7 @@ func (h *Hub) Stats() Stats {
 		MessagesOut:     h.stats.out.Load(),
 		Dropped:         h.stats.dropped.Load(),
 		BrokerErrors:    h.stats.brokerErrs.Load(),
+		PendingBytes:    h.pending.Load(),
 		Disconnects: Disconnects{
 			Normal:       h.stats.normal.Load(),
 			Application:  h.stats.app.Load(),

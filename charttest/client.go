@@ -190,6 +190,13 @@ func (c *Client) WaitClosed() {
 // without a close frame).
 func (c *Client) CloseCode() int {
 	c.t.Helper()
+	code, _ := c.CloseReason()
+	return code
+}
+
+// CloseReason is CloseCode with the close frame's text.
+func (c *Client) CloseReason() (code int, text string) {
+	c.t.Helper()
 	deadline := time.After(Wait)
 	for {
 		select {
@@ -197,9 +204,9 @@ func (c *Client) CloseCode() int {
 			if !open {
 				var ce *websocket.CloseError
 				if errors.As(c.end, &ce) {
-					return ce.Code
+					return ce.Code, ce.Text
 				}
-				return websocket.CloseAbnormalClosure
+				return websocket.CloseAbnormalClosure, ""
 			}
 		case <-deadline:
 			c.t.Fatalf("uid %d: connection still open after %v", c.Uid, Wait)
