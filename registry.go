@@ -21,7 +21,7 @@ const shardCount = 64
 type userShard struct {
 	mu     sync.RWMutex
 	users  map[uint64]*user
-	peak   int // see shrink
+	peak   int                 // see shrink
 	events map[uint64][]func() // each uid's queue of login/logout steps (events.go)
 	// leaving holds the channels of uids whose last connection closed,
 	// until their LogoutServer returned (UserChannelIds answers from it).
