@@ -75,10 +75,7 @@ func main() {
 	slog.SetDefault(logger)
 
 	app := newApp(logger)
-	srv := &http.Server{
-		Handler:           app.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
+	srv := newHTTPServer(app.routes())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -108,6 +105,37 @@ func main() {
 	// the hub closes them itself, with status 1001 so that pages reconnect.
 	if err := chart.Shutdown(shutdownCtx); err != nil {
 		logger.Warn("chart shutdown", "err", err)
+	}
+}
+
+// newHTTPServer returns the demo's http.Server, with timeouts that bound slow
+// or idle clients without cutting WebSockets short.
+//
+// They all concern plain HTTP: the page, the API, and a WebSocket's upgrade
+// request. Once upgraded, a WebSocket is a hijacked connection that
+// http.Server no longer watches; gorilla/websocket clears the deadlines the
+// server had set on it, and chart bounds it with its own (PongWait for reads,
+// WriteWait for writes). So these values may be short even though a chat
+// connection stays open for hours.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler: h,
+		// ReadHeaderTimeout bounds reading a request's headers, an upgrade
+		// request's included: a client that opens a connection and sends
+		// its headers byte by byte (slowloris) is dropped after 10 s.
+		ReadHeaderTimeout: 10 * time.Second,
+		// ReadTimeout bounds reading a whole request, body included. The
+		// only bodies are the API's JSON, at most 16 KiB, and an upgrade
+		// request has none; the deadline does not survive the upgrade.
+		ReadTimeout: 30 * time.Second,
+		// WriteTimeout bounds writing a response (the page, the API). It
+		// is set when the request has been read and also cleared by the
+		// upgrade, so it never closes a WebSocket.
+		WriteTimeout: 30 * time.Second,
+		// IdleTimeout closes a keep-alive connection that carries no new
+		// request for 2 minutes. A WebSocket is not idle HTTP: it is not
+		// subject to it.
+		IdleTimeout: 2 * time.Minute,
 	}
 }
 

@@ -23,7 +23,16 @@ import (
 func newTestServer(t *testing.T) *httptest.Server {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv := httptest.NewServer(newApp(log).routes())
+	return startDemo(t, newApp(log).routes())
+}
+
+// startDemo serves h on a free loopback port with the demo's own
+// http.Server settings (newHTTPServer), timeouts included.
+func startDemo(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config = newHTTPServer(h)
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -85,10 +94,22 @@ type client struct {
 
 func dial(t *testing.T, srv *httptest.Server, query string) *client {
 	t.Helper()
-	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws?" + query
-	ws, res, err := websocket.DefaultDialer.Dial(url, nil)
+	return dialURL(t, "ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?"+query, nil)
+}
+
+// dialer bounds the handshake and never goes through an HTTP proxy.
+var dialer = websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+
+// dialURL opens a WebSocket to url with the given request headers.
+func dialURL(t *testing.T, url string, header http.Header) *client {
+	t.Helper()
+	ws, res, err := dialer.Dial(url, header)
 	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
+		status := 0
+		if res != nil {
+			status = res.StatusCode
+		}
+		t.Fatalf("dial %s: %v (HTTP %d)", url, err, status)
 	}
 	res.Body.Close()
 	c := &client{t: t, ws: ws}
@@ -134,10 +155,12 @@ func (c *client) nextPresence(want ...uint64) presence {
 	return p
 }
 
-func postChannels(t *testing.T, srv *httptest.Server, op string, uid uint64, channels ...string) []string {
+// postChannels calls /api/join or /api/leave on the server at base
+// ("http://host:port").
+func postChannels(t *testing.T, base string, op string, uid uint64, channels ...string) []string {
 	t.Helper()
 	body, _ := json.Marshal(channelsRequest{UID: uid, Channels: channels})
-	res, err := http.Post(srv.URL+"/api/"+op, "application/json", strings.NewReader(string(body)))
+	res, err := http.Post(base+"/api/"+op, "application/json", strings.NewReader(string(body)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,10 +198,10 @@ func TestPresenceChannelsAndMessages(t *testing.T) {
 	}
 
 	// Everyone starts in the lobby; presence is not listed.
-	if got := postChannels(t, srv, "join", 7, "go"); !slices.Equal(got, []string{"go", "lobby"}) {
+	if got := postChannels(t, srv.URL, "join", 7, "go"); !slices.Equal(got, []string{"go", "lobby"}) {
 		t.Errorf("ann's channels after join = %q, want [go lobby]", got)
 	}
-	postChannels(t, srv, "join", 8, "go")
+	postChannels(t, srv.URL, "join", 8, "go")
 
 	if err := ann.ws.WriteJSON(map[string]any{"channel_id": "go", "content": "hi <b>Bob</b>", "type": 3}); err != nil {
 		t.Fatal(err)
@@ -188,7 +211,7 @@ func TestPresenceChannelsAndMessages(t *testing.T) {
 		t.Errorf("bob got %+v, want Ann's message as sent", got)
 	}
 
-	if got := postChannels(t, srv, "leave", 8, "go", "lobby"); len(got) != 0 {
+	if got := postChannels(t, srv.URL, "leave", 8, "go", "lobby"); len(got) != 0 {
 		t.Errorf("bob's channels after leaving both = %q, want none", got)
 	}
 
@@ -213,6 +236,52 @@ func TestCleanName(t *testing.T) {
 	} {
 		if got := cleanName(in); got != want {
 			t.Errorf("cleanName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestServerTimeoutsSpareWebSockets checks what newHTTPServer's comment
+// claims: http.Server's timeouts end at the upgrade. With every one of them
+// cut to 100 ms, a WebSocket still carries messages well after that.
+func TestServerTimeoutsSpareWebSockets(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := newApp(log).routes()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config = newHTTPServer(h)
+	const short = 100 * time.Millisecond
+	c := srv.Config
+	c.ReadHeaderTimeout, c.ReadTimeout, c.WriteTimeout, c.IdleTimeout = short, short, short, short
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	ann := dial(t, srv, "id=31&name=Ann")
+	ann.nextPresence(31)
+	// Not synchronisation: the point is to let every server timeout pass.
+	time.Sleep(3 * short)
+	if err := ann.ws.WriteJSON(map[string]any{"channel_id": lobbyChannel, "content": "still here"}); err != nil {
+		t.Fatal(err)
+	}
+	got := ann.next("own message", func(m chart.Message) bool { return m.ChannelId == lobbyChannel })
+	if got.UserId != 31 || got.Content != "still here" {
+		t.Errorf("got %+v, want Ann's message back", got)
+	}
+	ann.ws.Close()
+	waitOffline(t, 31)
+}
+
+// waitOffline waits until the hub has logged every uid out, so that the next
+// test starts with nobody online.
+func waitOffline(t *testing.T, uids ...uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for _, uid := range uids {
+		for chart.IsOnline(uid) {
+			if time.Now().After(deadline) {
+				t.Fatalf("uid %d still online after 5 s", uid)
+			}
+			<-tick.C
 		}
 	}
 }
