@@ -117,9 +117,10 @@ type Config struct {
 	// longer is dropped (ErrMessageTimeout). Default 10 s.
 	MessageTimeout time.Duration
 	// MaxPendingBytes bounds the memory that incomplete inbound messages
-	// of all connections hold together; the connection whose message goes
-	// over is closed with 1013 (ErrOverloaded). Default 32 MiB; negative:
-	// no bound.
+	// of all connections hold together, beyond the first 4 KiB of each
+	// (so small messages always go through); the connection whose message
+	// goes over is closed with 1013 (ErrOverloaded). Default 32 MiB;
+	// negative: no bound.
 	MaxPendingBytes int64
 
 	// MaxConnsPerUid bounds the connections of one uid on this node: a

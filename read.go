@@ -151,7 +151,8 @@ func (c *Conn) handle(mt int, r io.Reader) error {
 
 // readMessage reads one message into *bp. It returns nil data when the
 // connection is being closed for the message (too large, overloaded).
-// What the buffer holds meanwhile counts against MaxPendingBytes.
+// What the buffer holds beyond its first maxPooledRead bytes counts
+// against MaxPendingBytes meanwhile.
 func (c *Conn) readMessage(r io.Reader, bp *[]byte) (data []byte, err error) {
 	cfg := &c.hub.cfg
 	limit := int(cfg.MaxMessageSize) + 1
@@ -169,8 +170,11 @@ func (c *Conn) readMessage(r io.Reader, bp *[]byte) (data []byte, err error) {
 		if len(p) == cap(p) {
 			p = append(make([]byte, 0, min(2*cap(p), limit)), p...)
 		}
-		if grow := cap(p) - held; grow > 0 {
-			held = cap(p)
+		// The first maxPooledRead bytes of a message are not counted, so
+		// that connections holding large partial messages cannot keep
+		// anyone from sending a small one.
+		if grow := cap(p) - maxPooledRead - held; grow > 0 {
+			held += grow
 			if n := c.hub.pending.Add(int64(grow)); cfg.MaxPendingBytes > 0 && n > cfg.MaxPendingBytes {
 				c.close(&Error{Kind: ErrOverloaded, Uid: c.uid}, websocket.CloseTryAgainLater, "server overloaded", closeHangUp)
 				return nil, nil

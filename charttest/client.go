@@ -21,7 +21,12 @@ type Client struct {
 	Uid    uint64
 	frames chan received
 	end    error // why reading stopped; set before frames is closed
+	done   chan struct{}
 }
+
+// Done is closed once the connection has ended and every frame it
+// received was read into the client's buffer.
+func (c *Client) Done() <-chan struct{} { return c.done }
 
 // Frame is what a client receives: a Message or an error frame.
 type Frame struct {
@@ -40,8 +45,8 @@ type received struct {
 // newClient starts reading ws into a new Client; the test's cleanup closes
 // ws and waits for the reader.
 func newClient(t testing.TB, ws *websocket.Conn, uid uint64, strict bool) *Client {
-	c := &Client{t: t, WS: ws, Uid: uid, frames: make(chan received, 10000)}
-	done := make(chan struct{})
+	c := &Client{t: t, WS: ws, Uid: uid, frames: make(chan received, 10000), done: make(chan struct{})}
+	done := c.done
 	go func() {
 		defer close(done)
 		defer close(c.frames)
