@@ -123,3 +123,68 @@ func ExampleHub_Shutdown() {
 	// <nil>
 	// chart: channel "lobby": hub closed
 }
+
+// moderated is a Handler with the optional MessageFilter: "announcements"
+// is read-only but for uid 1, and users may not message uid 1 directly.
+type moderated struct{ lobby }
+
+func (m *moderated) FilterMessage(c *chart.Conn, msg *chart.Message) error {
+	switch {
+	case msg.ChannelId == "announcements" && c.Uid() != 1:
+		return chart.Refuse("read_only", "announcements are read-only")
+	case msg.ToUserId == 1:
+		return chart.Refuse("no_dm", "the admin takes no direct messages")
+	}
+	return nil
+}
+
+func (m *moderated) LoginServer(uid uint64) {
+	m.hub.JoinChannelIds(uid, "announcements")
+	m.loggedIn <- uid
+}
+
+// A hub that is its own http.Handler: Authenticate takes the uid from a
+// bearer token (a real application verifies a signed token or a session),
+// FilterMessage moderates before delivery, Disconnect bans.
+func ExampleConfig_authenticate() {
+	h := &moderated{lobby{loggedIn: make(chan uint64, 1)}}
+	tokens := map[string]uint64{"secret-of-7": 7}
+	hub := chart.New(chart.Config{
+		Handler: h,
+		Authenticate: func(r *http.Request) (uint64, any, error) {
+			uid, ok := tokens[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
+			if !ok {
+				return 0, nil, chart.Refuse("bad_token", "unknown token")
+			}
+			return uid, nil, nil
+		},
+	})
+	h.hub = hub
+	srv := httptest.NewServer(hub) // in production: http.Handle("/ws", hub)
+	defer srv.Close()
+	defer hub.Shutdown(context.Background())
+
+	url := "ws" + strings.TrimPrefix(srv.URL, "http")
+	_, resp, _ := websocket.DefaultDialer.Dial(url, nil)
+	fmt.Println("without a token:", resp.StatusCode)
+
+	ws, _, err := websocket.DefaultDialer.Dial(url, http.Header{"Authorization": {"Bearer secret-of-7"}})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer ws.Close()
+	<-h.loggedIn
+	ws.WriteMessage(websocket.TextMessage, []byte(`{"channel_id":"announcements","content":"free pizza","type":3}`))
+	var refusal struct{ Error, Message string }
+	ws.ReadJSON(&refusal)
+	fmt.Println("refused:", refusal.Error)
+
+	hub.Disconnect(7, "banned")
+	_, _, err = ws.ReadMessage()
+	fmt.Println(err)
+	// Output:
+	// without a token: 401
+	// refused: read_only
+	// websocket: close 4001: banned
+}
