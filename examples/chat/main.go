@@ -191,6 +191,16 @@ func (a *app) SendMessage(msg chart.Message) {
 		"to", msg.ToUserId, "bytes", len(msg.Content))
 }
 
+// FilterMessage runs before the library delivers a client's message:
+// the presence channel is the server's alone, so a client's message to it
+// is refused instead of reaching everyone as a fake online list.
+func (a *app) FilterMessage(c *chart.Conn, m *chart.Message) error {
+	if m.ChannelId == presenceChannel {
+		return chart.Refuse("read_only", "the presence channel is read-only")
+	}
+	return nil
+}
+
 // LoginServer joins a user who just came online to the lobby and to the
 // presence channel, then tells everyone about the new online list.
 func (a *app) LoginServer(uid uint64) {

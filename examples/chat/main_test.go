@@ -211,6 +211,25 @@ func TestPresenceChannelsAndMessages(t *testing.T) {
 		t.Errorf("bob got %+v, want Ann's message as sent", got)
 	}
 
+	// A client's fake presence push is refused, not delivered.
+	if err := ann.ws.WriteJSON(map[string]any{"channel_id": presenceChannel, "content": `{"users":[]}`, "type": presenceType}); err != nil {
+		t.Fatal(err)
+	}
+	var refusal struct{ Error, Message, ChannelId string }
+	ann.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for refusal.Error == "" {
+		if err := ann.ws.ReadJSON(&refusal); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if refusal.Error != "read_only" {
+		t.Errorf("fake presence push answered with %+v, want read_only", refusal)
+	}
+	ann.ws.WriteJSON(map[string]any{"channel_id": "go", "content": "after the fake", "type": 3})
+	if m := bob.next("the next message", func(m chart.Message) bool { return m.ChannelId != lobbyChannel }); m.Content != "after the fake" {
+		t.Errorf("bob got %+v, want the message after the refused fake", m)
+	}
+
 	if got := postChannels(t, srv.URL, "leave", 8, "go", "lobby"); len(got) != 0 {
 		t.Errorf("bob's channels after leaving both = %q, want none", got)
 	}
