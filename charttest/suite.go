@@ -37,6 +37,7 @@ func (s Suite) Run(t *testing.T) {
 			t.Run("RemoteJoin", func(t *testing.T) { s.remoteJoin(t, n) })
 			t.Run("LoginOnce", func(t *testing.T) { s.loginOnce(t, n) })
 			t.Run("SecondNodeLoadsChannels", func(t *testing.T) { s.secondNode(t, n) })
+			t.Run("BroadcastAndDisconnect", func(t *testing.T) { s.control(t, n) })
 		})
 	}
 	t.Run("KillNode", s.killNode)
@@ -257,6 +258,54 @@ func (s Suite) remoteJoin(t *testing.T, n int) {
 		if err := node.Hub.UnJoinChannelIds(999, "r"); !errors.Is(err, chart.ErrUserOffline) {
 			t.Fatalf("UnJoinChannelIds(999) = %v", err)
 		}
+	}
+}
+
+// control: Broadcast reaches every connection on every node; Disconnect
+// on a node without the uid's connections closes them all, on every node,
+// with 4001, and LogoutServer runs once.
+func (s Suite) control(t *testing.T, n int) {
+	c := s.start(t, n)
+	a1 := c.Nodes[0].Login(t, c.Rec, 1)
+	b := c.Nodes[1].Login(t, c.Rec, 2)
+	a2 := c.Nodes[n-1].Dial(t, 1)
+	Eventually(t, "second device reachable", func() bool {
+		c.Nodes[1].Hub.SendMessageToUid(2, 1, "ping")
+		f, ok := a2.next(50 * time.Millisecond)
+		return ok && f.Content == "ping"
+	})
+	if err := c.Nodes[1].Hub.Broadcast(chart.Message{ChannelId: "notice", Content: "to all"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range []*Client{a1, a2, b} {
+		for {
+			m := cl.NextMsg()
+			if m.Content == "ping" {
+				continue // the probes above
+			}
+			if m.Content != "to all" || m.UserId != 0 || m.ChannelId != "notice" {
+				t.Fatalf("uid %d got %+v, want the broadcast", cl.Uid, m)
+			}
+			break
+		}
+	}
+	if err := c.Nodes[1].Hub.Disconnect(1, "banned"); err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range []*Client{a1, a2} {
+		if code, text := cl.CloseReason(); code != chart.CloseDisconnected || text != "banned" {
+			t.Fatalf("uid 1 closed with %d %q", code, text)
+		}
+	}
+	if got := Recv(t, c.Rec.Logouts, "logout"); got != 1 {
+		t.Fatalf("logout of %d, want 1", got)
+	}
+	b.Close()
+	if got := Recv(t, c.Rec.Logouts, "logout"); got != 2 {
+		t.Fatalf("logout of %d, want 2 (a second logout of 1?)", got)
+	}
+	if err := c.Nodes[0].Hub.Disconnect(1, "again"); !errors.Is(err, chart.ErrUserOffline) {
+		t.Fatalf("Disconnect of an offline uid = %v", err)
 	}
 }
 
