@@ -177,17 +177,7 @@ func (c *Client) Quiet(d time.Duration) {
 // WaitClosed discards frames until the server has closed the connection.
 func (c *Client) WaitClosed() {
 	c.t.Helper()
-	deadline := time.After(Wait)
-	for {
-		select {
-		case _, open := <-c.frames:
-			if !open {
-				return
-			}
-		case <-deadline:
-			c.t.Fatalf("uid %d: connection still open", c.Uid)
-		}
-	}
+	c.CloseReason()
 }
 
 // CloseCode discards frames until the connection has ended and returns the
