@@ -9,7 +9,10 @@
 // or -nats nats://127.0.0.1:4222 (a nats-server started with -js); with
 // neither flag the node runs alone, in memory. It serves /ws?id=UID (the
 // uid joins channel "lobby" on login) and GET /online, the online uids of
-// the whole cluster as JSON.
+// the whole cluster as JSON. Browsers may open /ws from a page of this
+// node only, unless -allow-origin lists other origins (for instance
+// -allow-origin http://localhost:8081 lets a page of the first node open a
+// socket to the second).
 package main
 
 import (
@@ -23,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -60,6 +64,17 @@ func newBroker(redisURL, natsURL string) (chart.Broker, error) {
 	return nil, nil
 }
 
+// origins splits the -allow-origin list.
+func origins(list string) []string {
+	var out []string
+	for _, o := range strings.Split(list, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
 // newMux serves /ws and /online for hub.
 func newMux(hub *chart.Hub) *http.ServeMux {
 	h := handler{hub}
@@ -83,13 +98,14 @@ func main() {
 	addr := flag.String("addr", ":8081", "listen address")
 	redisURL := flag.String("redis", "", "Redis URL, e.g. redis://127.0.0.1:6379")
 	natsURL := flag.String("nats", "", "NATS URL, e.g. nats://127.0.0.1:4222 (server run with -js)")
+	allow := flag.String("allow-origin", "", "comma-separated browser origins allowed besides this node's own, e.g. http://localhost:8081 (chart.Config.AllowedOrigins)")
 	flag.Parse()
 
 	b, err := newBroker(*redisURL, *natsURL)
 	if err != nil {
 		log.Fatal(err)
 	}
-	cfg := chart.Config{}
+	cfg := chart.Config{AllowedOrigins: origins(*allow)}
 	if b != nil {
 		cfg.Broker = b
 		slog.Info("node", "id", b.NodeID())

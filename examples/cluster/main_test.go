@@ -80,3 +80,38 @@ func TestTwoNodes(t *testing.T) {
 		}
 	}
 }
+
+// TestAllowOrigin checks -allow-origin: a page of another node may open a
+// socket only when its origin is listed, as browsers send it.
+func TestAllowOrigin(t *testing.T) {
+	if got := origins(" http://localhost:8081, ,a.example:8443"); !reflect.DeepEqual(got, []string{"http://localhost:8081", "a.example:8443"}) {
+		t.Fatalf("origins = %q", got)
+	}
+	if got := origins(""); got != nil {
+		t.Fatalf("origins(\"\") = %q", got)
+	}
+	for _, tc := range []struct {
+		allow, origin string
+		status        int
+	}{
+		{"", "http://localhost:8081", http.StatusForbidden},
+		{"http://localhost:8081", "http://localhost:8081", http.StatusSwitchingProtocols},
+		{"http://localhost:8081", "http://localhost:8083", http.StatusForbidden},
+		{"http://localhost:8081,http://localhost:8083", "http://localhost:8083", http.StatusSwitchingProtocols},
+	} {
+		hub := chart.New(chart.Config{AllowedOrigins: origins(tc.allow), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		srv := httptest.NewServer(newMux(hub))
+		ws, resp, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?id=1",
+			http.Header{"Origin": {tc.origin}})
+		if resp == nil || resp.StatusCode != tc.status {
+			t.Errorf("-allow-origin %q, Origin %s: %v, %v; want %d", tc.allow, tc.origin, resp, err, tc.status)
+		}
+		if ws != nil {
+			ws.Close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		hub.Shutdown(ctx)
+		cancel()
+		srv.Close()
+	}
+}
