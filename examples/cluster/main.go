@@ -112,7 +112,9 @@ func main() {
 	}
 	chart.DefaultHub = chart.New(cfg)
 
-	srv := &http.Server{Addr: *addr, Handler: newMux(chart.DefaultHub)}
+	// A header timeout, so that slow clients cannot hold half-sent requests
+	// open; upgraded connections follow chart's own deadlines.
+	srv := &http.Server{Addr: *addr, Handler: newMux(chart.DefaultHub), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
