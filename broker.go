@@ -54,8 +54,9 @@ type Broker interface {
 // backend (a Lua script, a compare-and-swap). Methods taking a slice must
 // not keep it after returning.
 //
-// The hub uses Config.Presence, or else the Broker when it implements
-// Presence, or else its own registry: a single node is its own presence.
+// The hub uses its Broker's Presence when the Broker implements it (every
+// broker shipped does), or else its own registry: a single node is its own
+// presence.
 type Presence interface {
 	// Connect marks uid online on this node. first reports that uid was
 	// offline on every live node before: this node runs LoginServer.

@@ -98,16 +98,17 @@ type Config struct {
 	SlowConsumer SlowConsumerPolicy
 
 	// RateLimit is the sustained number of inbound messages per second a
-	// connection may send, RateBurst the burst above it. A message over the
+	// uid may send, over all its connections to this node, RateBurst the
+	// burst above it. A message over the
 	// limit is refused with an error frame (ErrRateLimited); RateBurst
 	// refusals in a row close the connection with CloseRateLimited (4029).
 	// Pings and pongs from the client count too. Defaults 50/s and 100;
 	// RateLimit negative: no limit.
 	RateLimit float64
 	RateBurst int
-	// ReadRate bounds the bytes per second read from each connection,
-	// control frames included, with a burst of MaxMessageSize or
-	// ReadRate, whichever is larger. Nothing is refused: a faster client
+	// ReadRate bounds the bytes per second read from a uid's connections
+	// to this node together, control frames included, with a burst of
+	// MaxMessageSize or ReadRate, whichever is larger. Nothing is refused: a faster client
 	// is read more slowly, so that one sender cannot push more into a
 	// channel than its members can take. Default 256 KiB/s; negative: no
 	// limit.
@@ -118,9 +119,10 @@ type Config struct {
 	MessageTimeout time.Duration
 	// MaxPendingBytes bounds the memory that incomplete inbound messages
 	// of all connections hold together, beyond the first 4 KiB of each
-	// (so small messages always go through); the connection whose message
-	// goes over is closed with 1013 (ErrOverloaded). Default 32 MiB;
-	// negative: no bound.
+	// (so small messages always go through). A message that would go over
+	// is refused: its rest is read and discarded, the client gets the
+	// error frame "overloaded" (ErrOverloaded) and stays connected.
+	// Default 32 MiB; negative: no bound.
 	MaxPendingBytes int64
 
 	// MaxConnsPerUid bounds the connections of one uid on this node: a

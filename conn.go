@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"golang.org/x/time/rate"
 )
 
 // Conn is one WebSocket connection of a uid. Optional Handler interfaces
@@ -30,10 +29,10 @@ type Conn struct {
 	ip      string // the client's IP, kept while MaxConnsPerIP counts it
 
 	// The read goroutine's own state.
-	limiter     *rate.Limiter // messages and pings per second; made on first use
-	bytes       *rate.Limiter // ReadRate; made on first use
-	refused     int           // rate-limited messages in a row
-	msgDeadline time.Time     // while a message is read: when it must be complete
+	refused     int       // rate-limited messages in a row
+	reports     int       // refusals reported (sampleReport)
+	reportedAt  int64     // when the last one was, after the first reportBurst
+	msgDeadline time.Time // while a message is read: when it must be complete
 
 	// state is connOpen, connClosing or connDead. It changes under mu and
 	// is read without it by the read goroutine.
@@ -48,6 +47,8 @@ type Conn struct {
 	hangUp     bool        // drop the socket right after the close frame
 	reason     error       // why the connection ended, once known
 	expiry     *time.Timer // SetExpiry
+	registered bool        // register ran; before it, an expiry in the past refuses
+	expired    bool        // SetExpiry in the past before registration
 	writer     sync.WaitGroup
 }
 
@@ -125,7 +126,9 @@ func (h *Hub) disconnectLocal(uid uint64, reason string) bool {
 // SetExpiry sets when the connection's credentials expire: at t it is
 // closed with CloseExpired (4002), and the client reconnects with fresh
 // credentials. Call it again to move the expiry (after validating a fresh
-// token), or with the zero time to remove it.
+// token), or with the zero time to remove it. From ConnectServer, a time
+// already past refuses the connection with CloseExpired before it
+// registers: no LoginServer runs for it.
 func (c *Conn) SetExpiry(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -134,6 +137,10 @@ func (c *Conn) SetExpiry(t time.Time) {
 	}
 	if t.IsZero() || c.state.Load() != connOpen {
 		c.expiry = nil
+		return
+	}
+	if !c.registered && !t.After(time.Now()) {
+		c.expiry, c.expired = nil, true // ConnectServer: refused before it registers
 		return
 	}
 	c.expiry = time.AfterFunc(time.Until(t), func() {
@@ -224,7 +231,13 @@ func (c *Conn) teardown(readErr error) {
 	c.mu.Unlock()
 	c.writer.Wait()
 
-	if reason == nil {
+	switch {
+	case reason == nil && errors.Is(readErr, websocket.ErrReadLimit):
+		// A frame announced more than MaxMessageSize: gorilla refused it
+		// at its header and answered with 1009 itself.
+		c.hub.stats.refused.Add(1)
+		reason = &Error{Kind: ErrMessageTooLarge, Uid: c.uid}
+	case reason == nil:
 		reason = &Error{Kind: ErrConnection, Uid: c.uid, Err: readErr}
 	}
 	c.hub.countDisconnect(reason)

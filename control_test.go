@@ -174,7 +174,9 @@ func TestServeHTTP(t *testing.T) {
 		if string(body) != tc.body {
 			t.Fatalf("dial with %q: body %q, want %q", tc.protocols, body, tc.body)
 		}
-		a.WantErr(t, chart.ErrUnauthorized)
+		if err := a.WantErr(t, chart.ErrUnauthorized); tc.protocols == nil && err.Error() != "chart: unauthorized: no valid token" {
+			t.Fatalf("reported %q", err)
+		}
 	}
 }
 
@@ -239,13 +241,19 @@ func TestSetExpiry(t *testing.T) {
 	a := newApp()
 	a.connect = func(c *chart.Conn) error {
 		c.SetExpiry(time.Now().Add(200 * time.Millisecond))
-		if c.Uid() == 3 {
+		switch c.Uid() {
+		case 3:
 			c.SetExpiry(time.Now().Add(time.Hour)) // a fresh token arrived
+		case 4:
+			c.SetExpiry(time.Now().Add(-time.Second)) // expired already
 		}
 		return nil
 	}
 	s := start(t, chart.Config{}, a)
-	two := s.Login(t, a.Recorder, 2)
+	if code := s.Dial(t, 4).CloseCode(); code != chart.CloseExpired {
+		t.Fatalf("expired token: close %d, want %d", code, chart.CloseExpired)
+	}
+	two := s.Login(t, a.Recorder, 2) // the first login: 4 never logged in
 	three := s.Login(t, a.Recorder, 3)
 	s.Hub.JoinChannelIds(3, "room")
 	began := time.Now()
@@ -255,7 +263,7 @@ func TestSetExpiry(t *testing.T) {
 	if d := time.Since(began); d > 5*time.Second {
 		t.Fatalf("expired after %v", d)
 	}
-	a.wantEvents(t, "connect 2", "connect 3", "disconnect 2 credentials expired", "logout 2")
+	a.wantEvents(t, "connect 4", "connect 2", "connect 3", "disconnect 2 credentials expired", "logout 2")
 	s.Hub.Publish("room", chart.Message{Content: "still here"})
 	three.WantContent("still here")
 	a.conn(3).SetExpiry(time.Time{})

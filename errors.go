@@ -29,10 +29,10 @@ var (
 	// ErrMessageTooLarge: an inbound message exceeded Config.MaxMessageSize;
 	// the connection is closed with status 1009.
 	ErrMessageTooLarge = errors.New("message too large")
-	// ErrRateLimited: a connection sent faster than Config.RateLimit allows.
+	// ErrRateLimited: a uid sent faster than Config.RateLimit allows.
 	ErrRateLimited = errors.New("rate limited")
 	// ErrSlowConsumer: a connection's send queue overflowed; with the default
-	// policy the connection is closed with status 1008.
+	// policy the connection is closed with CloseSlowConsumer (4008).
 	ErrSlowConsumer = errors.New("slow consumer")
 	// ErrOriginNotAllowed: the upgrade request came from a foreign Origin.
 	ErrOriginNotAllowed = errors.New("origin not allowed")
@@ -74,8 +74,8 @@ var (
 	// to send one message; the connection was dropped.
 	ErrMessageTimeout = errors.New("message not completed in time")
 	// ErrOverloaded: incomplete inbound messages of all connections
-	// together reached Config.MaxPendingBytes; the connection that went
-	// over was closed with status 1013 (try again later).
+	// together reached Config.MaxPendingBytes; the message that went over
+	// was refused (error frame "overloaded"), its connection kept.
 	ErrOverloaded = errors.New("server overloaded")
 )
 
@@ -185,6 +185,7 @@ var errorCodes = []struct {
 	{ErrHubClosed, "hub_closed"},
 	{ErrBroker, "broker_failed"},
 	{ErrRefused, "refused"},
+	{ErrOverloaded, "overloaded"},
 }
 
 // errorCode is the "error" field of the error frame sent to a client.

@@ -70,9 +70,9 @@ func closeFrame(code int, reason string) []byte {
 
 // Close codes the server sends in its close frame, so that clients can act
 // on why they were closed. Besides these: 1000 (or the client's own code)
-// answering a client's close, 1001 on Shutdown, 1007 for a text frame that
-// is not UTF-8, 1009 for an oversize message, 1013 when the server is
-// overloaded (MaxPendingBytes).
+// answering a client's close, 1001 on Shutdown, 1002 for a protocol
+// violation, 1007 for a text frame that is not UTF-8, 1009 for an
+// oversize message.
 const (
 	// CloseDisconnected: the application closed the connection
 	// (Disconnect, Conn.Close). Do not reconnect.

@@ -93,43 +93,37 @@ func TestPartialMessageHolders(t *testing.T) {
 	rec.WantErr(t, chart.ErrMessageTimeout)
 }
 
-// TestMaxPendingBytes: fresh connections cannot together hold more than
-// MaxPendingBytes of unfinished messages; the one that goes over is closed
-// with 1013 and a well-behaved user is unharmed.
+// TestMaxPendingBytes: connections holding unfinished messages cannot
+// together keep more than MaxPendingBytes; past it a message is refused
+// with "overloaded" and its rest discarded, and nobody is disconnected for
+// it: small messages pass, a large one is refused until the holders are
+// gone (MessageTimeout), then passes.
 func TestMaxPendingBytes(t *testing.T) {
 	rec := charttest.NewRecorder()
-	s := start(t, chart.Config{MaxPendingBytes: 1 << 20, MessageTimeout: time.Minute}, rec)
+	s := start(t, chart.Config{MaxPendingBytes: 1 << 20, MessageTimeout: 2 * time.Second}, rec)
 	good := s.Login(t, rec, 1)
 	s.Hub.JoinChannelIds(1, "room")
 	const n = 40 // 40 x 60 KB = 2.4 MB > 1 MiB
-	var clients []*charttest.Client
 	for i := 0; i < n; i++ {
-		ws := s.Open(t, uint64(100+i), nil)
-		holdPartial(t, ws, 60000)
-		clients = append(clients, s.Attach(t, ws, uint64(100+i)))
+		holdPartial(t, s.Open(t, uint64(100+i), nil), 60000)
 	}
-	// Each holder's buffer is 64 KiB when its 60 KB are in, 60 KiB of it
-	// counted: at most 17 fit under 1 MiB.
-	const fit = (1 << 20) / (60 << 10)
-	charttest.Eventually(t, "the cap enforced", func() bool {
-		return s.Hub.Stats().Connections <= 1+fit
+	charttest.Eventually(t, "the holders in", func() bool {
+		st := s.Hub.Stats()
+		return st.Connections == n+1 && st.PendingBytes >= 1<<20-(60<<10)
 	})
-	refused := 0
-	for _, c := range clients {
-		select {
-		case <-c.Done():
-			if code := c.CloseCode(); code != websocket.CloseTryAgainLater {
-				t.Fatalf("holder closed with %d, want 1013", code)
-			}
-			refused++
-		default: // still holding its part
-		}
+	big := strings.Repeat("b", 20000)
+	good.SendTo("room", "small")
+	good.WantContent("small")
+	good.SendTo("room", big)
+	good.NextErr("overloaded")
+	if st := s.Hub.Stats(); st.PendingBytes > 1<<20 || st.Connections != n+1 {
+		t.Fatalf("pending %d bytes (cap %d), %d connections (want all %d)", st.PendingBytes, 1<<20, st.Connections, n+1)
 	}
-	if st := s.Hub.Stats(); refused < n-fit || st.PendingBytes > 1<<20 {
-		t.Fatalf("%d of %d holders closed, %d bytes pending; the cap allows %d holders", refused, n, st.PendingBytes, fit)
+	charttest.Eventually(t, "holders timed out", func() bool { return s.Hub.Stats().Connections == 1 })
+	good.SendTo("room", big)
+	if m := good.NextMsg(); m.Content != big {
+		t.Fatalf("got %.40q", m.Content)
 	}
-	good.SendTo("room", "fine")
-	good.WantContent("fine")
 	rec.WantErr(t, chart.ErrOverloaded)
 }
 
@@ -154,41 +148,30 @@ func TestPingFlood(t *testing.T) {
 		t.Fatalf("%d pongs for a flood, want at most the burst (%d) and what refilled", pongs, chart.DefaultRateBurst)
 	}
 	charttest.Eventually(t, "disconnect counted", func() bool { return s.Hub.Stats().Disconnects.RateLimited == 1 })
+	if st := s.Hub.Stats(); st.MessagesRefused != 0 {
+		t.Fatalf("MessagesRefused %d: pings are not messages", st.MessagesRefused)
+	}
 }
 
-// TestReadRate: one sender at the full message rate with 60 KB messages
-// (3 MB/s offered) is read at ReadRate, so a member reading at 2 MB/s is
-// not disconnected and gets the messages in order.
+// TestReadRate: one sender with four connections, each at the full message
+// rate with 60 KB messages (12 MB/s offered), is read at ReadRate in all,
+// so a member reading at 2 MB/s is not disconnected and gets the messages.
 func TestReadRate(t *testing.T) {
 	rec := charttest.NewRecorder()
 	s := start(t, chart.Config{}, rec)
-	sender := s.Login(t, rec, 1)
+	senders := []*charttest.Client{s.Login(t, rec, 1), s.Dial(t, 1), s.Dial(t, 1), s.Dial(t, 1)}
 	s.Hub.JoinChannelIds(1, "room")
 	member := s.Open(t, 2, nil)
 	rec.WantLogin(t, 2)
 	s.Hub.JoinChannelIds(2, "room")
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // as fast as the server reads, within the message rate
-		defer wg.Done()
-		payload := strings.Repeat("<", 60000)
-		tick := time.NewTicker(time.Second / chart.DefaultRateLimit)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			b := []byte(`{"channel_id":"room","type":3,"content":"` + payload + `"}`)
-			sender.WS.SetWriteDeadline(time.Now().Add(time.Second))
-			if sender.WS.WriteMessage(websocket.TextMessage, b) != nil {
-				return
-			}
-		}
-	}()
+	for _, sender := range senders {
+		wg.Add(1)
+		go send60k(&wg, stop, sender)
+	}
 	const window = 3 * time.Second
+
 	received, bytesIn := 0, 0
 	began := time.Now()
 	for time.Since(began) < window {
@@ -200,6 +183,9 @@ func TestReadRate(t *testing.T) {
 		var m chart.Message
 		if err := json.Unmarshal(data, &m); err != nil || len(m.Content) != 60000 || m.UserId != 1 {
 			t.Fatalf("message %d: %.80s", received, data)
+		}
+		for _, c := range senders { // the senders' own copies
+			c.Next()
 		}
 		received++
 		bytesIn += len(data)
@@ -220,6 +206,25 @@ func TestReadRate(t *testing.T) {
 	}
 	if st := s.Hub.Stats(); st.Disconnects.SlowConsumer != 0 {
 		t.Fatalf("slow consumers: %+v", st.Disconnects)
+	}
+}
+
+// send60k sends 60 KB messages of '<' at the full message rate until stop.
+func send60k(wg *sync.WaitGroup, stop chan struct{}, sender *charttest.Client) {
+	defer wg.Done()
+	b := []byte(`{"channel_id":"room","type":3,"content":"` + strings.Repeat("<", 60000) + `"}`)
+	tick := time.NewTicker(time.Second / chart.DefaultRateLimit)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		sender.WS.SetWriteDeadline(time.Now().Add(time.Second))
+		if sender.WS.WriteMessage(websocket.TextMessage, b) != nil {
+			return
+		}
 	}
 }
 
@@ -287,4 +292,27 @@ func TestOversizeHangsUp(t *testing.T) {
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+// TestOversizeHeader: a frame header announcing more than MaxMessageSize
+// is refused at once with 1009, without waiting for the payload.
+func TestOversizeHeader(t *testing.T) {
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{}, rec)
+	ws := s.Open(t, 1, nil)
+	// FIN + text, masked, 64-bit length of 1 MiB, a mask key, no payload.
+	hdr := []byte{0x81, 0x80 | 127, 0, 0, 0, 0, 0, 0x10, 0, 0, 1, 2, 3, 4}
+	if _, err := ws.UnderlyingConn().Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	ws.SetReadDeadline(time.Now().Add(charttest.Wait))
+	_, _, err := ws.ReadMessage()
+	if ce, ok := err.(*websocket.CloseError); !ok || ce.Code != websocket.CloseMessageTooBig {
+		t.Fatalf("read: %v, want close 1009", err)
+	}
+	if d := time.Since(began); d > chart.DefaultMessageTimeout/2 {
+		t.Fatalf("refused after %v", d)
+	}
+	rec.WantErr(t, chart.ErrMessageTooLarge)
 }

@@ -3,6 +3,8 @@ package chart
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"reflect"
 	"strconv"
 	"sync"
 	"time"
@@ -57,7 +59,7 @@ func decodeInbound(uid uint64, data []byte) (Message, error) {
 		return Message{}, badMessage(uid, "want a JSON object")
 	}
 	if err := json.Unmarshal(data, &in); err != nil {
-		return Message{}, badMessage(uid, "%w", err)
+		return Message{}, badMessage(uid, "%s", jsonProblem(err))
 	}
 	if in.Content == nil {
 		return Message{}, badMessage(uid, "missing \"content\"")
@@ -79,6 +81,27 @@ func decodeInbound(uid uint64, data []byte) (Message, error) {
 	return Message{ChannelId: in.ChannelId, ToUserId: to, Type: uint8(typ), Content: *in.Content}, nil
 }
 
+// jsonProblem says what is wrong with a client's JSON in the client's
+// terms (field names, offsets), not the decoder's.
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		return "field " + strconv.Quote(clip(te.Field)) + ": want " + jsonKind(te.Type.Kind()) + ", got " + te.Value
+	case errors.As(err, &se):
+		return "malformed JSON at byte " + strconv.FormatInt(se.Offset, 10)
+	}
+	return "malformed JSON"
+}
+
+func jsonKind(k reflect.Kind) string {
+	if k == reflect.String || k == reflect.Pointer {
+		return "a string"
+	}
+	return "a JSON value of another type"
+}
+
 type numberError string
 
 func (e numberError) Error() string { return string(e) }
@@ -97,7 +120,7 @@ func parseNumber(raw json.RawMessage, max uint64) (uint64, error) {
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil || n > max {
-		return 0, numberError("want an integer from 0 to " + strconv.FormatUint(max, 10) + ", got " + strconv.Quote(clip(string(raw))))
+		return 0, numberError("want an integer from 0 to " + strconv.FormatUint(max, 10) + ", got " + clip(string(raw)))
 	}
 	return n, nil
 }

@@ -69,14 +69,10 @@ func (c *Conn) onPong(data string) error {
 // against ReadRate (paid by the next message's wait), the frame against
 // the message rate limit. It returns false when over the rate limit.
 func (c *Conn) control(n int) bool {
-	if l := c.byteLimiter(); l != nil {
+	if l := c.rates().bytes; l != nil {
 		l.ReserveN(time.Now(), min(n+6, l.Burst()))
 	}
-	if c.overRate() {
-		c.hub.stats.refused.Add(1)
-		return false
-	}
-	return true
+	return !c.overRate()
 }
 
 // extendReadDeadline gives the client another PongWait, but no more than
@@ -150,8 +146,9 @@ func (c *Conn) handle(mt int, r io.Reader) error {
 }
 
 // readMessage reads one message into *bp. It returns nil data when the
-// connection is being closed for the message (too large, overloaded).
-// What the buffer holds beyond its first maxPooledRead bytes counts
+// message was refused: too large (the connection is being closed), or over
+// MaxPendingBytes (the rest of it is read and discarded, and the client
+// told). What the buffer holds beyond its first maxPooledRead bytes counts
 // against MaxPendingBytes meanwhile.
 func (c *Conn) readMessage(r io.Reader, bp *[]byte) (data []byte, err error) {
 	cfg := &c.hub.cfg
@@ -176,8 +173,9 @@ func (c *Conn) readMessage(r io.Reader, bp *[]byte) (data []byte, err error) {
 		if grow := cap(p) - maxPooledRead - held; grow > 0 {
 			held += grow
 			if n := c.hub.pending.Add(int64(grow)); cfg.MaxPendingBytes > 0 && n > cfg.MaxPendingBytes {
-				c.close(&Error{Kind: ErrOverloaded, Uid: c.uid}, websocket.CloseTryAgainLater, "server overloaded", closeHangUp)
-				return nil, nil
+				c.hub.pending.Add(-int64(held)) // give it all back before discarding
+				held, p = 0, p[:0]
+				return nil, c.overloaded(r)
 			}
 		}
 		var n int
@@ -196,18 +194,28 @@ func (c *Conn) readMessage(r io.Reader, bp *[]byte) (data []byte, err error) {
 	}
 }
 
+// overloaded refuses a message that would take the pending bytes over
+// MaxPendingBytes: its rest is read and discarded (no memory held, within
+// MessageTimeout still) and the client gets an "overloaded" error frame.
+// Only this message is lost; the connection stays.
+func (c *Conn) overloaded(r io.Reader) error {
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	c.refuse(&Error{Kind: ErrOverloaded, Uid: c.uid}, "", 0)
+	return nil
+}
+
 // overRate applies the message rate limit to one message or control
 // frame: true when over it. RateBurst refusals in a row close the
 // connection with CloseRateLimited.
 func (c *Conn) overRate() bool {
 	cfg := &c.hub.cfg
-	if cfg.RateLimit <= 0 {
+	l := c.rates().msgs
+	if l == nil {
 		return false
 	}
-	if c.limiter == nil {
-		c.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst)
-	}
-	if c.limiter.Allow() {
+	if l.Allow() {
 		c.refused = 0
 		return false
 	}
@@ -217,19 +225,39 @@ func (c *Conn) overRate() bool {
 	return true
 }
 
-func (c *Conn) byteLimiter() *rate.Limiter {
-	cfg := &c.hub.cfg
-	if c.bytes == nil && cfg.ReadRate > 0 {
-		c.bytes = rate.NewLimiter(rate.Limit(cfg.ReadRate), max(cfg.ReadRate, int(cfg.MaxMessageSize)))
+// rateLimits are the inbound limiters of one uid on this node, shared by
+// its connections, so that opening more connections (up to
+// MaxConnsPerUid) buys no more rate.
+type rateLimits struct {
+	msgs  *rate.Limiter // RateLimit: messages and control frames; nil: none
+	bytes *rate.Limiter // ReadRate; nil: none
+}
+
+// rates returns the uid's limiters, made on the first message of any of
+// its connections: an idle user has none.
+func (c *Conn) rates() *rateLimits {
+	if r := c.user.rates.Load(); r != nil {
+		return r
 	}
-	return c.bytes
+	cfg := &c.hub.cfg
+	r := &rateLimits{}
+	if cfg.RateLimit > 0 {
+		r.msgs = rate.NewLimiter(rate.Limit(cfg.RateLimit), cfg.RateBurst)
+	}
+	if cfg.ReadRate > 0 {
+		r.bytes = rate.NewLimiter(rate.Limit(cfg.ReadRate), max(cfg.ReadRate, int(cfg.MaxMessageSize)))
+	}
+	if !c.user.rates.CompareAndSwap(nil, r) {
+		return c.user.rates.Load()
+	}
+	return r
 }
 
 // throttle waits until n more bytes read fit ReadRate, so that a client
 // sending faster is read more slowly (TCP pushes back). Shutdown cuts the
 // wait short.
 func (c *Conn) throttle(n int) {
-	l := c.byteLimiter()
+	l := c.rates().bytes
 	if l == nil {
 		return
 	}
@@ -267,12 +295,28 @@ func (c *Conn) dispatch(data []byte) {
 	hub.call(c.handler, c.uid, "SendMessage", func() { c.handler.SendMessage(m) })
 }
 
-// refuse counts and reports a refused message and tells the client why.
-// A refusal by the application's filter is its decision, not reported.
+// refuse counts a refused message, tells the client why, and reports it:
+// the first few of a connection, then one a second, so that a client
+// cannot flood the log (Stats counts them all). A refusal by the
+// application's filter is its own decision, not reported.
 func (c *Conn) refuse(err error, channelId string, toUid uint64) {
 	c.hub.stats.refused.Add(1)
-	if !errors.Is(err, ErrRefused) {
+	if !errors.Is(err, ErrRefused) && c.sampleReport() {
 		c.hub.report(c.handler, err)
 	}
 	c.enqueue(encodeError(err, channelId, toUid))
+}
+
+// reportBurst refusals of a connection are reported, then one a second.
+const reportBurst = 10
+
+func (c *Conn) sampleReport() bool {
+	now := time.Now().UnixNano()
+	if c.reports < reportBurst {
+		c.reports++
+	} else if now-c.reportedAt < int64(time.Second) {
+		return false
+	}
+	c.reportedAt = now
+	return true
 }

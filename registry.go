@@ -46,6 +46,7 @@ type user struct {
 	// shard lock.
 	loading bool
 	pending []memberOp
+	rates   atomic.Pointer[rateLimits] // inbound limits shared by its connections (read.go)
 }
 
 // memberOp is a join or leave that waits until a user's channels loaded.
@@ -94,6 +95,9 @@ func (h *Hub) register(c *Conn) (drain, ok bool) {
 		h.evictLocked(list)
 	}
 	c.user = u
+	c.mu.Lock()
+	c.registered = true
+	c.mu.Unlock()
 	h.readers.Add(1) // the read goroutine that start launches
 	h.stats.conns.Add(1)
 	h.startPingsLocked(s)

@@ -84,6 +84,9 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			status, body = cmp(e.Status, status), cmp(clip(e.Code), body)
 		}
 		http.Error(w, "chart: "+body, status)
+		if e != nil && e.Err != nil {
+			err = e.Err // the application's own words, without a second prefix
+		}
 		h.report(handler, &Error{Kind: ErrUnauthorized, Uid: uid, Err: err})
 		return
 	}
@@ -118,6 +121,7 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request, uid uint64, meta any
 		return
 	}
 	c := &Conn{hub: h, id: h.connIDs.Add(1), uid: uid, meta: meta, handler: handler, ws: ws, nc: ws.NetConn(), ip: ip}
+	ws.SetReadLimit(h.cfg.MaxMessageSize)
 	ws.SetPingHandler(c.onPing)
 	ws.SetPongHandler(c.onPong)
 	ws.SetCloseHandler(func(int, string) error { return nil }) // the writer answers
@@ -154,12 +158,19 @@ func (h *Hub) connect(c *Conn) bool {
 	}
 	err := error(Refuse("refused", "connect handler failed"))
 	h.call(c.handler, c.uid, "ConnectServer", func() { err = ch.ConnectServer(c) })
-	if err == nil {
-		return true
+	c.mu.Lock()
+	expired := c.expired
+	c.mu.Unlock()
+	switch {
+	case err != nil:
+		c.SetExpiry(time.Time{})
+		c.closeNow(CloseRefused, h.refusal(c, err, "", 0).Err.Error())
+		return false
+	case expired:
+		c.closeNow(CloseExpired, "credentials expired")
+		return false
 	}
-	c.SetExpiry(time.Time{})
-	c.closeNow(CloseRefused, h.refusal(c, err, "", 0).Err.Error())
-	return false
+	return true
 }
 
 // closeNow writes a close frame and closes a connection that has no
