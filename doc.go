@@ -83,9 +83,20 @@
 //
 // # Safety
 //
-// Every limit has a safe default (see Config): inbound message size, send
-// queue length, inbound rate, heartbeats and write deadlines, and an origin
-// check that refuses cross-site browser connections. Panics in callbacks
-// are recovered and reported to ErrorLogServer. Shutdown closes a hub
+// Every limit has a safe default (see Config): inbound message size, the
+// time to send one message and the memory all unfinished messages hold,
+// send queue length, inbound message and byte rates per uid, connections
+// per uid (and per IP when asked), heartbeats and write deadlines, and an
+// origin check that refuses cross-site browser connections. Error frames
+// and log lines quote client input only in short. Panics in callbacks are
+// recovered and reported to ErrorLogServer. Shutdown closes a hub
 // gracefully.
+//
+// # Application control
+//
+// Config.Authenticate makes a Hub an http.Handler. Optional Handler
+// interfaces (ConnectHandler, DisconnectHandler, MessageFilter) see each
+// *Conn and each client message before delivery; Disconnect and
+// Conn.SetExpiry end connections with close codes clients can act on
+// (CloseDisconnected, CloseExpired, ...).
 package chart
