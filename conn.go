@@ -29,10 +29,10 @@ type Conn struct {
 	ip      string // the client's IP, kept while MaxConnsPerIP counts it
 
 	// The read goroutine's own state.
-	refused     int       // rate-limited messages in a row
-	reports     int       // refusals reported (sampleReport)
-	reportedAt  int64     // when the last one was, after the first reportBurst
-	msgDeadline time.Time // while a message is read: when it must be complete
+	refused     int   // rate-limited messages in a row
+	reportedAt  int64 // unix nanoseconds of the last refusal reported (sampleReport)
+	msgDeadline int64 // unix nanoseconds: while a message is read, when it must be complete
+	reports     uint8 // refusals reported, up to reportBurst
 
 	// state is connOpen, connClosing or connDead. It changes under mu and
 	// is read without it by the read goroutine.

@@ -87,8 +87,8 @@ func (c *Conn) extendReadDeadline() {
 	if cfg.PongWait > 0 {
 		t = time.Now().Add(cfg.PongWait)
 	}
-	if !c.msgDeadline.IsZero() && (t.IsZero() || c.msgDeadline.Before(t)) {
-		t = c.msgDeadline
+	if d := time.Unix(0, c.msgDeadline); c.msgDeadline != 0 && (t.IsZero() || d.Before(t)) {
+		t = d
 	}
 	if t.IsZero() {
 		return
@@ -116,10 +116,10 @@ func (c *Conn) handle(mt int, r io.Reader) error {
 			readBufs.Put(bp)
 		}
 	}()
-	c.msgDeadline = time.Now().Add(c.hub.cfg.MessageTimeout)
+	c.msgDeadline = time.Now().Add(c.hub.cfg.MessageTimeout).UnixNano()
 	c.extendReadDeadline()
 	data, err := c.readMessage(r, bp)
-	c.msgDeadline = time.Time{}
+	c.msgDeadline = 0
 	if err != nil || data == nil {
 		return err
 	}
@@ -186,7 +186,7 @@ func (c *Conn) readMessage(r io.Reader, bp *[]byte) (data []byte, err error) {
 			return p, nil
 		case err != nil:
 			var ne interface{ Timeout() bool }
-			if errors.As(err, &ne) && ne.Timeout() && !time.Now().Before(c.msgDeadline) {
+			if errors.As(err, &ne) && ne.Timeout() && time.Now().UnixNano() >= c.msgDeadline {
 				c.setReason(&Error{Kind: ErrMessageTimeout, Uid: c.uid})
 			}
 			return nil, err
