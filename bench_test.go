@@ -28,7 +28,12 @@ func (d *discardConn) SetReadDeadline(time.Time) error  { return nil }
 // benchHub registers n connections, one per uid, that all joined "room".
 func benchHub(b *testing.B, n int) (*Hub, []*Conn) {
 	b.Helper()
-	h := New(Config{PingInterval: -1})
+	return benchHubConfig(b, n, Config{PingInterval: -1})
+}
+
+func benchHubConfig(b *testing.B, n int, cfg Config) (*Hub, []*Conn) {
+	b.Helper()
+	h := New(cfg)
 	conns := make([]*Conn, n)
 	for i := range conns {
 		c := &Conn{hub: h, uid: uint64(i + 1), handler: nopHandler{}, nc: &discardConn{}}
@@ -59,31 +64,43 @@ func idle(conns []*Conn) {
 	}
 }
 
-// BenchmarkFanout publishes to one channel of N connections; one op is one
-// publish delivered (written) to all N.
+// BenchmarkFanout publishes to channels of 10, 1,000 and 10,000
+// connections, with the default history and without.
 func BenchmarkFanout(b *testing.B) {
 	for _, n := range []int{10, 1000, 10000} {
 		for _, size := range []int{100, 1024} {
-			b.Run("subs="+strconv.Itoa(n)+"/bytes="+strconv.Itoa(size), func(b *testing.B) {
-				h, conns := benchHub(b, n)
-				m := Message{Type: 3, Content: strings.Repeat("x", size)}
-				b.ReportAllocs()
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					h.Publish("room", m)
-					if i%64 == 63 {
-						idle(conns)
-					}
+			for _, history := range []int{0, -1} {
+				name := "subs=" + strconv.Itoa(n) + "/bytes=" + strconv.Itoa(size)
+				if history < 0 {
+					name += "/history=off"
 				}
-				idle(conns)
-				b.StopTimer()
-				b.ReportMetric(float64(b.N)*float64(n)/b.Elapsed().Seconds(), "deliveries/s")
-				if st := h.Stats(); st.MessagesOut != uint64(b.N*n) || st.Dropped != 0 {
-					b.Fatalf("stats %+v", st)
-				}
-			})
+				benchFanout(b, name, n, size, Config{PingInterval: -1, HistorySize: history})
+			}
 		}
 	}
+}
+
+// benchFanout publishes to one channel of n connections; one op is one
+// publish delivered (written) to all n.
+func benchFanout(b *testing.B, name string, n, size int, cfg Config) {
+	b.Run(name, func(b *testing.B) {
+		h, conns := benchHubConfig(b, n, cfg)
+		m := Message{Type: 3, Content: strings.Repeat("x", size)}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			h.Publish("room", m)
+			if i%64 == 63 {
+				idle(conns)
+			}
+		}
+		idle(conns)
+		b.StopTimer()
+		b.ReportMetric(float64(b.N)*float64(n)/b.Elapsed().Seconds(), "deliveries/s")
+		if st := h.Stats(); st.MessagesOut != uint64(b.N*n) || st.Dropped != 0 {
+			b.Fatalf("stats %+v", st)
+		}
+	})
 }
 
 // BenchmarkJoinLeave joins and leaves a channel shared with 1000 others.

@@ -17,9 +17,11 @@ import (
 
 // peers is the hub's link to the other nodes of its cluster.
 type peers interface {
-	// publish ships a frame that local subscribers of t already got to
-	// the other nodes.
-	publish(t topic, f []byte)
+	// publish ships a message that local subscribers of t already got to
+	// the other nodes: its JSON prefix (appendPrefix), which each node
+	// stamps with its own place in t's stream unless transient. prefix is
+	// not kept.
+	publish(t topic, prefix []byte, transient bool)
 	// follow makes this node's subscription of t match local interest:
 	// subscribed while t's channel has a member here, or t's uid a
 	// connection.
@@ -60,7 +62,7 @@ func (t topic) name() string {
 // noPeers is a single node's link: there is nobody to reach.
 type noPeers struct{}
 
-func (noPeers) publish(topic, []byte)                {}
+func (noPeers) publish(topic, []byte, bool)          {}
 func (noPeers) follow(topic)                         {}
 func (noPeers) control(uint64, bool, []string) error { return nil }
 func (noPeers) kick(uint64, string) error            { return nil }
@@ -252,10 +254,11 @@ func (cl *cluster) purge(uid uint64) {
 }
 
 // Envelope kinds. An envelope is: kind byte, origin node id (uvarint
-// length + bytes), then for a channel frame the channel id (length +
-// bytes) and the frame; for a user frame the uid (uvarint) and the frame;
-// for a join or leave the uid and the channel ids (each length + bytes);
-// for a broadcast the frame; for a kick the uid and the reason.
+// length + bytes), then for a channel message the channel id (length +
+// bytes), a flags byte and the message's JSON prefix; for a user message
+// the uid (uvarint), a flags byte and the prefix; for a join or leave the
+// uid and the channel ids (each length + bytes); for a broadcast the
+// prefix; for a kick the uid and the reason.
 const (
 	envChannel = 'c'
 	envUser    = 'u'
@@ -284,20 +287,30 @@ func (cl *cluster) envelope(kind byte, size int) []byte {
 	return appendStr(append(b, kind), cl.id)
 }
 
-// publish ships a frame, encoded once, to the other nodes.
-func (cl *cluster) publish(t topic, f []byte) {
+// Envelope flags.
+const flagTransient = 1
+
+// publish ships a message, encoded once, to the other nodes.
+func (cl *cluster) publish(t topic, prefix []byte, transient bool) {
 	var b []byte
 	switch {
 	case t.all:
-		b = cl.envelope(envAll, len(f))
+		b = cl.envelope(envAll, len(prefix))
 	case t.ch != "":
-		b = cl.envelope(envChannel, binary.MaxVarintLen64+len(t.ch)+len(f))
+		b = cl.envelope(envChannel, binary.MaxVarintLen64+len(t.ch)+1+len(prefix))
 		b = appendStr(b, t.ch)
 	default:
-		b = cl.envelope(envUser, binary.MaxVarintLen64+len(f))
+		b = cl.envelope(envUser, binary.MaxVarintLen64+1+len(prefix))
 		b = binary.AppendUvarint(b, t.uid)
 	}
-	if err := cl.b.Publish(t.name(), append(b, f...)); err != nil {
+	if !t.all {
+		flags := byte(0)
+		if transient {
+			flags = flagTransient
+		}
+		b = append(b, flags)
+	}
+	if err := cl.b.Publish(t.name(), append(b, prefix...)); err != nil {
 		cl.hub.brokerFailed(err)
 	}
 }
@@ -342,19 +355,23 @@ func (cl *cluster) Receive(data []byte) {
 	}
 	switch kind {
 	case envChannel:
-		if id, f, ok := readStr(rest); ok {
-			h.deliverChannel(string(id), f)
+		if id, body, ok := readStr(rest); ok && len(body) > 0 {
+			t := topic{ch: string(id)}
+			off, epoch := h.stamp(t, body[1:], body[0]&flagTransient != 0)
+			h.deliverChannel(t.ch, framePrefix(body[1:], off, epoch))
 		}
 	case envUser:
-		if uid, k := binary.Uvarint(rest); k > 0 {
-			h.deliverUser(uid, rest[k:])
+		if uid, k := binary.Uvarint(rest); k > 0 && len(rest) > k {
+			body := rest[k:]
+			off, epoch := h.stamp(topic{uid: uid}, body[1:], body[0]&flagTransient != 0)
+			h.deliverUser(uid, framePrefix(body[1:], off, epoch))
 		}
 	case envJoin, envLeave:
 		if uid, ids, ok := readIds(rest); ok {
 			cl.apply(uid, kind == envJoin, ids)
 		}
 	case envAll:
-		h.deliver(h.allConns(), rest)
+		h.deliver(h.allConns(), framePrefix(rest, 0, ""))
 	case envKick:
 		if uid, k := binary.Uvarint(rest); k > 0 {
 			h.disconnectLocal(uid, string(rest[k:]))

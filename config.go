@@ -25,6 +25,11 @@ const (
 	DefaultMaxPendingBytes   = 32 << 20
 	DefaultReadRate          = 256 << 10
 	DefaultMaxConnsPerUid    = 32
+	DefaultHistorySize       = 100
+	DefaultHistoryTTL        = 10 * time.Minute
+	DefaultInboxSize         = 1000
+	DefaultInboxTTL          = 24 * time.Hour
+	DefaultMaxHistoryBytes   = 64 << 20
 )
 
 // SlowConsumerPolicy says what happens when a connection's send queue is full.
@@ -158,6 +163,22 @@ type Config struct {
 	// Default 1024.
 	MaxChannelsPerUid int
 
+	// HistorySize and HistoryTTL bound the recent messages each channel
+	// keeps (its stream), for History and for clients that recover what
+	// they missed. Defaults 100 messages and 10 minutes; HistorySize
+	// negative: channels keep no history and their messages carry no
+	// Offset.
+	HistorySize int
+	HistoryTTL  time.Duration
+	// InboxSize and InboxTTL bound each user's inbox: the stream of its
+	// direct messages, sent and received. Defaults 1000 messages and 24
+	// hours; InboxSize negative: none.
+	InboxSize int
+	InboxTTL  time.Duration
+	// MaxHistoryBytes bounds the memory all streams hold together; past it
+	// the oldest messages go first. Default 64 MiB.
+	MaxHistoryBytes int64
+
 	// Broker joins this hub to a cluster of hubs (nodes) sharing the
 	// broker's backend; see the package doc's "Cluster" section. Each hub
 	// needs its own Broker value, which the hub closes in Shutdown. When it
@@ -188,6 +209,11 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.MessageTimeout, DefaultMessageTimeout)
 	setDefault(&c.MaxPendingBytes, DefaultMaxPendingBytes)
 	setDefault(&c.MaxConnsPerUid, DefaultMaxConnsPerUid)
+	setDefault(&c.HistorySize, DefaultHistorySize)
+	setDefault(&c.HistoryTTL, DefaultHistoryTTL)
+	setDefault(&c.InboxSize, DefaultInboxSize)
+	setDefault(&c.InboxTTL, DefaultInboxTTL)
+	setDefault(&c.MaxHistoryBytes, DefaultMaxHistoryBytes)
 	if c.ClientIP == nil {
 		c.ClientIP = remoteHost
 	}

@@ -35,26 +35,37 @@ var pingFrame = frame(opPing, nil)
 // frame returns a complete WebSocket frame (FIN set) holding payload. The
 // result is immutable and shared by every connection it is queued to.
 func frame(op byte, payload []byte) []byte {
-	n := len(payload)
-	var hdr [10]byte
-	hdr[0] = 0x80 | op
-	h := 2
+	hl := frameHeaderLen(len(payload))
+	b := make([]byte, hl+len(payload))
+	putFrameHeader(b, op, len(payload))
+	copy(b[hl:], payload)
+	return b
+}
+
+// frameHeaderLen is the length of the header of a frame of n bytes.
+func frameHeaderLen(n int) int {
 	switch {
 	case n < 126:
-		hdr[1] = byte(n)
+		return 2
 	case n <= 0xffff:
-		hdr[1] = 126
-		binary.BigEndian.PutUint16(hdr[2:], uint16(n))
-		h = 4
-	default:
-		hdr[1] = 127
-		binary.BigEndian.PutUint64(hdr[2:], uint64(n))
-		h = 10
+		return 4
 	}
-	b := make([]byte, h+n)
-	copy(b, hdr[:h])
-	copy(b[h:], payload)
-	return b
+	return 10
+}
+
+// putFrameHeader writes the header of a final, unmasked frame of n bytes.
+func putFrameHeader(b []byte, op byte, n int) {
+	b[0] = 0x80 | op
+	switch {
+	case n < 126:
+		b[1] = byte(n)
+	case n <= 0xffff:
+		b[1] = 126
+		binary.BigEndian.PutUint16(b[2:], uint16(n))
+	default:
+		b[1] = 127
+		binary.BigEndian.PutUint64(b[2:], uint64(n))
+	}
 }
 
 // closeFrame builds a close frame with a status code and a short reason.

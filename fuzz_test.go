@@ -72,6 +72,12 @@ func FuzzInbound(f *testing.F) {
 			t.Fatalf("frame %q answered with error %q", data, out)
 		}
 		want.UserId, want.SendTime = 1, got.SendTime
+		if !want.Transient {
+			if got.Offset == 0 || got.Epoch == "" {
+				t.Fatalf("frame %q delivered without a position: %q", data, out)
+			}
+			want.Offset, want.Epoch = got.Offset, got.Epoch
+		}
 		if got.Message != want {
 			t.Fatalf("frame %q delivered as %+v, want %+v", data, got.Message, want)
 		}

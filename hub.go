@@ -24,6 +24,7 @@ type Hub struct {
 	// (noPeers on a single node). cluster.go chooses them.
 	presence Presence
 	peers    peers
+	history  *history // the streams this node keeps (history.go); nil: none
 
 	closed      atomic.Bool   // Shutdown or Close began
 	killed      atomic.Bool   // Close: drop everything, run no callback
@@ -50,6 +51,7 @@ func New(cfg Config) *Hub {
 	for i := range h.chans {
 		h.chans[i].chans = make(map[string]*channel)
 	}
+	h.history = newHistory(&h.cfg)
 	h.connectBackends()
 	return h
 }

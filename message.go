@@ -40,6 +40,17 @@ type Message struct {
 	// SendTime is set by the server when it accepts the message, in
 	// TimeLayout and the server's local time zone.
 	SendTime string `json:"send_time"`
+	// Transient messages (typing indicators, say) are kept in no history
+	// and carry no Offset.
+	Transient bool `json:"transient,omitempty"`
+	// Offset is the message's place in its stream, set by the server: the
+	// channel's, or for a direct message the inbox of the user it is
+	// delivered to (in SendMessage, the sender's). It grows by one per
+	// message of the stream. 0 when the message is kept in no history.
+	Offset uint64 `json:"offset,omitempty"`
+	// Epoch names the stream's history: offsets compare only within one
+	// epoch, and a new epoch means what came before is gone.
+	Epoch string `json:"epoch,omitempty"`
 }
 
 // inbound is what a client sends. type and to_user_id accept a number or a
@@ -49,6 +60,7 @@ type inbound struct {
 	ToUserId  json.RawMessage `json:"to_user_id"`
 	Type      json.RawMessage `json:"type"`
 	Content   *string         `json:"content"`
+	Transient bool            `json:"transient"`
 }
 
 // decodeInbound parses one client frame into a Message without server fields.
@@ -78,7 +90,7 @@ func decodeInbound(uid uint64, data []byte) (Message, error) {
 	case to == 0 && in.ChannelId == "":
 		return Message{}, badMessage(uid, "missing \"channel_id\" or \"to_user_id\"")
 	}
-	return Message{ChannelId: in.ChannelId, ToUserId: to, Type: uint8(typ), Content: *in.Content}, nil
+	return Message{ChannelId: in.ChannelId, ToUserId: to, Type: uint8(typ), Content: *in.Content, Transient: in.Transient}, nil
 }
 
 // jsonProblem says what is wrong with a client's JSON in the client's
@@ -130,13 +142,39 @@ func now() string { return time.Now().Format(TimeLayout) }
 
 // encode turns a message into a text frame. Its JSON is what
 // encoding/json would write, except that <, > and & stay as they are (the
-// payload is never HTML; escaped they cost 6 bytes each).
+// payload is never HTML; escaped they cost 6 bytes each), and that the
+// position (offset, epoch) comes last, so that a message stored without it
+// (appendPrefix) is framed at any position cheaply (framePrefix).
 func encode(m *Message) []byte {
 	bp := scratch.Get().(*[]byte)
-	b := appendMessage((*bp)[:0], m)
-	f := frame(opText, b)
+	b := appendPrefix((*bp)[:0], m)
+	f := framePrefix(b, m.Offset, m.Epoch)
 	putScratch(bp, b)
 	return f
+}
+
+// framePrefix frames a message's JSON prefix at a position (none when
+// offset is 0).
+func framePrefix(prefix []byte, offset uint64, epoch string) []byte {
+	var tail [64]byte
+	t := appendPosition(tail[:0], offset, epoch)
+	n := len(prefix) + len(t)
+	hl := frameHeaderLen(n)
+	f := make([]byte, hl+n)
+	putFrameHeader(f, opText, n)
+	copy(f[hl+copy(f[hl:], prefix):], t)
+	return f
+}
+
+// appendPosition ends a message's JSON with its position, if any.
+func appendPosition(b []byte, offset uint64, epoch string) []byte {
+	if offset != 0 {
+		b = append(b, `,"offset":`...)
+		b = strconv.AppendUint(b, offset, 10)
+		b = append(b, `,"epoch":`...)
+		b = appendString(b, epoch)
+	}
+	return append(b, '}')
 }
 
 var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
@@ -148,7 +186,14 @@ func putScratch(bp *[]byte, b []byte) {
 	}
 }
 
+// appendMessage appends m as JSON.
 func appendMessage(b []byte, m *Message) []byte {
+	return appendPosition(appendPrefix(b, m), m.Offset, m.Epoch)
+}
+
+// appendPrefix appends m's JSON without its position and closing brace:
+// what a stream stores.
+func appendPrefix(b []byte, m *Message) []byte {
 	b = append(b, `{"channel_id":`...)
 	b = appendString(b, m.ChannelId)
 	b = append(b, `,"user_id":`...)
@@ -163,7 +208,10 @@ func appendMessage(b []byte, m *Message) []byte {
 	b = appendString(b, m.Content)
 	b = append(b, `,"send_time":`...)
 	b = appendString(b, m.SendTime)
-	return append(b, '}')
+	if m.Transient {
+		b = append(b, `,"transient":true`...)
+	}
+	return b
 }
 
 // appendString appends s as a JSON string: quotes, backslashes and control

@@ -21,7 +21,7 @@ func (h *Hub) route(c *Conn, m *Message) error {
 	if !joined {
 		return newError(ErrNotJoined, c.uid, m.ChannelId, nil)
 	}
-	h.publishChannel(m.ChannelId, encode(m))
+	h.publishChannel(m)
 	return nil
 }
 
@@ -52,7 +52,7 @@ func (h *Hub) SendMessageToChannelIds(uid uint64, msg string, channelIds ...stri
 	for _, id := range channelIds {
 		if res[id] {
 			m := Message{ChannelId: id, UserId: uid, Type: TypeText, Content: msg, SendTime: t}
-			h.publishChannel(id, encode(&m))
+			h.publishChannel(&m)
 		}
 	}
 	return res
@@ -120,11 +120,7 @@ func (h *Hub) sendDirect(m *Message) error {
 			return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
 		}
 	}
-	f := encode(m)
-	h.publishUser(m.ToUserId, f)
-	if m.UserId != m.ToUserId {
-		h.publishUser(m.UserId, f)
-	}
+	h.publishDirect(m)
 	return nil
 }
 
@@ -145,7 +141,7 @@ func (h *Hub) Publish(channelId string, m Message) error {
 	if m.SendTime == "" {
 		m.SendTime = now()
 	}
-	h.publishChannel(channelId, encode(&m))
+	h.publishChannel(&m)
 	return nil
 }
 
@@ -161,28 +157,61 @@ func (h *Hub) Broadcast(m Message) error {
 	if m.ChannelId != "" && !h.validChannel(m.ChannelId) {
 		return newError(ErrInvalidChannel, 0, m.ChannelId, nil)
 	}
-	m.UserId, m.ToUserId = 0, 0
+	m.UserId, m.ToUserId, m.Transient, m.Offset, m.Epoch = 0, 0, true, 0, ""
 	if m.SendTime == "" {
 		m.SendTime = now()
 	}
-	f := encode(&m)
-	h.deliver(h.allConns(), f)
-	h.peers.publish(topic{all: true}, f)
+	bp := scratch.Get().(*[]byte)
+	prefix := appendPrefix((*bp)[:0], &m)
+	h.deliver(h.allConns(), framePrefix(prefix, 0, ""))
+	h.peers.publish(topic{all: true}, prefix, true)
+	putScratch(bp, prefix)
 	return nil
 }
 
-// publishChannel sends an encoded frame to every subscriber of a channel:
-// local connections first, then the other nodes.
-func (h *Hub) publishChannel(channelId string, f []byte) {
-	h.deliverChannel(channelId, f)
-	h.peers.publish(topic{ch: channelId}, f)
+// publishChannel stamps m with its place in the channel's stream (unless
+// it is transient), frames it once, and sends it to the local subscribers,
+// then to the other nodes.
+func (h *Hub) publishChannel(m *Message) {
+	bp := scratch.Get().(*[]byte)
+	prefix := appendPrefix((*bp)[:0], m)
+	t := topic{ch: m.ChannelId}
+	m.Offset, m.Epoch = h.stamp(t, prefix, m.Transient)
+	h.deliverChannel(m.ChannelId, framePrefix(prefix, m.Offset, m.Epoch))
+	h.peers.publish(t, prefix, m.Transient)
+	putScratch(bp, prefix)
 }
 
-// publishUser sends an encoded frame to every connection of uid: local
-// ones first, then those on other nodes.
-func (h *Hub) publishUser(uid uint64, f []byte) {
-	h.deliverUser(uid, f)
-	h.peers.publish(topic{uid: uid}, f)
+// publishDirect sends a direct message to every connection of its
+// recipient and of its sender, each stamped with its place in that user's
+// inbox; m ends with the sender's.
+func (h *Hub) publishDirect(m *Message) {
+	bp := scratch.Get().(*[]byte)
+	prefix := appendPrefix((*bp)[:0], m)
+	m.Offset, m.Epoch = h.publishUser(m.ToUserId, prefix, m.Transient)
+	if m.UserId != m.ToUserId && m.UserId != 0 {
+		m.Offset, m.Epoch = h.publishUser(m.UserId, prefix, m.Transient)
+	}
+	putScratch(bp, prefix)
+}
+
+// publishUser stamps a message's prefix with its place in uid's inbox and
+// sends it to uid's connections here and on the other nodes.
+func (h *Hub) publishUser(uid uint64, prefix []byte, transient bool) (uint64, string) {
+	t := topic{uid: uid}
+	off, epoch := h.stamp(t, prefix, transient)
+	h.deliverUser(uid, framePrefix(prefix, off, epoch))
+	h.peers.publish(t, prefix, transient)
+	return off, epoch
+}
+
+// stamp appends a message's prefix to its stream and returns its position;
+// none for a transient message.
+func (h *Hub) stamp(t topic, prefix []byte, transient bool) (uint64, string) {
+	if transient {
+		return 0, ""
+	}
+	return h.history.append(t, prefix)
 }
 
 // deliverChannel queues f on every local connection subscribed to the
