@@ -135,16 +135,35 @@ func TestDirectMessages(t *testing.T) {
 	if m := a.NextMsg(); m.UserId != 0 || m.ToUserId != 10 || m.Content != "from the system" || m.Type != chart.TypeText {
 		t.Fatalf("got %+v", m)
 	}
-	err := s.Hub.SendMessageToUid(10, 99, "nobody")
-	var ce *chart.Error
-	if !errors.Is(err, chart.ErrUserOffline) || !errors.As(err, &ce) || ce.ToUid != 99 {
+	// To a user who is offline: kept in its inbox, delivered when it comes.
+	if err := s.Hub.SendMessageToUid(10, 99, "while you were away"); err != nil {
 		t.Fatalf("SendMessageToUid to offline = %v", err)
 	}
-	rec.NoErr(t) // returned, not reported too
-	a.Send(`{"to_user_id":99,"content":"nobody","type":3}`)
-	if f := a.NextErr("user_offline"); f.ToUserId != 99 {
-		t.Fatalf("error frame %+v", f)
+	a.NextMsg() // the sender's own copy
+	a.Send(`{"to_user_id":99,"content":"and this","type":3}`)
+	if m := a.NextMsg(); m.ToUserId != 99 || m.Content != "and this" {
+		t.Fatalf("got %+v, want the sender's copy", m)
 	}
+	if m := charttest.Recv(t, rec.Msgs, "SendMessage"); m.ToUserId != 10 || m.Online != true {
+		t.Fatalf("SendMessage got %+v", m)
+	}
+	if m := charttest.Recv(t, rec.Msgs, "SendMessage"); m.ToUserId != 99 || m.Online {
+		t.Fatalf("SendMessage got %+v, want Online false", m)
+	}
+	late := s.Login(t, rec, 99)
+	for _, want := range []string{"while you were away", "and this"} {
+		if m := late.NextMsg(); m.Content != want || m.UserId != 10 || m.Offset == 0 {
+			t.Fatalf("late arrival got %+v, want %q", m, want)
+		}
+	}
+	late.Close()
+	// Written to its socket, they count as received: not sent again.
+	again := s.Login(t, rec, 99)
+	s.Hub.SendMessageToUid(0, 99, "marker")
+	if m := again.NextMsg(); m.Content != "marker" {
+		t.Fatalf("second connection got %+v first, want only new messages", m)
+	}
+	rec.NoErr(t)
 }
 
 // apiHandler calls the API from inside its callbacks.
@@ -241,7 +260,6 @@ func TestUnjoinedAndInvalidChannels(t *testing.T) {
 	for _, fn := range []func() error{
 		func() error { return s.Hub.JoinChannelIds(77, "a") },
 		func() error { return s.Hub.UnJoinChannelIds(77, "a") },
-		func() error { return s.Hub.SendMessageToUid(4, 77, "x") },
 	} {
 		if err := fn(); !errors.Is(err, chart.ErrUserOffline) {
 			t.Fatalf("call for offline uid: %v", err)

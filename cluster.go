@@ -358,20 +358,20 @@ func (cl *cluster) Receive(data []byte) {
 		if id, body, ok := readStr(rest); ok && len(body) > 0 {
 			t := topic{ch: string(id)}
 			off, epoch := h.stamp(t, body[1:], body[0]&flagTransient != 0)
-			h.deliverChannel(t.ch, framePrefix(body[1:], off, epoch))
+			h.deliverChannel(t.ch, framePrefix(body[1:], off, epoch), off)
 		}
 	case envUser:
 		if uid, k := binary.Uvarint(rest); k > 0 && len(rest) > k {
 			body := rest[k:]
 			off, epoch := h.stamp(topic{uid: uid}, body[1:], body[0]&flagTransient != 0)
-			h.deliverUser(uid, framePrefix(body[1:], off, epoch))
+			h.deliverUser(uid, framePrefix(body[1:], off, epoch), off)
 		}
 	case envJoin, envLeave:
 		if uid, ids, ok := readIds(rest); ok {
 			cl.apply(uid, kind == envJoin, ids)
 		}
 	case envAll:
-		h.deliver(h.allConns(), framePrefix(rest, 0, ""))
+		h.deliver(h.allConns(), framePrefix(rest, 0, ""), topic{all: true}, 0)
 	case envKick:
 		if uid, k := binary.Uvarint(rest); k > 0 {
 			h.disconnectLocal(uid, string(rest[k:]))

@@ -30,6 +30,7 @@ const (
 	DefaultInboxSize         = 1000
 	DefaultInboxTTL          = 24 * time.Hour
 	DefaultMaxHistoryBytes   = 64 << 20
+	DefaultHelloTimeout      = 3 * time.Second
 )
 
 // SlowConsumerPolicy says what happens when a connection's send queue is full.
@@ -178,6 +179,9 @@ type Config struct {
 	// MaxHistoryBytes bounds the memory all streams hold together; past it
 	// the oldest messages go first. Default 64 MiB.
 	MaxHistoryBytes int64
+	// HelloTimeout is how long a chart.v1 client may take to send its
+	// hello; without one it gets live messages only. Default 3 s.
+	HelloTimeout time.Duration
 
 	// Broker joins this hub to a cluster of hubs (nodes) sharing the
 	// broker's backend; see the package doc's "Cluster" section. Each hub
@@ -214,6 +218,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.InboxSize, DefaultInboxSize)
 	setDefault(&c.InboxTTL, DefaultInboxTTL)
 	setDefault(&c.MaxHistoryBytes, DefaultMaxHistoryBytes)
+	setDefault(&c.HelloTimeout, DefaultHelloTimeout)
 	if c.ClientIP == nil {
 		c.ClientIP = remoteHost
 	}

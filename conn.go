@@ -27,6 +27,7 @@ type Conn struct {
 	ws      *websocket.Conn
 	nc      net.Conn
 	ip      string // the client's IP, kept while MaxConnsPerIP counts it
+	v1      bool   // the client speaks chart.v1 (recovery.go)
 
 	// The read goroutine's own state.
 	refused     int   // rate-limited messages in a row
@@ -45,6 +46,9 @@ type Conn struct {
 	writing    bool        // a writer goroutine runs
 	closeFrame []byte      // the close frame the writer sends after the queue; nil once sent
 	hangUp     bool        // drop the socket right after the close frame
+	hold       []held      // message frames waiting until the connection recovered; nil after
+	helloTimer *time.Timer // chart.v1: recovery without positions if no hello comes
+	recovering sync.Mutex  // one recovery at a time (recovery.go)
 	reason     error       // why the connection ended, once known
 	expiry     *time.Timer // SetExpiry
 	registered bool        // register ran; before it, an expiry in the past refuses

@@ -48,6 +48,7 @@ type stream struct {
 	epoch   string
 	last    uint64 // offset of the newest entry ever appended
 	entries []entry
+	acks    map[uint64]uint64 // uid: the offset it acknowledged
 }
 
 type entry struct {
@@ -194,21 +195,22 @@ func (sh *historyShard) compact(appending *stream) {
 
 // read returns the stream's entries with offsets above after, oldest
 // first, at most limit (the newest ones when there are more), its epoch,
-// and whether nothing above after is missing (evicted).
-func (hs *history) read(name topic, after uint64, limit int) (entries []entry, epoch string, complete bool) {
+// whether nothing above after is missing (evicted), and the offset of its
+// newest entry.
+func (hs *history) read(name topic, after uint64, limit int) (entries []entry, epoch string, complete bool, last uint64) {
 	if hs == nil {
-		return nil, "", after == 0
+		return nil, "", after == 0, 0
 	}
 	size, ttl := hs.limits(name)
 	if size < 0 {
-		return nil, "", after == 0
+		return nil, "", after == 0, 0
 	}
 	sh := hs.shard(name)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	st := sh.streams[name]
 	if st == nil {
-		return nil, "", after == 0
+		return nil, "", after == 0, 0
 	}
 	sh.expire(st, size, cutoff(time.Now().UnixNano(), ttl))
 	i := len(st.entries)
@@ -221,7 +223,47 @@ func (hs *history) read(name topic, after uint64, limit int) (entries []entry, e
 		kept = kept[len(kept)-limit:]
 		complete = false
 	}
-	return append([]entry(nil), kept...), st.epoch, complete
+	return append([]entry(nil), kept...), st.epoch, complete, st.last
+}
+
+// keepsInboxes reports whether users' inboxes keep direct messages.
+func (hs *history) keepsInboxes() bool { return hs != nil && hs.inbox >= 0 }
+
+// ack records that uid has received its inbox up to off (only forward).
+func (hs *history) ack(uid, off uint64) { hs.ackStream(topic{uid: uid}, uid, "", off) }
+
+// ackStream records that uid has received stream t up to off, if epoch is
+// the stream's ("": whatever it is) and off is within it.
+func (hs *history) ackStream(t topic, uid uint64, epoch string, off uint64) {
+	if hs == nil {
+		return
+	}
+	sh := hs.shard(t)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	st := sh.streams[t]
+	if st == nil || (epoch != "" && epoch != st.epoch) || off > st.last || off <= st.acks[uid] {
+		return
+	}
+	if st.acks == nil {
+		st.acks = make(map[uint64]uint64)
+	}
+	st.acks[uid] = off
+}
+
+// acked returns the offset uid acknowledged in stream t and the stream's
+// epoch (0 and "" when there is no such stream).
+func (hs *history) acked(t topic, uid uint64) (uint64, string) {
+	if hs == nil {
+		return 0, ""
+	}
+	sh := hs.shard(t)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if st := sh.streams[t]; st != nil {
+		return st.acks[uid], st.epoch
+	}
+	return 0, ""
 }
 
 // History returns the most recent messages of a channel with offsets
@@ -248,7 +290,7 @@ func (h *Hub) InboxHistory(uid uint64, after uint64, limit int) (msgs []Message,
 
 // readStream decodes a stream's entries into Messages.
 func (h *Hub) readStream(t topic, after uint64, limit int) ([]Message, bool) {
-	entries, epoch, complete := h.history.read(t, after, limit)
+	entries, epoch, complete, _ := h.history.read(t, after, limit)
 	msgs := make([]Message, 0, len(entries))
 	var buf []byte
 	for _, e := range entries {

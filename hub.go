@@ -25,6 +25,7 @@ type Hub struct {
 	presence Presence
 	peers    peers
 	history  *history // the streams this node keeps (history.go); nil: none
+	sends    sends    // chart.v1 message ids seen (recovery.go)
 
 	closed      atomic.Bool   // Shutdown or Close began
 	killed      atomic.Bool   // Close: drop everything, run no callback

@@ -51,6 +51,10 @@ type Message struct {
 	// Epoch names the stream's history: offsets compare only within one
 	// epoch, and a new epoch means what came before is gone.
 	Epoch string `json:"epoch,omitempty"`
+	// Online, for a direct message in SendMessage, tells whether the
+	// recipient had a connection when it was sent: when not, it waits in
+	// the recipient's inbox (push a notification). Not sent to clients.
+	Online bool `json:"-"`
 }
 
 // inbound is what a client sends. type and to_user_id accept a number or a
@@ -61,18 +65,37 @@ type inbound struct {
 	Type      json.RawMessage `json:"type"`
 	Content   *string         `json:"content"`
 	Transient bool            `json:"transient"`
+	// chart.v1 (recovery.go): a client's own id for its message, and the
+	// hello and acknowledgement frames.
+	Id    string     `json:"id"`
+	Hello *positions `json:"hello"`
+	Ack   *positions `json:"ack"`
 }
 
 // decodeInbound parses one client frame into a Message without server fields.
 func decodeInbound(uid uint64, data []byte) (Message, error) {
-	var in inbound
+	in, err := decodeFrame(uid, data)
+	if err != nil {
+		return Message{}, err
+	}
+	return in.message(uid)
+}
+
+// decodeFrame parses one client frame.
+func decodeFrame(uid uint64, data []byte) (*inbound, error) {
+	in := new(inbound)
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 || data[0] != '{' {
-		return Message{}, badMessage(uid, "want a JSON object")
+		return nil, badMessage(uid, "want a JSON object")
 	}
-	if err := json.Unmarshal(data, &in); err != nil {
-		return Message{}, badMessage(uid, "%s", jsonProblem(err))
+	if err := json.Unmarshal(data, in); err != nil {
+		return nil, badMessage(uid, "%s", jsonProblem(err))
 	}
+	return in, nil
+}
+
+// message validates a frame as a chat message, without server fields.
+func (in *inbound) message(uid uint64) (Message, error) {
 	if in.Content == nil {
 		return Message{}, badMessage(uid, "missing \"content\"")
 	}
@@ -268,7 +291,7 @@ func appendString(b []byte, s string) []byte {
 //	{"error":"not_joined","message":"chart: uid 7: channel \"x\": channel not joined","channel_id":"x"}
 //
 // Client-chosen strings in it are cut short (clip).
-func encodeError(err error, channelId string, toUid uint64) []byte {
+func encodeError(err error, channelId string, toUid uint64, id string) []byte {
 	bp := scratch.Get().(*[]byte)
 	b := append((*bp)[:0], `{"error":`...)
 	b = appendString(b, errorCode(err))
@@ -281,6 +304,10 @@ func encodeError(err error, channelId string, toUid uint64) []byte {
 	if toUid != 0 {
 		b = append(b, `,"to_user_id":`...)
 		b = strconv.AppendUint(b, toUid, 10)
+	}
+	if id != "" {
+		b = append(b, `,"id":`...)
+		b = appendString(b, id)
 	}
 	f := frame(opText, append(b, '}'))
 	putScratch(bp, b)

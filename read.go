@@ -124,25 +124,32 @@ func (c *Conn) handle(mt int, r io.Reader) error {
 		return err
 	}
 	c.throttle(len(data))
-	if c.overRate() {
-		if c.state.Load() == connOpen {
-			c.refuse(&Error{Kind: ErrRateLimited, Uid: c.uid}, "", 0)
-		} else {
-			c.hub.stats.refused.Add(1)
+	switch {
+	case mt != websocket.TextMessage:
+		if !c.limited() {
+			c.refuse(badMessage(c.uid, "binary frames are not accepted; send JSON text"), "", 0)
 		}
-		return nil
-	}
-	if mt != websocket.TextMessage {
-		c.refuse(badMessage(c.uid, "binary frames are not accepted; send JSON text"), "", 0)
-		return nil
-	}
-	if !utf8.Valid(data) {
+	case !utf8.Valid(data):
 		c.hub.stats.refused.Add(1)
 		c.close(badMessage(c.uid, "text frame is not valid UTF-8"), websocket.CloseInvalidFramePayloadData, "invalid UTF-8", closeFlush|closeHangUp)
-		return nil
+	default:
+		c.dispatch(data)
 	}
-	c.dispatch(data)
 	return nil
+}
+
+// limited applies the message rate limit to one message: true when it is
+// over it (the client is told, unless the connection closes for it).
+func (c *Conn) limited() bool {
+	if !c.overRate() {
+		return false
+	}
+	if c.state.Load() == connOpen {
+		c.refuse(&Error{Kind: ErrRateLimited, Uid: c.uid}, "", 0)
+	} else {
+		c.hub.stats.refused.Add(1)
+	}
+	return true
 }
 
 // readMessage reads one message into *bp. It returns nil data when the
@@ -273,26 +280,71 @@ func (c *Conn) throttle(n int) {
 	}
 }
 
-// dispatch decodes a client's message, lets the application filter it,
-// and sends it.
+// dispatch decodes a client's frame. A chart.v1 hello or acknowledgement
+// is taken as such (they count as bytes, not as messages); a message is
+// rate limited, filtered by the application and sent.
 func (c *Conn) dispatch(data []byte) {
-	hub := c.hub
-	m, err := decodeInbound(c.uid, data)
+	in, err := decodeFrame(c.uid, data)
+	switch {
+	case err == nil && c.v1 && in.Hello != nil:
+		c.recover(in.Hello)
+		return
+	case err == nil && c.v1 && in.Ack != nil:
+		c.acknowledge(in.Ack)
+		return
+	case c.limited():
+		return
+	case err != nil:
+		c.refuse(err, "", 0)
+		return
+	}
+	if c.v1 {
+		c.recover(&positions{}) // a message before the hello: no positions
+	}
+	m, err := in.message(c.uid)
 	if err != nil {
 		c.refuse(err, "", 0)
 		return
 	}
-	m.UserId, m.SendTime = c.uid, now()
-	if err := hub.filter(c, &m); err != nil {
-		c.refuse(err, m.ChannelId, m.ToUserId)
+	if c.v1 && in.Id != "" {
+		c.sendOnce(cut(in.Id, maxIdLen), &m)
 		return
 	}
-	if err := hub.route(c, &m); err != nil {
-		c.refuse(err, m.ChannelId, m.ToUserId)
-		return
+	c.send(&m, "")
+}
+
+// send filters and sends a client's message; the error is the refusal the
+// client was told about.
+func (c *Conn) send(m *Message, id string) error {
+	hub := c.hub
+	m.UserId, m.SendTime = c.uid, now()
+	err := hub.filter(c, m)
+	if err == nil {
+		err = hub.route(c, m)
+	}
+	if err != nil {
+		c.refuseId(err, m.ChannelId, m.ToUserId, id)
+		return err
 	}
 	hub.stats.in.Add(1)
-	hub.call(c.handler, c.uid, "SendMessage", func() { c.handler.SendMessage(m) })
+	msg := *m
+	hub.call(c.handler, c.uid, "SendMessage", func() { c.handler.SendMessage(msg) })
+	return nil
+}
+
+// sendOnce sends a chart.v1 client's message with its id: acknowledged
+// when accepted, acknowledged again and not sent when it is a retry.
+func (c *Conn) sendOnce(id string, m *Message) {
+	prev, claim := c.hub.sends.claim(c.uid, id)
+	if prev != nil {
+		c.enqueue(encodeAck(id, prev.offset, prev.epoch))
+		return
+	}
+	err := c.send(m, id)
+	c.hub.sends.finish(c.uid, id, claim, err == nil, m.Offset, m.Epoch)
+	if err == nil {
+		c.enqueue(encodeAck(id, m.Offset, m.Epoch))
+	}
 }
 
 // refuse counts a refused message, tells the client why, and reports it:
@@ -300,11 +352,17 @@ func (c *Conn) dispatch(data []byte) {
 // cannot flood the log (Stats counts them all). A refusal by the
 // application's filter is its own decision, not reported.
 func (c *Conn) refuse(err error, channelId string, toUid uint64) {
+	c.refuseId(err, channelId, toUid, "")
+}
+
+// refuseId is refuse for a chart.v1 message with an id, which the error
+// frame names.
+func (c *Conn) refuseId(err error, channelId string, toUid uint64, id string) {
 	c.hub.stats.refused.Add(1)
 	if !errors.Is(err, ErrRefused) && c.sampleReport() {
 		c.hub.report(c.handler, err)
 	}
-	c.enqueue(encodeError(err, channelId, toUid))
+	c.enqueue(encodeError(err, channelId, toUid, id))
 }
 
 // reportBurst refusals of a connection are reported, then one a second.

@@ -104,12 +104,6 @@ func (h *Hub) register(c *Conn) (drain, ok bool) {
 	return drain, true
 }
 
-// start launches the read goroutine of a registered connection. It runs
-// as a step of the uid's queue, so that the connection's first frame is
-// read after its uid's LoginServer, and after a LogoutServer of an earlier
-// connection still running.
-func (c *Conn) start() { go c.readLoop() }
-
 // evictLocked closes the oldest open connections of a uid beyond
 // MaxConnsPerUid. The caller holds the uid's shard lock.
 func (h *Hub) evictLocked(list []*Conn) {

@@ -93,32 +93,36 @@ func (h *Hub) memberships(uid uint64, res map[string]bool) (online bool, err err
 // SendMessageToUid sends msg from uid to toUid as a direct Message of type
 // TypeText. Every connection of toUid receives it, and so do uid's own
 // connections when uid is online, so that all its devices show the
-// conversation. It returns ErrUserOffline (also sent to ErrorLogServer)
-// when toUid has no connection.
+// conversation. When toUid is offline the message waits in its inbox
+// (Config.InboxSize, InboxTTL) and is delivered on its next connection;
+// only with inboxes off does it return ErrUserOffline.
 func (h *Hub) SendMessageToUid(uid, toUid uint64, msg string) error {
 	m := Message{UserId: uid, ToUserId: toUid, Type: TypeText, Content: msg, SendTime: now()}
-	if err := h.sendDirect(&m); err != nil {
-		return err
-	}
-	return nil
+	return h.sendDirect(&m)
 }
 
 // sendDirect delivers a direct message to its recipient and echoes it to
-// the sender's connections.
+// the sender's connections. A recipient offline everywhere gets it in its
+// inbox, kept for its next connection; m.Online says which.
 func (h *Hub) sendDirect(m *Message) error {
 	if h.closed.Load() {
 		return newError(ErrHubClosed, m.UserId, "", nil)
 	}
-	if h.lookupUser(m.ToUserId) == nil {
+	m.Online = h.lookupUser(m.ToUserId) != nil
+	if !m.Online {
 		online, err := h.presence.IsOnline(m.ToUserId)
 		if err != nil {
 			e := h.presenceError(m.UserId, "", err)
 			e.ToUid = m.ToUserId
 			return e
 		}
-		if !online {
-			return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
+		m.Online = online
+	}
+	if !m.Online && (m.Transient || !h.history.keepsInboxes()) {
+		if m.Transient {
+			return nil // a typing indicator for nobody: dropped
 		}
+		return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
 	}
 	h.publishDirect(m)
 	return nil
@@ -163,7 +167,7 @@ func (h *Hub) Broadcast(m Message) error {
 	}
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], &m)
-	h.deliver(h.allConns(), framePrefix(prefix, 0, ""))
+	h.deliver(h.allConns(), framePrefix(prefix, 0, ""), topic{all: true}, 0)
 	h.peers.publish(topic{all: true}, prefix, true)
 	putScratch(bp, prefix)
 	return nil
@@ -177,7 +181,7 @@ func (h *Hub) publishChannel(m *Message) {
 	prefix := appendPrefix((*bp)[:0], m)
 	t := topic{ch: m.ChannelId}
 	m.Offset, m.Epoch = h.stamp(t, prefix, m.Transient)
-	h.deliverChannel(m.ChannelId, framePrefix(prefix, m.Offset, m.Epoch))
+	h.deliverChannel(m.ChannelId, framePrefix(prefix, m.Offset, m.Epoch), m.Offset)
 	h.peers.publish(t, prefix, m.Transient)
 	putScratch(bp, prefix)
 }
@@ -200,7 +204,7 @@ func (h *Hub) publishDirect(m *Message) {
 func (h *Hub) publishUser(uid uint64, prefix []byte, transient bool) (uint64, string) {
 	t := topic{uid: uid}
 	off, epoch := h.stamp(t, prefix, transient)
-	h.deliverUser(uid, framePrefix(prefix, off, epoch))
+	h.deliverUser(uid, framePrefix(prefix, off, epoch), off)
 	h.peers.publish(t, prefix, transient)
 	return off, epoch
 }
@@ -214,25 +218,27 @@ func (h *Hub) stamp(t topic, prefix []byte, transient bool) (uint64, string) {
 	return h.history.append(t, prefix)
 }
 
-// deliverChannel queues f on every local connection subscribed to the
-// channel. The frame is shared, never copied.
-func (h *Hub) deliverChannel(channelId string, f []byte) {
+// deliverChannel queues f, the frame of a message at offset off of the
+// channel's stream, on every local connection subscribed to it. The frame
+// is shared, never copied.
+func (h *Hub) deliverChannel(channelId string, f []byte, off uint64) {
 	if ch := h.lookupChannel(channelId); ch != nil {
-		h.deliver(ch.subscribers(), f)
+		h.deliver(ch.subscribers(), f, topic{ch: channelId}, off)
 	}
 }
 
-// deliverUser queues f on every local connection of uid.
-func (h *Hub) deliverUser(uid uint64, f []byte) {
+// deliverUser queues f, at offset off of uid's inbox, on every local
+// connection of uid.
+func (h *Hub) deliverUser(uid uint64, f []byte, off uint64) {
 	if u := h.lookupUser(uid); u != nil {
-		h.deliver(u.connList(), f)
+		h.deliver(u.connList(), f, topic{uid: uid}, off)
 	}
 }
 
-func (h *Hub) deliver(conns []*Conn, f []byte) {
+func (h *Hub) deliver(conns []*Conn, f []byte, t topic, off uint64) {
 	var n uint64
 	for _, c := range conns {
-		if c.enqueue(f) {
+		if c.enqueueAt(f, t, off) {
 			n++
 		}
 	}

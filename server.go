@@ -29,7 +29,7 @@ func (h *Hub) newUpgrader() websocket.Upgrader {
 	return websocket.Upgrader{
 		ReadBufferSize:  h.cfg.ReadBufferSize,
 		WriteBufferPool: noBuffers{},
-		Subprotocols:    h.cfg.Subprotocols,
+		Subprotocols:    append([]string{ProtocolV1}, h.cfg.Subprotocols...),
 		// The hub checks the origin itself, to explain a refusal.
 		CheckOrigin: func(*http.Request) bool { return true },
 	}
@@ -120,7 +120,8 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request, uid uint64, meta any
 		h.report(handler, newError(ErrUpgrade, uid, "", err))
 		return
 	}
-	c := &Conn{hub: h, id: h.connIDs.Add(1), uid: uid, meta: meta, handler: handler, ws: ws, nc: ws.NetConn(), ip: ip}
+	c := &Conn{hub: h, id: h.connIDs.Add(1), uid: uid, meta: meta, handler: handler, ws: ws, nc: ws.NetConn(), ip: ip,
+		v1: ws.Subprotocol() == ProtocolV1, hold: []held{}}
 	ws.SetReadLimit(h.cfg.MaxMessageSize)
 	ws.SetPingHandler(c.onPing)
 	ws.SetPongHandler(c.onPong)

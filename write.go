@@ -10,15 +10,45 @@ import (
 // between recipients, and a writer goroutine that exists only while the
 // queue holds something.
 
-// enqueue queues a frame for the writer. It never blocks: when the queue is
-// full the slow-consumer policy decides. It returns false if f was not
-// queued (the connection is closing, or f was dropped); frames dropped to
-// make room are counted here, f itself by the caller.
+// enqueue queues a control or error frame for the writer; see push.
 func (c *Conn) enqueue(f []byte) bool {
-	cfg := &c.hub.cfg
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pushLocked(f, topic{}, 0)
+}
+
+// enqueueAt queues a message frame at its place in stream t (offset 0:
+// none). While the connection recovers (hold), message frames wait there.
+func (c *Conn) enqueueAt(f []byte, t topic, off uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hold != nil && c.state.Load() == connOpen {
+		if len(c.hold) >= c.hub.cfg.SendQueueLen {
+			c.slowLocked()
+			return false
+		}
+		c.hold = append(c.hold, held{f, t, off})
+		return true
+	}
+	return c.pushLocked(f, t, off)
+}
+
+// held is a message frame waiting while its connection recovers.
+type held struct {
+	f   []byte
+	t   topic
+	off uint64
+}
+
+// pushLocked queues a frame for the writer. It never blocks: when the
+// queue is full the slow-consumer policy decides. It returns false if f
+// was not queued (the connection is closing, or f was dropped); frames
+// dropped to make room are counted here, f itself by the caller. A frame
+// of the user's own inbox on a connection without chart.v1 counts as
+// acknowledged once written. The caller holds c.mu.
+func (c *Conn) pushLocked(f []byte, t topic, off uint64) bool {
+	cfg := &c.hub.cfg
 	if c.state.Load() != connOpen {
-		c.mu.Unlock()
 		return false
 	}
 	if c.queue == nil {
@@ -32,11 +62,7 @@ func (c *Conn) enqueue(f []byte) bool {
 	}
 	if full() {
 		if cfg.SlowConsumer != SlowConsumerDropOldest {
-			c.closeLocked(&Error{Kind: ErrSlowConsumer, Uid: c.uid}, CloseSlowConsumer, "slow consumer", 0)
-			c.mu.Unlock()
-			// A write in progress may be stuck on a client that stopped
-			// reading: give it CloseGrace, not WriteWait, to finish.
-			c.nc.SetWriteDeadline(time.Now().Add(cfg.CloseGrace))
+			c.slowLocked()
 			return false
 		}
 		dropped := 0
@@ -50,9 +76,19 @@ func (c *Conn) enqueue(f []byte) bool {
 	}
 	q.frames = append(q.frames, f)
 	c.qbytes += len(f)
+	if off > q.inbox && !c.v1 && t.ch == "" && t.uid == c.uid {
+		q.inbox = off
+	}
 	c.startWriterLocked()
-	c.mu.Unlock()
 	return true
+}
+
+// slowLocked closes a connection that cannot keep up.
+func (c *Conn) slowLocked() {
+	c.closeLocked(&Error{Kind: ErrSlowConsumer, Uid: c.uid}, CloseSlowConsumer, "slow consumer", 0)
+	// A write in progress may be stuck on a client that stopped reading:
+	// give it CloseGrace, not WriteWait, to finish.
+	c.nc.SetWriteDeadline(time.Now().Add(c.hub.cfg.CloseGrace))
 }
 
 func (c *Conn) startWriterLocked() {
@@ -117,7 +153,11 @@ func (c *Conn) writeBatch(batch *sendQueue) bool {
 	c.bufs = batch.frames
 	_, err := c.bufs.WriteTo(c.nc)
 	c.bufs = nil
+	inbox := batch.inbox
 	batch.release()
+	if err == nil && inbox > 0 {
+		c.hub.history.ack(c.uid, inbox)
+	}
 	if err != nil {
 		c.setReason(&Error{Kind: ErrConnection, Uid: c.uid, Err: err})
 		c.abort()
@@ -143,13 +183,17 @@ func (c *Conn) writeClose(cf []byte, hangUp bool) bool {
 // sendQueue holds a connection's queued frames. Queues are pooled: a
 // connection takes one when a frame arrives and the writer gives it back
 // once written, so idle connections hold none and busy ones allocate none.
-type sendQueue struct{ frames [][]byte }
+type sendQueue struct {
+	frames [][]byte
+	inbox  uint64 // the newest of the user's inbox among frames, to acknowledge once written
+}
 
 var sendQueues = sync.Pool{New: func() any { return &sendQueue{frames: make([][]byte, 0, 16)} }}
 
 func (q *sendQueue) reset() {
 	clear(q.frames)
 	q.frames = q.frames[:0]
+	q.inbox = 0
 }
 
 func (q *sendQueue) release() {

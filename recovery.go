@@ -1,0 +1,319 @@
+package chart
+
+import (
+	"strconv"
+	"sync"
+	"time"
+)
+
+// The chart.v1 protocol: recovery after a reconnect, acknowledgements,
+// and sends acknowledged once.
+//
+// A client that offers the subprotocol ProtocolV1 sends, as its first
+// frame, a hello with the positions it has reached (the last offset and
+// the epoch of each channel, and of its inbox). Until the hello is handled
+// the hub holds the connection's live messages; then it sends what the
+// client missed from history, a welcome saying per stream whether that was
+// complete, and the held live messages beyond what history gave, so that
+// nothing is lost or doubled at the seam. A hello that does not come
+// within HelloTimeout counts as one without positions.
+//
+// A connection without chart.v1 gets, at its start, the messages of its
+// user's inbox that no connection of the user has written yet; each inbox
+// message counts as acknowledged once written to its socket.
+
+// ProtocolV1 is the WebSocket subprotocol of clients that recover what
+// they missed (see README, "Delivery"). Every hub accepts it.
+const ProtocolV1 = "chart.v1"
+
+// position is a place in a stream, as a client reports and learns it.
+type position struct {
+	Epoch     string `json:"epoch"`
+	Offset    uint64 `json:"offset"`
+	Recovered *bool  `json:"recovered,omitempty"` // in the welcome
+}
+
+// positions is a hello's, an acknowledgement's or a welcome's body.
+type positions struct {
+	Channels map[string]position `json:"channels,omitempty"`
+	Inbox    *position           `json:"inbox,omitempty"`
+}
+
+// start launches the read goroutine of a registered connection. It runs
+// as a step of the uid's queue, so that the connection's first frame is
+// read after its uid's LoginServer, and after a LogoutServer of an earlier
+// connection still running. A connection without chart.v1 recovers its
+// inbox here; a chart.v1 one waits for its hello, within HelloTimeout.
+func (c *Conn) start() {
+	if !c.v1 {
+		c.recover(nil)
+	} else if c.hub.cfg.HelloTimeout > 0 {
+		c.mu.Lock()
+		c.helloTimer = time.AfterFunc(c.hub.cfg.HelloTimeout, func() { c.recover(&positions{}) })
+		c.mu.Unlock()
+	}
+	go c.readLoop()
+}
+
+// replay is what recovery sends for one stream.
+type replay struct {
+	t      topic
+	frames [][]byte
+	offs   []uint64
+	live   bool     // nothing replayed: live messages only
+	pos    position // where the client is after the replay
+}
+
+// recover sends a connection what it missed, then its held live messages
+// beyond that, once. hello is nil for a connection without chart.v1.
+func (c *Conn) recover(hello *positions) {
+	c.recovering.Lock()
+	defer c.recovering.Unlock()
+	c.mu.Lock()
+	done := c.hold == nil
+	if c.helloTimer != nil {
+		c.helloTimer.Stop()
+	}
+	c.mu.Unlock()
+	if done {
+		return
+	}
+	replays := c.replays(hello)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	last := make(map[topic]uint64, len(replays))
+	for i := range replays {
+		r := &replays[i]
+		for k, f := range r.frames {
+			c.pushLocked(f, r.t, r.offs[k])
+		}
+		if !r.live {
+			last[r.t] = r.pos.Offset // held messages up to here were replayed
+			continue
+		}
+		// The client gets the held messages of a live-only stream: its
+		// position is just before the first of them.
+		for _, m := range c.hold {
+			if m.t == r.t && m.off != 0 && m.off <= r.pos.Offset {
+				r.pos.Offset = m.off - 1
+				break
+			}
+		}
+	}
+	if hello != nil {
+		c.pushLocked(encodeWelcome(replays), topic{}, 0)
+	}
+	for _, m := range c.hold {
+		if m.off == 0 || m.off > last[m.t] {
+			c.pushLocked(m.f, m.t, m.off)
+		}
+	}
+	c.hold = nil
+}
+
+// replays reads history for the streams the connection recovers: its
+// user's channels now, from the client's positions, and its inbox, from
+// the client's position or else from what the user acknowledged. At most
+// half a send queue is replayed; the streams past that are not recovered.
+func (c *Conn) replays(hello *positions) []replay {
+	hub := c.hub
+	budget := hub.cfg.SendQueueLen / 2
+	var out []replay
+	if hello != nil {
+		chans, _ := hub.localChannels(c.uid)
+		for _, id := range chans {
+			p, ok := hello.Channels[id]
+			out = append(out, hub.replay(topic{ch: id}, p, ok, &budget))
+		}
+	}
+	var p position
+	ok := hello != nil && hello.Inbox != nil
+	if ok {
+		p = *hello.Inbox
+	} else {
+		p.Offset, p.Epoch = hub.history.acked(topic{uid: c.uid}, c.uid)
+		ok = p.Epoch != ""
+	}
+	out = append(out, hub.replay(topic{uid: c.uid}, p, ok, &budget))
+	return out
+}
+
+// replay reads stream t after position p (when known) within budget.
+func (h *Hub) replay(t topic, p position, known bool, budget *int) replay {
+	r := replay{t: t}
+	entries, epoch, complete, last := h.history.read(t, p.Offset, 0)
+	recovered := false
+	switch {
+	case !known || epoch == "" || p.Epoch != epoch || len(entries) > *budget:
+		// Live only: the position is unknown, of another epoch, or too far
+		// behind. The client learns where the stream is.
+		r.live, r.pos.Offset = true, last
+	default:
+		recovered = complete
+		*budget -= len(entries)
+		r.pos.Offset = p.Offset
+		for _, e := range entries {
+			r.frames = append(r.frames, framePrefix(e.data, e.off, epoch))
+			r.offs = append(r.offs, e.off)
+			r.pos.Offset = e.off
+		}
+	}
+	r.pos.Epoch = epoch
+	r.pos.Recovered = &recovered
+	return r
+}
+
+// encodeWelcome is the frame that ends a chart.v1 recovery:
+//
+//	{"welcome":{"channels":{"lobby":{"epoch":"e","offset":57,"recovered":true}},"inbox":{...}}}
+func encodeWelcome(replays []replay) []byte {
+	b := []byte(`{"welcome":{"channels":{`)
+	n := 0
+	var inbox *position
+	for i := range replays {
+		r := &replays[i]
+		if r.t.ch == "" {
+			inbox = &r.pos
+			continue
+		}
+		if n > 0 {
+			b = append(b, ',')
+		}
+		n++
+		b = appendString(b, r.t.ch)
+		b = append(b, ':')
+		b = appendPos(b, r.pos)
+	}
+	b = append(b, '}')
+	if inbox != nil {
+		b = append(b, `,"inbox":`...)
+		b = appendPos(b, *inbox)
+	}
+	return frame(opText, append(b, "}}"...))
+}
+
+func appendPos(b []byte, p position) []byte {
+	b = append(b, `{"epoch":`...)
+	b = appendString(b, p.Epoch)
+	b = append(b, `,"offset":`...)
+	b = strconv.AppendUint(b, p.Offset, 10)
+	b = append(b, `,"recovered":`...)
+	b = strconv.AppendBool(b, p.Recovered != nil && *p.Recovered)
+	return append(b, '}')
+}
+
+// acknowledge records a chart.v1 client's acknowledgement: the positions
+// up to which it has its inbox and channels.
+func (c *Conn) acknowledge(a *positions) {
+	hs := c.hub.history
+	if a.Inbox != nil {
+		hs.ackStream(topic{uid: c.uid}, c.uid, a.Inbox.Epoch, a.Inbox.Offset)
+	}
+	n := 0
+	for id, p := range a.Channels {
+		if n++; n > c.hub.cfg.MaxChannelsPerUid {
+			break
+		}
+		hs.ackStream(topic{ch: id}, c.uid, p.Epoch, p.Offset)
+	}
+}
+
+// Acked returns the offset up to which uid acknowledged a channel (a
+// chart.v1 client's acknowledgement) and the channel's epoch: with
+// History, enough to show unread counts. 0 and "" when nothing is known.
+func (h *Hub) Acked(uid uint64, channelId string) (offset uint64, epoch string) {
+	return h.history.acked(topic{ch: channelId}, uid)
+}
+
+// InboxAcked is Acked for uid's inbox.
+func (h *Hub) InboxAcked(uid uint64) (offset uint64, epoch string) {
+	return h.history.acked(topic{uid: uid}, uid)
+}
+
+// sends remembers the ids of chart.v1 clients' messages for dedupWindow,
+// so that a retried send is acknowledged again instead of delivered twice.
+type sends struct {
+	shards [shardCount]sendShard
+}
+
+type sendShard struct {
+	mu   sync.Mutex
+	ids  map[sendKey]*sent
+	fifo []sendKey // in the order claimed, for expiry
+	_    [64]byte
+}
+
+type sendKey struct {
+	uid uint64
+	id  string
+}
+
+// sent is what a send was acknowledged with; done is false while it is
+// being sent.
+type sent struct {
+	at     int64
+	done   bool
+	offset uint64
+	epoch  string
+}
+
+// dedupWindow is how long a client's message id is remembered.
+const dedupWindow = 2 * time.Minute
+
+// maxIdLen bounds a client's message id.
+const maxIdLen = 64
+
+// claim returns the earlier send of (uid, id), or records this one.
+func (ss *sends) claim(uid uint64, id string) (prev *sent, fresh *sent) {
+	sh := &ss.shards[(uid*0x9E3779B97F4A7C15)>>58]
+	now := time.Now().UnixNano()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for len(sh.fifo) > 0 {
+		k := sh.fifo[0]
+		if s := sh.ids[k]; s != nil && now-s.at < int64(dedupWindow) {
+			break
+		}
+		delete(sh.ids, k)
+		sh.fifo = sh.fifo[1:]
+	}
+	k := sendKey{uid, id}
+	if s := sh.ids[k]; s != nil {
+		c := *s
+		return &c, nil
+	}
+	if sh.ids == nil {
+		sh.ids = make(map[sendKey]*sent)
+	}
+	s := &sent{at: now}
+	sh.ids[k] = s
+	sh.fifo = append(sh.fifo, k)
+	return nil, s
+}
+
+// finish records how a claimed send was acknowledged; a refused send is
+// forgotten, so that a retry is tried again.
+func (ss *sends) finish(uid uint64, id string, s *sent, ok bool, offset uint64, epoch string) {
+	sh := &ss.shards[(uid*0x9E3779B97F4A7C15)>>58]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if !ok {
+		delete(sh.ids, sendKey{uid, id})
+		return
+	}
+	s.done, s.offset, s.epoch = true, offset, epoch
+}
+
+// encodeAck acknowledges a chart.v1 client's message:
+//
+//	{"ack":{"id":"c1-7","offset":42,"epoch":"e"}}
+func encodeAck(id string, offset uint64, epoch string) []byte {
+	b := append([]byte(`{"ack":{"id":`), appendString(nil, id)...)
+	if offset != 0 {
+		b = append(b, `,"offset":`...)
+		b = strconv.AppendUint(b, offset, 10)
+		b = append(b, `,"epoch":`...)
+		b = appendString(b, epoch)
+	}
+	return frame(opText, append(b, "}}"...))
+}
