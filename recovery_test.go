@@ -1,0 +1,509 @@
+package chart_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/wuyan94zl/chart"
+	"github.com/wuyan94zl/chart/charttest"
+)
+
+// proxy is a TCP proxy in front of a server, whose connections the test
+// cuts: with a reset, or as a blackhole (bytes dropped, no FIN or RST,
+// new connections refused).
+type proxy struct {
+	t       *testing.T
+	ln      net.Listener
+	target  string
+	mu      sync.Mutex
+	conns   []net.Conn
+	blocked bool
+	wg      sync.WaitGroup
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{t: t, ln: ln, target: target}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		p.reset()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *proxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		blocked := p.blocked
+		p.mu.Unlock()
+		if blocked {
+			c.Close() // refused
+			continue
+		}
+		s, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, s)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pipe(c, s)
+		go p.pipe(s, c)
+	}
+}
+
+// pipe copies from a to b; in a blackhole it reads and drops.
+func (p *proxy) pipe(a, b net.Conn) {
+	defer p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := a.Read(buf)
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		blocked := p.blocked
+		p.mu.Unlock()
+		if !blocked {
+			b.Write(buf[:n])
+		}
+	}
+}
+
+// reset closes every proxied connection with an RST.
+func (p *proxy) reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// blackhole drops every byte and refuses new connections until restore.
+func (p *proxy) blackhole() {
+	p.mu.Lock()
+	p.blocked = true
+	p.mu.Unlock()
+}
+
+// restore ends a blackhole; the connections cut by it stay dead (closed
+// here, as the client's side would time out).
+func (p *proxy) restore() {
+	p.reset()
+	p.mu.Lock()
+	p.blocked = false
+	p.mu.Unlock()
+}
+
+// v1Client is a chart.v1 client: it keeps its positions and every frame
+// it received, and reconnects with a hello.
+type v1Client struct {
+	t      *testing.T
+	url    string
+	mu     sync.Mutex
+	pos    map[string]chart.Message // channel id, or "" for the inbox: the last message
+	frames []map[string]any         // every frame, raw
+	msgs   []chart.Message
+	ws     *websocket.Conn
+	gone   chan struct{}
+	got    chan struct{}
+}
+
+func (c *v1Client) connect() {
+	c.t.Helper()
+	d := websocket.Dialer{HandshakeTimeout: 2 * time.Second, Subprotocols: []string{chart.ProtocolV1}}
+	var ws *websocket.Conn
+	charttest.Eventually(c.t, "reconnected", func() bool {
+		var err error
+		ws, _, err = d.Dial(c.url, nil)
+		return err == nil
+	})
+	if ws.Subprotocol() != chart.ProtocolV1 {
+		c.t.Fatalf("subprotocol %q", ws.Subprotocol())
+	}
+	c.mu.Lock()
+	hello := map[string]any{"channels": map[string]any{}}
+	for ch, m := range c.pos {
+		p := map[string]any{"epoch": m.Epoch, "offset": m.Offset}
+		if ch == "" {
+			hello["inbox"] = p
+		} else {
+			hello["channels"].(map[string]any)[ch] = p
+		}
+	}
+	c.ws, c.gone = ws, make(chan struct{})
+	gone := c.gone
+	c.mu.Unlock()
+	go c.read(ws, gone)
+	// A slow client: messages published before its hello arrives are held
+	// by the server and also in the history it replays, so the seam must
+	// drop the doubles.
+	time.Sleep(30 * time.Millisecond)
+	b, _ := json.Marshal(map[string]any{"hello": hello})
+	ws.WriteMessage(websocket.TextMessage, b)
+}
+
+func (c *v1Client) read(ws *websocket.Conn, gone chan struct{}) {
+	defer close(gone)
+	for {
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		var raw map[string]any
+		var m chart.Message
+		json.Unmarshal(data, &raw)
+		json.Unmarshal(data, &m)
+		c.mu.Lock()
+		c.frames = append(c.frames, raw)
+		if m.Offset != 0 {
+			key := m.ChannelId
+			if key == "" {
+				key = "" // the inbox
+			}
+			c.pos[key] = m
+			c.msgs = append(c.msgs, m)
+		}
+		c.mu.Unlock()
+		select {
+		case c.got <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// waitFor waits until the client has a message with content.
+func (c *v1Client) waitFor(content string) {
+	c.t.Helper()
+	charttest.Eventually(c.t, "message "+content, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, m := range c.msgs {
+			if m.Content == content {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// joiner joins every user to "room" at login.
+type joiner struct {
+	*charttest.Recorder
+	hub *chart.Hub
+}
+
+func (j *joiner) LoginServer(uid uint64) {
+	j.hub.JoinChannelIds(uid, "room")
+	j.Recorder.LoginServer(uid)
+}
+
+// TestTunnel: a chart.v1 client's connection is cut by a proxy, with a
+// reset and as a blackhole, while three senders publish 200 channel
+// messages and one sends 20 direct messages, also during the reconnect
+// and its recovery. It ends with every message exactly once, each
+// sender's in order, and no duplicate frame.
+func TestTunnel(t *testing.T) {
+	for _, cut := range []string{"reset", "blackhole"} {
+		t.Run(cut, func(t *testing.T) { tunnel(t, cut) })
+	}
+}
+
+func tunnel(t *testing.T, cut string) {
+	// History for the whole test: what is beyond it is TestBeyondRetention's.
+	hub := chart.New(chart.Config{Logger: quiet, RateLimit: -1, HistorySize: 1000})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	p := newProxy(t, strings.TrimPrefix(strings.TrimSuffix(s.URL, "/ws"), "ws://"))
+	c := &v1Client{t: t, url: "ws://" + p.ln.Addr().String() + "/ws?id=1", pos: map[string]chart.Message{}, got: make(chan struct{}, 1)}
+	c.connect()
+	j.WantLogin(t, 1)
+	var senders []*charttest.Client
+	for uid := uint64(2); uid <= 4; uid++ {
+		senders = append(senders, s.Login(t, j.Recorder, uid))
+	}
+	senders[0].SendTo("room", "start")
+	c.waitFor("start")
+
+	// Send throughout: before the cut, while cut, and while reconnecting.
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, sn := range senders {
+		wg.Add(1)
+		go func(i int, sn *charttest.Client) {
+			defer wg.Done()
+			for k := 0; k < 67; k++ {
+				sn.SendTo("room", fmt.Sprintf("s%d-%d", i, k))
+				if i == 0 && k < 20 {
+					sn.SendToUser(1, fmt.Sprintf("dm-%d", k))
+				}
+				time.Sleep(3 * time.Millisecond) // a steady pace across the cut
+			}
+		}(i, sn)
+	}
+	go func() { wg.Wait(); close(done) }()
+	time.Sleep(20 * time.Millisecond) // some messages before the cut
+	c.mu.Lock()
+	old := c.ws
+	gone := c.gone
+	c.mu.Unlock()
+	if cut == "reset" {
+		p.reset()
+		<-gone
+		time.Sleep(50 * time.Millisecond) // the tunnel: messages go on meanwhile
+	} else {
+		p.blackhole()
+		time.Sleep(100 * time.Millisecond) // messages go into the hole
+		p.restore()
+		<-gone
+	}
+	old.Close()
+	c.connect() // with a hello, while the senders go on
+	<-done
+	senders[1].SendTo("room", "end")
+	c.waitFor("end")
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// Each sender's messages exactly once, in order; the 20 DMs too.
+	next := map[string]int{}
+	for _, m := range c.msgs {
+		var i, k int
+		switch {
+		case m.ChannelId == "room" && strings.HasPrefix(m.Content, "s") && m.Content != "start":
+			fmt.Sscanf(m.Content, "s%d-%d", &i, &k)
+			key := fmt.Sprint("s", i)
+			if k != next[key] {
+				t.Fatalf("sender %d: got message %d after %d (%v cut)", i, k, next[key], cut)
+			}
+			next[key]++
+		case m.ChannelId == "" && strings.HasPrefix(m.Content, "dm-"):
+			fmt.Sscanf(m.Content, "dm-%d", &k)
+			if k != next["dm"] {
+				t.Fatalf("direct message %d after %d", k, next["dm"])
+			}
+			next["dm"]++
+		}
+	}
+	for i := 0; i < 3; i++ {
+		if n := next[fmt.Sprint("s", i)]; n != 67 {
+			t.Fatalf("sender %d: %d of 67 messages", i, n)
+		}
+	}
+	if next["dm"] != 20 {
+		t.Fatalf("%d of 20 direct messages", next["dm"])
+	}
+	// No frame came twice: every (stream, offset) once.
+	seen := map[string]bool{}
+	welcomes := 0
+	for _, f := range c.frames {
+		if w, ok := f["welcome"].(map[string]any); ok {
+			welcomes++
+			if welcomes == 2 {
+				rooms := w["channels"].(map[string]any)["room"].(map[string]any)
+				if rooms["recovered"] != true {
+					t.Fatalf("second welcome %v: room not recovered", w)
+				}
+			}
+			continue
+		}
+		off, _ := f["offset"].(float64)
+		if off == 0 {
+			continue
+		}
+		key := fmt.Sprint(f["channel_id"], "/", f["epoch"], "/", off)
+		if seen[key] {
+			t.Fatalf("frame %v came twice", f)
+		}
+		seen[key] = true
+	}
+	if welcomes != 2 {
+		t.Fatalf("%d welcomes, want 2", welcomes)
+	}
+	c.ws.Close()
+}
+
+// TestBeyondRetention: a client that missed more than a channel keeps is
+// told recovered: false, with what is kept, never a silent gap; its inbox,
+// kept in full, is recovered.
+func TestBeyondRetention(t *testing.T) {
+	hub := chart.New(chart.Config{Logger: quiet, HistorySize: 5})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	c := &v1Client{t: t, url: s.URL + "?id=1", pos: map[string]chart.Message{}, got: make(chan struct{}, 1)}
+	c.connect()
+	j.WantLogin(t, 1)
+	hub.Publish("room", chart.Message{Content: "seen"})
+	hub.SendMessageToUid(9, 1, "dm seen")
+	c.waitFor("dm seen")
+	c.mu.Lock()
+	c.ws.Close()
+	gone := c.gone
+	c.mu.Unlock()
+	<-gone
+	charttest.Recv(t, j.Logouts, "logout")
+	for i := 0; i < 10; i++ {
+		hub.Publish("room", chart.Message{Content: fmt.Sprint("missed ", i)})
+	}
+	hub.SendMessageToUid(9, 1, "dm while away")
+	c.connect()
+	c.waitFor("dm while away")
+	c.waitFor("missed 9")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.frames[len(c.frames)-1]
+	for _, f := range c.frames {
+		if f["welcome"] != nil {
+			w = f
+		}
+	}
+	wel := w["welcome"].(map[string]any)
+	room := wel["channels"].(map[string]any)["room"].(map[string]any)
+	inbox := wel["inbox"].(map[string]any)
+	if room["recovered"] != false || room["offset"] != float64(11) || inbox["recovered"] != true {
+		t.Fatalf("welcome %v: want room not recovered at 11, inbox recovered", wel)
+	}
+	var got []string
+	for _, m := range c.msgs[2:] {
+		got = append(got, m.Content)
+	}
+	if want := "missed 5,missed 6,missed 7,missed 8,missed 9,dm while away"; strings.Join(got, ",") != want {
+		t.Fatalf("after the reconnect %q, want the kept tail %q", got, want)
+	}
+	c.ws.Close()
+}
+
+// dialV1 opens a chart.v1 connection and sends its hello.
+func dialV1(t *testing.T, url string, hello string) *websocket.Conn {
+	t.Helper()
+	d := websocket.Dialer{HandshakeTimeout: charttest.Wait, Subprotocols: []string{chart.ProtocolV1}}
+	ws, _, err := d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	ws.WriteMessage(websocket.TextMessage, []byte(hello))
+	return ws
+}
+
+// nextFrame reads one JSON frame.
+func nextFrame(t *testing.T, ws *websocket.Conn) map[string]any {
+	t.Helper()
+	ws.SetReadDeadline(time.Now().Add(charttest.Wait))
+	var f map[string]any
+	if err := ws.ReadJSON(&f); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestSendOnce: a message sent three times with one id is delivered once
+// and acknowledged three times, with the same position.
+func TestSendOnce(t *testing.T) {
+	hub := chart.New(chart.Config{Logger: quiet})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	other := s.Login(t, j.Recorder, 2)
+	ws := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	j.WantLogin(t, 1)
+	if f := nextFrame(t, ws); f["welcome"] == nil {
+		t.Fatalf("first frame %v, want the welcome", f)
+	}
+	var acks []any
+	for i := 0; i < 3; i++ {
+		ws.WriteMessage(websocket.TextMessage, []byte(`{"id":"c1-1","channel_id":"room","content":"once","type":3}`))
+		for {
+			f := nextFrame(t, ws)
+			if a, ok := f["ack"].(map[string]any); ok {
+				acks = append(acks, a)
+				break
+			}
+			if f["content"] != "once" || i > 0 {
+				t.Fatalf("frame %v", f)
+			}
+		}
+	}
+	want := map[string]any{"id": "c1-1", "offset": float64(1), "epoch": acks[0].(map[string]any)["epoch"]}
+	for _, a := range acks {
+		if !reflectEqual(a, want) {
+			t.Fatalf("acks %v", acks)
+		}
+	}
+	other.WantContent("once")
+	other.SendTo("room", "next")
+	if m := other.NextMsg(); m.Content != "next" {
+		t.Fatalf("got %+v: the retries were delivered", m)
+	}
+	// A refused message names its id.
+	ws.WriteMessage(websocket.TextMessage, []byte(`{"id":"c1-2","channel_id":"nope","content":"x"}`))
+	for {
+		f := nextFrame(t, ws)
+		if f["error"] != nil {
+			if f["error"] != "not_joined" || f["id"] != "c1-2" {
+				t.Fatalf("error frame %v", f)
+			}
+			break
+		}
+	}
+}
+
+// TestInboxAcks: direct messages to a uid that never connected wait for
+// its first connection; a second device gets them only when the first did
+// not acknowledge them.
+func TestInboxAcks(t *testing.T) {
+	hub := chart.New(chart.Config{Logger: quiet})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	for i := 0; i < 3; i++ {
+		if err := hub.SendMessageToUid(9, 1, fmt.Sprint("dm ", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	phone := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	for i := 0; i < 3; i++ {
+		if f := nextFrame(t, phone); f["content"] != fmt.Sprint("dm ", i) {
+			t.Fatalf("phone got %v", f)
+		}
+	}
+	w := nextFrame(t, phone)["welcome"].(map[string]any)["inbox"].(map[string]any)
+	if w["offset"] != float64(3) || w["recovered"] != true {
+		t.Fatalf("welcome inbox %v", w)
+	}
+	// Not acknowledged yet: a laptop gets them too.
+	laptop := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	for i := 0; i < 3; i++ {
+		if f := nextFrame(t, laptop); f["content"] != fmt.Sprint("dm ", i) {
+			t.Fatalf("laptop got %v", f)
+		}
+	}
+	// The phone acknowledges two; a tablet gets the third only.
+	phone.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"ack":{"inbox":{"epoch":%q,"offset":2}}}`, w["epoch"])))
+	charttest.Eventually(t, "ack recorded", func() bool { off, _ := hub.InboxAcked(1); return off == 2 })
+	tablet := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	if f := nextFrame(t, tablet); f["content"] != "dm 2" {
+		t.Fatalf("tablet got %v, want only what was not acknowledged", f)
+	}
+}
+
+func reflectEqual(a, b any) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
