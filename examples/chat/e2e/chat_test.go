@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,12 +16,11 @@ import (
 )
 
 const (
-	annUID     = 101
-	bobUID     = 202
-	cleoUID    = 303
-	offlineUID = 999
-	channel    = "gophers"
-	injection  = `<img src=x onerror="window.__pwned=1">`
+	annUID    = 101
+	bobUID    = 202
+	cleoUID   = 303
+	channel   = "gophers"
+	injection = `<img src=x onerror="window.__pwned=1">`
 )
 
 // TestChatInBrowsers signs users in from separate Chromium processes
@@ -155,10 +157,12 @@ func TestChatInBrowsers(t *testing.T) {
 	ann.waitLastMessage(reply)
 
 	t.Log("an error frame from the server is shown")
-	ann.fill("dm-uid", "999")
+	// Ann is taken out of the channel behind her page's back (another tab
+	// of hers, say): the server refuses her next message there.
+	channelsAPI(t, srv.URL(), "leave", annUID, channel)
 	ann.send("Hello, is anyone there?")
-	ann.waitFor("user_offline error", `[...document.querySelectorAll('[data-testid="error"]')].some(e => e.dataset.code === "user_offline")`)
-	ann.clearDirect()
+	ann.waitFor("not_joined error from the server", `[...document.querySelectorAll('[data-testid="error"]')].some(e => e.dataset.code === "not_joined")`)
+	channelsAPI(t, srv.URL(), "join", annUID, channel)
 
 	t.Log("HTML in a message is text")
 	ann.send(injection)
@@ -281,4 +285,18 @@ func containsAll(texts []string, parts ...string) bool {
 		}
 	}
 	return false
+}
+
+// channelsAPI calls the demo's /api/join or /api/leave for uid.
+func channelsAPI(t *testing.T, base, op string, uid uint64, channels ...string) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"uid": uid, "channels": channels})
+	res, err := http.Post(base+"/api/"+op, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("%s %v for %d: HTTP %d", op, channels, uid, res.StatusCode)
+	}
 }
