@@ -320,13 +320,17 @@ func (c *Conn) send(m *Message, id string) error {
 	m.UserId, m.SendTime = c.uid, now()
 	err := hub.filter(c, m)
 	if err == nil {
-		err = hub.route(c, m)
+		// Counted before delivery, so that whoever sees the message sees
+		// it counted; taken back if the route refuses it.
+		hub.stats.in.Add(1)
+		if err = hub.route(c, m); err != nil {
+			hub.stats.in.Add(^uint64(0))
+		}
 	}
 	if err != nil {
 		c.refuseId(err, m.ChannelId, m.ToUserId, id)
 		return err
 	}
-	hub.stats.in.Add(1)
 	msg := *m
 	hub.call(c.handler, c.uid, "SendMessage", func() { c.handler.SendMessage(msg) })
 	return nil
