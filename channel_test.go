@@ -157,6 +157,9 @@ func TestDirectMessages(t *testing.T) {
 		}
 	}
 	late.Close()
+	if uid := charttest.Recv(t, rec.Logouts, "logout"); uid != 99 {
+		t.Fatalf("logout of %d", uid)
+	}
 	// Written to its socket, they count as received: not sent again.
 	again := s.Login(t, rec, 99)
 	s.Hub.SendMessageToUid(0, 99, "marker")
