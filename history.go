@@ -2,6 +2,7 @@ package chart
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"math"
@@ -23,15 +24,20 @@ import (
 
 // history is a node's streams, sharded by name.
 type history struct {
-	shards   [shardCount]historyShard
+	shards   [historyShards]historyShard
 	size     int   // entries per channel stream
 	ttl      int64 // nanoseconds per channel entry
 	inbox    int   // entries per inbox stream
 	inboxTTL int64
 	maxBytes int64 // per shard
 	base     string
+	seed     uint64 // random: which shard a stream is in cannot be aimed at
 	epochs   atomic.Uint64
 }
+
+// historyShards splits the streams: fewer than the registry's shards, so
+// that each shard's part of MaxHistoryBytes stays large.
+const historyShards = 16
 
 type historyShard struct {
 	mu      sync.Mutex
@@ -62,27 +68,33 @@ type entryRef struct {
 	off uint64
 }
 
-// streamOverhead is what a stream costs beyond its entries' data, counted
-// against the byte cap so that many streams of one entry are bounded too.
-const streamOverhead = 160
+// streamOverhead and entryOverhead are what a stream and an entry cost
+// beyond the entries' data (structs, map and FIFO slots), counted against
+// the byte cap so that many small streams and entries are bounded too.
+const (
+	streamOverhead = 320
+	entryOverhead  = 96
+)
 
 func newHistory(cfg *Config) *history {
 	if cfg.HistorySize < 0 && cfg.InboxSize < 0 {
 		return nil
 	}
-	var b [6]byte
+	var b [14]byte
 	rand.Read(b[:])
 	return &history{
 		size: cfg.HistorySize, ttl: int64(cfg.HistoryTTL), inbox: cfg.InboxSize, inboxTTL: int64(cfg.InboxTTL),
-		maxBytes: max(cfg.MaxHistoryBytes/shardCount, 1), base: hex.EncodeToString(b[:]),
+		maxBytes: max(cfg.MaxHistoryBytes/historyShards, 1), base: hex.EncodeToString(b[:6]),
+		seed: binary.LittleEndian.Uint64(b[6:]),
 	}
 }
 
 func (hs *history) shard(t topic) *historyShard {
+	x := t.uid
 	if t.ch != "" {
-		return &hs.shards[fnv(t.ch)%shardCount]
+		x = uint64(fnv(t.ch))
 	}
-	return &hs.shards[(t.uid*0x9E3779B97F4A7C15)>>58]
+	return &hs.shards[((x^hs.seed)*0x9E3779B97F4A7C15)>>60]
 }
 
 // limits returns a stream's count and age limits; count < 0: not kept.
@@ -121,7 +133,7 @@ func (hs *history) append(name topic, data []byte) (uint64, string) {
 	st.entries = append(st.entries, entry{off: st.last, at: now, data: append([]byte(nil), data...)})
 	sh.fifo = append(sh.fifo, entryRef{st, st.last})
 	sh.live++
-	sh.bytes += int64(len(data))
+	sh.bytes += int64(len(data) + entryOverhead)
 	sh.expire(st, size, cutoff(now, ttl))
 	hs.trim(sh, st)
 	return st.last, st.epoch
@@ -139,7 +151,7 @@ func cutoff(now, ttl int64) int64 {
 func (sh *historyShard) expire(st *stream, size int, cutoff int64) {
 	n := 0
 	for n < len(st.entries) && (len(st.entries)-n > size || st.entries[n].at < cutoff) {
-		sh.bytes -= int64(len(st.entries[n].data))
+		sh.bytes -= int64(len(st.entries[n].data) + entryOverhead)
 		n++
 	}
 	if n > 0 {
@@ -160,7 +172,7 @@ func (hs *history) trim(sh *historyShard, appending *stream) {
 		sh.fifo = sh.fifo[1:]
 		st := ref.s
 		if len(st.entries) > 0 && st.entries[0].off == ref.off {
-			sh.bytes -= int64(len(st.entries[0].data))
+			sh.bytes -= int64(len(st.entries[0].data) + entryOverhead)
 			st.entries[0] = entry{}
 			st.entries = st.entries[1:]
 			sh.live--

@@ -126,7 +126,7 @@ func (c *Conn) handle(mt int, r io.Reader) error {
 	c.throttle(len(data))
 	switch {
 	case mt != websocket.TextMessage:
-		if !c.limited() {
+		if !c.limited("") {
 			c.refuse(badMessage(c.uid, "binary frames are not accepted; send JSON text"), "", 0)
 		}
 	case !utf8.Valid(data):
@@ -139,13 +139,14 @@ func (c *Conn) handle(mt int, r io.Reader) error {
 }
 
 // limited applies the message rate limit to one message: true when it is
-// over it (the client is told, unless the connection closes for it).
-func (c *Conn) limited() bool {
+// over it (the client is told, with the message's id, unless the
+// connection closes for it).
+func (c *Conn) limited(id string) bool {
 	if !c.overRate() {
 		return false
 	}
 	if c.state.Load() == connOpen {
-		c.refuse(&Error{Kind: ErrRateLimited, Uid: c.uid}, "", 0)
+		c.refuseId(&Error{Kind: ErrRateLimited, Uid: c.uid}, "", 0, cut(id, maxIdLen))
 	} else {
 		c.hub.stats.refused.Add(1)
 	}
@@ -292,25 +293,29 @@ func (c *Conn) dispatch(data []byte) {
 	case err == nil && c.v1 && in.Ack != nil:
 		c.acknowledge(in.Ack)
 		return
-	case c.limited():
-		return
 	case err != nil:
-		c.refuse(err, "", 0)
+		if !c.limited("") {
+			c.refuse(err, "", 0)
+		}
 		return
 	}
+	id := ""
 	if c.v1 {
 		c.recover(&positions{}) // a message before the hello: no positions
+		id = in.Id
 	}
 	m, err := in.message(c.uid)
-	if err != nil {
-		c.refuse(err, "", 0)
-		return
+	switch {
+	case c.limited(id):
+	case err != nil:
+		c.refuseId(err, "", 0, cut(id, maxIdLen))
+	case len(id) > maxIdLen:
+		c.refuseId(badMessage(c.uid, "\"id\" is longer than %d bytes", maxIdLen), m.ChannelId, m.ToUserId, "")
+	case id != "":
+		c.sendOnce(id, &m)
+	default:
+		c.send(&m, "")
 	}
-	if c.v1 && in.Id != "" {
-		c.sendOnce(cut(in.Id, maxIdLen), &m)
-		return
-	}
-	c.send(&m, "")
 }
 
 // send filters and sends a client's message; the error is the refusal the
@@ -341,7 +346,9 @@ func (c *Conn) send(m *Message, id string) error {
 func (c *Conn) sendOnce(id string, m *Message) {
 	prev, claim := c.hub.sends.claim(c.uid, id)
 	if prev != nil {
-		c.enqueue(encodeAck(id, prev.offset, prev.epoch))
+		if prev.done { // else the first try is still being sent: the client retries later
+			c.enqueue(encodeAck(id, prev.offset, prev.epoch))
+		}
 		return
 	}
 	err := c.send(m, id)

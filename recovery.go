@@ -117,24 +117,25 @@ func (c *Conn) recover(hello *positions) {
 // half a send queue is replayed; the streams past that are not recovered.
 func (c *Conn) replays(hello *positions) []replay {
 	hub := c.hub
-	budget := hub.cfg.SendQueueLen / 2
-	var out []replay
+	// The inbox first, in full as kept: direct messages waiting for the
+	// user must not lose to busy channels. From the client's position when
+	// it is of the current epoch, else from what the user acknowledged.
+	inbox := topic{uid: c.uid}
+	var p position
+	p.Offset, p.Epoch = hub.history.acked(inbox, c.uid)
+	if hello != nil && hello.Inbox != nil && hello.Inbox.Epoch == p.Epoch {
+		p = *hello.Inbox
+	}
+	unlimited := max(hub.cfg.InboxSize, 0) + 1
+	out := []replay{hub.replay(inbox, p, p.Epoch != "", &unlimited)}
 	if hello != nil {
+		budget := hub.cfg.SendQueueLen / 2
 		chans, _ := hub.localChannels(c.uid)
 		for _, id := range chans {
 			p, ok := hello.Channels[id]
 			out = append(out, hub.replay(topic{ch: id}, p, ok, &budget))
 		}
 	}
-	var p position
-	ok := hello != nil && hello.Inbox != nil
-	if ok {
-		p = *hello.Inbox
-	} else {
-		p.Offset, p.Epoch = hub.history.acked(topic{uid: c.uid}, c.uid)
-		ok = p.Epoch != ""
-	}
-	out = append(out, hub.replay(topic{uid: c.uid}, p, ok, &budget))
 	return out
 }
 
@@ -144,7 +145,7 @@ func (h *Hub) replay(t topic, p position, known bool, budget *int) replay {
 	entries, epoch, complete, last := h.history.read(t, p.Offset, 0)
 	recovered := false
 	switch {
-	case !known || epoch == "" || p.Epoch != epoch || len(entries) > *budget:
+	case !known || epoch == "" || p.Epoch != epoch || p.Offset > last || len(entries) > *budget:
 		// Live only: the position is unknown, of another epoch, or too far
 		// behind. The client learns where the stream is.
 		r.live, r.pos.Offset = true, last
@@ -206,15 +207,17 @@ func appendPos(b []byte, p position) []byte {
 // up to which it has its inbox and channels.
 func (c *Conn) acknowledge(a *positions) {
 	hs := c.hub.history
-	if a.Inbox != nil {
+	if a.Inbox != nil && a.Inbox.Epoch != "" {
 		hs.ackStream(topic{uid: c.uid}, c.uid, a.Inbox.Epoch, a.Inbox.Offset)
 	}
-	n := 0
-	for id, p := range a.Channels {
-		if n++; n > c.hub.cfg.MaxChannelsPerUid {
-			break
+	if len(a.Channels) == 0 {
+		return
+	}
+	chans, _ := c.hub.localChannels(c.uid)
+	for _, id := range chans { // only channels the user is in
+		if p, ok := a.Channels[id]; ok && p.Epoch != "" {
+			hs.ackStream(topic{ch: id}, c.uid, p.Epoch, p.Offset)
 		}
-		hs.ackStream(topic{ch: id}, c.uid, p.Epoch, p.Offset)
 	}
 }
 
@@ -263,6 +266,10 @@ const dedupWindow = 2 * time.Minute
 // maxIdLen bounds a client's message id.
 const maxIdLen = 64
 
+// maxSendsPerShard bounds the ids remembered: 64 shards of it, about 25
+// MiB at most.
+const maxSendsPerShard = 1024
+
 // claim returns the earlier send of (uid, id), or records this one.
 func (ss *sends) claim(uid uint64, id string) (prev *sent, fresh *sent) {
 	sh := &ss.shards[(uid*0x9E3779B97F4A7C15)>>58]
@@ -275,6 +282,10 @@ func (ss *sends) claim(uid uint64, id string) (prev *sent, fresh *sent) {
 			break
 		}
 		delete(sh.ids, k)
+		sh.fifo = sh.fifo[1:]
+	}
+	for len(sh.fifo) >= maxSendsPerShard { // bounded memory, whatever the senders
+		delete(sh.ids, sh.fifo[0])
 		sh.fifo = sh.fifo[1:]
 	}
 	k := sendKey{uid, id}

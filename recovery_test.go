@@ -388,7 +388,7 @@ func TestBeyondRetention(t *testing.T) {
 	for _, m := range c.msgs[2:] {
 		got = append(got, m.Content)
 	}
-	if want := "missed 5,missed 6,missed 7,missed 8,missed 9,dm while away"; strings.Join(got, ",") != want {
+	if want := "dm while away,missed 5,missed 6,missed 7,missed 8,missed 9"; strings.Join(got, ",") != want { // the inbox first
 		t.Fatalf("after the reconnect %q, want the kept tail %q", got, want)
 	}
 	c.ws.Close()
@@ -507,3 +507,91 @@ func TestInboxAcks(t *testing.T) {
 }
 
 func reflectEqual(a, b any) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
+
+// slowFilter holds the message "slow" until released.
+type slowFilter struct {
+	*joiner
+	entered, release chan struct{}
+}
+
+func (f *slowFilter) FilterMessage(c *chart.Conn, m *chart.Message) error {
+	if m.Content == "slow" {
+		f.entered <- struct{}{}
+		<-f.release
+		return chart.Refuse("late", "refused after all")
+	}
+	return nil
+}
+
+// TestRetryWhileSending: a retry that comes while the first try is still
+// being sent is not acknowledged, so a refusal of the first cannot leave
+// the client believing it was sent.
+func TestRetryWhileSending(t *testing.T) {
+	hub := chart.New(chart.Config{Logger: quiet})
+	f := &slowFilter{joiner: &joiner{Recorder: charttest.NewRecorder(), hub: hub}, entered: make(chan struct{}, 2), release: make(chan struct{})}
+	f.joiner.hub = hub
+	s := charttest.Serve(t, hub, f)
+	t.Cleanup(func() { // on failure too, before the hub shuts down
+		select {
+		case <-f.release:
+		default:
+			close(f.release)
+		}
+	})
+	one := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	f.WantLogin(t, 1)
+	two := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	nextFrame(t, one) // welcomes
+	nextFrame(t, two)
+	one.WriteMessage(websocket.TextMessage, []byte(`{"id":"r1","channel_id":"room","content":"slow"}`))
+	charttest.Recv(t, f.entered, "first try in the filter") // r1 is claimed
+	two.WriteMessage(websocket.TextMessage, []byte(`{"id":"r1","channel_id":"room","content":"slow"}`))
+	two.WriteMessage(websocket.TextMessage, []byte(`{"channel_id":"room","content":"marker"}`))
+	if fr := nextFrame(t, two); fr["content"] != "marker" {
+		t.Fatalf("device two got %v before its marker: a retry in flight was answered", fr)
+	}
+	close(f.release)
+	for {
+		fr := nextFrame(t, one)
+		if fr["error"] != nil {
+			if fr["error"] != "late" || fr["id"] != "r1" {
+				t.Fatalf("device one got %v", fr)
+			}
+			break
+		}
+	}
+}
+
+// TestProtocolAbuse: acks of channels not joined or without an epoch are
+// ignored, ids over 64 bytes are refused, a hello past a stream's end
+// recovers nothing, and a transient direct message to an offline user is
+// echoed like any other (no online probe).
+func TestProtocolAbuse(t *testing.T) {
+	hub := chart.New(chart.Config{Logger: quiet})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	hub.Publish("secret", chart.Message{Content: "s"})
+	hub.Publish("room", chart.Message{Content: "r"})
+	_, epoch := hub.Acked(0, "room")
+	ws := dialV1(t, s.URL+"?id=1", fmt.Sprintf(`{"hello":{"channels":{"room":{"epoch":%q,"offset":1000}}}}`, epoch))
+	j.WantLogin(t, 1)
+	w := nextFrame(t, ws)["welcome"].(map[string]any)["channels"].(map[string]any)["room"].(map[string]any)
+	if w["recovered"] != false || w["offset"] != float64(1) {
+		t.Fatalf("hello past the end: welcome %v", w)
+	}
+	ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"ack":{"channels":{"secret":{"epoch":%q,"offset":1},"room":{"offset":1}}}}`, epoch)))
+	ws.WriteMessage(websocket.TextMessage, []byte(`{"id":"`+strings.Repeat("x", 65)+`","channel_id":"room","content":"long id"}`))
+	if f := nextFrame(t, ws); f["error"] != "bad_message" {
+		t.Fatalf("long id: %v", f)
+	}
+	if off, _ := hub.Acked(1, "secret"); off != 0 {
+		t.Fatalf("ack of a channel not joined recorded: %d", off)
+	}
+	if off, _ := hub.Acked(1, "room"); off != 0 {
+		t.Fatalf("ack without an epoch recorded: %d", off)
+	}
+	ws.WriteMessage(websocket.TextMessage, []byte(`{"to_user_id":4242,"content":"typing","transient":true}`))
+	if f := nextFrame(t, ws); f["content"] != "typing" || f["transient"] != true {
+		t.Fatalf("transient direct message to an offline user: %v", f)
+	}
+}

@@ -118,10 +118,7 @@ func (h *Hub) sendDirect(m *Message) error {
 		}
 		m.Online = online
 	}
-	if !m.Online && (m.Transient || !h.history.keepsInboxes()) {
-		if m.Transient {
-			return nil // a typing indicator for nobody: dropped
-		}
+	if !m.Online && !m.Transient && !h.history.keepsInboxes() {
 		return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
 	}
 	h.publishDirect(m)
