@@ -224,6 +224,9 @@ func (c *Conn) teardown(readErr error) {
 	if c.expiry != nil {
 		c.expiry.Stop()
 	}
+	if c.helloTimer != nil {
+		c.helloTimer.Stop()
+	}
 	reason := c.reason
 	c.mu.Unlock()
 	if clean {
