@@ -137,3 +137,41 @@ func BenchmarkDecodeInbound(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkHistoryMemory reports what history costs in heap: per direct
+// message waiting for an offline user (each in its own inbox), and per
+// channel message kept (100 channels of 100).
+func BenchmarkHistoryMemory(b *testing.B) {
+	content := strings.Repeat("x", 100)
+	measure := func(b *testing.B, n int, fill func(h *Hub, i int)) float64 {
+		h := New(Config{PingInterval: -1})
+		before := liveHeap()
+		for i := 0; i < n; i++ {
+			fill(h, i)
+		}
+		grew := liveHeap() - before
+		runtime.KeepAlive(h)
+		return float64(grew) / float64(n)
+	}
+	b.Run("offline-dm", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			per := measure(b, 20000, func(h *Hub, i int) { h.SendMessageToUid(1, uint64(i+2), content) })
+			b.ReportMetric(per, "B/offline-user")
+		}
+	})
+	b.Run("channel-message", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			per := measure(b, 10000, func(h *Hub, i int) {
+				h.Publish("c"+strconv.Itoa(i%100), Message{Content: content})
+			})
+			b.ReportMetric(per, "B/message")
+		}
+	})
+}
+
+func liveHeap() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
