@@ -1,0 +1,108 @@
+// Types of chart.js, the JavaScript client of github.com/wuyan94zl/chart (chart.v1).
+
+export declare const PROTOCOL: "chart.v1";
+
+export declare const CloseCodes: Readonly<{
+  GOING_AWAY: 1001;
+  TOO_LARGE: 1009;
+  DISCONNECTED: 4001;
+  EXPIRED: 4002;
+  REFUSED: 4003;
+  SLOW_CONSUMER: 4008;
+  REPLACED: 4009;
+  RATE_LIMITED: 4029;
+}>;
+
+/** A message as the server sends it. */
+export interface Message {
+  channel_id: string; // "" for a direct message
+  user_id: number; // the sender, set by the server; 0 for system messages
+  to_user_id?: number; // a direct message's recipient
+  type: number;
+  content: string;
+  send_time: string; // "2006-01-02 15:04:05", the server's local time
+  transient?: boolean; // no position, kept in no history
+  offset?: number; // place in its stream: the channel, or for a direct message this user's inbox
+  epoch?: string;
+}
+
+/** What send takes: a channel message or a direct message. */
+export type Outgoing =
+  | { channel_id: string; content: string; type?: number; transient?: boolean }
+  | { to_user_id: number | string; content: string; type?: number; transient?: boolean };
+
+/** The server's acknowledgement of a send (no position for a transient message). */
+export interface SendAck {
+  id: string;
+  offset?: number;
+  epoch?: string;
+}
+
+/** An error frame of the server, or an error of the client ("closed", "protocol", "connect_failed"). */
+export interface ErrorFrame {
+  error: string;
+  message?: string;
+  channel_id?: string;
+  to_user_id?: number;
+  id?: string;
+  code?: number; // "closed": the close code that stopped the client
+}
+
+/** After each (re)connect: whether each stream was recovered in full; false: reload it from your store. */
+export interface Recovered {
+  inbox: boolean;
+  channels: Record<string, boolean>;
+}
+
+export type State = "connecting" | "open" | "closed";
+
+export interface Storage {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+}
+
+export interface ChartOptions {
+  /** A WebSocket class; default globalThis.WebSocket. */
+  WebSocket?: typeof WebSocket | any;
+  /** The application's subprotocols, offered after "chart.v1"; a function is called before every connect. */
+  protocols?: string[] | (() => string[] | Promise<string[]>);
+  /** Keeps positions and unsent messages across reloads (localStorage); default in memory. */
+  storage?: Storage;
+  /** Prefix of the storage keys (one per user sharing a storage); default "chart". */
+  storageKey?: string;
+  /** Backoff: the first delay's cap and the cap of all, in ms (full jitter); default 500 and 30000. */
+  minDelay?: number;
+  maxDelay?: number;
+  /** ms from creating the socket to the welcome before the attempt counts as failed; default 10000. */
+  connectTimeout?: number;
+  /** Acknowledgements are batched: sent after ackDelay ms (100) or ackBatch messages (50). */
+  ackDelay?: number;
+  ackBatch?: number;
+  /** ms an unanswered send waits before it is sent again on the same connection; default 10000. */
+  resendAfter?: number;
+  /** ms between {"ping":n} frames; 0 (default): off. Needs a server that answers {"pong":n}. */
+  heartbeat?: number;
+  /** ms of silence beyond the heartbeat interval that close the connection as dead; default 10000. */
+  heartbeatTimeout?: number;
+}
+
+export declare class ChartError extends Error {
+  /** The server's error code ("not_joined", "refused", the application's own...), or "closed", "too_large". */
+  code: string;
+  frame?: ErrorFrame;
+}
+
+export declare class Chart {
+  /** url, or a function (may be async) called before every connect (fresh credentials after a 4002). */
+  constructor(url: string | (() => string | Promise<string>), options?: ChartOptions);
+  readonly state: State;
+  on(event: "message", fn: (m: Message) => void): () => void;
+  on(event: "error", fn: (e: ErrorFrame) => void): () => void;
+  on(event: "state", fn: (s: State) => void): () => void;
+  on(event: "recovered", fn: (r: Recovered) => void): () => void;
+  off(event: string, fn: (...args: any[]) => void): void;
+  /** Resolves with the server's ack; rejects with a ChartError. Kept and resent (same id) across reconnects. */
+  send(msg: Outgoing): Promise<SendAck>;
+  /** Closes and stops reconnecting; pending sends reject with "closed" but stay queued in storage. */
+  close(): void;
+}
