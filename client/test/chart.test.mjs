@@ -183,3 +183,21 @@ test("positions in storage resume a new client where the last one stopped", asyn
     two.c.close();
   }
 });
+
+test("a send queued in storage is sent by the next client, once", async () => {
+  const store = new Map();
+  const storage = { getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v) };
+  const one = client(111, { storage, url: DEAD + 111 }); // never connects
+  const p = one.c.send({ channel_id: "u111", content: "queued", type: 3 });
+  one.c.close();
+  await assert.rejects(p, { code: "closed" });
+  const two = client(111, { storage });
+  try {
+    await waitFor("the queued message", () => two.contents("u111").includes("queued"));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(two.contents("u111"), ["queued"]);
+    assert.equal(JSON.parse(store.get("chart.outbox")).length, 0, "acknowledged: out of storage");
+  } finally {
+    two.c.close();
+  }
+});
