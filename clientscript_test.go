@@ -202,8 +202,16 @@ func TestClientJS(t *testing.T) {
 	}()
 
 	args := []string{"--test", "--test-reporter=spec"}
-	if exec.Command(node, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)").Run() != nil {
-		args = append([]string{"--experimental-websocket"}, args...) // Node 20, 21
+	hasWS := func(flags ...string) bool {
+		return exec.Command(node, append(flags, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)")...).Run() == nil
+	}
+	switch {
+	case hasWS():
+	case hasWS("--experimental-websocket"): // Node 20.10+, 21
+		args = append([]string{"--experimental-websocket"}, args...)
+	default:
+		v, _ := exec.Command(node, "--version").Output()
+		t.Skipf("node %s has no WebSocket (needs Node.js 20.10 or newer): the JavaScript client (client/) is not tested", bytes.TrimSpace(v))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
