@@ -70,6 +70,7 @@ type inbound struct {
 	Id    string     `json:"id"`
 	Hello *positions `json:"hello"`
 	Ack   *positions `json:"ack"`
+	Ping  *uint64    `json:"ping"`
 }
 
 // decodeInbound parses one client frame into a Message without server fields.

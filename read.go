@@ -293,6 +293,9 @@ func (c *Conn) dispatch(data []byte) {
 	case err == nil && c.v1 && in.Ack != nil:
 		c.acknowledge(in.Ack)
 		return
+	case err == nil && c.v1 && in.Ping != nil:
+		c.enqueue(encodePong(*in.Ping)) // a heartbeat a browser can see
+		return
 	case err != nil:
 		if !c.limited("") {
 			c.refuse(err, "", 0)

@@ -7,7 +7,7 @@ import (
 )
 
 // The chart.v1 protocol: recovery after a reconnect, acknowledgements,
-// and sends acknowledged once.
+// sends acknowledged once, and a heartbeat clients can see.
 //
 // A client that offers the subprotocol ProtocolV1 sends, as its first
 // frame, a hello with the positions it has reached (the last offset and
@@ -327,4 +327,10 @@ func encodeAck(id string, offset uint64, epoch string) []byte {
 		b = appendString(b, epoch)
 	}
 	return frame(opText, append(b, "}}"...))
+}
+
+// encodePong answers a chart.v1 client's {"ping":n}: browsers cannot see
+// WebSocket pings, so a client detects a dead connection by these.
+func encodePong(n uint64) []byte {
+	return frame(opText, append(strconv.AppendUint([]byte(`{"pong":`), n, 10), '}'))
 }

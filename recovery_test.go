@@ -595,3 +595,16 @@ func TestProtocolAbuse(t *testing.T) {
 		t.Fatalf("transient direct message to an offline user: %v", f)
 	}
 }
+
+// TestHeartbeat: a chart.v1 client's {"ping":n} is answered {"pong":n}.
+func TestHeartbeat(t *testing.T) {
+	hub := chart.New(chart.Config{Logger: quiet})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	ws := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	nextFrame(t, ws) // the welcome
+	ws.WriteMessage(websocket.TextMessage, []byte(`{"ping":7}`))
+	if f := nextFrame(t, ws); f["pong"] != float64(7) || len(f) != 1 {
+		t.Fatalf("answer to a ping: %v", f)
+	}
+}

@@ -80,7 +80,7 @@ export interface ChartOptions {
   ackBatch?: number;
   /** ms an unanswered send waits before it is sent again on the same connection; default 10000. */
   resendAfter?: number;
-  /** ms between {"ping":n} frames; 0 (default): off. Needs a server that answers {"pong":n}. */
+  /** ms between {"ping":n} frames, which the server answers {"pong":n}; default 10000 (a silently dead connection is closed within 30 s); 0: off. */
   heartbeat?: number;
   /** ms of silence beyond the heartbeat interval that close the connection as dead; default 10000. */
   heartbeatTimeout?: number;

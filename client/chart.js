@@ -44,7 +44,7 @@ const DEFAULTS = {
   ackDelay: 100, // ms an acknowledgement may wait to be batched
   ackBatch: 50, // messages that send an acknowledgement at once
   resendAfter: 10000, // ms an unanswered send waits before it is tried again on the same connection
-  heartbeat: 0, // ms between {"ping":n} frames; 0: off (the server does not answer them yet, see README)
+  heartbeat: 10000, // ms between {"ping":n} frames, answered {"pong":n}; 0: off
   heartbeatTimeout: 10000, // ms of silence after a ping that count as a dead connection
 };
 
@@ -395,7 +395,8 @@ export class Chart {
     if (big) this._answer(big.id, { error: "too_large", message: "chart: the server closed the connection with 1009 (message too large)" }, null);
   }
 
-  // --- heartbeat (off by default: needs the server's {"pong":n}) ---
+  // --- heartbeat: a silently dead connection is closed within
+  // 2 * heartbeat + heartbeatTimeout (30 s by default) ---
 
   _startHeartbeat(ws) {
     const every = this.options.heartbeat;
