@@ -98,6 +98,37 @@ type Presence interface {
 	HeartbeatInterval() time.Duration
 }
 
+// Streams keeps the recent messages of every channel and every user's
+// inbox for the whole cluster, so that a client recovers what it missed on
+// whichever node it reconnects to. The hub uses its Broker's Streams when
+// the Broker implements it (MemoryBus does), or else keeps each node's own
+// streams in memory (Config.HistorySize and the fields after it).
+//
+// A stream is named "c:" + channel id or "u:" + uid. Its offsets grow by
+// one per entry; its epoch changes when its history was lost (the backend
+// restarted empty, entries were appended while it was unreachable). The
+// implementation bounds what it keeps; data passed to Append must not be
+// kept by reference.
+type Streams interface {
+	// Append adds data to stream and returns its offset and the stream's
+	// epoch.
+	Append(stream string, data []byte) (offset uint64, epoch string, err error)
+	// Read returns the entries with offsets above after, oldest first, at
+	// most limit of them (0: all kept; the newest when cut), the stream's
+	// epoch, whether none above after is missing, and the newest offset.
+	Read(stream string, after uint64, limit int) (entries []StreamEntry, epoch string, complete bool, last uint64, err error)
+	// Ack records that uid has received stream up to offset, when epoch
+	// is the stream's; Acked returns the offset and the stream's epoch.
+	Ack(stream string, uid uint64, epoch string, offset uint64) error
+	Acked(stream string, uid uint64) (offset uint64, epoch string, err error)
+}
+
+// StreamEntry is one entry of a stream.
+type StreamEntry struct {
+	Offset uint64
+	Data   []byte
+}
+
 // Node is the hub side of a Broker, given to Broker.Attach.
 type Node interface {
 	// Receive takes one message from a subscribed topic. It does not

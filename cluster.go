@@ -18,10 +18,10 @@ import (
 // peers is the hub's link to the other nodes of its cluster.
 type peers interface {
 	// publish ships a message that local subscribers of t already got to
-	// the other nodes: its JSON prefix (appendPrefix), which each node
-	// stamps with its own place in t's stream unless transient. prefix is
-	// not kept.
-	publish(t topic, prefix []byte, transient bool)
+	// the other nodes: its JSON prefix (appendPrefix) and its position,
+	// which a node takes when the streams are shared and else stamps with
+	// its own (unless transient). prefix is not kept.
+	publish(t topic, prefix []byte, transient bool, offset uint64, epoch string)
 	// follow makes this node's subscription of t match local interest:
 	// subscribed while t's channel has a member here, or t's uid a
 	// connection.
@@ -62,7 +62,7 @@ func (t topic) name() string {
 // noPeers is a single node's link: there is nobody to reach.
 type noPeers struct{}
 
-func (noPeers) publish(topic, []byte, bool)          {}
+func (noPeers) publish(topic, []byte, bool, uint64, string) {}
 func (noPeers) follow(topic)                         {}
 func (noPeers) control(uint64, bool, []string) error { return nil }
 func (noPeers) kick(uint64, string) error            { return nil }
@@ -78,6 +78,9 @@ func (h *Hub) connectBackends() {
 	}
 	if p, ok := b.(Presence); ok {
 		h.presence = p
+	}
+	if st, ok := b.(Streams); ok {
+		h.streams = brokerStreams{hub: h, s: st}
 	}
 	cl := &cluster{hub: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{})}
 	h.peers = cl
@@ -287,20 +290,24 @@ func (cl *cluster) envelope(kind byte, size int) []byte {
 	return appendStr(append(b, kind), cl.id)
 }
 
-// Envelope flags.
-const flagTransient = 1
+// Envelope flags, and the position that follows them when set.
+const (
+	flagTransient  = 1
+	flagPositioned = 2 // uvarint offset, then the epoch (length + bytes)
+)
 
 // publish ships a message, encoded once, to the other nodes.
-func (cl *cluster) publish(t topic, prefix []byte, transient bool) {
+func (cl *cluster) publish(t topic, prefix []byte, transient bool, offset uint64, epoch string) {
 	var b []byte
+	extra := 2*binary.MaxVarintLen64 + len(epoch) + len(prefix)
 	switch {
 	case t.all:
 		b = cl.envelope(envAll, len(prefix))
 	case t.ch != "":
-		b = cl.envelope(envChannel, binary.MaxVarintLen64+len(t.ch)+1+len(prefix))
+		b = cl.envelope(envChannel, binary.MaxVarintLen64+len(t.ch)+1+extra)
 		b = appendStr(b, t.ch)
 	default:
-		b = cl.envelope(envUser, binary.MaxVarintLen64+1+len(prefix))
+		b = cl.envelope(envUser, binary.MaxVarintLen64+1+extra)
 		b = binary.AppendUvarint(b, t.uid)
 	}
 	if !t.all {
@@ -308,7 +315,13 @@ func (cl *cluster) publish(t topic, prefix []byte, transient bool) {
 		if transient {
 			flags = flagTransient
 		}
+		if offset != 0 {
+			flags |= flagPositioned
+		}
 		b = append(b, flags)
+		if offset != 0 {
+			b = appendStr(binary.AppendUvarint(b, offset), epoch)
+		}
 	}
 	if err := cl.b.Publish(t.name(), append(b, prefix...)); err != nil {
 		cl.hub.brokerFailed(err)
@@ -355,16 +368,12 @@ func (cl *cluster) Receive(data []byte) {
 	}
 	switch kind {
 	case envChannel:
-		if id, body, ok := readStr(rest); ok && len(body) > 0 {
-			t := topic{ch: string(id)}
-			off, epoch := h.stamp(t, body[1:], body[0]&flagTransient != 0)
-			h.deliverChannel(t.ch, framePrefix(body[1:], off, epoch), off)
+		if id, body, ok := readStr(rest); ok {
+			cl.receiveMessage(topic{ch: string(id)}, body)
 		}
 	case envUser:
-		if uid, k := binary.Uvarint(rest); k > 0 && len(rest) > k {
-			body := rest[k:]
-			off, epoch := h.stamp(topic{uid: uid}, body[1:], body[0]&flagTransient != 0)
-			h.deliverUser(uid, framePrefix(body[1:], off, epoch), off)
+		if uid, k := binary.Uvarint(rest); k > 0 {
+			cl.receiveMessage(topic{uid: uid}, rest[k:])
 		}
 	case envJoin, envLeave:
 		if uid, ids, ok := readIds(rest); ok {
@@ -378,6 +387,83 @@ func (cl *cluster) Receive(data []byte) {
 		}
 	}
 }
+
+// receiveMessage delivers a message another node published on t: at the
+// position it carries when the streams are shared, else stamped in this
+// node's own.
+func (cl *cluster) receiveMessage(t topic, body []byte) {
+	h := cl.hub
+	if len(body) == 0 {
+		return
+	}
+	flags, prefix := body[0], body[1:]
+	var off uint64
+	var epoch string
+	if flags&flagPositioned != 0 {
+		o, k := binary.Uvarint(prefix)
+		e, rest, ok := readStr(prefix[max(k, 0):])
+		if k <= 0 || !ok {
+			return
+		}
+		off, epoch, prefix = o, string(e), rest
+	}
+	if !h.streams.shared() {
+		off, epoch = h.stamp(t, prefix, flags&flagTransient != 0)
+	}
+	f := framePrefix(prefix, off, epoch)
+	if t.ch != "" {
+		h.deliverChannel(t.ch, f, off)
+	} else {
+		h.deliverUser(t.uid, f, off)
+	}
+}
+
+// brokerStreams is the store of a hub whose Broker keeps streams: the
+// cluster's offsets. A failed call is a broker failure: the message goes
+// on to local connections without a position.
+type brokerStreams struct {
+	hub *Hub
+	s   Streams
+}
+
+func (b brokerStreams) append(t topic, data []byte) (uint64, string) {
+	off, epoch, err := b.s.Append(t.name(), data)
+	if err != nil {
+		b.hub.brokerFailed(err)
+		return 0, ""
+	}
+	return off, epoch
+}
+
+func (b brokerStreams) read(t topic, after uint64, limit int) ([]entry, string, bool, uint64) {
+	es, epoch, complete, last, err := b.s.Read(t.name(), after, limit)
+	if err != nil {
+		b.hub.brokerFailed(err)
+		return nil, "", false, 0
+	}
+	entries := make([]entry, len(es))
+	for i, e := range es {
+		entries[i] = entry{off: e.Offset, data: e.Data}
+	}
+	return entries, epoch, complete, last
+}
+
+func (b brokerStreams) ackStream(t topic, uid uint64, epoch string, offset uint64) {
+	if err := b.s.Ack(t.name(), uid, epoch, offset); err != nil {
+		b.hub.brokerFailed(err)
+	}
+}
+
+func (b brokerStreams) acked(t topic, uid uint64) (uint64, string) {
+	off, epoch, err := b.s.Acked(t.name(), uid)
+	if err != nil {
+		b.hub.brokerFailed(err)
+	}
+	return off, epoch
+}
+
+func (b brokerStreams) keepsInboxes() bool { return true }
+func (b brokerStreams) shared() bool       { return true }
 
 // readIds reads a join or leave envelope's body.
 func readIds(b []byte) (uid uint64, ids []string, ok bool) {

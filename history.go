@@ -12,6 +12,21 @@ import (
 	"time"
 )
 
+// store is what the hub asks of the streams: its own (*history) on one
+// node, or the Broker's Streams (brokerStreams, cluster.go).
+type store interface {
+	append(t topic, data []byte) (offset uint64, epoch string)
+	read(t topic, after uint64, limit int) (entries []entry, epoch string, complete bool, last uint64)
+	ackStream(t topic, uid uint64, epoch string, offset uint64)
+	acked(t topic, uid uint64) (offset uint64, epoch string)
+	keepsInboxes() bool
+	// shared reports that offsets are the cluster's: a node receiving a
+	// message from another takes its position as it is.
+	shared() bool
+}
+
+func (hs *history) shared() bool { return false }
+
 // History: every channel and every user's inbox (its direct messages) is a
 // stream of recent messages, each at an offset that grows by one per
 // message, under an epoch that changes when the stream's history was lost.
@@ -241,9 +256,6 @@ func (hs *history) read(name topic, after uint64, limit int) (entries []entry, e
 // keepsInboxes reports whether users' inboxes keep direct messages.
 func (hs *history) keepsInboxes() bool { return hs != nil && hs.inbox >= 0 }
 
-// ack records that uid has received its inbox up to off (only forward).
-func (hs *history) ack(uid, off uint64) { hs.ackStream(topic{uid: uid}, uid, "", off) }
-
 // ackStream records that uid has received stream t up to off, if epoch is
 // the stream's ("": whatever it is) and off is within it.
 func (hs *history) ackStream(t topic, uid uint64, epoch string, off uint64) {
@@ -302,7 +314,7 @@ func (h *Hub) InboxHistory(uid uint64, after uint64, limit int) (msgs []Message,
 
 // readStream decodes a stream's entries into Messages.
 func (h *Hub) readStream(t topic, after uint64, limit int) ([]Message, bool) {
-	entries, epoch, complete, _ := h.history.read(t, after, limit)
+	entries, epoch, complete, _ := h.streams.read(t, after, limit)
 	msgs := make([]Message, 0, len(entries))
 	var buf []byte
 	for _, e := range entries {

@@ -24,7 +24,7 @@ type Hub struct {
 	// (noPeers on a single node). cluster.go chooses them.
 	presence Presence
 	peers    peers
-	history  *history // the streams this node keeps (history.go); nil: none
+	streams  store    // the streams: this node's (history.go) or the Broker's
 	sends    sends    // chart.v1 message ids seen (recovery.go)
 
 	closed      atomic.Bool   // Shutdown or Close began
@@ -52,7 +52,7 @@ func New(cfg Config) *Hub {
 	for i := range h.chans {
 		h.chans[i].chans = make(map[string]*channel)
 	}
-	h.history = newHistory(&h.cfg)
+	h.streams = newHistory(&h.cfg)
 	h.connectBackends()
 	return h
 }

@@ -26,6 +26,7 @@ type MemoryBus struct {
 	users     map[uint64]*memUser
 	members   map[string]map[uint64]struct{}
 	nodeUsers map[string]map[uint64]struct{}
+	streams   *history // the cluster's streams, with the default limits
 }
 
 type memUser struct {
@@ -45,11 +46,17 @@ func NewMemoryBus() *MemoryBus {
 		users:     make(map[uint64]*memUser),
 		members:   make(map[string]map[uint64]struct{}),
 		nodeUsers: make(map[string]map[uint64]struct{}),
+		streams:   newMemoryStreams(),
 	}
 }
 
+func newMemoryStreams() *history {
+	cfg := Config{}.withDefaults()
+	return newHistory(&cfg)
+}
+
 // Broker returns a new node of the bus, for one hub's Config.Broker. It
-// implements Presence too.
+// implements Presence and Streams too.
 func (b *MemoryBus) Broker() Broker {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -68,6 +75,7 @@ func (b *MemoryBus) SetDown(down bool) {
 	b.down = down
 	var nodes []Node
 	if down && !was {
+		b.streams = newMemoryStreams() // a restart without persistence: new epochs
 		clear(b.alive)
 		clear(b.users)
 		clear(b.members)
@@ -389,4 +397,78 @@ func (m *memoryBroker) Heartbeat() (gone []uint64, lost bool, err error) {
 		delete(b.alive, node)
 	}
 	return gone, lost, nil
+}
+
+var _ Streams = (*memoryBroker)(nil)
+
+// topicOf parses a stream name.
+func topicOf(stream string) (topic, bool) {
+	if len(stream) < 3 {
+		return topic{}, false
+	}
+	switch stream[:2] {
+	case "c:":
+		return topic{ch: stream[2:]}, true
+	case "u:":
+		uid, err := strconv.ParseUint(stream[2:], 10, 64)
+		return topic{uid: uid}, err == nil
+	}
+	return topic{}, false
+}
+
+// streamsOf returns the bus's streams, or fails while it is down.
+func (m *memoryBroker) streamsOf(stream string) (*history, topic, error) {
+	t, ok := topicOf(stream)
+	if !ok {
+		return nil, t, errors.New("memory bus: bad stream name " + strconv.Quote(stream))
+	}
+	if err := m.lock(); err != nil {
+		return nil, t, err
+	}
+	st := m.bus.streams
+	m.bus.mu.Unlock()
+	return st, t, nil
+}
+
+// Append adds data to the cluster's stream.
+func (m *memoryBroker) Append(stream string, data []byte) (uint64, string, error) {
+	st, t, err := m.streamsOf(stream)
+	if err != nil {
+		return 0, "", err
+	}
+	off, epoch := st.append(t, data)
+	return off, epoch, nil
+}
+
+// Read returns the stream's entries above after.
+func (m *memoryBroker) Read(stream string, after uint64, limit int) ([]StreamEntry, string, bool, uint64, error) {
+	st, t, err := m.streamsOf(stream)
+	if err != nil {
+		return nil, "", false, 0, err
+	}
+	es, epoch, complete, last := st.read(t, after, limit)
+	out := make([]StreamEntry, len(es))
+	for i, e := range es {
+		out[i] = StreamEntry{Offset: e.off, Data: e.data}
+	}
+	return out, epoch, complete, last, nil
+}
+
+// Ack records uid's position in the stream.
+func (m *memoryBroker) Ack(stream string, uid uint64, epoch string, offset uint64) error {
+	st, t, err := m.streamsOf(stream)
+	if err == nil {
+		st.ackStream(t, uid, epoch, offset)
+	}
+	return err
+}
+
+// Acked returns uid's position in the stream.
+func (m *memoryBroker) Acked(stream string, uid uint64) (uint64, string, error) {
+	st, t, err := m.streamsOf(stream)
+	if err != nil {
+		return 0, "", err
+	}
+	off, epoch := st.acked(t, uid)
+	return off, epoch, nil
 }

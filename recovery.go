@@ -122,7 +122,7 @@ func (c *Conn) replays(hello *positions) []replay {
 	// it is of the current epoch, else from what the user acknowledged.
 	inbox := topic{uid: c.uid}
 	var p position
-	p.Offset, p.Epoch = hub.history.acked(inbox, c.uid)
+	p.Offset, p.Epoch = hub.streams.acked(inbox, c.uid)
 	if hello != nil && hello.Inbox != nil && hello.Inbox.Epoch == p.Epoch {
 		p = *hello.Inbox
 	}
@@ -142,7 +142,7 @@ func (c *Conn) replays(hello *positions) []replay {
 // replay reads stream t after position p (when known) within budget.
 func (h *Hub) replay(t topic, p position, known bool, budget *int) replay {
 	r := replay{t: t}
-	entries, epoch, complete, last := h.history.read(t, p.Offset, 0)
+	entries, epoch, complete, last := h.streams.read(t, p.Offset, 0)
 	recovered := false
 	switch {
 	case !known || epoch == "" || p.Epoch != epoch || p.Offset > last || len(entries) > *budget:
@@ -206,7 +206,7 @@ func appendPos(b []byte, p position) []byte {
 // acknowledge records a chart.v1 client's acknowledgement: the positions
 // up to which it has its inbox and channels.
 func (c *Conn) acknowledge(a *positions) {
-	hs := c.hub.history
+	hs := c.hub.streams
 	if a.Inbox != nil && a.Inbox.Epoch != "" {
 		hs.ackStream(topic{uid: c.uid}, c.uid, a.Inbox.Epoch, a.Inbox.Offset)
 	}
@@ -225,12 +225,12 @@ func (c *Conn) acknowledge(a *positions) {
 // chart.v1 client's acknowledgement) and the channel's epoch: with
 // History, enough to show unread counts. 0 and "" when nothing is known.
 func (h *Hub) Acked(uid uint64, channelId string) (offset uint64, epoch string) {
-	return h.history.acked(topic{ch: channelId}, uid)
+	return h.streams.acked(topic{ch: channelId}, uid)
 }
 
 // InboxAcked is Acked for uid's inbox.
 func (h *Hub) InboxAcked(uid uint64) (offset uint64, epoch string) {
-	return h.history.acked(topic{uid: uid}, uid)
+	return h.streams.acked(topic{uid: uid}, uid)
 }
 
 // sends remembers the ids of chart.v1 clients' messages for dedupWindow,

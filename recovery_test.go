@@ -608,3 +608,57 @@ func TestHeartbeat(t *testing.T) {
 		t.Fatalf("answer to a ping: %v", f)
 	}
 }
+
+// TestRecoveryAcrossNodes: with a broker that keeps streams (the memory
+// bus), a client that reconnects to another node recovers what it missed
+// there, channel and direct messages, once and in order.
+func TestRecoveryAcrossNodes(t *testing.T) {
+	bus := chart.NewMemoryBus()
+	var nodes []*charttest.Server
+	var joiners []*joiner
+	for i := 0; i < 2; i++ {
+		hub := chart.New(chart.Config{Logger: quiet, Broker: bus.Broker()})
+		j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+		nodes, joiners = append(nodes, charttest.Serve(t, hub, j)), append(joiners, j)
+	}
+	a, b := nodes[0], nodes[1]
+	c := &v1Client{t: t, url: a.URL + "?id=1", pos: map[string]chart.Message{}, got: make(chan struct{}, 1)}
+	c.connect()
+	joiners[0].WantLogin(t, 1)
+	charttest.Eventually(t, "node B routes to the room", func() bool {
+		return len(b.Hub.ChannelUserIds("room")) == 1
+	})
+	b.Hub.Publish("room", chart.Message{Content: "before"})
+	c.waitFor("before")
+	c.mu.Lock()
+	c.ws.Close()
+	gone := c.gone
+	c.mu.Unlock()
+	<-gone
+	charttest.Recv(t, joiners[0].Logouts, "logout")
+	for i := 0; i < 5; i++ {
+		b.Hub.Publish("room", chart.Message{Content: fmt.Sprint("missed ", i)})
+	}
+	b.Hub.SendMessageToUid(9, 1, "dm while away")
+	c.url = b.URL + "?id=1"
+	c.connect() // to the other node
+	c.waitFor("missed 4")
+	c.waitFor("dm while away")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var got []string
+	for _, m := range c.msgs {
+		got = append(got, m.Content)
+	}
+	if want := "before,dm while away,missed 0,missed 1,missed 2,missed 3,missed 4"; strings.Join(got, ",") != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	for _, f := range c.frames {
+		if w, ok := f["welcome"].(map[string]any); ok && len(c.frames) > 3 {
+			if room, _ := w["channels"].(map[string]any)["room"].(map[string]any); room != nil && room["offset"] == float64(6) && room["recovered"] != true {
+				t.Fatalf("welcome on node B: %v", w)
+			}
+		}
+	}
+	c.ws.Close()
+}

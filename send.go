@@ -118,7 +118,7 @@ func (h *Hub) sendDirect(m *Message) error {
 		}
 		m.Online = online
 	}
-	if !m.Online && !m.Transient && !h.history.keepsInboxes() {
+	if !m.Online && !m.Transient && !h.streams.keepsInboxes() {
 		return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
 	}
 	h.publishDirect(m)
@@ -165,7 +165,7 @@ func (h *Hub) Broadcast(m Message) error {
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], &m)
 	h.deliver(h.allConns(), framePrefix(prefix, 0, ""), topic{all: true}, 0)
-	h.peers.publish(topic{all: true}, prefix, true)
+	h.peers.publish(topic{all: true}, prefix, true, 0, "")
 	putScratch(bp, prefix)
 	return nil
 }
@@ -179,7 +179,7 @@ func (h *Hub) publishChannel(m *Message) {
 	t := topic{ch: m.ChannelId}
 	m.Offset, m.Epoch = h.stamp(t, prefix, m.Transient)
 	h.deliverChannel(m.ChannelId, framePrefix(prefix, m.Offset, m.Epoch), m.Offset)
-	h.peers.publish(t, prefix, m.Transient)
+	h.peers.publish(t, prefix, m.Transient, m.Offset, m.Epoch)
 	putScratch(bp, prefix)
 }
 
@@ -202,7 +202,7 @@ func (h *Hub) publishUser(uid uint64, prefix []byte, transient bool) (uint64, st
 	t := topic{uid: uid}
 	off, epoch := h.stamp(t, prefix, transient)
 	h.deliverUser(uid, framePrefix(prefix, off, epoch), off)
-	h.peers.publish(t, prefix, transient)
+	h.peers.publish(t, prefix, transient, off, epoch)
 	return off, epoch
 }
 
@@ -212,7 +212,7 @@ func (h *Hub) stamp(t topic, prefix []byte, transient bool) (uint64, string) {
 	if transient {
 		return 0, ""
 	}
-	return h.history.append(t, prefix)
+	return h.streams.append(t, prefix)
 }
 
 // deliverChannel queues f, the frame of a message at offset off of the

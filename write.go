@@ -156,7 +156,7 @@ func (c *Conn) writeBatch(batch *sendQueue) bool {
 	inbox := batch.inbox
 	batch.release()
 	if err == nil && inbox > 0 {
-		c.hub.history.ack(c.uid, inbox)
+		c.hub.streams.ackStream(topic{uid: c.uid}, c.uid, "", inbox)
 	}
 	if err != nil {
 		c.setReason(&Error{Kind: ErrConnection, Uid: c.uid, Err: err})
