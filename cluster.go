@@ -63,11 +63,11 @@ func (t topic) name() string {
 type noPeers struct{}
 
 func (noPeers) publish(topic, []byte, bool, uint64, string) {}
-func (noPeers) follow(topic)                         {}
-func (noPeers) control(uint64, bool, []string) error { return nil }
-func (noPeers) kick(uint64, string) error            { return nil }
-func (noPeers) failed(error) bool                    { return false }
-func (noPeers) stop()                                {}
+func (noPeers) follow(topic)                                {}
+func (noPeers) control(uint64, bool, []string) error        { return nil }
+func (noPeers) kick(uint64, string) error                   { return nil }
+func (noPeers) failed(error) bool                           { return false }
+func (noPeers) stop()                                       {}
 
 // connectBackends chooses the hub's presence and peers from its Config.
 func (h *Hub) connectBackends() {

@@ -24,8 +24,8 @@ type Hub struct {
 	// (noPeers on a single node). cluster.go chooses them.
 	presence Presence
 	peers    peers
-	streams  store    // the streams: this node's (history.go) or the Broker's
-	sends    sends    // chart.v1 message ids seen (recovery.go)
+	streams  store // the streams: this node's (history.go) or the Broker's
+	sends    sends // chart.v1 message ids seen (recovery.go)
 
 	closed      atomic.Bool   // Shutdown or Close began
 	killed      atomic.Bool   // Close: drop everything, run no callback
