@@ -42,17 +42,18 @@ type Conn struct {
 	mu         sync.Mutex
 	queue      *sendQueue // frames waiting for the writer; nil when empty
 	qbytes     int
-	bufs       net.Buffers // the writer's current batch
-	writing    bool        // a writer goroutine runs
-	closeFrame []byte      // the close frame the writer sends after the queue; nil once sent
-	hangUp     bool        // drop the socket right after the close frame
-	hold       []held      // message frames waiting until the connection recovered; nil after
-	helloTimer *time.Timer // chart.v1: recovery without positions if no hello comes
-	recovering sync.Mutex  // one recovery at a time (recovery.go)
-	reason     error       // why the connection ended, once known
-	expiry     *time.Timer // SetExpiry
-	registered bool        // register ran; before it, an expiry in the past refuses
-	expired    bool        // SetExpiry in the past before registration
+	bufs       net.Buffers      // the writer's current batch
+	writing    bool             // a writer goroutine runs
+	closeFrame []byte           // the close frame the writer sends after the queue; nil once sent
+	hangUp     bool             // drop the socket right after the close frame
+	hold       []held           // message frames waiting until the connection recovered; nil after
+	replayed   map[topic]uint64 // the offset recovery replayed each stream to: later deliveries up to it are doubles
+	helloTimer *time.Timer      // chart.v1: recovery without positions if no hello comes
+	recovering sync.Mutex       // one recovery at a time (recovery.go)
+	reason     error            // why the connection ended, once known
+	expiry     *time.Timer      // SetExpiry
+	registered bool             // register ran; before it, an expiry in the past refuses
+	expired    bool             // SetExpiry in the past before registration
 	writer     sync.WaitGroup
 }
 

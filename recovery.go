@@ -109,6 +109,17 @@ func (c *Conn) recover(hello *positions) {
 		}
 	}
 	c.hold = nil
+	// A message appended before the replay read it but delivered after
+	// this must not come twice either (enqueueAt): remember how far each
+	// stream was replayed, for the streams that replayed anything.
+	for _, r := range replays {
+		if len(r.offs) > 0 {
+			if c.replayed == nil {
+				c.replayed = make(map[topic]uint64)
+			}
+			c.replayed[r.t] = r.offs[len(r.offs)-1]
+		}
+	}
 }
 
 // replays reads history for the streams the connection recovers: its

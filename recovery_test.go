@@ -1,7 +1,6 @@
 package chart_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
@@ -116,98 +115,6 @@ func (p *proxy) restore() {
 	p.mu.Unlock()
 }
 
-// v1Client is a chart.v1 client: it keeps its positions and every frame
-// it received, and reconnects with a hello.
-type v1Client struct {
-	t      *testing.T
-	url    string
-	mu     sync.Mutex
-	pos    map[string]chart.Message // channel id, or "" for the inbox: the last message
-	frames []map[string]any         // every frame, raw
-	msgs   []chart.Message
-	ws     *websocket.Conn
-	gone   chan struct{}
-	got    chan struct{}
-}
-
-func (c *v1Client) connect() {
-	c.t.Helper()
-	d := websocket.Dialer{HandshakeTimeout: 2 * time.Second, Subprotocols: []string{chart.ProtocolV1}}
-	var ws *websocket.Conn
-	charttest.Eventually(c.t, "reconnected", func() bool {
-		var err error
-		ws, _, err = d.Dial(c.url, nil)
-		return err == nil
-	})
-	if ws.Subprotocol() != chart.ProtocolV1 {
-		c.t.Fatalf("subprotocol %q", ws.Subprotocol())
-	}
-	c.mu.Lock()
-	hello := map[string]any{"channels": map[string]any{}}
-	for ch, m := range c.pos {
-		p := map[string]any{"epoch": m.Epoch, "offset": m.Offset}
-		if ch == "" {
-			hello["inbox"] = p
-		} else {
-			hello["channels"].(map[string]any)[ch] = p
-		}
-	}
-	c.ws, c.gone = ws, make(chan struct{})
-	gone := c.gone
-	c.mu.Unlock()
-	go c.read(ws, gone)
-	// A slow client: messages published before its hello arrives are held
-	// by the server and also in the history it replays, so the seam must
-	// drop the doubles.
-	time.Sleep(30 * time.Millisecond)
-	b, _ := json.Marshal(map[string]any{"hello": hello})
-	ws.WriteMessage(websocket.TextMessage, b)
-}
-
-func (c *v1Client) read(ws *websocket.Conn, gone chan struct{}) {
-	defer close(gone)
-	for {
-		_, data, err := ws.ReadMessage()
-		if err != nil {
-			return
-		}
-		var raw map[string]any
-		var m chart.Message
-		json.Unmarshal(data, &raw)
-		json.Unmarshal(data, &m)
-		c.mu.Lock()
-		c.frames = append(c.frames, raw)
-		if m.Offset != 0 {
-			key := m.ChannelId
-			if key == "" {
-				key = "" // the inbox
-			}
-			c.pos[key] = m
-			c.msgs = append(c.msgs, m)
-		}
-		c.mu.Unlock()
-		select {
-		case c.got <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// waitFor waits until the client has a message with content.
-func (c *v1Client) waitFor(content string) {
-	c.t.Helper()
-	charttest.Eventually(c.t, "message "+content, func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for _, m := range c.msgs {
-			if m.Content == content {
-				return true
-			}
-		}
-		return false
-	})
-}
-
 // joiner joins every user to "room" at login.
 type joiner struct {
 	*charttest.Recorder
@@ -236,15 +143,18 @@ func tunnel(t *testing.T, cut string) {
 	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
 	s := charttest.Serve(t, hub, j)
 	p := newProxy(t, strings.TrimPrefix(strings.TrimSuffix(s.URL, "/ws"), "ws://"))
-	c := &v1Client{t: t, url: "ws://" + p.ln.Addr().String() + "/ws?id=1", pos: map[string]chart.Message{}, got: make(chan struct{}, 1)}
-	c.connect()
+	c := charttest.NewV1Client(t, "ws://"+p.ln.Addr().String()+"/ws?id=1")
+	// A slow client: messages published before its hello are held by the
+	// server and also in the history it replays; the seam drops doubles.
+	c.HelloDelay = 30 * time.Millisecond
+	c.Connect()
 	j.WantLogin(t, 1)
 	var senders []*charttest.Client
 	for uid := uint64(2); uid <= 4; uid++ {
 		senders = append(senders, s.Login(t, j.Recorder, uid))
 	}
 	senders[0].SendTo("room", "start")
-	c.waitFor("start")
+	c.WaitFor("start")
 
 	// Send throughout: before the cut, while cut, and while reconnecting.
 	done := make(chan struct{})
@@ -264,10 +174,7 @@ func tunnel(t *testing.T, cut string) {
 	}
 	go func() { wg.Wait(); close(done) }()
 	time.Sleep(20 * time.Millisecond) // some messages before the cut
-	c.mu.Lock()
-	old := c.ws
-	gone := c.gone
-	c.mu.Unlock()
+	gone := c.Gone()
 	if cut == "reset" {
 		p.reset()
 		<-gone
@@ -278,17 +185,15 @@ func tunnel(t *testing.T, cut string) {
 		p.restore()
 		<-gone
 	}
-	old.Close()
-	c.connect() // with a hello, while the senders go on
+	c.Drop()
+	c.Connect() // with a hello, while the senders go on
 	<-done
 	senders[1].SendTo("room", "end")
-	c.waitFor("end")
+	c.WaitFor("end")
 
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	// Each sender's messages exactly once, in order; the 20 DMs too.
 	next := map[string]int{}
-	for _, m := range c.msgs {
+	for _, m := range c.Messages() {
 		var i, k int
 		switch {
 		case m.ChannelId == "room" && strings.HasPrefix(m.Content, "s") && m.Content != "start":
@@ -317,7 +222,7 @@ func tunnel(t *testing.T, cut string) {
 	// No frame came twice: every (stream, offset) once.
 	seen := map[string]bool{}
 	welcomes := 0
-	for _, f := range c.frames {
+	for _, f := range c.Frames() {
 		if w, ok := f["welcome"].(map[string]any); ok {
 			welcomes++
 			if welcomes == 2 {
@@ -341,7 +246,6 @@ func tunnel(t *testing.T, cut string) {
 	if welcomes != 2 {
 		t.Fatalf("%d welcomes, want 2", welcomes)
 	}
-	c.ws.Close()
 }
 
 // TestBeyondRetention: a client that missed more than a channel keeps is
@@ -351,47 +255,34 @@ func TestBeyondRetention(t *testing.T) {
 	hub := chart.New(chart.Config{Logger: quiet, HistorySize: 5})
 	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
 	s := charttest.Serve(t, hub, j)
-	c := &v1Client{t: t, url: s.URL + "?id=1", pos: map[string]chart.Message{}, got: make(chan struct{}, 1)}
-	c.connect()
+	c := charttest.NewV1Client(t, s.URL+"?id=1")
+	c.Connect()
 	j.WantLogin(t, 1)
 	hub.Publish("room", chart.Message{Content: "seen"})
 	hub.SendMessageToUid(9, 1, "dm seen")
-	c.waitFor("dm seen")
-	c.mu.Lock()
-	c.ws.Close()
-	gone := c.gone
-	c.mu.Unlock()
-	<-gone
+	c.WaitFor("dm seen")
+	c.Drop()
 	charttest.Recv(t, j.Logouts, "logout")
 	for i := 0; i < 10; i++ {
 		hub.Publish("room", chart.Message{Content: fmt.Sprint("missed ", i)})
 	}
 	hub.SendMessageToUid(9, 1, "dm while away")
-	c.connect()
-	c.waitFor("dm while away")
-	c.waitFor("missed 9")
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	w := c.frames[len(c.frames)-1]
-	for _, f := range c.frames {
-		if f["welcome"] != nil {
-			w = f
-		}
-	}
-	wel := w["welcome"].(map[string]any)
+	c.Connect()
+	c.WaitFor("dm while away")
+	c.WaitFor("missed 9")
+	wel := c.Welcome()
 	room := wel["channels"].(map[string]any)["room"].(map[string]any)
 	inbox := wel["inbox"].(map[string]any)
 	if room["recovered"] != false || room["offset"] != float64(11) || inbox["recovered"] != true {
 		t.Fatalf("welcome %v: want room not recovered at 11, inbox recovered", wel)
 	}
 	var got []string
-	for _, m := range c.msgs[2:] {
+	for _, m := range c.Messages()[2:] {
 		got = append(got, m.Content)
 	}
 	if want := "dm while away,missed 5,missed 6,missed 7,missed 8,missed 9"; strings.Join(got, ",") != want { // the inbox first
 		t.Fatalf("after the reconnect %q, want the kept tail %q", got, want)
 	}
-	c.ws.Close()
 }
 
 // dialV1 opens a chart.v1 connection and sends its hello.
@@ -622,43 +513,32 @@ func TestRecoveryAcrossNodes(t *testing.T) {
 		nodes, joiners = append(nodes, charttest.Serve(t, hub, j)), append(joiners, j)
 	}
 	a, b := nodes[0], nodes[1]
-	c := &v1Client{t: t, url: a.URL + "?id=1", pos: map[string]chart.Message{}, got: make(chan struct{}, 1)}
-	c.connect()
+	c := charttest.NewV1Client(t, a.URL+"?id=1")
+	c.Connect()
 	joiners[0].WantLogin(t, 1)
 	charttest.Eventually(t, "node B routes to the room", func() bool {
 		return len(b.Hub.ChannelUserIds("room")) == 1
 	})
 	b.Hub.Publish("room", chart.Message{Content: "before"})
-	c.waitFor("before")
-	c.mu.Lock()
-	c.ws.Close()
-	gone := c.gone
-	c.mu.Unlock()
-	<-gone
+	c.WaitFor("before")
+	c.Drop()
 	charttest.Recv(t, joiners[0].Logouts, "logout")
 	for i := 0; i < 5; i++ {
 		b.Hub.Publish("room", chart.Message{Content: fmt.Sprint("missed ", i)})
 	}
 	b.Hub.SendMessageToUid(9, 1, "dm while away")
-	c.url = b.URL + "?id=1"
-	c.connect() // to the other node
-	c.waitFor("missed 4")
-	c.waitFor("dm while away")
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.URL = b.URL + "?id=1"
+	c.Connect() // to the other node
+	c.WaitFor("missed 4")
+	c.WaitFor("dm while away")
 	var got []string
-	for _, m := range c.msgs {
+	for _, m := range c.Messages() {
 		got = append(got, m.Content)
 	}
 	if want := "before,dm while away,missed 0,missed 1,missed 2,missed 3,missed 4"; strings.Join(got, ",") != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}
-	for _, f := range c.frames {
-		if w, ok := f["welcome"].(map[string]any); ok && len(c.frames) > 3 {
-			if room, _ := w["channels"].(map[string]any)["room"].(map[string]any); room != nil && room["offset"] == float64(6) && room["recovered"] != true {
-				t.Fatalf("welcome on node B: %v", w)
-			}
-		}
+	if room := c.Welcome()["channels"].(map[string]any)["room"].(map[string]any); room["recovered"] != true || room["offset"] != float64(6) {
+		t.Fatalf("welcome on node B: %v", c.Welcome())
 	}
-	c.ws.Close()
 }

@@ -30,6 +30,11 @@ func (c *Conn) enqueueAt(f []byte, t topic, off uint64) bool {
 		c.hold = append(c.hold, held{f, t, off})
 		return true
 	}
+	if off != 0 && off <= c.replayed[t] {
+		// Appended before the recovery read it, delivered after: sent
+		// already, in the replay.
+		return true
+	}
 	return c.pushLocked(f, t, off)
 }
 
