@@ -61,6 +61,7 @@ type replay struct {
 	frames [][]byte
 	offs   []uint64
 	live   bool     // nothing replayed: live messages only
+	acked  bool     // replayed from what the user acknowledged, not from the client's position
 	pos    position // where the client is after the replay
 }
 
@@ -87,8 +88,16 @@ func (c *Conn) recover(hello *positions) {
 		for k, f := range r.frames {
 			c.pushLocked(f, r.t, r.offs[k])
 		}
-		if !r.live {
-			last[r.t] = r.pos.Offset // held messages up to here were replayed
+		switch {
+		case r.acked && len(r.offs) > 0:
+			// From another device's acknowledgement: a held message is
+			// live for this client unless the replay gave it.
+			last[r.t] = r.offs[len(r.offs)-1]
+			continue
+		case !r.live && !r.acked:
+			last[r.t] = r.pos.Offset // the client had or was replayed up to here
+			continue
+		case !r.live:
 			continue
 		}
 		// The client gets the held messages of a live-only stream: its
@@ -134,11 +143,14 @@ func (c *Conn) replays(hello *positions) []replay {
 	inbox := topic{uid: c.uid}
 	var p position
 	p.Offset, p.Epoch = hub.streams.acked(inbox, c.uid)
+	fromAcked := true
 	if hello != nil && hello.Inbox != nil && hello.Inbox.Epoch == p.Epoch {
-		p = *hello.Inbox
+		p, fromAcked = *hello.Inbox, false
 	}
 	unlimited := max(hub.cfg.InboxSize, 0) + 1
-	out := []replay{hub.replay(inbox, p, p.Epoch != "", &unlimited)}
+	r := hub.replay(inbox, p, p.Epoch != "", &unlimited)
+	r.acked = fromAcked && !r.live
+	out := []replay{r}
 	if hello != nil {
 		budget := hub.cfg.SendQueueLen / 2
 		chans, _ := hub.localChannels(c.uid)

@@ -41,6 +41,7 @@ func (s Suite) Run(t *testing.T) {
 		})
 	}
 	t.Run("KillNode", s.killNode)
+	t.Run("RecoveryOnAnotherNode", s.recovery)
 	if s.Outage != nil {
 		t.Run("Outage", s.outage)
 	}
@@ -384,6 +385,53 @@ func (s Suite) secondNode(t *testing.T, n int) {
 	c.Nodes[n-1].Hub.Publish("news", chart.Message{Content: "extra"})
 	first.WantContent("extra")
 	second.WantContent("extra")
+}
+
+// recovery: with a broker that keeps streams (chart.Streams), a chart.v1
+// client that reconnects to another node recovers the channel and direct
+// messages it missed there, once and in order. Skipped for a broker
+// without streams.
+func (s Suite) recovery(t *testing.T) {
+	newNode := s.NewCluster(t)
+	probe := newNode()
+	_, streams := probe.(chart.Streams)
+	probe.Close()
+	if !streams {
+		t.Skip("the broker keeps no streams (chart.Streams)")
+	}
+	c := StartCluster(t, 2, newNode)
+	a, b := c.Nodes[0], c.Nodes[1]
+	keep := a.Login(t, c.Rec, 1) // keeps uid 1 online, in "room", throughout
+	if err := a.Hub.JoinChannelIds(1, "room"); err != nil {
+		t.Fatal(err)
+	}
+	AwaitRoute(t, b, "room", keep)
+	v1 := NewV1Client(t, a.URL+"?id=1")
+	v1.Connect()
+	b.Hub.Publish("room", chart.Message{Content: "before"})
+	b.Hub.SendMessageToUid(9, 1, "dm before") // so that v1 has an inbox position
+	v1.WaitFor("before")
+	v1.WaitFor("dm before")
+	v1.Drop()
+	for i := 0; i < 5; i++ {
+		b.Hub.Publish("room", chart.Message{Content: "missed " + strconv.Itoa(i)})
+	}
+	b.Hub.SendMessageToUid(9, 1, "dm while away")
+	v1.URL = b.URL + "?id=1"
+	v1.Connect()
+	v1.WaitFor("missed 4")
+	v1.WaitFor("dm while away")
+	var got []string
+	for _, m := range v1.Messages() {
+		got = append(got, m.Content)
+	}
+	if want := []string{"before", "dm before", "dm while away", "missed 0", "missed 1", "missed 2", "missed 3", "missed 4"}; !slices.Equal(got, want) {
+		t.Fatalf("after reconnecting to another node: %q, want %q", got, want)
+	}
+	room, _ := v1.Welcome()["channels"].(map[string]any)["room"].(map[string]any)
+	if room["recovered"] != true {
+		t.Fatalf("welcome %v: room not recovered", v1.Welcome())
+	}
 }
 
 // killNode: a node dies; its users expire from presence and get their
