@@ -1,7 +1,7 @@
-// Package redisbroker is a chart.Broker and chart.Presence on Redis:
-// messages travel over Redis pub/sub, presence lives in Redis keys updated
-// by Lua scripts, and each node's liveness is a key with a TTL refreshed by
-// its heartbeat.
+// Package redisbroker is a chart.Broker, chart.Presence and chart.Streams
+// on Redis: messages travel over Redis pub/sub, presence and the streams of
+// recent messages live in Redis keys updated by Lua scripts, and each
+// node's liveness is a key with a TTL refreshed by its heartbeat.
 //
 //	b, err := redisbroker.Dial("redis://127.0.0.1:6379", redisbroker.Options{})
 //	hub := chart.New(chart.Config{Broker: b})
@@ -13,9 +13,20 @@
 // Keys, under Options.Prefix: alive:NODE (string with the node TTL),
 // nodes (set of node ids), nu:NODE (set of the node's uids), u:UID (hash:
 // n:NODE and c:CHANNEL fields), online (set of uids), c:CHANNEL (set of
-// member uids). Pub/sub channels: PREFIX + the hub's topic, that is
-// PREFIX c:CHANNEL and PREFIX u:UID (Redis keeps pub/sub channel names apart
-// from keys, so these do not collide with the c:CHANNEL sets).
+// member uids); per stream of chart.Streams (STREAM is c:CHANNEL or
+// u:UID) sm:STREAM (hash: epoch, last offset), se:STREAM (list of entries)
+// and sa:STREAM (hash: uid, acknowledged offset), all expiring
+// Options.StreamTTL after the stream's last append. Pub/sub channels:
+// PREFIX + the hub's topic, that is PREFIX c:CHANNEL and PREFIX u:UID (Redis
+// keeps pub/sub channel names apart from keys, so these do not collide with
+// the c:CHANNEL sets).
+//
+// Streams: one size (Options.StreamSize, default 1000 entries) and one age
+// (Options.StreamTTL, default 24 h) serve channels and inboxes alike,
+// where a single hub keeps 100 entries / 10 min per channel and 1000 / 24 h
+// per inbox by default. A stream whose keys vanished (expired, FLUSHDB, a
+// restart without persistence) starts again under a new random epoch, so
+// clients learn their positions there were lost (recovered: false).
 package redisbroker
 
 import (
@@ -47,6 +58,12 @@ type Options struct {
 	Timeout time.Duration
 	// NodeID names the node; default a random id.
 	NodeID string
+	// StreamSize bounds the entries kept per stream (each channel's and
+	// each inbox's, see chart.Streams). Default DefaultStreamSize.
+	StreamSize int
+	// StreamTTL is how long a stream's entries are kept, and how long its
+	// keys live after the last append. Default DefaultStreamTTL.
+	StreamTTL time.Duration
 }
 
 // Broker is a chart.Broker on Redis. Create it with New or Dial.
@@ -133,6 +150,12 @@ func New(rdb redis.UniversalClient, opt Options) *Broker {
 	}
 	if opt.Timeout <= 0 {
 		opt.Timeout = 5 * time.Second
+	}
+	if opt.StreamSize <= 0 {
+		opt.StreamSize = DefaultStreamSize
+	}
+	if opt.StreamTTL < time.Millisecond {
+		opt.StreamTTL = DefaultStreamTTL
 	}
 	if opt.NodeID == "" {
 		var b [8]byte

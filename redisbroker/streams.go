@@ -1,0 +1,286 @@
+package redisbroker
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/wuyan94zl/chart"
+)
+
+// Streams: the cluster's channel and inbox streams (chart.Streams) live in
+// Redis, three keys per stream, each updated only by the Lua scripts below
+// so that every call is atomic:
+//
+//	PREFIX sm:STREAM  hash: epoch (random, made with the stream), last (newest offset)
+//	PREFIX se:STREAM  list of the kept entries, oldest first, each "OFFSET:UNIXMS:DATA"
+//	PREFIX sa:STREAM  hash: uid -> acknowledged offset
+//
+// STREAM is the hub's stream name ("c:" + channel id or "u:" + uid). The
+// kinds come first (sm:, se:, sa:), so that no stream's keys collide with
+// another's, whatever its channel id, nor with the presence keys.
+//
+// An append keeps at most Options.StreamSize entries per stream and drops
+// those older than Options.StreamTTL, and sets that TTL on all three keys:
+// a stream nobody appended to for StreamTTL vanishes, and the next append
+// creates it again under a new epoch (so do a FLUSHDB, a restart without
+// persistence, or an eviction of its sm: key), which tells clients their
+// positions there mean nothing (recovered: false). One size and TTL serve
+// channels and inboxes alike (the hub's own defaults, without a Broker
+// that keeps streams, are 100 entries / 10 min per channel and 1000 / 24 h
+// per inbox).
+
+// Stream defaults: Options.StreamSize and Options.StreamTTL.
+const (
+	DefaultStreamSize = 1000
+	DefaultStreamTTL  = 24 * time.Hour
+)
+
+var _ chart.Streams = (*Broker)(nil)
+
+// streamHead parses an entry's "OFFSET:UNIXMS:" head. Shared by the scripts.
+const streamHead = `
+local function head(s)
+  local i = string.find(s, ':', 1, true)
+  local j = string.find(s, ':', i + 1, true)
+  return tonumber(string.sub(s, 1, i - 1)), tonumber(string.sub(s, i + 1, j - 1))
+end
+local function nowms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`
+
+var (
+	// append: KEYS sm, se, sa; ARGV new epoch, size, ttl ms, data.
+	// Returns {offset, epoch}.
+	appendScript = redis.NewScript(streamHead + `
+local m, e, a = KEYS[1], KEYS[2], KEYS[3]
+local size, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = nowms()
+local epoch = redis.call('HGET', m, 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', m, e, a)
+  redis.call('HSET', m, 'epoch', epoch)
+end
+local off = redis.call('HINCRBY', m, 'last', 1)
+redis.call('RPUSH', e, string.format('%d:%d:', off, now) .. ARGV[4])
+redis.call('LTRIM', e, -size, -1)
+local cut = now - ttl
+while true do
+  local h = redis.call('LINDEX', e, 0)
+  if not h then break end
+  local _, at = head(h)
+  if at >= cut then break end
+  redis.call('LPOP', e)
+end
+redis.call('PEXPIRE', m, ttl)
+redis.call('PEXPIRE', e, ttl)
+redis.call('PEXPIRE', a, ttl)
+return {off, epoch}`)
+
+	// read: KEYS sm, se; ARGV after, limit (0: all), ttl ms.
+	// Returns {} for no stream, else {epoch, complete (0/1), last, entries...}.
+	readScript = redis.NewScript(streamHead + `
+local m, e = KEYS[1], KEYS[2]
+local after, limit, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local meta = redis.call('HMGET', m, 'epoch', 'last')
+if not meta[1] then return {} end
+local last = tonumber(meta[2] or '0')
+local out = {meta[1], 0, string.format('%d', last)}
+if after >= last then
+  out[2] = 1
+  return out
+end
+local n = redis.call('LLEN', e)
+if n == 0 then return out end
+local first = head(redis.call('LINDEX', e, 0))
+local start = 0
+if after + 1 > first then start = after + 1 - first end
+local cutByLimit = false
+if limit > 0 and n - start > limit then
+  start = n - limit
+  cutByLimit = true
+end
+local list = redis.call('LRANGE', e, start, -1)
+local cut = nowms() - ttl
+local i = 1
+while i <= #list do
+  local _, at = head(list[i])
+  if at >= cut then break end
+  i = i + 1
+end
+if i <= #list then
+  local o = head(list[i])
+  if o == after + 1 and not cutByLimit then out[2] = 1 end
+end
+for k = i, #list do out[#out + 1] = list[k] end
+return out`)
+
+	// ack: KEYS sm, sa; ARGV epoch ('' : any), uid, offset. Only forward,
+	// only within the stream's epoch and offsets.
+	ackScript = redis.NewScript(`
+local m, a = KEYS[1], KEYS[2]
+local meta = redis.call('HMGET', m, 'epoch', 'last')
+if not meta[1] then return 0 end
+if ARGV[1] ~= '' and ARGV[1] ~= meta[1] then return 0 end
+local off = tonumber(ARGV[3])
+if off > tonumber(meta[2] or '0') then return 0 end
+if off <= tonumber(redis.call('HGET', a, ARGV[2]) or '0') then return 0 end
+redis.call('HSET', a, ARGV[2], ARGV[3])
+local ttl = redis.call('PTTL', m)
+if ttl > 0 then redis.call('PEXPIRE', a, ttl) end
+return 1`)
+
+	// acked: KEYS sm, sa; ARGV uid. Returns {} for no stream, else {epoch, offset}.
+	ackedScript = redis.NewScript(`
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return {} end
+return {epoch, redis.call('HGET', KEYS[2], ARGV[1]) or '0'}`)
+)
+
+// streamKeys returns a stream's keys: meta, entries, acks.
+func (b *Broker) streamKeys(stream string) ([]string, error) {
+	if len(stream) < 3 || (!strings.HasPrefix(stream, "c:") && !strings.HasPrefix(stream, "u:")) {
+		return nil, errors.New("redisbroker: bad stream name " + strconv.Quote(stream))
+	}
+	p := b.opt.Prefix
+	return []string{p + "sm:" + stream, p + "se:" + stream, p + "sa:" + stream}, nil
+}
+
+// runKeys runs a script on keys, with the broker's fail-fast and timeout.
+func (b *Broker) runKeys(s *redis.Script, keys []string, args ...any) (any, error) {
+	if err := b.allow(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	v, err := s.Run(ctx, b.rdb, keys, args...).Result()
+	return v, b.done(err)
+}
+
+func newEpoch() string {
+	var x [8]byte
+	rand.Read(x[:])
+	return hex.EncodeToString(x[:])
+}
+
+func badReply(what string, v any) error {
+	return fmt.Errorf("redisbroker: unexpected %s reply %v", what, v)
+}
+
+// Append adds data to stream and returns its offset and epoch.
+func (b *Broker) Append(stream string, data []byte) (uint64, string, error) {
+	keys, err := b.streamKeys(stream)
+	if err != nil {
+		return 0, "", err
+	}
+	v, err := b.runKeys(appendScript, keys, newEpoch(), b.opt.StreamSize, b.opt.StreamTTL.Milliseconds(), data)
+	if err != nil {
+		return 0, "", err
+	}
+	res, ok := v.([]any)
+	if !ok || len(res) != 2 {
+		return 0, "", badReply("append", v)
+	}
+	off, ok1 := res[0].(int64)
+	epoch, ok2 := res[1].(string)
+	if !ok1 || !ok2 || off <= 0 {
+		return 0, "", badReply("append", v)
+	}
+	return uint64(off), epoch, nil
+}
+
+// Read returns stream's entries with offsets above after, oldest first, at
+// most limit of them (0: all kept; the newest when cut), the stream's
+// epoch, whether none above after is missing, and the newest offset.
+func (b *Broker) Read(stream string, after uint64, limit int) ([]chart.StreamEntry, string, bool, uint64, error) {
+	keys, err := b.streamKeys(stream)
+	if err != nil {
+		return nil, "", false, 0, err
+	}
+	v, err := b.runKeys(readScript, keys[:2], strconv.FormatUint(after, 10), max(limit, 0), b.opt.StreamTTL.Milliseconds())
+	if err != nil {
+		return nil, "", false, 0, err
+	}
+	res, ok := v.([]any)
+	if !ok {
+		return nil, "", false, 0, badReply("read", v)
+	}
+	if len(res) == 0 {
+		return nil, "", after == 0, 0, nil
+	}
+	if len(res) < 3 {
+		return nil, "", false, 0, badReply("read", v)
+	}
+	epoch, ok1 := res[0].(string)
+	complete, ok2 := res[1].(int64)
+	lastS, ok3 := res[2].(string)
+	last, err := strconv.ParseUint(lastS, 10, 64)
+	if !ok1 || !ok2 || !ok3 || err != nil {
+		return nil, "", false, 0, badReply("read", v)
+	}
+	entries := make([]chart.StreamEntry, 0, len(res)-3)
+	for _, x := range res[3:] {
+		s, ok := x.(string)
+		if !ok {
+			return nil, "", false, 0, badReply("read", v)
+		}
+		offS, rest, ok1 := strings.Cut(s, ":")
+		_, data, ok2 := strings.Cut(rest, ":")
+		off, err := strconv.ParseUint(offS, 10, 64)
+		if !ok1 || !ok2 || err != nil {
+			return nil, "", false, 0, badReply("read", v)
+		}
+		entries = append(entries, chart.StreamEntry{Offset: off, Data: []byte(data)})
+	}
+	return entries, epoch, complete == 1, last, nil
+}
+
+// Ack records that uid has received stream up to offset, when epoch is the
+// stream's ("": whatever it is), offset is within the stream and above
+// what uid acknowledged before; otherwise it does nothing.
+func (b *Broker) Ack(stream string, uid uint64, epoch string, offset uint64) error {
+	keys, err := b.streamKeys(stream)
+	if err != nil {
+		return err
+	}
+	_, err = b.runKeys(ackScript, []string{keys[0], keys[2]}, epoch, uidArg(uid), strconv.FormatUint(offset, 10))
+	return err
+}
+
+// Acked returns the offset uid acknowledged in stream and the stream's
+// epoch; 0 and "" when there is no such stream.
+func (b *Broker) Acked(stream string, uid uint64) (uint64, string, error) {
+	keys, err := b.streamKeys(stream)
+	if err != nil {
+		return 0, "", err
+	}
+	v, err := b.runKeys(ackedScript, []string{keys[0], keys[2]}, uidArg(uid))
+	if err != nil {
+		return 0, "", err
+	}
+	res, ok := v.([]any)
+	if !ok {
+		return 0, "", badReply("acked", v)
+	}
+	if len(res) == 0 {
+		return 0, "", nil
+	}
+	if len(res) != 2 {
+		return 0, "", badReply("acked", v)
+	}
+	epoch, ok1 := res[0].(string)
+	offS, ok2 := res[1].(string)
+	off, err := strconv.ParseUint(offS, 10, 64)
+	if !ok1 || !ok2 || err != nil {
+		return 0, "", badReply("acked", v)
+	}
+	return off, epoch, nil
+}
