@@ -1,4 +1,4 @@
-// Package natsbroker is a chart.Broker and chart.Presence on NATS:
+// Package natsbroker is a chart.Broker, chart.Presence and chart.Streams on NATS:
 // messages travel over core NATS subjects, presence lives in a JetStream
 // key-value bucket updated
 // with compare-and-swap, and each node's liveness is a key in a second
@@ -15,8 +15,11 @@
 // Options.Bucket holds u.UID (a JSON record of the uid's nodes and
 // channels), c.CHANNEL.UID (member index, the channel id in unpadded
 // base64url), nu.NODE.UID (the node's uids) and node.NODE (known nodes);
-// bucket Options.Bucket+"_alive" holds one key per live node. Both buckets
-// are in memory unless Options.FileStorage.
+// bucket Options.Bucket+"_alive" holds one key per live node. The chart
+// streams are the JetStream stream Options.Bucket+"_streams", subjects
+// PREFIX.s.NAME (see streams.go); acknowledgements are keys a.NAME.UID of
+// the presence bucket. The buckets and the stream are in memory unless
+// Options.FileStorage.
 package natsbroker
 
 import (
@@ -60,6 +63,11 @@ type Options struct {
 	Replicas int
 	// NodeID names the node; default a random id.
 	NodeID string
+	// StreamSize is how many entries each chart stream (a channel's, a
+	// user's inbox) keeps. Default 1000.
+	StreamSize int
+	// StreamTTL is how long the streams keep an entry. Default 24 h.
+	StreamTTL time.Duration
 }
 
 // Broker is a chart.Broker on NATS. Create it with New or Connect.
@@ -72,6 +80,7 @@ type Broker struct {
 	mu      sync.Mutex
 	kv      jetstream.KeyValue // presence
 	alive   jetstream.KeyValue // liveness, with TTL
+	stream  jetstream.Stream   // the chart streams
 	subs    map[string]*nats.Subscription
 	node    chart.Node
 	msgs    chan *nats.Msg
@@ -106,6 +115,12 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 	}
 	if opt.Replicas <= 0 {
 		opt.Replicas = 1
+	}
+	if opt.StreamSize <= 0 {
+		opt.StreamSize = 1000
+	}
+	if opt.StreamTTL <= 0 {
+		opt.StreamTTL = 24 * time.Hour
 	}
 	if opt.NodeID == "" {
 		var b [8]byte
@@ -193,7 +208,7 @@ func (b *Broker) ensureBuckets(ctx context.Context) error {
 	b.mu.Lock()
 	b.kv, b.alive = kv, alive
 	b.mu.Unlock()
-	return nil
+	return b.ensureStream(ctx)
 }
 
 func (b *Broker) buckets() (kv, alive jetstream.KeyValue) {

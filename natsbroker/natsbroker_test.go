@@ -92,7 +92,7 @@ func TestNATSBroker(t *testing.T) {
 	}.Run(t)
 }
 
-// TestStorage: the buckets are in memory unless Options.FileStorage.
+// TestStorage: the buckets and the streams are in memory unless Options.FileStorage.
 func TestStorage(t *testing.T) {
 	srv := startNATS(t)
 	for _, c := range []struct {
@@ -100,9 +100,16 @@ func TestStorage(t *testing.T) {
 		want jetstream.StorageType
 	}{{false, jetstream.MemoryStorage}, {true, jetstream.FileStorage}} {
 		bucket := fmt.Sprintf("storage_%v", c.file)
-		b, err := Connect(srv.url(), Options{Bucket: bucket, FileStorage: c.file})
+		b, err := Connect(srv.url(), Options{Prefix: bucket, Bucket: bucket, FileStorage: c.file})
 		if err != nil {
 			t.Fatal(err)
+		}
+		s, err := b.js.Stream(context.Background(), bucket+"_streams")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.CachedInfo().Config.Storage; got != c.want {
+			t.Errorf("FileStorage %v: stream has %v, want %v", c.file, got, c.want)
 		}
 		for _, name := range []string{bucket, bucket + "_alive"} {
 			kv, err := b.js.KeyValue(context.Background(), name)
@@ -127,7 +134,7 @@ func TestTopics(t *testing.T) {
 	srv := startNATS(t)
 	topics := []string{"c:a.b", "c:*", "c:>", "c:a b", "c:\u00e9\u4e2d", "u:42"}
 	connect := func(prefix string, n chart.Node) *Broker {
-		b, err := Connect(srv.url(), Options{Prefix: prefix})
+		b, err := Connect(srv.url(), Options{Prefix: prefix, Bucket: prefix})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,345 @@
+package natsbroker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/wuyan94zl/chart"
+)
+
+// Streams: the cluster's streams (chart.Streams) live in one JetStream
+// stream, Options.Bucket+"_streams", with one subject per chart stream:
+// PREFIX.s.NAME, the name in unpadded base64url. Each message carries its
+// offset and its epoch in the headers Chart-Offset and Chart-Epoch.
+//
+// Append reads the subject's last message and publishes the next offset
+// under the same epoch, expecting that message to be still the subject's
+// last (Nats-Expected-Last-Subject-Sequence): appends from any number of
+// nodes are serialised by the server, and a loser reads again. A subject
+// with no message (never appended to, every entry aged out, the stream
+// deleted or lost with a memory-storage server) starts a new random epoch
+// at offset 1: all the entries of a subject share one epoch, and their
+// offsets are consecutive in the stream's order.
+//
+// Acknowledgements are keys a.NAME.UID of the presence bucket, holding
+// "EPOCH OFFSET", updated with compare-and-swap; one of another epoch
+// than the stream's counts as none.
+
+var _ chart.Streams = (*Broker)(nil)
+
+const (
+	hdrOffset = "Chart-Offset"
+	hdrEpoch  = "Chart-Epoch"
+	// readBatch is how many messages Read fetches per request.
+	readBatch = 256
+)
+
+// streamName is the JetStream stream keeping the chart streams.
+func (o Options) streamName() string { return o.Bucket + "_streams" }
+
+// streamSubject is a chart stream's subject.
+func (b *Broker) streamSubject(stream string) string {
+	return b.opt.Prefix + ".s." + token(stream)
+}
+
+// ensureStream creates the JetStream stream, or updates its limits. It
+// fails when the stream exists with other subjects: another cluster's, on
+// the same Bucket with another Prefix.
+func (b *Broker) ensureStream(ctx context.Context) error {
+	subjects := []string{b.opt.Prefix + ".s.>"}
+	if s, err := b.js.Stream(ctx, b.opt.streamName()); err == nil {
+		if got := s.CachedInfo().Config.Subjects; !slices.Equal(got, subjects) {
+			return fmt.Errorf("natsbroker: stream %s has subjects %q, not %q: clusters sharing a server need different Prefix and Bucket",
+				b.opt.streamName(), got, subjects)
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return err
+	}
+	s, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              b.opt.streamName(),
+		Subjects:          subjects,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxMsgsPerSubject: int64(b.opt.StreamSize),
+		MaxAge:            b.opt.StreamTTL,
+		Storage:           b.opt.storage(),
+		Replicas:          b.opt.Replicas,
+		AllowDirect:       true,
+	})
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.stream = s
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *Broker) jsStream() jetstream.Stream {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.stream
+}
+
+// tail is the last message of a subject; seq 0: none.
+type tail struct {
+	seq   uint64
+	off   uint64
+	epoch string
+	data  []byte
+}
+
+// missing reports an error meaning that the JetStream stream is gone.
+func missing(err error) bool {
+	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// entryOf parses a message's offset and epoch.
+func entryOf(h nats.Header) (uint64, string, error) {
+	off, err := strconv.ParseUint(h.Get(hdrOffset), 10, 64)
+	if err != nil || off == 0 {
+		return 0, "", errors.New("natsbroker: stream message without offset")
+	}
+	return off, h.Get(hdrEpoch), nil
+}
+
+// last returns the last message of subj; a zero tail when there is none
+// or the JetStream stream is missing (gone reports the latter).
+func (b *Broker) last(ctx context.Context, subj string) (t tail, gone bool, err error) {
+	if !b.nc.IsConnected() {
+		return t, false, errDisconnected
+	}
+	m, err := b.jsStream().GetLastMsgForSubject(ctx, subj)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return t, false, nil
+	case missing(err):
+		return t, true, nil
+	case err != nil:
+		return t, false, err
+	}
+	t.seq, t.data = m.Sequence, m.Data
+	t.off, t.epoch, err = entryOf(m.Header)
+	return t, false, err
+}
+
+func newEpoch() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Append adds data to the stream; see Streams above.
+func (b *Broker) Append(stream string, data []byte) (uint64, string, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	subj := b.streamSubject(stream)
+	ensured := false
+	for {
+		t, gone, err := b.last(ctx, subj)
+		if err != nil {
+			return 0, "", err
+		}
+		off, epoch := t.off+1, t.epoch
+		if t.seq == 0 {
+			off, epoch = 1, newEpoch()
+		}
+		if !gone {
+			m := nats.NewMsg(subj)
+			m.Data = data
+			m.Header.Set(hdrOffset, strconv.FormatUint(off, 10))
+			m.Header.Set(hdrEpoch, epoch)
+			_, err = b.js.PublishMsg(ctx, m, jetstream.WithExpectStream(b.opt.streamName()),
+				jetstream.WithExpectLastSequencePerSubject(t.seq))
+			if err == nil {
+				return off, epoch, nil
+			}
+			if conflict(err) {
+				continue
+			}
+			if !missing(err) {
+				return 0, "", err
+			}
+		}
+		if ensured {
+			return 0, "", jetstream.ErrStreamNotFound
+		}
+		// The stream was deleted, or lost with a server restart: its
+		// subjects start new epochs.
+		if err := b.ensureStream(ctx); err != nil {
+			return 0, "", err
+		}
+		ensured = true
+	}
+}
+
+// Read returns the entries above after; see chart.Streams. It reads the
+// subject's kept entries from the oldest (at most Options.StreamSize).
+func (b *Broker) Read(stream string, after uint64, limit int) ([]chart.StreamEntry, string, bool, uint64, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	subj := b.streamSubject(stream)
+	t, _, err := b.last(ctx, subj)
+	if err != nil {
+		return nil, "", false, 0, err
+	}
+	if t.seq == 0 {
+		return nil, "", after == 0, 0, nil
+	}
+	if after >= t.off {
+		return nil, t.epoch, true, t.off, nil
+	}
+	from := after + 1
+	if limit > 0 && t.off-after > uint64(limit) {
+		from = t.off - uint64(limit) + 1
+	}
+	if from == t.off && from == after+1 {
+		return []chart.StreamEntry{{Offset: t.off, Data: t.data}}, t.epoch, true, t.off, nil
+	}
+	entries, first, err := b.scan(ctx, subj, t, from)
+	if err != nil {
+		return nil, "", false, 0, err
+	}
+	complete := from == after+1 && first != 0 && first <= from
+	return entries, t.epoch, complete, t.off, nil
+}
+
+// scan reads subj's messages up to t with offsets from from on, through
+// an ephemeral consumer; first is the oldest offset kept (0: t is gone).
+func (b *Broker) scan(ctx context.Context, subj string, t tail, from uint64) (entries []chart.StreamEntry, first uint64, err error) {
+	s := b.jsStream()
+	c, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		FilterSubject:     subj,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		MemoryStorage:     true,
+		Replicas:          1,
+		InactiveThreshold: 2 * b.opt.Timeout,
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() {
+		dctx, cancel := b.ctx()
+		s.DeleteConsumer(dctx, c.CachedInfo().Name)
+		cancel()
+	}()
+	for {
+		batch, err := c.FetchNoWait(readBatch)
+		if err != nil {
+			return nil, 0, err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				return nil, 0, err
+			}
+			if md.Sequence.Stream > t.seq {
+				continue // appended since: not part of this read
+			}
+			off, epoch, err := entryOf(m.Headers())
+			if err != nil {
+				return nil, 0, err
+			}
+			if epoch != t.epoch {
+				continue // cannot happen: a subject's entries share its epoch
+			}
+			if first == 0 {
+				first = off
+			}
+			if off >= from {
+				entries = append(entries, chart.StreamEntry{Offset: off, Data: m.Data()})
+			}
+			if md.Sequence.Stream == t.seq {
+				return entries, first, nil
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return nil, 0, err
+		}
+		if n == 0 { // t aged out meanwhile
+			return entries, first, nil
+		}
+	}
+}
+
+func (b *Broker) ackKey(stream string, uid uint64) string {
+	return "a." + token(stream) + "." + uidStr(uid)
+}
+
+// parseAck parses an acknowledgement's value, "EPOCH OFFSET".
+func parseAck(v []byte) (epoch string, off uint64) {
+	e, o, _ := strings.Cut(string(v), " ")
+	off, _ = strconv.ParseUint(o, 10, 64)
+	return e, off
+}
+
+// Ack records that uid has received stream up to offset, when epoch is the
+// stream's ("": whatever it is), offset is within it, and above what uid
+// acknowledged.
+func (b *Broker) Ack(stream string, uid uint64, epoch string, offset uint64) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	t, _, err := b.last(ctx, b.streamSubject(stream))
+	if err != nil || t.seq == 0 || (epoch != "" && epoch != t.epoch) || offset > t.off || offset == 0 {
+		return err
+	}
+	kv, _ := b.buckets()
+	key := b.ackKey(stream, uid)
+	val := []byte(t.epoch + " " + strconv.FormatUint(offset, 10))
+	for {
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = kv.Create(ctx, key, val)
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue
+			}
+		case err != nil:
+			return err
+		default:
+			if ep, off := parseAck(e.Value()); ep == t.epoch && off >= offset {
+				return nil
+			}
+			_, err = kv.Update(ctx, key, val, e.Revision())
+		}
+		if conflict(err) {
+			continue
+		}
+		return err
+	}
+}
+
+// Acked returns the offset uid acknowledged in stream and the stream's
+// epoch (0 and "" when the stream has no entry).
+func (b *Broker) Acked(stream string, uid uint64) (uint64, string, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	t, _, err := b.last(ctx, b.streamSubject(stream))
+	if err != nil || t.seq == 0 {
+		return 0, "", err
+	}
+	kv, _ := b.buckets()
+	e, err := kv.Get(ctx, b.ackKey(stream, uid))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, t.epoch, nil
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	if ep, off := parseAck(e.Value()); ep == t.epoch {
+		return off, t.epoch, nil
+	}
+	return 0, t.epoch, nil
+}
