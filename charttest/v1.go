@@ -22,12 +22,13 @@ type V1Client struct {
 	// meanwhile are held by the server and also in the history it replays.
 	HelloDelay time.Duration
 
-	mu     sync.Mutex
-	pos    map[string]chart.Message // channel id, or "" for the inbox
-	frames []map[string]any
-	msgs   []chart.Message
-	ws     *websocket.Conn
-	gone   chan struct{}
+	mu       sync.Mutex
+	pos      map[string]chart.Message // channel id, or "" for the inbox
+	frames   []map[string]any
+	msgs     []chart.Message
+	welcomes int
+	ws       *websocket.Conn
+	gone     chan struct{}
 }
 
 // NewV1Client returns a client for url; Connect dials.
@@ -37,8 +38,8 @@ func NewV1Client(t testing.TB, url string) *V1Client {
 	return c
 }
 
-// Connect dials URL (retrying until Wait), sends the hello, and reads
-// frames from then on.
+// Connect dials URL (retrying until Wait), sends the hello, reads frames
+// from then on, and returns once the welcome came: recovery is done.
 func (c *V1Client) Connect() {
 	c.t.Helper()
 	d := websocket.Dialer{HandshakeTimeout: 2 * time.Second, Subprotocols: []string{chart.ProtocolV1}}
@@ -63,7 +64,7 @@ func (c *V1Client) Connect() {
 		}
 	}
 	c.ws, c.gone = ws, make(chan struct{})
-	gone := c.gone
+	gone, welcomes := c.gone, c.welcomes
 	c.mu.Unlock()
 	go c.read(ws, gone)
 	if c.HelloDelay > 0 {
@@ -71,6 +72,11 @@ func (c *V1Client) Connect() {
 	}
 	b, _ := json.Marshal(map[string]any{"hello": hello})
 	ws.WriteMessage(websocket.TextMessage, b)
+	Eventually(c.t, "welcome", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.welcomes > welcomes
+	})
 }
 
 func (c *V1Client) read(ws *websocket.Conn, gone chan struct{}) {
@@ -86,6 +92,9 @@ func (c *V1Client) read(ws *websocket.Conn, gone chan struct{}) {
 		json.Unmarshal(data, &m)
 		c.mu.Lock()
 		c.frames = append(c.frames, raw)
+		if raw["welcome"] != nil {
+			c.welcomes++
+		}
 		if m.Offset != 0 {
 			c.pos[m.ChannelId] = m // "" for the inbox
 			c.msgs = append(c.msgs, m)
