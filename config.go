@@ -166,7 +166,8 @@ type Config struct {
 
 	// HistorySize and HistoryTTL bound the recent messages each channel
 	// keeps (its stream), for History and for clients that recover what
-	// they missed. Defaults 100 messages and 10 minutes; HistorySize
+	// they missed. With a Broker that implements Streams, the broker keeps
+	// the streams and its own options bound them instead. Defaults 100 messages and 10 minutes; HistorySize
 	// negative: channels keep no history and their messages carry no
 	// Offset.
 	HistorySize int
