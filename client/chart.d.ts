@@ -38,7 +38,14 @@ export interface SendAck {
   epoch?: string;
 }
 
-/** An error frame of the server, or an error of the client ("closed", "protocol", "connect_failed"). */
+/**
+ * An error frame of the server (refusals the client retries itself, such as
+ * rate_limited, are not reported), or an error of the client: "closed" (a
+ * close code stopped it), "storage" (storage failed: once until a write
+ * succeeds again; the client goes on in memory), "connect_failed" (the url
+ * or protocols function threw, or the WebSocket could not be created),
+ * "protocol" (the server did not accept chart.v1).
+ */
 export interface ErrorFrame {
   error: string;
   message?: string;
@@ -80,10 +87,18 @@ export interface ChartOptions {
   ackBatch?: number;
   /** ms an unanswered send waits before it is sent again on the same connection; default 10000. */
   resendAfter?: number;
-  /** ms between {"ping":n} frames, which the server answers {"pong":n}; default 10000 (a silently dead connection is closed within 30 s); 0: off. */
+  /**
+   * ms between {"ping":n} frames, which the server answers {"pong":n}; default 10000; 0: off.
+   * A silently dead connection is closed between heartbeat + heartbeatTimeout and
+   * 2·heartbeat + heartbeatTimeout after the last frame received (30 s at most by default).
+   */
   heartbeat?: number;
   /** ms of silence beyond the heartbeat interval that close the connection as dead; default 10000. */
   heartbeatTimeout?: number;
+  /** Sends awaiting their answer at once, sent in outbox order; default 16. */
+  maxInFlight?: number;
+  /** ms of the first pause after a rate_limited refusal (random in [½, 1] of it, doubling up to maxDelay, reset by an ack); default 1000. */
+  retryDelay?: number;
 }
 
 export declare class ChartError extends Error {
@@ -101,7 +116,7 @@ export declare class Chart {
   on(event: "state", fn: (s: State) => void): () => void;
   on(event: "recovered", fn: (r: Recovered) => void): () => void;
   off(event: string, fn: (...args: any[]) => void): void;
-  /** Resolves with the server's ack; rejects with a ChartError. Kept and resent (same id) across reconnects. */
+  /** Resolves with the server's ack; rejects with a ChartError. Never throws. Kept and resent (same id) across reconnects. */
   send(msg: Outgoing): Promise<SendAck>;
   /** Closes and stops reconnecting; pending sends reject with "closed" but stay queued in storage. */
   close(): void;

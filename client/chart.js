@@ -12,7 +12,13 @@
 // following the server's close codes), resumes every stream from the last
 // position it delivered (hello), drops duplicates, acknowledges what it
 // delivered (batched), and keeps unacknowledged sends (in storage, with
-// their ids) until the server acknowledges or refuses them.
+// their ids) until the server acknowledges or refuses them, sending at most
+// maxInFlight at once, in order, pausing after a rate_limited refusal.
+// Events: "message", "state", "recovered", and "error": the server's error
+// frames (not the refusals the client retries itself) and the client's own
+// errors ({error: "closed", code}, "storage", "connect_failed", "protocol").
+// A storage that throws (full, private mode) costs only persistence: the
+// client goes on in memory.
 
 export const PROTOCOL = "chart.v1";
 
@@ -36,6 +42,11 @@ const STOP_CODES = new Set([CloseCodes.DISCONNECTED, CloseCodes.REFUSED, CloseCo
 // sent again later with the same id.
 const RETRY_ERRORS = new Set(["rate_limited", "hub_closed", "broker_failed", "overloaded"]);
 
+// The hello carries at most this many bytes (the server's MaxMessageSize is
+// 64 KiB by default): channel positions beyond it are left out, and those
+// channels start live (recovered: false).
+const HELLO_LIMIT = 48 << 10;
+
 const DEFAULTS = {
   storageKey: "chart",
   minDelay: 500, // ms: the first backoff's cap
@@ -46,6 +57,8 @@ const DEFAULTS = {
   resendAfter: 10000, // ms an unanswered send waits before it is tried again on the same connection
   heartbeat: 10000, // ms between {"ping":n} frames, answered {"pong":n}; 0: off
   heartbeatTimeout: 10000, // ms of silence after a ping that count as a dead connection
+  maxInFlight: 16, // sends awaiting their answer at once, in outbox order
+  retryDelay: 1000, // ms: the first pause after a rate_limited refusal (doubles, up to maxDelay)
 };
 
 // memoryStorage is the default storage: it lasts as long as the page.
@@ -91,12 +104,23 @@ export class Chart {
     this._pending = new Map(); // send id -> {resolve, reject}
     this._idPrefix = randomId();
     this._seq = 0;
+    this._left = new Map(); // stream key -> Set of epochs it left
+    this._helloLimit = HELLO_LIMIT;
+    this._helloBytes = 0; // the size of the last hello
+    this._pauseUntil = 0; // no sends before (after a rate_limited refusal)
+    this._pauseTimer = null;
+    this._retries = 0; // rate_limited refusals since the last acknowledgement
+    this._storageFailed = false;
+    this._saveTimer = null;
+    this._unsaved = new Set(); // "positions", "outbox"
     this._load();
     // Connect after the caller subscribed (it sees "connecting").
     queueMicrotask(() => this._connect());
   }
 
-  // on subscribes fn to an event: "message", "error", "state", "recovered".
+  // on subscribes fn to an event: "message", "error" (error frames and the
+  // client's errors: "closed", "storage", "connect_failed", "protocol"),
+  // "state", "recovered".
   // It returns a function that unsubscribes.
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -118,10 +142,10 @@ export class Chart {
     if (this._stopped) return Promise.reject(new ChartError("closed", "chart: the client is closed"));
     const id = `${this._idPrefix}-${++this._seq}`;
     const entry = { id, msg: { ...msg, id }, sentAt: 0 };
-    this._outbox.push(entry);
-    this._saveOutbox();
     const p = new Promise((resolve, reject) => this._pending.set(id, { resolve, reject }));
-    if (this.state === "open" || this._helloSent) this._transmit(entry);
+    this._outbox.push(entry);
+    this._persist("outbox", true);
+    this._pump();
     return p;
   }
 
@@ -166,6 +190,7 @@ export class Chart {
     this._ws = ws;
     this._helloSent = false;
     let done = false;
+    let welcomed = false; // only the first welcome of a socket counts
     // Node 20 fires error without close on a refused connection; browsers
     // fire both. Whichever comes first ends this socket, once.
     const end = (code, reason) => {
@@ -190,9 +215,12 @@ export class Chart {
         ws.close(1000);
         return;
       }
-      ws.send(JSON.stringify({ hello: this._helloPositions() }));
+      const hello = JSON.stringify({ hello: this._helloPositions() });
+      this._helloBytes = hello.length;
+      ws.send(hello);
       this._helloSent = true;
-      for (const e of this._outbox) this._transmit(e);
+      for (const e of this._outbox) e.sentAt = 0; // nothing is in flight on a new socket
+      this._pump();
       this._startHeartbeat(ws);
     };
     ws.onmessage = (ev) => {
@@ -205,7 +233,10 @@ export class Chart {
       } catch {
         return;
       }
-      if (f.welcome) {
+      if (!isObject(f)) return;
+      if (f.welcome !== undefined) {
+        if (welcomed || !isObject(f.welcome)) return;
+        welcomed = true;
         clearTimeout(connectTimer);
         this._welcome(f.welcome);
       } else this._frame(f);
@@ -250,7 +281,10 @@ export class Chart {
     clearTimeout(this._ackTimer);
     clearTimeout(this._resendTimer);
     this._resendTimer = null;
+    clearTimeout(this._pauseTimer);
+    this._pauseTimer = null;
     this._stopHeartbeat();
+    this._flushStorage();
     this._setState("closed");
     for (const [id, p] of this._pending) p.reject(new ChartError("closed", "chart: the client is closed; the message stays queued in storage"));
     this._pending.clear();
@@ -278,13 +312,24 @@ export class Chart {
 
   _welcome(w) {
     this._attempt = 0;
-    const recovered = { channels: {}, inbox: w.inbox?.recovered ?? true };
-    if (w.inbox) this._adopt("inbox", w.inbox);
-    for (const [id, p] of Object.entries(w.channels || {})) {
+    const inbox = isObject(w.inbox) ? w.inbox : null;
+    const recovered = { channels: Object.create(null), inbox: inbox ? !!inbox.recovered : true };
+    if (inbox) this._adopt("inbox", inbox);
+    const channels = isObject(w.channels) ? w.channels : {};
+    for (const [id, p] of Object.entries(channels)) {
+      if (!isObject(p)) continue;
       recovered.channels[id] = !!p.recovered;
       this._adopt("c:" + id, p);
     }
-    this._savePositions();
+    // The welcome lists every channel of the user: the others were left,
+    // their positions would only make the hello grow.
+    for (const key of Object.keys(this._positions)) {
+      if (key.startsWith("c:") && !Object.hasOwn(channels, key.slice(2))) {
+        delete this._positions[key];
+        this._left.delete(key);
+      }
+    }
+    this._persist("positions", true);
     this._setState("open");
     this._emit("recovered", recovered);
   }
@@ -294,17 +339,33 @@ export class Chart {
   // fills the gap from its store). It is not acknowledged: only received
   // messages are.
   _adopt(key, p) {
-    if (!p.epoch) return;
+    if (!validPosition(p) || !p.epoch) return;
     const cur = this._positions[key];
-    if (!p.recovered || !cur || cur.epoch !== p.epoch) this._positions[key] = { epoch: p.epoch, offset: p.offset };
+    if (!p.recovered || !cur || cur.epoch !== p.epoch) {
+      if (cur && cur.epoch !== p.epoch) this._leave(key, cur.epoch);
+      this._left.get(key)?.delete(p.epoch); // the server's word
+      this._positions[key] = { epoch: p.epoch, offset: p.offset };
+    }
+  }
+
+  _leave(key, epoch) {
+    if (!this._left.has(key)) this._left.set(key, new Set());
+    this._left.get(key).add(epoch);
   }
 
   _frame(f) {
     if (f.pong !== undefined) return;
-    if (f.ack) return this._answer(f.ack.id, null, f.ack);
+    if (isObject(f.ack)) {
+      this._retries = 0;
+      return this._answer(f.ack.id, null, f.ack);
+    }
     if (f.error) {
-      if (f.id && !RETRY_ERRORS.has(f.error)) this._answer(f.id, f, null);
-      else if (f.id) this._retryLater(f.id);
+      if (RETRY_ERRORS.has(f.error)) {
+        // A refused try: the client sends it again itself, no error event.
+        if (f.error === "rate_limited") this._pause();
+        if (f.id && this._retryLater(f.id)) return;
+        if (!f.id && f.error !== "hub_closed") return;
+      } else if (f.id) this._answer(f.id, f, null);
       this._emit("error", f);
       return;
     }
@@ -313,14 +374,22 @@ export class Chart {
   }
 
   _message(m) {
-    if (m.offset !== undefined && m.epoch) {
+    // Only a valid position counts; a message without one is delivered as
+    // it is (transient).
+    if (validPosition(m) && m.epoch && (m.channel_id === undefined || typeof m.channel_id === "string")) {
       const key = m.channel_id ? "c:" + m.channel_id : "inbox";
       const cur = this._positions[key];
       if (cur && cur.epoch === m.epoch && m.offset <= cur.offset) return; // a duplicate
+      if (cur && cur.epoch !== m.epoch) {
+        if (this._left.get(key)?.has(m.epoch)) return; // of an epoch the stream left: old
+        this._leave(key, cur.epoch);
+      }
       this._positions[key] = { epoch: m.epoch, offset: m.offset };
-      this._savePositions();
+      this._emit("message", m);
+      this._persist("positions", true);
       this._dirty.add(key);
       this._scheduleAck();
+      return;
     }
     this._emit("message", m);
   }
@@ -340,8 +409,9 @@ export class Chart {
     const ack = {};
     for (const key of this._dirty) {
       const p = this._positions[key];
+      if (!p) continue; // pruned meanwhile
       if (key === "inbox") ack.inbox = p;
-      else (ack.channels ||= {})[key.slice(2)] = p;
+      else (ack.channels ||= Object.create(null))[key.slice(2)] = p;
     }
     this._dirty.clear();
     ws.send(JSON.stringify({ ack }));
@@ -351,10 +421,39 @@ export class Chart {
 
   _transmit(entry) {
     const ws = this._ws;
-    if (!ws || ws.readyState !== 1) return;
+    if (!ws || ws.readyState !== 1) return false;
     entry.sentAt = Date.now();
     ws.send(JSON.stringify(entry.msg));
     this._armResend();
+    return true;
+  }
+
+  // _pump sends the outbox in order, at most maxInFlight unanswered at
+  // once, none while paused after a rate_limited refusal.
+  _pump() {
+    if (this._stopped || !this._helloSent || !this._ws || this._ws.readyState !== 1) return;
+    const wait = this._pauseUntil - Date.now();
+    if (wait > 0) {
+      if (!this._pauseTimer) this._pauseTimer = setTimeout(() => ((this._pauseTimer = null), this._pump()), wait);
+      return;
+    }
+    let inFlight = 0;
+    for (const e of this._outbox) if (e.sentAt) inFlight++;
+    for (const e of this._outbox) {
+      if (inFlight >= this.options.maxInFlight) break;
+      if (e.sentAt) continue;
+      if (!this._transmit(e)) break;
+      inFlight++;
+    }
+  }
+
+  // _pause stops sending after a rate_limited refusal: a random time below
+  // min(maxDelay, retryDelay * 2^n), at least half of it.
+  _pause() {
+    const cap = Math.min(this.options.maxDelay, this.options.retryDelay * 2 ** this._retries);
+    this._retries = Math.min(this._retries + 1, 30);
+    const until = Date.now() + cap * (0.5 + Math.random() / 2);
+    if (until > this._pauseUntil) this._pauseUntil = until;
   }
 
   // _armResend tries again, on the same connection, the sends that got no
@@ -365,21 +464,26 @@ export class Chart {
     this._resendTimer = setTimeout(() => {
       this._resendTimer = null;
       const old = Date.now() - this.options.resendAfter;
-      for (const e of this._outbox) if (e.sentAt && e.sentAt <= old) this._transmit(e);
+      if (Date.now() >= this._pauseUntil) for (const e of this._outbox) if (e.sentAt && e.sentAt <= old) this._transmit(e);
       if (this._outbox.length && !this._stopped) this._armResend();
     }, this.options.resendAfter);
   }
 
+  // _retryLater puts a refused try back in the queue; false: not ours.
   _retryLater(id) {
     const e = this._outbox.find((e) => e.id === id);
-    if (e) e.sentAt = Date.now();
+    if (!e) return false;
+    e.sentAt = 0;
+    this._pump();
+    return true;
   }
 
   _answer(id, errFrame, ack) {
     const i = this._outbox.findIndex((e) => e.id === id);
     if (i < 0) return;
     this._outbox.splice(i, 1);
-    this._saveOutbox();
+    this._persist("outbox", false);
+    this._pump();
     const p = this._pending.get(id);
     this._pending.delete(id);
     if (!p) return; // sent before a reload: nobody waits for it
@@ -389,14 +493,26 @@ export class Chart {
 
   // A 1009 close: the server refused a message too large; it is one of the
   // sends in flight, the largest is dropped so that it is not sent again.
+  // When the hello was the largest frame, it is the one: the next hellos
+  // are kept smaller instead.
   _dropLargest() {
     let big = null;
-    for (const e of this._outbox) if (e.sentAt && (!big || JSON.stringify(e.msg).length > JSON.stringify(big.msg).length)) big = e;
-    if (big) this._answer(big.id, { error: "too_large", message: "chart: the server closed the connection with 1009 (message too large)" }, null);
+    let size = 0;
+    for (const e of this._outbox) {
+      if (!e.sentAt) continue;
+      const n = JSON.stringify(e.msg).length;
+      if (n > size) (big = e), (size = n);
+    }
+    if (big && size >= this._helloBytes) {
+      this._answer(big.id, { error: "too_large", message: "chart: the server closed the connection with 1009 (message too large)" }, null);
+    } else if (this._helloBytes > 1024) {
+      this._helloLimit = Math.max(1024, Math.floor(Math.min(this._helloLimit, this._helloBytes) / 2));
+    }
   }
 
-  // --- heartbeat: a silently dead connection is closed within
-  // 2 * heartbeat + heartbeatTimeout (30 s by default) ---
+  // --- heartbeat: a silently dead connection is closed between
+  // heartbeat + heartbeatTimeout and 2 * heartbeat + heartbeatTimeout
+  // after the last frame it received (30 s at most by default) ---
 
   _startHeartbeat(ws) {
     const every = this.options.heartbeat;
@@ -422,28 +538,91 @@ export class Chart {
 
   // --- storage ---
 
+  // _helloPositions: the inbox, then channel positions while the hello
+  // stays under its limit (the channels left out start live).
   _helloPositions() {
     const hello = {};
+    let size = 64;
+    if (this._positions.inbox) {
+      hello.inbox = this._positions.inbox;
+      size += JSON.stringify(hello.inbox).length;
+    }
     for (const [key, p] of Object.entries(this._positions)) {
-      if (key === "inbox") hello.inbox = p;
-      else (hello.channels ||= {})[key.slice(2)] = p;
+      if (!key.startsWith("c:")) continue;
+      const n = JSON.stringify(key.slice(2)).length + JSON.stringify(p).length + 2;
+      if (size + n > this._helloLimit) continue;
+      size += n;
+      (hello.channels ||= Object.create(null))[key.slice(2)] = p;
     }
     return hello;
   }
 
   _load() {
     const k = this.options.storageKey;
-    this._positions = parse(this._storage.getItem(k + ".positions")) || {};
-    this._outbox = (parse(this._storage.getItem(k + ".outbox")) || []).map((e) => ({ ...e, sentAt: 0 }));
+    let positions = null;
+    let outbox = null;
+    try {
+      positions = parse(this._storage.getItem(k + ".positions"));
+      outbox = parse(this._storage.getItem(k + ".outbox"));
+    } catch (err) {
+      queueMicrotask(() => this._storageError("read", err));
+    }
+    this._positions = Object.create(null);
+    if (isObject(positions)) for (const [key, p] of Object.entries(positions)) if (validPosition(p) && typeof p.epoch === "string") this._positions[key] = { epoch: p.epoch, offset: p.offset };
+    this._outbox = (Array.isArray(outbox) ? outbox : [])
+      .filter((e) => isObject(e) && typeof e.id === "string" && isObject(e.msg))
+      .map(({ id, msg }) => ({ id, msg, sentAt: 0 }));
   }
 
-  _savePositions() {
-    this._storage.setItem(this.options.storageKey + ".positions", JSON.stringify(this._positions));
+  // _persist writes positions or the outbox to storage once per tick:
+  // soon, in a microtask; else (an answered send leaving the outbox: a
+  // resend carries the same id) within ackDelay.
+  _persist(what, soon) {
+    this._unsaved.add(what);
+    if (soon) {
+      if (this._saveSoon) return;
+      this._saveSoon = true;
+      queueMicrotask(() => {
+        this._saveSoon = false;
+        this._flushStorage();
+      });
+    } else if (!this._saveTimer) {
+      this._saveTimer = setTimeout(() => this._flushStorage(), this.options.ackDelay);
+    }
   }
 
-  _saveOutbox() {
-    this._storage.setItem(this.options.storageKey + ".outbox", JSON.stringify(this._outbox.map(({ id, msg }) => ({ id, msg }))));
+  _flushStorage() {
+    clearTimeout(this._saveTimer);
+    this._saveTimer = null;
+    const k = this.options.storageKey;
+    for (const what of this._unsaved) {
+      const value = what === "positions" ? JSON.stringify(this._positions) : JSON.stringify(this._outbox.map(({ id, msg }) => ({ id, msg })));
+      try {
+        this._storage.setItem(k + "." + what, value);
+        this._storageFailed = false;
+      } catch (err) {
+        this._storageError(what, err);
+      }
+    }
+    this._unsaved.clear();
   }
+
+  // _storageError emits {error: "storage"} once until a write succeeds
+  // again: the client goes on in memory.
+  _storageError(what, err) {
+    if (this._storageFailed) return;
+    this._storageFailed = true;
+    this._emit("error", { error: "storage", message: `chart: storage (${what}): ${err?.message || err}` });
+  }
+}
+
+function isObject(v) {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+// validPosition: an offset (a safe integer, 0 or more) and an epoch string.
+function validPosition(p) {
+  return isObject(p) && Number.isSafeInteger(p.offset) && p.offset >= 0 && typeof p.epoch === "string";
 }
 
 function parse(s) {

@@ -201,3 +201,21 @@ test("a send queued in storage is sent by the next client, once", async () => {
     two.c.close();
   }
 });
+
+test("250 quick sends stay under the rate limit: all acknowledged, in order within the window, no errors, one connection", async () => {
+  const { c, seen, contents } = client(112, { retryDelay: 200 });
+  try {
+    await waitFor("open", () => c.state === "open");
+    const acks = await Promise.all(Array.from({ length: 250 }, (_, i) => c.send({ channel_id: "u112", content: "q" + i, type: 3 })));
+    assert.equal(acks.length, 250);
+    await waitFor("the echoes", () => contents("u112").length >= 250, 10000);
+    // Each once; order holds but for a refusal overtaken within the window (16).
+    const got = contents("u112");
+    assert.deepEqual([...got].sort(), range("q", 250).sort());
+    got.forEach((s, i) => assert.ok(Math.abs(Number(s.slice(1)) - i) < 16, `${s} at ${i}`));
+    assert.deepEqual(seen.errors, []);
+    assert.equal(seen.states.filter((s) => s === "open").length, 1, "states: " + seen.states);
+  } finally {
+    c.close();
+  }
+});

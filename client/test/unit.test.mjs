@@ -1,0 +1,262 @@
+// Tests of client/chart.js against a scripted server (a fake WebSocket):
+// storage failures, malformed frames, positions, the send window. They
+// need no hub, but run with the others by the Go test TestClientJS.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Chart } from "../chart.js";
+
+const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
+
+// FakeWS records what the client sends; the test plays the server.
+class FakeWS {
+  static all = [];
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    this.readyState = 0;
+    this.protocol = "";
+    this.sent = [];
+    FakeWS.all.push(this);
+  }
+  send(s) {
+    this.sent.push(s);
+  }
+  close(code = 1005) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    setTimeout(() => this.onclose?.({ code, reason: "" }));
+  }
+  open() {
+    this.readyState = 1;
+    this.protocol = "chart.v1";
+    this.onopen?.();
+  }
+  recv(x) {
+    this.onmessage?.({ data: typeof x === "string" ? x : JSON.stringify(x) });
+  }
+  drop(code) {
+    this.readyState = 3;
+    this.onclose?.({ code, reason: "" });
+  }
+  frames() {
+    return this.sent.map((s) => JSON.parse(s));
+  }
+  sends() {
+    return this.frames().filter((f) => f.id && f.content !== undefined);
+  }
+}
+
+function memStore(init = {}) {
+  const m = new Map(Object.entries(init));
+  const s = { m, writes: 0, fail: false, getItem: (k) => m.get(k) ?? null };
+  s.setItem = (k, v) => {
+    s.writes++;
+    if (s.fail) throw new Error("QuotaExceededError");
+    m.set(k, v);
+  };
+  return s;
+}
+
+// start opens a Chart on a FakeWS and returns it with the socket, open.
+async function start(opts = {}, welcome = { channels: {}, inbox: { epoch: "i", offset: 0, recovered: true } }) {
+  FakeWS.all = [];
+  const c = new Chart("ws://fake/", { WebSocket: FakeWS, heartbeat: 0, minDelay: 1, maxDelay: 5, ackDelay: 5, ...opts });
+  const seen = { messages: [], errors: [], recovered: [], states: [] };
+  c.on("message", (m) => seen.messages.push(m));
+  c.on("error", (e) => seen.errors.push(e));
+  c.on("recovered", (r) => seen.recovered.push(r));
+  c.on("state", (s) => seen.states.push(s));
+  await tick();
+  const ws = FakeWS.all.at(-1);
+  ws.open();
+  if (welcome) ws.recv({ welcome });
+  return { c, ws, seen };
+}
+
+async function nextSocket(ws) {
+  for (let i = 0; i < 100 && FakeWS.all.at(-1) === ws; i++) await tick(2);
+  const n = FakeWS.all.at(-1);
+  assert.notEqual(n, ws, "no reconnect");
+  return n;
+}
+
+const msg = (ch, offset, epoch = "e", content = "m" + offset) => ({ channel_id: ch, user_id: 1, type: 3, content, offset, epoch });
+
+test("a failing storage loses no message, and send still returns a promise", async () => {
+  const store = memStore();
+  const { c, ws, seen } = await start({ storage: store });
+  try {
+    store.fail = true;
+    ws.recv(msg("a", 1));
+    ws.recv(msg("a", 2));
+    assert.deepEqual(seen.messages.map((m) => m.content), ["m1", "m2"]);
+    let p;
+    assert.doesNotThrow(() => (p = c.send({ channel_id: "a", content: "x" })));
+    assert.ok(p instanceof Promise);
+    await tick();
+    assert.equal(seen.errors.filter((e) => e.error === "storage").length, 1, JSON.stringify(seen.errors));
+    const id = ws.sends()[0].id;
+    ws.recv({ ack: { id, offset: 3, epoch: "e" } });
+    assert.equal((await p).offset, 3);
+    ws.recv(msg("a", 2)); // still a duplicate: the position lives in memory
+    assert.equal(seen.messages.length, 2);
+    store.fail = false;
+    ws.recv(msg("a", 3));
+    await tick();
+    assert.equal(JSON.parse(store.m.get("chart.positions"))["c:a"].offset, 3);
+  } finally {
+    c.close();
+  }
+});
+
+test("the welcome prunes positions of channels left; the hello is capped and does not get an innocent send dropped", async () => {
+  const positions = { inbox: { epoch: "i", offset: 4 } };
+  for (let i = 0; i < 1500; i++) positions["c:stale-channel-number-" + i] = { epoch: "epoch-abcdefgh", offset: 100000 + i };
+  positions["c:keep"] = { epoch: "k", offset: 7 };
+  const store = memStore({ "chart.positions": JSON.stringify(positions) });
+  const { c, ws, seen } = await start({ storage: store }, null);
+  try {
+    const hello = ws.sent[0];
+    assert.ok(hello.length <= 48 << 10, "hello of " + hello.length + " bytes");
+    assert.equal(JSON.parse(hello).hello.inbox.offset, 4);
+    const p = c.send({ channel_id: "keep", content: "small" });
+    // The server refuses the (big) hello with 1009: the small send is not blamed.
+    ws.drop(1009);
+    const ws2 = await nextSocket(ws);
+    ws2.open();
+    assert.ok(ws2.sent[0].length < hello.length / 1.5, "a smaller hello after a 1009: " + ws2.sent[0].length);
+    ws2.recv({ welcome: { channels: { keep: { epoch: "k", offset: 7, recovered: true } }, inbox: { epoch: "i", offset: 4, recovered: true } } });
+    const sent = ws2.sends();
+    assert.equal(sent.length, 1);
+    ws2.recv({ ack: { id: sent[0].id, offset: 8, epoch: "k" } });
+    assert.equal((await p).offset, 8);
+    await tick();
+    assert.deepEqual(Object.keys(JSON.parse(store.m.get("chart.positions"))).sort(), ["c:keep", "inbox"]);
+    assert.equal(seen.recovered.length, 1);
+  } finally {
+    c.close();
+  }
+  // The next client says hello with what is left.
+  const two = await start({ storage: store }, null);
+  try {
+    assert.deepEqual(JSON.parse(two.ws.sent[0]).hello, { inbox: { epoch: "i", offset: 4 }, channels: { keep: { epoch: "k", offset: 7 } } });
+  } finally {
+    two.c.close();
+  }
+});
+
+test("a 1009 with a large send in flight rejects that send with too_large", async () => {
+  const { c, ws } = await start();
+  const p = c.send({ channel_id: "a", content: "x".repeat(70000) });
+  ws.drop(1009);
+  await assert.rejects(p, { code: "too_large" });
+  c.close();
+});
+
+test("malformed frames are ignored, and only the first welcome of a socket counts", async () => {
+  const { c, ws, seen } = await start({}, null);
+  try {
+    for (const f of ["null", "5", '"x"', "[]", "true", '{"ack":null}', '{"ack":5}', '{"welcome":null}', '{"welcome":[1]}']) ws.recv(f);
+    assert.equal(c.state, "connecting");
+    ws.recv('{"welcome":{"channels":{"x":null,"y":5,"z":{"epoch":"z","offset":1,"recovered":true}},"inbox":null}}');
+    assert.equal(c.state, "open");
+    assert.equal(seen.recovered.length, 1);
+    assert.equal(seen.recovered[0].channels.z, true);
+    ws.recv({ welcome: { channels: { z: { epoch: "other", offset: 99, recovered: false } } } });
+    assert.equal(seen.recovered.length, 1, "a second welcome is ignored");
+    ws.recv(msg("z", 1, "z"));
+    ws.recv(msg("z", 2, "z"));
+    assert.deepEqual(seen.messages.map((m) => m.content), ["m2"], "z stays at epoch z, offset 1");
+  } finally {
+    c.close();
+  }
+});
+
+test("only valid positions count, and a stream does not go back to an epoch it left", async () => {
+  const store = memStore();
+  const { c, ws, seen } = await start({ storage: store }, { channels: { a: { epoch: "e1", offset: 5, recovered: true } } });
+  try {
+    ws.recv({ ...msg("a", "9", "e1"), content: "string offset" });
+    ws.recv({ ...msg("a", -1, "e1"), content: "negative" });
+    ws.recv({ ...msg("a", 1.5, "e1"), content: "fraction" });
+    ws.recv({ ...msg("a", 2 ** 60, "e1"), content: "unsafe" });
+    ws.recv({ ...msg("a", 9, 7), content: "numeric epoch" });
+    await tick();
+    assert.deepEqual(seen.messages.map((m) => m.content), ["string offset", "negative", "fraction", "unsafe", "numeric epoch"], "delivered, as without a position");
+    assert.equal(JSON.parse(store.m.get("chart.positions"))["c:a"].offset, 5, "position unchanged");
+    ws.recv(msg("a", 6, "e1", "e1-6"));
+    ws.recv(msg("a", 1, "e2", "e2-1")); // the stream moved to a new epoch
+    ws.recv(msg("a", 7, "e1", "e1-7")); // old: dropped
+    ws.recv(msg("a", 2, "e2", "e2-2"));
+    ws.recv(msg("a", 2, "e2", "e2-2"));
+    assert.deepEqual(
+      seen.messages.map((m) => m.content).slice(-3),
+      ["e1-6", "e2-1", "e2-2"],
+    );
+  } finally {
+    c.close();
+  }
+});
+
+test("a channel named __proto__ keeps its position and its recovered flag", async () => {
+  const store = memStore();
+  const { c, ws, seen } = await start({ storage: store }, null);
+  try {
+    ws.recv('{"welcome":{"channels":{"__proto__":{"epoch":"p","offset":3,"recovered":true}}}}');
+    assert.ok(Object.hasOwn(seen.recovered[0].channels, "__proto__"));
+    assert.equal(seen.recovered[0].channels["__proto__"], true);
+    ws.recv(msg("__proto__", 4, "p"));
+    assert.equal(seen.messages.length, 1);
+    ws.drop(1006);
+    const ws2 = await nextSocket(ws);
+    ws2.open();
+    const hello = JSON.parse(ws2.sent[0]).hello;
+    assert.ok(Object.hasOwn(hello.channels, "__proto__"), ws2.sent[0]);
+    assert.equal(hello.channels["__proto__"].offset, 4);
+    await tick(10);
+    const ack = ws2.frames().find((f) => f.ack)?.ack ?? ws.frames().find((f) => f.ack)?.ack;
+    assert.ok(ack && Object.hasOwn(ack.channels, "__proto__"), "acknowledged: " + JSON.stringify(ack));
+  } finally {
+    c.close();
+  }
+});
+
+test("sends go out in a window, in order; rate_limited pauses them without error events; storage writes are batched", async () => {
+  const store = memStore();
+  const { c, ws, seen } = await start({ storage: store, retryDelay: 30, maxInFlight: 16 });
+  try {
+    const writes = store.writes;
+    const ps = Array.from({ length: 100 }, (_, i) => c.send({ channel_id: "a", content: "s" + i }));
+    await tick();
+    assert.ok(store.writes - writes <= 2, "storage writes for 100 sends: " + (store.writes - writes));
+    assert.equal(JSON.parse(store.m.get("chart.outbox")).length, 100);
+    let sent = ws.sends();
+    assert.equal(sent.length, 16);
+    assert.deepEqual(sent.map((f) => f.content), Array.from({ length: 16 }, (_, i) => "s" + i));
+    // The server refuses the 1st: the client pauses, sends nothing more, reports nothing.
+    ws.recv({ error: "rate_limited", message: "slow down", id: sent[0].id });
+    ws.recv({ ack: { id: sent[1].id, offset: 2, epoch: "e" } }); // resets the pause's growth, not the pause
+    ws.recv({ error: "rate_limited", id: sent[2].id });
+    assert.equal(ws.sends().length, 16, "paused");
+    assert.deepEqual(seen.errors, []);
+    await tick(60);
+    sent = ws.sends();
+    assert.deepEqual(sent.slice(16, 18).map((f) => f.content), ["s0", "s2"], "the refused ones first, in order");
+    // Answer everything as it comes, in order.
+    let answered = new Set([sent[1].id]);
+    for (let round = 0; round < 50 && answered.size < 100; round++) {
+      for (const f of ws.sends()) if (!answered.has(f.id)) answered.add(f.id), ws.recv({ ack: { id: f.id, offset: 1, epoch: "e" } });
+      await tick();
+    }
+    assert.equal(answered.size, 100);
+    await Promise.all(ps);
+    const contents = ws.sends().map((f) => f.content).filter((s, i, a) => a.indexOf(s) === i);
+    assert.deepEqual(contents.filter((s) => s !== "s0" && s !== "s2"), Array.from({ length: 100 }, (_, i) => "s" + i).filter((s) => s !== "s0" && s !== "s2"));
+    await tick(20);
+    assert.equal(JSON.parse(store.m.get("chart.outbox")).length, 0);
+    assert.ok(store.writes - writes < 60, "storage writes: " + (store.writes - writes));
+    assert.deepEqual(seen.errors, []);
+  } finally {
+    c.close();
+  }
+});
