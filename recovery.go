@@ -165,7 +165,11 @@ func (c *Conn) replays(hello *positions) []replay {
 // replay reads stream t after position p (when known) within budget.
 func (h *Hub) replay(t topic, p position, known bool, budget *int) replay {
 	r := replay{t: t}
-	entries, epoch, complete, last := h.streams.read(t, p.Offset, 0)
+	limit := 0
+	if !known {
+		limit = 1 // only the stream's position is wanted
+	}
+	entries, epoch, complete, last := h.streams.read(t, p.Offset, limit)
 	recovered := false
 	switch {
 	case !known || epoch == "" || p.Epoch != epoch || p.Offset > last || len(entries) > *budget:
