@@ -435,13 +435,7 @@ return {lost, gone}`)
 )
 
 func (b *Broker) run(s *redis.Script, args ...any) (any, error) {
-	if err := b.allow(); err != nil {
-		return nil, err
-	}
-	ctx, cancel := b.ctx()
-	defer cancel()
-	v, err := s.Run(ctx, b.rdb, nil, args...).Result()
-	return v, b.done(err)
+	return b.runKeys(s, nil, args...)
 }
 
 func uidArg(uid uint64) string { return strconv.FormatUint(uid, 10) }
