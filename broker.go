@@ -121,6 +121,11 @@ type Streams interface {
 	// is the stream's; Acked returns the offset and the stream's epoch.
 	Ack(stream string, uid uint64, epoch string, offset uint64) error
 	Acked(stream string, uid uint64) (offset uint64, epoch string, err error)
+	// Reset drops what stream keeps, so that its next Append starts a new
+	// epoch. The hub calls it for the streams it could not append to while
+	// the backend was unreachable: their history has a hole, and clients
+	// must learn recovered:false rather than trust it.
+	Reset(stream string) error
 }
 
 // StreamEntry is one entry of a stream.

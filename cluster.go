@@ -79,10 +79,12 @@ func (h *Hub) connectBackends() {
 	if p, ok := b.(Presence); ok {
 		h.presence = p
 	}
+	var bs *brokerStreams
 	if st, ok := b.(Streams); ok {
-		h.streams = brokerStreams{hub: h, s: st}
+		bs = &brokerStreams{hub: h, s: st, gaps: make(map[topic]struct{})}
+		h.streams = bs
 	}
-	cl := &cluster{hub: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{})}
+	cl := &cluster{hub: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{}), streams: bs}
 	h.peers = cl
 	if err := b.Attach(cl); err != nil {
 		h.brokerFailed(err)
@@ -113,6 +115,8 @@ type cluster struct {
 
 	down  atomic.Bool // a failure was reported and no heartbeat succeeded since
 	stale atomic.Bool // presence must be re-published after the next good heartbeat
+
+	streams *brokerStreams // the broker's streams, when it keeps them
 }
 
 // subState serialises the (un)subscribe calls of one topic without holding
@@ -177,7 +181,8 @@ func (cl *cluster) heartbeat(first bool) {
 		cl.stale.Store(true) // the running worker may have missed changes: again next time
 		republish = false
 	}
-	if len(drain) == 0 && !republish {
+	heal := cl.streams != nil && cl.streams.holed()
+	if len(drain) == 0 && !republish && !heal {
 		return
 	}
 	cl.loop.Add(1)
@@ -189,6 +194,9 @@ func (cl *cluster) heartbeat(first bool) {
 		if republish {
 			cl.republish()
 			cl.working.Store(false)
+		}
+		if heal {
+			cl.streams.heal()
 		}
 	}()
 }
@@ -419,23 +427,58 @@ func (cl *cluster) receiveMessage(t topic, body []byte) {
 }
 
 // brokerStreams is the store of a hub whose Broker keeps streams: the
-// cluster's offsets. A failed call is a broker failure: the message goes
-// on to local connections without a position.
+// cluster's offsets. A failed append is a broker failure: the message goes
+// on to local connections without a position, and the stream has a hole,
+// which heal resets once the broker answers, so that clients learn
+// recovered:false instead of trusting the history.
 type brokerStreams struct {
 	hub *Hub
 	s   Streams
+
+	mu   sync.Mutex
+	gaps map[topic]struct{}
 }
 
-func (b brokerStreams) append(t topic, data []byte) (uint64, string) {
+func (b *brokerStreams) append(t topic, data []byte) (uint64, string) {
 	off, epoch, err := b.s.Append(t.name(), data)
 	if err != nil {
 		b.hub.brokerFailed(err)
+		b.mu.Lock()
+		b.gaps[t] = struct{}{}
+		b.mu.Unlock()
 		return 0, ""
 	}
 	return off, epoch
 }
 
-func (b brokerStreams) read(t topic, after uint64, limit int) ([]entry, string, bool, uint64) {
+// holed reports whether some stream has a hole to reset.
+func (b *brokerStreams) holed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.gaps) > 0
+}
+
+// heal resets the streams with holes; those it cannot wait for the next
+// heartbeat.
+func (b *brokerStreams) heal() {
+	b.mu.Lock()
+	gaps := make([]topic, 0, len(b.gaps))
+	for t := range b.gaps {
+		gaps = append(gaps, t)
+	}
+	b.mu.Unlock()
+	for _, t := range gaps {
+		if err := b.s.Reset(t.name()); err != nil {
+			b.hub.brokerFailed(err)
+			return
+		}
+		b.mu.Lock()
+		delete(b.gaps, t)
+		b.mu.Unlock()
+	}
+}
+
+func (b *brokerStreams) read(t topic, after uint64, limit int) ([]entry, string, bool, uint64) {
 	es, epoch, complete, last, err := b.s.Read(t.name(), after, limit)
 	if err != nil {
 		b.hub.brokerFailed(err)
@@ -448,13 +491,13 @@ func (b brokerStreams) read(t topic, after uint64, limit int) ([]entry, string, 
 	return entries, epoch, complete, last
 }
 
-func (b brokerStreams) ackStream(t topic, uid uint64, epoch string, offset uint64) {
+func (b *brokerStreams) ackStream(t topic, uid uint64, epoch string, offset uint64) {
 	if err := b.s.Ack(t.name(), uid, epoch, offset); err != nil {
 		b.hub.brokerFailed(err)
 	}
 }
 
-func (b brokerStreams) acked(t topic, uid uint64) (uint64, string) {
+func (b *brokerStreams) acked(t topic, uid uint64) (uint64, string) {
 	off, epoch, err := b.s.Acked(t.name(), uid)
 	if err != nil {
 		b.hub.brokerFailed(err)
@@ -462,8 +505,8 @@ func (b brokerStreams) acked(t topic, uid uint64) (uint64, string) {
 	return off, epoch
 }
 
-func (b brokerStreams) keepsInboxes() bool { return true }
-func (b brokerStreams) shared() bool       { return true }
+func (b *brokerStreams) keepsInboxes() bool { return true }
+func (b *brokerStreams) shared() bool       { return true }
 
 // readIds reads a join or leave envelope's body.
 func readIds(b []byte) (uid uint64, ids []string, ok bool) {

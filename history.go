@@ -253,6 +253,25 @@ func (hs *history) read(name topic, after uint64, limit int) (entries []entry, e
 	return append([]entry(nil), kept...), st.epoch, complete, st.last
 }
 
+// reset drops stream t: its next append starts a new epoch.
+func (hs *history) reset(t topic) {
+	if hs == nil {
+		return
+	}
+	sh := hs.shard(t)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if st := sh.streams[t]; st != nil {
+		for _, e := range st.entries {
+			sh.bytes -= int64(len(e.data) + entryOverhead)
+		}
+		sh.live -= len(st.entries)
+		st.entries = nil // the FIFO's refs to it are dead now
+		delete(sh.streams, t)
+		sh.bytes -= streamOverhead
+	}
+}
+
 // keepsInboxes reports whether users' inboxes keep direct messages.
 func (hs *history) keepsInboxes() bool { return hs != nil && hs.inbox >= 0 }
 

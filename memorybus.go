@@ -472,3 +472,12 @@ func (m *memoryBroker) Acked(stream string, uid uint64) (uint64, string, error) 
 	off, epoch := st.acked(t, uid)
 	return off, epoch, nil
 }
+
+// Reset drops the stream: its next append starts a new epoch.
+func (m *memoryBroker) Reset(stream string) error {
+	st, t, err := m.streamsOf(stream)
+	if err == nil {
+		st.reset(t)
+	}
+	return err
+}

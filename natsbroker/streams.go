@@ -343,3 +343,15 @@ func (b *Broker) Acked(stream string, uid uint64) (uint64, string, error) {
 	}
 	return 0, t.epoch, nil
 }
+
+// Reset purges the stream's subject: its next Append starts a new epoch
+// (acknowledgements of the old one then count for nothing).
+func (b *Broker) Reset(stream string) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	st, err := b.js.Stream(ctx, b.opt.streamName())
+	if err != nil {
+		return err
+	}
+	return st.Purge(ctx, jetstream.WithPurgeSubject(b.streamSubject(stream)))
+}

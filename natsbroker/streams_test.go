@@ -348,3 +348,24 @@ func TestStreamsStorage(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamsReset: Reset purges a stream; its next append starts a new
+// epoch at offset 1, and old acknowledgements count for nothing.
+func TestStreamsReset(t *testing.T) {
+	srv := startNATS(t)
+	b := connectStreams(t, srv.url(), Options{Prefix: "reset", Bucket: "reset"})
+	old := appendN(t, b, "c:r", 2)
+	if err := b.Ack("c:r", 5, old, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Reset("c:r"); err != nil {
+		t.Fatal(err)
+	}
+	off, epoch, err := b.Append("c:r", []byte("m3"))
+	if err != nil || off != 1 || epoch == old {
+		t.Fatalf("after Reset: offset %d epoch %q (before %q), %v", off, epoch, old, err)
+	}
+	if off, _, err := b.Acked("c:r", 5); err != nil || off != 0 {
+		t.Fatalf("Acked after Reset = %d, %v", off, err)
+	}
+}

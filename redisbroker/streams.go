@@ -284,3 +284,17 @@ func (b *Broker) Acked(stream string, uid uint64) (uint64, string, error) {
 	}
 	return off, epoch, nil
 }
+
+// Reset drops the stream's keys: its next Append starts a new epoch.
+func (b *Broker) Reset(stream string) error {
+	keys, err := b.streamKeys(stream)
+	if err != nil {
+		return err
+	}
+	if err := b.allow(); err != nil {
+		return err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	return b.done(b.rdb.Del(ctx, keys...).Err())
+}

@@ -363,3 +363,25 @@ func TestStreamsUnreachable(t *testing.T) {
 		t.Fatalf("Append after restart: %d %v", off, err)
 	}
 }
+
+// TestStreamReset: Reset drops a stream; its next append starts a new
+// epoch at offset 1, and old acknowledgements count for nothing.
+func TestStreamReset(t *testing.T) {
+	srv := startRedis(t)
+	b := streamBroker(t, srv, Options{})
+	mustAppend(t, b, "c:r", "m1")
+	_, e1 := mustAppend(t, b, "c:r", "m2")
+	if err := b.Ack("c:r", 5, e1, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Reset("c:r"); err != nil {
+		t.Fatal(err)
+	}
+	off, e2 := mustAppend(t, b, "c:r", "m3")
+	if off != 1 || e2 == e1 {
+		t.Fatalf("after Reset: offset %d epoch %q (before %q)", off, e2, e1)
+	}
+	if off, _, err := b.Acked("c:r", 5); err != nil || off != 0 {
+		t.Fatalf("Acked after Reset = %d, %v", off, err)
+	}
+}
