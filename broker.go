@@ -126,6 +126,14 @@ type Streams interface {
 	// the backend was unreachable: their history has a hole, and clients
 	// must learn recovered:false rather than trust it.
 	Reset(stream string) error
+	// Claim records, for about two minutes, that uid sends a message with
+	// the client's id, so that a retry on any node is not delivered again.
+	// fresh reports that the id was new; otherwise done says whether the
+	// earlier send was settled, and offset and epoch how.
+	Claim(uid uint64, id string) (fresh, done bool, offset uint64, epoch string, err error)
+	// Settle records how a claimed send was acknowledged (ok), or forgets
+	// the claim when the send was refused, so that a retry is tried again.
+	Settle(uid uint64, id string, ok bool, offset uint64, epoch string) error
 }
 
 // StreamEntry is one entry of a stream.

@@ -82,7 +82,7 @@ func (h *Hub) connectBackends() {
 	var bs *brokerStreams
 	if st, ok := b.(Streams); ok {
 		bs = &brokerStreams{hub: h, s: st, gaps: make(map[topic]struct{})}
-		h.streams = bs
+		h.streams, h.ids = bs, brokerIds{h, st}
 	}
 	cl := &cluster{hub: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{}), streams: bs}
 	h.peers = cl
@@ -449,6 +449,32 @@ func (b *brokerStreams) append(t topic, data []byte) (uint64, string) {
 		return 0, ""
 	}
 	return off, epoch
+}
+
+// brokerIds keeps clients' message ids in the broker, so that a retry on
+// another node is recognised. While the broker fails, a send counts as
+// new.
+type brokerIds struct {
+	hub *Hub
+	s   Streams
+}
+
+func (b brokerIds) claim(uid uint64, id string) (prev *sent, fresh *sent) {
+	isNew, done, off, epoch, err := b.s.Claim(uid, id)
+	switch {
+	case err != nil:
+		b.hub.brokerFailed(err)
+		return nil, &sent{}
+	case isNew:
+		return nil, &sent{}
+	}
+	return &sent{done: done, offset: off, epoch: epoch}, nil
+}
+
+func (b brokerIds) finish(uid uint64, id string, _ *sent, ok bool, offset uint64, epoch string) {
+	if err := b.s.Settle(uid, id, ok, offset, epoch); err != nil {
+		b.hub.brokerFailed(err)
+	}
 }
 
 // holed reports whether some stream has a hole to reset.

@@ -25,7 +25,8 @@ type Hub struct {
 	presence Presence
 	peers    peers
 	streams  store // the streams: this node's (history.go) or the Broker's
-	sends    sends // chart.v1 message ids seen (recovery.go)
+	sends    sends // chart.v1 message ids seen here (recovery.go)
+	ids      dedup // &sends, or the broker's
 
 	closed      atomic.Bool   // Shutdown or Close began
 	killed      atomic.Bool   // Close: drop everything, run no callback
@@ -53,6 +54,7 @@ func New(cfg Config) *Hub {
 		h.chans[i].chans = make(map[string]*channel)
 	}
 	h.streams = newHistory(&h.cfg)
+	h.ids = &h.sends
 	h.connectBackends()
 	return h
 }

@@ -27,6 +27,7 @@ type MemoryBus struct {
 	members   map[string]map[uint64]struct{}
 	nodeUsers map[string]map[uint64]struct{}
 	streams   *history // the cluster's streams, with the default limits
+	ids       sends    // the cluster's client message ids
 }
 
 type memUser struct {
@@ -480,4 +481,27 @@ func (m *memoryBroker) Reset(stream string) error {
 		st.reset(t)
 	}
 	return err
+}
+
+// Claim records uid's message id for the cluster.
+func (m *memoryBroker) Claim(uid uint64, id string) (fresh, done bool, offset uint64, epoch string, err error) {
+	if err := m.lock(); err != nil {
+		return false, false, 0, "", err
+	}
+	m.bus.mu.Unlock()
+	prev, _ := m.bus.ids.claim(uid, id)
+	if prev == nil {
+		return true, false, 0, "", nil
+	}
+	return false, prev.done, prev.offset, prev.epoch, nil
+}
+
+// Settle records how a claimed send ended.
+func (m *memoryBroker) Settle(uid uint64, id string, ok bool, offset uint64, epoch string) error {
+	if err := m.lock(); err != nil {
+		return err
+	}
+	m.bus.mu.Unlock()
+	m.bus.ids.settle(uid, id, ok, offset, epoch)
+	return nil
 }

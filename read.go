@@ -347,7 +347,7 @@ func (c *Conn) send(m *Message, id string) error {
 // sendOnce sends a chart.v1 client's message with its id: acknowledged
 // when accepted, acknowledged again and not sent when it is a retry.
 func (c *Conn) sendOnce(id string, m *Message) {
-	prev, claim := c.hub.sends.claim(c.uid, id)
+	prev, claim := c.hub.ids.claim(c.uid, id)
 	if prev != nil {
 		if prev.done { // else the first try is still being sent: the client retries later
 			c.enqueue(encodeAck(id, prev.offset, prev.epoch))
@@ -355,7 +355,7 @@ func (c *Conn) sendOnce(id string, m *Message) {
 		return
 	}
 	err := c.send(m, id)
-	c.hub.sends.finish(c.uid, id, claim, err == nil, m.Offset, m.Epoch)
+	c.hub.ids.finish(c.uid, id, claim, err == nil, m.Offset, m.Epoch)
 	if err == nil {
 		c.enqueue(encodeAck(id, m.Offset, m.Epoch))
 	}

@@ -329,6 +329,24 @@ func (ss *sends) claim(uid uint64, id string) (prev *sent, fresh *sent) {
 	return nil, s
 }
 
+// dedup remembers the ids of clients' messages: this node's sends, or the
+// broker's (brokerIds, cluster.go) when it keeps streams.
+type dedup interface {
+	claim(uid uint64, id string) (prev *sent, fresh *sent)
+	finish(uid uint64, id string, s *sent, ok bool, offset uint64, epoch string)
+}
+
+// settle is finish by key, for a claim made elsewhere (MemoryBus).
+func (ss *sends) settle(uid uint64, id string, ok bool, offset uint64, epoch string) {
+	sh := &ss.shards[(uid*0x9E3779B97F4A7C15)>>58]
+	sh.mu.Lock()
+	s := sh.ids[sendKey{uid, id}]
+	sh.mu.Unlock()
+	if s != nil {
+		ss.finish(uid, id, s, ok, offset, epoch)
+	}
+}
+
 // finish records how a claimed send was acknowledged; a refused send is
 // forgotten, so that a retry is tried again.
 func (ss *sends) finish(uid uint64, id string, s *sent, ok bool, offset uint64, epoch string) {

@@ -162,3 +162,34 @@ func (c *V1Client) Welcome() map[string]any {
 	}
 	return nil
 }
+
+// Send writes a raw text frame on the current connection. It returns how
+// many frames had come before, for WaitAck.
+func (c *V1Client) Send(frame string) (since int) {
+	c.t.Helper()
+	c.mu.Lock()
+	ws, since := c.ws, len(c.frames)
+	c.mu.Unlock()
+	ws.SetWriteDeadline(time.Now().Add(Wait))
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
+		c.t.Fatalf("send: %v", err)
+	}
+	return since
+}
+
+// WaitAck waits for an acknowledgement of the message sent with id that
+// came after frame since (what Send returned), and returns it
+// ({"id","offset","epoch"}).
+func (c *V1Client) WaitAck(id string, since int) map[string]any {
+	c.t.Helper()
+	var ack map[string]any
+	Eventually(c.t, "ack of "+id, func() bool {
+		for _, f := range c.Frames()[since:] {
+			if a, ok := f["ack"].(map[string]any); ok && a["id"] == id {
+				ack = a
+			}
+		}
+		return ack != nil
+	})
+	return ack
+}

@@ -80,6 +80,7 @@ type Broker struct {
 	mu      sync.Mutex
 	kv      jetstream.KeyValue // presence
 	alive   jetstream.KeyValue // liveness, with TTL
+	ids     jetstream.KeyValue // clients' message ids, with idTTL (streams.go)
 	stream  jetstream.Stream   // the chart streams
 	subs    map[string]*nats.Subscription
 	node    chart.Node
@@ -205,8 +206,14 @@ func (b *Broker) ensureBuckets(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ids, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: b.opt.Bucket + "_ids", History: 1, TTL: idTTL, Storage: st, Replicas: b.opt.Replicas,
+	})
+	if err != nil {
+		return err
+	}
 	b.mu.Lock()
-	b.kv, b.alive = kv, alive
+	b.kv, b.alive, b.ids = kv, alive, ids
 	b.mu.Unlock()
 	return b.ensureStream(ctx)
 }

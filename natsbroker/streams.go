@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -354,4 +355,54 @@ func (b *Broker) Reset(stream string) error {
 		return err
 	}
 	return st.Purge(ctx, jetstream.WithPurgeSubject(b.streamSubject(stream)))
+}
+
+// idTTL is how long a client's message id is remembered (chart.Streams).
+const idTTL = 2 * time.Minute
+
+func (b *Broker) idBucket() jetstream.KeyValue {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ids
+}
+
+func idKey(uid uint64, id string) string { return uidStr(uid) + "." + token(id) }
+
+// Claim records uid's message id for the cluster: a KV create, which
+// fails when the key exists.
+func (b *Broker) Claim(uid uint64, id string) (fresh, done bool, offset uint64, epoch string, err error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	kv := b.idBucket()
+	if _, err := kv.Create(ctx, idKey(uid, id), []byte("p")); err == nil {
+		return true, false, 0, "", nil
+	} else if !errors.Is(err, jetstream.ErrKeyExists) {
+		return false, false, 0, "", err
+	}
+	e, err := kv.Get(ctx, idKey(uid, id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return true, false, 0, "", nil // expired between the two calls
+	}
+	if err != nil {
+		return false, false, 0, "", err
+	}
+	// "p" while being sent, "d:OFFSET:EPOCH" once settled.
+	parts := strings.SplitN(string(e.Value()), ":", 3)
+	if len(parts) != 3 || parts[0] != "d" {
+		return false, false, 0, "", nil
+	}
+	off, _ := strconv.ParseUint(parts[1], 10, 64)
+	return false, true, off, parts[2], nil
+}
+
+// Settle records how a claimed send ended, or forgets a refused one.
+func (b *Broker) Settle(uid uint64, id string, ok bool, offset uint64, epoch string) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	kv := b.idBucket()
+	if !ok {
+		return kv.Delete(ctx, idKey(uid, id))
+	}
+	_, err := kv.Put(ctx, idKey(uid, id), []byte("d:"+strconv.FormatUint(offset, 10)+":"+epoch))
+	return err
 }

@@ -298,3 +298,53 @@ func (b *Broker) Reset(stream string) error {
 	defer cancel()
 	return b.done(b.rdb.Del(ctx, keys...).Err())
 }
+
+// idTTL is how long a client's message id is remembered (chart.Streams).
+const idTTL = 2 * time.Minute
+
+func (b *Broker) idKey(uid uint64, id string) string {
+	return b.opt.Prefix + "id:" + strconv.FormatUint(uid, 10) + ":" + id
+}
+
+// Claim records uid's message id for the cluster: SET NX with a TTL.
+func (b *Broker) Claim(uid uint64, id string) (fresh, done bool, offset uint64, epoch string, err error) {
+	if err := b.allow(); err != nil {
+		return false, false, 0, "", err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	key := b.idKey(uid, id)
+	ok, err := b.rdb.SetNX(ctx, key, "p", idTTL).Result()
+	if b.done(err) != nil || ok {
+		return ok, false, 0, "", err
+	}
+	v, err := b.rdb.Get(ctx, key).Result()
+	if errors.Is(err, redis.Nil) {
+		return true, false, 0, "", nil // expired between the two calls
+	}
+	if b.done(err) != nil {
+		return false, false, 0, "", err
+	}
+	// "p" while being sent, "d:OFFSET:EPOCH" once settled.
+	parts := strings.SplitN(v, ":", 3)
+	if len(parts) != 3 || parts[0] != "d" {
+		return false, false, 0, "", nil
+	}
+	off, _ := strconv.ParseUint(parts[1], 10, 64)
+	return false, true, off, parts[2], nil
+}
+
+// Settle records how a claimed send ended, or forgets a refused one.
+func (b *Broker) Settle(uid uint64, id string, ok bool, offset uint64, epoch string) error {
+	if err := b.allow(); err != nil {
+		return err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	key := b.idKey(uid, id)
+	if !ok {
+		return b.done(b.rdb.Del(ctx, key).Err())
+	}
+	v := "d:" + strconv.FormatUint(offset, 10) + ":" + epoch
+	return b.done(b.rdb.SetXX(ctx, key, v, idTTL).Err())
+}
