@@ -415,8 +415,13 @@ func (cl *cluster) receiveMessage(t topic, body []byte) {
 		}
 		off, epoch, prefix = o, string(e), rest
 	}
+	transient := flags&flagTransient != 0
 	if !h.streams.shared() {
-		off, epoch = h.stamp(t, prefix, flags&flagTransient != 0)
+		if mu := h.streams.order(t); mu != nil && !transient {
+			mu.Lock() // this node's offsets reach its connections in order
+			defer mu.Unlock()
+		}
+		off, epoch = h.stamp(t, prefix, transient)
 	}
 	f := framePrefix(prefix, off, epoch)
 	if t.ch != "" {
@@ -532,7 +537,12 @@ func (b *brokerStreams) acked(t topic, uid uint64) (uint64, string) {
 }
 
 func (b *brokerStreams) keepsInboxes() bool { return true }
-func (b *brokerStreams) shared() bool       { return true }
+
+// order is nil: appends to the broker are network calls, which no lock is
+// held for. Messages of one stream published concurrently can then reach
+// a node in another order than their offsets (see README, Scaling out).
+func (b *brokerStreams) order(topic) *sync.Mutex { return nil }
+func (b *brokerStreams) shared() bool            { return true }
 
 // readIds reads a join or leave envelope's body.
 func readIds(b []byte) (uid uint64, ids []string, ok bool) {

@@ -23,9 +23,26 @@ type store interface {
 	// shared reports that offsets are the cluster's: a node receiving a
 	// message from another takes its position as it is.
 	shared() bool
+	// order returns the lock that keeps stream t's deliveries in offset
+	// order on this node, held from the append to the last queue; nil
+	// when there is none.
+	order(t topic) *sync.Mutex
 }
 
 func (hs *history) shared() bool { return false }
+
+// order is one of the history's stripes of ordering locks. Only the
+// in-memory append and the (non-blocking) queueing run under it.
+func (hs *history) order(t topic) *sync.Mutex {
+	if hs == nil {
+		return nil
+	}
+	x := t.uid
+	if t.ch != "" {
+		x = uint64(fnv(t.ch))
+	}
+	return &hs.orders[((x^hs.seed)*0x9E3779B97F4A7C15)>>56]
+}
 
 // History: every channel and every user's inbox (its direct messages) is a
 // stream of recent messages, each at an offset that grows by one per
@@ -48,6 +65,7 @@ type history struct {
 	base     string
 	seed     uint64 // random: which shard a stream is in cannot be aimed at
 	epochs   atomic.Uint64
+	orders   [256]sync.Mutex // see order
 }
 
 // historyShards splits the streams: fewer than the registry's shards, so

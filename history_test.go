@@ -145,3 +145,30 @@ func contents(msgs []chart.Message) string {
 	}
 	return s
 }
+
+// TestOffsetsInOrder: messages published concurrently to one channel reach
+// a member in the order of their offsets, one more each time.
+func TestOffsetsInOrder(t *testing.T) {
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{RateLimit: -1}, rec)
+	c := s.Login(t, rec, 1)
+	s.Hub.JoinChannelIds(1, "room")
+	const writers, each = 4, 500
+	done := make(chan struct{})
+	for w := 0; w < writers; w++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < each; i++ {
+				s.Hub.Publish("room", chart.Message{Content: "x"})
+			}
+		}()
+	}
+	for w := 0; w < writers; w++ {
+		<-done
+	}
+	for want := uint64(1); want <= writers*each; want++ {
+		if m := c.NextMsg(); m.Offset != want {
+			t.Fatalf("message at offset %d arrived where %d was due", m.Offset, want)
+		}
+	}
+}

@@ -2,7 +2,6 @@ package chart_test
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -12,108 +11,6 @@ import (
 	"github.com/wuyan94zl/chart"
 	"github.com/wuyan94zl/chart/charttest"
 )
-
-// proxy is a TCP proxy in front of a server, whose connections the test
-// cuts: with a reset, or as a blackhole (bytes dropped, no FIN or RST,
-// new connections refused).
-type proxy struct {
-	t       *testing.T
-	ln      net.Listener
-	target  string
-	mu      sync.Mutex
-	conns   []net.Conn
-	blocked bool
-	wg      sync.WaitGroup
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{t: t, ln: ln, target: target}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		p.reset()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *proxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		blocked := p.blocked
-		p.mu.Unlock()
-		if blocked {
-			c.Close() // refused
-			continue
-		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, c, s)
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(c, s)
-		go p.pipe(s, c)
-	}
-}
-
-// pipe copies from a to b; in a blackhole it reads and drops.
-func (p *proxy) pipe(a, b net.Conn) {
-	defer p.wg.Done()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := a.Read(buf)
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		blocked := p.blocked
-		p.mu.Unlock()
-		if !blocked {
-			b.Write(buf[:n])
-		}
-	}
-}
-
-// reset closes every proxied connection with an RST.
-func (p *proxy) reset() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.(*net.TCPConn).SetLinger(0)
-		c.Close()
-	}
-	p.conns = nil
-}
-
-// blackhole drops every byte and refuses new connections until restore.
-func (p *proxy) blackhole() {
-	p.mu.Lock()
-	p.blocked = true
-	p.mu.Unlock()
-}
-
-// restore ends a blackhole; the connections cut by it stay dead (closed
-// here, as the client's side would time out).
-func (p *proxy) restore() {
-	p.reset()
-	p.mu.Lock()
-	p.blocked = false
-	p.mu.Unlock()
-}
 
 // joiner joins every user to "room" at login.
 type joiner struct {
@@ -142,8 +39,8 @@ func tunnel(t *testing.T, cut string) {
 	hub := chart.New(chart.Config{Logger: quiet, RateLimit: -1, HistorySize: 1000})
 	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
 	s := charttest.Serve(t, hub, j)
-	p := newProxy(t, strings.TrimPrefix(strings.TrimSuffix(s.URL, "/ws"), "ws://"))
-	c := charttest.NewV1Client(t, "ws://"+p.ln.Addr().String()+"/ws?id=1")
+	p := charttest.NewProxy(t, strings.TrimPrefix(strings.TrimSuffix(s.URL, "/ws"), "ws://"))
+	c := charttest.NewV1Client(t, "ws://"+p.Addr()+"/ws?id=1")
 	// A slow client: messages published before its hello are held by the
 	// server and also in the history it replays; the seam drops doubles.
 	c.HelloDelay = 30 * time.Millisecond
@@ -176,13 +73,13 @@ func tunnel(t *testing.T, cut string) {
 	time.Sleep(20 * time.Millisecond) // some messages before the cut
 	gone := c.Gone()
 	if cut == "reset" {
-		p.reset()
+		p.Reset()
 		<-gone
 		time.Sleep(50 * time.Millisecond) // the tunnel: messages go on meanwhile
 	} else {
-		p.blackhole()
+		p.Blackhole()
 		time.Sleep(100 * time.Millisecond) // messages go into the hole
-		p.restore()
+		p.Restore()
 		<-gone
 	}
 	c.Drop()

@@ -177,8 +177,15 @@ func (h *Hub) publishChannel(m *Message) {
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], m)
 	t := topic{ch: m.ChannelId}
+	mu := h.streams.order(t)
+	if mu != nil && !m.Transient {
+		mu.Lock() // offsets reach local connections in the order given
+	}
 	m.Offset, m.Epoch = h.stamp(t, prefix, m.Transient)
 	h.deliverChannel(m.ChannelId, framePrefix(prefix, m.Offset, m.Epoch), m.Offset)
+	if mu != nil && !m.Transient {
+		mu.Unlock()
+	}
 	h.peers.publish(t, prefix, m.Transient, m.Offset, m.Epoch)
 	putScratch(bp, prefix)
 }
@@ -200,8 +207,15 @@ func (h *Hub) publishDirect(m *Message) {
 // sends it to uid's connections here and on the other nodes.
 func (h *Hub) publishUser(uid uint64, prefix []byte, transient bool) (uint64, string) {
 	t := topic{uid: uid}
+	mu := h.streams.order(t)
+	if mu != nil && !transient {
+		mu.Lock() // offsets reach local connections in the order given
+	}
 	off, epoch := h.stamp(t, prefix, transient)
 	h.deliverUser(uid, framePrefix(prefix, off, epoch), off)
+	if mu != nil && !transient {
+		mu.Unlock()
+	}
 	h.peers.publish(t, prefix, transient, off, epoch)
 	return off, epoch
 }
