@@ -80,3 +80,15 @@ func (l *chartLib) ErrorLogServer(err error) {
 		log.Printf("chart error: %v", err)
 	}
 }
+
+func init() {
+	register(&libSpec{
+		name:     "chart-nohistory",
+		settings: "as chart, with history off (Config{HistorySize: -1, InboxSize: -1}): what keeping streams costs; only with -libs",
+		server: func(arg string) (serverLib, error) {
+			chart.DefaultHub = chart.New(chart.Config{HistorySize: -1, InboxSize: -1})
+			return newChartLib(arg)
+		},
+		client: chartProto,
+	})
+}
