@@ -389,11 +389,10 @@ func (s Suite) secondNode(t *testing.T, n int) {
 	second.WantContent("extra")
 }
 
-// recovery: with a broker that keeps streams (chart.Streams), a chart.v1
-// client that reconnects to another node recovers the channel and direct
-// messages it missed there, once and in order. Skipped for a broker
-// without streams.
-func (s Suite) recovery(t *testing.T) {
+// startStreams starts two nodes of a fresh cluster, or skips the test when
+// the broker keeps no streams (chart.Streams).
+func (s Suite) startStreams(t *testing.T) *Cluster {
+	t.Helper()
 	newNode := s.NewCluster(t)
 	probe := newNode()
 	_, streams := probe.(chart.Streams)
@@ -401,7 +400,15 @@ func (s Suite) recovery(t *testing.T) {
 	if !streams {
 		t.Skip("the broker keeps no streams (chart.Streams)")
 	}
-	c := StartCluster(t, 2, newNode)
+	return StartCluster(t, 2, newNode)
+}
+
+// recovery: with a broker that keeps streams (chart.Streams), a chart.v1
+// client that reconnects to another node recovers the channel and direct
+// messages it missed there, once and in order. Skipped for a broker
+// without streams.
+func (s Suite) recovery(t *testing.T) {
+	c := s.startStreams(t)
 	a, b := c.Nodes[0], c.Nodes[1]
 	keep := a.Login(t, c.Rec, 1) // keeps uid 1 online, in "room", throughout
 	if err := a.Hub.JoinChannelIds(1, "room"); err != nil {
@@ -440,14 +447,7 @@ func (s Suite) recovery(t *testing.T) {
 // survivor and recovers what was published meanwhile, once and in order.
 // Skipped for a broker without streams.
 func (s Suite) recoveryAfterKill(t *testing.T) {
-	newNode := s.NewCluster(t)
-	probe := newNode()
-	_, streams := probe.(chart.Streams)
-	probe.Close()
-	if !streams {
-		t.Skip("the broker keeps no streams (chart.Streams)")
-	}
-	c := StartCluster(t, 2, newNode)
+	c := s.startStreams(t)
 	a, b := c.Nodes[0], c.Nodes[1]
 	c.Rec.OnLogin = func(uid uint64) { a.Hub.JoinChannelIds(uid, "room") }
 	v1 := NewV1Client(t, a.URL+"?id=1")
@@ -478,14 +478,7 @@ func (s Suite) recoveryAfterKill(t *testing.T) {
 // reconnect to another node, is acknowledged again with the same position
 // and delivered once. Skipped for a broker without streams.
 func (s Suite) sendOnce(t *testing.T) {
-	newNode := s.NewCluster(t)
-	probe := newNode()
-	_, streams := probe.(chart.Streams)
-	probe.Close()
-	if !streams {
-		t.Skip("the broker keeps no streams (chart.Streams)")
-	}
-	c := StartCluster(t, 2, newNode)
+	c := s.startStreams(t)
 	a, b := c.Nodes[0], c.Nodes[1]
 	member := a.Login(t, c.Rec, 2)
 	if err := a.Hub.JoinChannelIds(2, "room"); err != nil {
