@@ -49,7 +49,7 @@ type Conn struct {
 	hold       []held           // message frames waiting until the connection recovered; nil after
 	replayed   map[topic]uint64 // the offset recovery replayed each stream to: later deliveries up to it are doubles
 	helloTimer *time.Timer      // chart.v1: recovery without positions if no hello comes
-	recovering sync.Mutex       // one recovery at a time (recovery.go)
+	recovering atomic.Bool      // recovery began: only the first call runs (recovery.go)
 	reason     error            // why the connection ended, once known
 	expiry     *time.Timer      // SetExpiry
 	registered bool             // register ran; before it, an expiry in the past refuses

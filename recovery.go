@@ -67,9 +67,15 @@ type replay struct {
 
 // recover sends a connection what it missed, then its held live messages
 // beyond that, once. hello is nil for a connection without chart.v1.
+//
+// Only the first call recovers (the hello, the hello timer, or a message
+// before the hello, whichever comes first); no lock is held while it reads
+// the streams, which may be the broker's (network I/O). Messages delivered
+// meanwhile wait in the hold.
 func (c *Conn) recover(hello *positions) {
-	c.recovering.Lock()
-	defer c.recovering.Unlock()
+	if !c.recovering.CompareAndSwap(false, true) {
+		return
+	}
 	c.mu.Lock()
 	done := c.hold == nil
 	if c.helloTimer != nil {
