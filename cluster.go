@@ -83,6 +83,7 @@ func (h *Hub) connectBackends() {
 	if st, ok := b.(Streams); ok {
 		bs = &brokerStreams{hub: h, s: st, gaps: make(map[topic]struct{})}
 		h.streams, h.ids = bs, brokerIds{h, st}
+		h.seq = newSequencer(h)
 	}
 	cl := &cluster{hub: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{}), streams: bs}
 	h.peers = cl
@@ -128,6 +129,7 @@ func (cl *cluster) stop() {
 	cl.stopOnce.Do(func() {
 		close(cl.done)
 		cl.loop.Wait()
+		cl.hub.seq.stop()
 		if err := cl.b.Close(); err != nil {
 			cl.hub.brokerFailed(err)
 		}
@@ -423,12 +425,7 @@ func (cl *cluster) receiveMessage(t topic, body []byte) {
 		}
 		off, epoch = h.stamp(t, prefix, transient)
 	}
-	f := framePrefix(prefix, off, epoch)
-	if t.ch != "" {
-		h.deliverChannel(t.ch, f, off)
-	} else {
-		h.deliverUser(t.uid, f, off)
-	}
+	h.deliverAt(t, framePrefix(prefix, off, epoch), off, epoch)
 }
 
 // brokerStreams is the store of a hub whose Broker keeps streams: the

@@ -2,6 +2,7 @@ package chart_test
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -93,5 +94,102 @@ func TestPartition(t *testing.T) {
 	case uid := <-c.Rec.Logins:
 		t.Fatalf("login of %d after the partition", uid)
 	default:
+	}
+}
+
+// TestOffsetsInOrderAcrossNodes: publishers on two nodes write to one
+// channel at once; the broker assigns the offsets, and the members on
+// each node receive every message in offset order, none missing. Without
+// the sequencer (sequence.go) a node delivers in arrival order.
+func TestOffsetsInOrderAcrossNodes(t *testing.T) {
+	c := charttest.StartCluster(t, 2, chart.NewMemoryBus().Broker)
+	a, b := c.Nodes[0], c.Nodes[1]
+	ca, cb := a.Login(t, c.Rec, 1), b.Login(t, c.Rec, 2)
+	a.Hub.JoinChannelIds(1, "room")
+	b.Hub.JoinChannelIds(2, "room")
+	charttest.AwaitRoute(t, a, "room", ca, cb)
+	charttest.AwaitRoute(t, b, "room", ca, cb)
+	const writers, each = 4, 500
+	done := make(chan struct{})
+	for w := 0; w < writers; w++ {
+		node := []*charttest.Server{a, b}[w%2]
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < each; i++ {
+				node.Hub.Publish("room", chart.Message{Content: "x"})
+			}
+		}()
+	}
+	for w := 0; w < writers; w++ {
+		<-done
+	}
+	for _, cl := range []*charttest.Client{ca, cb} {
+		first := cl.NextMsg().Offset
+		for i := uint64(1); i < writers*each; i++ {
+			if m := cl.NextMsg(); m.Offset != first+i {
+				t.Fatalf("uid %d: message at offset %d arrived where %d was due (holes %d, %d)", cl.Uid, m.Offset, first+i, a.Hub.Stats().Holes, b.Hub.Stats().Holes)
+			}
+		}
+	}
+	if h := a.Hub.Stats().Holes + b.Hub.Stats().Holes; h != 0 {
+		t.Fatalf("%d holes skipped, none expected", h)
+	}
+}
+
+// TestHole: offsets appended to the broker's stream but never published
+// (their node died in between) hold the next message back for a moment
+// only; then this node reads them from the stream and delivers them in
+// their place. Offsets the stream no longer has are skipped and counted.
+func TestHole(t *testing.T) {
+	bus := chart.NewMemoryBus()
+	var streams chart.Streams
+	c := charttest.StartCluster(t, 2, func() chart.Broker {
+		b := bus.Broker()
+		streams, _ = b.(chart.Streams)
+		return b
+	})
+	a, b := c.Nodes[0], c.Nodes[1]
+	ca := a.Login(t, c.Rec, 1)
+	a.Hub.JoinChannelIds(1, "room")
+	b.Hub.Publish("room", chart.Message{Content: "before"})
+	next := ca.NextMsg().Offset + 1
+	// The appends of a publisher that dies before publishing.
+	lost := func(content string) {
+		t.Helper()
+		off, _, err := streams.Append("c:room", []byte(`{"content":"`+content+`"`))
+		if err != nil || off != next {
+			t.Fatalf("Append = %d, %v; want offset %d", off, err, next)
+		}
+		next++
+	}
+	want := func(content string, off uint64) {
+		t.Helper()
+		if m := ca.NextMsg(); m.Content != content || m.Offset != off {
+			t.Fatalf("got %q at %d, want %q at %d", m.Content, m.Offset, content, off)
+		}
+	}
+
+	lost("unpublished")
+	b.Hub.Publish("room", chart.Message{Content: "after"})
+	want("unpublished", next-1)
+	want("after", next)
+	next++
+	if h := a.Hub.Stats().Holes; h != 0 {
+		t.Fatalf("Stats().Holes = %d after a hole filled from the stream", h)
+	}
+
+	// 100 unpublished appends, then a message: the stream keeps the last
+	// 100 (the default HistorySize), so the first is gone for good.
+	first := next
+	for i := 0; i < 100; i++ {
+		lost(fmt.Sprint("gone ", i))
+	}
+	b.Hub.Publish("room", chart.Message{Content: "after the gap"})
+	for i := 1; i < 100; i++ {
+		want(fmt.Sprint("gone ", i), first+uint64(i))
+	}
+	want("after the gap", next)
+	if h := a.Hub.Stats().Holes; h != 1 {
+		t.Fatalf("Stats().Holes = %d, want 1", h)
 	}
 }

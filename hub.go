@@ -24,9 +24,10 @@ type Hub struct {
 	// (noPeers on a single node). cluster.go chooses them.
 	presence Presence
 	peers    peers
-	streams  store // the streams: this node's (history.go) or the Broker's
-	sends    sends // chart.v1 message ids seen here (recovery.go)
-	ids      dedup // &sends, or the broker's
+	streams  store      // the streams: this node's (history.go) or the Broker's
+	seq      *sequencer // the shared streams' order here; nil for a node's own
+	sends    sends      // chart.v1 message ids seen here (recovery.go)
+	ids      dedup      // &sends, or the broker's
 
 	closed      atomic.Bool   // Shutdown or Close began
 	killed      atomic.Bool   // Close: drop everything, run no callback

@@ -182,7 +182,7 @@ func (h *Hub) publishChannel(m *Message) {
 		mu.Lock() // offsets reach local connections in the order given
 	}
 	m.Offset, m.Epoch = h.stamp(t, prefix, m.Transient)
-	h.deliverChannel(m.ChannelId, framePrefix(prefix, m.Offset, m.Epoch), m.Offset)
+	h.deliverAt(t, framePrefix(prefix, m.Offset, m.Epoch), m.Offset, m.Epoch)
 	if mu != nil && !m.Transient {
 		mu.Unlock()
 	}
@@ -212,7 +212,7 @@ func (h *Hub) publishUser(uid uint64, prefix []byte, transient bool) (uint64, st
 		mu.Lock() // offsets reach local connections in the order given
 	}
 	off, epoch := h.stamp(t, prefix, transient)
-	h.deliverUser(uid, framePrefix(prefix, off, epoch), off)
+	h.deliverAt(t, framePrefix(prefix, off, epoch), off, epoch)
 	if mu != nil && !transient {
 		mu.Unlock()
 	}
@@ -227,6 +227,24 @@ func (h *Hub) stamp(t topic, prefix []byte, transient bool) (uint64, string) {
 		return 0, ""
 	}
 	return h.streams.append(t, prefix)
+}
+
+// deliverTo queues f, at offset off of stream t, on every local connection
+// subscribed to t.
+func (h *Hub) deliverTo(t topic, f []byte, off uint64) {
+	if t.ch != "" {
+		h.deliverChannel(t.ch, f, off)
+	} else {
+		h.deliverUser(t.uid, f, off)
+	}
+}
+
+// subscribed reports whether a local connection is subscribed to t.
+func (h *Hub) subscribed(t topic) bool {
+	if t.ch != "" {
+		return h.lookupChannel(t.ch) != nil
+	}
+	return h.lookupUser(t.uid) != nil
 }
 
 // deliverChannel queues f, the frame of a message at offset off of the

@@ -23,6 +23,10 @@ type Stats struct {
 	Disconnects Disconnects // connections ended, by reason
 
 	BrokerErrors uint64 // failed broker calls (Config.Broker)
+	// Holes counts the times this node stopped waiting for a missing
+	// offset of a stream the broker keeps (its publisher failed between
+	// appending and publishing it) and delivered what came after it.
+	Holes uint64
 }
 
 // Disconnects counts ended connections by reason.
@@ -36,9 +40,9 @@ type Disconnects struct {
 }
 
 type counters struct {
-	conns                                      atomic.Int64
-	in, refused, out, dropped, brokerErrs      atomic.Uint64
-	normal, app, slow, limited, large, failing atomic.Uint64
+	conns                                        atomic.Int64
+	in, refused, out, dropped, brokerErrs, holes atomic.Uint64
+	normal, app, slow, limited, large, failing   atomic.Uint64
 }
 
 func (h *Hub) countDisconnect(err error) {
@@ -68,6 +72,7 @@ func (h *Hub) Stats() Stats {
 		MessagesOut:     h.stats.out.Load(),
 		Dropped:         h.stats.dropped.Load(),
 		BrokerErrors:    h.stats.brokerErrs.Load(),
+		Holes:           h.stats.holes.Load(),
 		PendingBytes:    h.pending.Load(),
 		Disconnects: Disconnects{
 			Normal:       h.stats.normal.Load(),

@@ -65,18 +65,22 @@ func (p *Proxy) accept() {
 	}
 }
 
-// pipe copies from a to b; in a blackhole it reads and drops.
+// pipe copies from a to b; in a blackhole it reads and drops. When a
+// ends, b is closed too (unless in a blackhole, which passes nothing).
 func (p *Proxy) pipe(a, b net.Conn) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := a.Read(buf)
-		if err != nil {
-			return
-		}
 		p.mu.Lock()
 		blocked := p.blocked
 		p.mu.Unlock()
+		if err != nil {
+			if !blocked {
+				b.Close()
+			}
+			return
+		}
 		if !blocked {
 			b.Write(buf[:n])
 		}

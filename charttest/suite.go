@@ -3,10 +3,13 @@ package charttest
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"reflect"
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,6 +47,9 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("RecoveryOnAnotherNode", s.recovery)
 	t.Run("RecoveryAfterNodeKill", s.recoveryAfterKill)
 	t.Run("SendOnceAcrossNodes", s.sendOnce)
+	for _, cut := range []string{"reset", "blackhole", "kill"} {
+		t.Run("Tunnel/"+cut, func(t *testing.T) { s.tunnel(t, cut) })
+	}
 	if s.Outage != nil {
 		t.Run("Outage", s.outage)
 	}
@@ -604,5 +610,142 @@ func (s Suite) outage(t *testing.T) {
 	}
 	if c.Nodes[0].Hub.Stats().BrokerErrors == 0 {
 		t.Fatal("Stats.BrokerErrors = 0")
+	}
+}
+
+// tunnel: a chart.v1 client on node A, through a TCP proxy, loses its
+// connection while three senders on both nodes write 67 channel messages
+// each and one of them 20 direct messages to it: the proxy resets the
+// connection, or blackholes it (bytes dropped, no FIN or RST, new
+// connections refused) for a while, or node A dies. The client reconnects
+// (through the proxy, or to node B) with a slow hello, so that messages
+// arrive during the recovery too, and ends with every message exactly
+// once, each sender's in order, and no frame twice. Skipped for a broker
+// without streams.
+func (s Suite) tunnel(t *testing.T, cut string) {
+	c := s.startStreams(t)
+	a, b := c.Nodes[0], c.Nodes[1]
+	c.Rec.OnLogin = func(uid uint64) { b.Hub.JoinChannelIds(uid, "room") }
+	u, err := url.Parse(a.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewProxy(t, u.Host)
+	v1 := NewV1Client(t, "ws://"+p.Addr()+u.Path+"?id=1")
+	v1.HelloDelay = 30 * time.Millisecond
+	v1.Connect()
+	c.Rec.WantLogin(t, 1)
+	nodes := []*Server{a, b, b}
+	if cut == "kill" {
+		nodes[0] = b // senders on the node that survives
+	}
+	var senders []*Client
+	for i, n := range nodes {
+		senders = append(senders, n.Login(t, c.Rec, uint64(i+2)))
+	}
+	Eventually(t, "everyone in room on both nodes", func() bool {
+		return len(a.Hub.ChannelUserIds("room")) == 4 && len(b.Hub.ChannelUserIds("room")) == 4
+	})
+	AwaitRoute(t, a, "room", senders...)
+	AwaitRoute(t, b, "room", senders...)
+	senders[0].SendTo("room", "start")
+	v1.WaitFor("start")
+
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, sn := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 0; k < 67; k++ {
+				sn.SendTo("room", fmt.Sprintf("s%d-%d", i, k))
+				if i == 2 && k < 20 {
+					sn.SendToUser(1, fmt.Sprintf("dm-%d", k))
+				}
+				time.Sleep(5 * time.Millisecond) // a steady pace across the cut
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+	time.Sleep(30 * time.Millisecond) // some messages before the cut
+	gone := v1.Gone()
+	switch cut {
+	case "reset":
+		p.Reset()
+		<-gone
+		time.Sleep(50 * time.Millisecond) // the tunnel: messages go on meanwhile
+	case "blackhole":
+		p.Blackhole()
+		time.Sleep(100 * time.Millisecond) // messages go into the hole
+		p.Restore()
+		<-gone
+	case "kill":
+		a.Kill()
+		<-gone
+		time.Sleep(50 * time.Millisecond)
+		v1.URL = b.URL + "?id=1"
+	}
+	v1.Drop()
+	v1.Connect() // with a hello, while the senders go on
+	<-done
+	senders[1].SendTo("room", "end")
+	v1.WaitFor("end")
+	checkTunnel(t, v1, cut)
+}
+
+// checkTunnel: every sender's 67 messages and the 20 direct messages
+// exactly once and in order, the room recovered, no frame twice.
+func checkTunnel(t *testing.T, v1 *V1Client, cut string) {
+	t.Helper()
+	next := map[string]int{}
+	for _, m := range v1.Messages() {
+		var i, k int
+		switch {
+		case m.ChannelId == "room" && strings.HasPrefix(m.Content, "s") && m.Content != "start":
+			fmt.Sscanf(m.Content, "s%d-%d", &i, &k)
+			key := fmt.Sprint("s", i)
+			if k != next[key] {
+				t.Fatalf("sender %d: got message %d after %d (%s)", i, k, next[key], cut)
+			}
+			next[key]++
+		case m.ChannelId == "" && strings.HasPrefix(m.Content, "dm-"):
+			fmt.Sscanf(m.Content, "dm-%d", &k)
+			if k != next["dm"] {
+				t.Fatalf("direct message %d after %d (%s)", k, next["dm"], cut)
+			}
+			next["dm"]++
+		}
+	}
+	for i := 0; i < 3; i++ {
+		if n := next[fmt.Sprint("s", i)]; n != 67 {
+			t.Fatalf("sender %d: %d of 67 messages (%s)", i, n, cut)
+		}
+	}
+	if next["dm"] != 20 {
+		t.Fatalf("%d of 20 direct messages (%s)", next["dm"], cut)
+	}
+	seen := map[string]bool{}
+	welcomes := 0
+	for _, f := range v1.Frames() {
+		if w, ok := f["welcome"].(map[string]any); ok {
+			welcomes++
+			if welcomes == 2 {
+				room, _ := w["channels"].(map[string]any)["room"].(map[string]any)
+				if room["recovered"] != true {
+					t.Fatalf("second welcome %v: room not recovered (%s)", w, cut)
+				}
+			}
+			continue
+		}
+		if off, _ := f["offset"].(float64); off != 0 {
+			key := fmt.Sprint(f["channel_id"], "/", f["epoch"], "/", off)
+			if seen[key] {
+				t.Fatalf("frame %v came twice (%s)", f, cut)
+			}
+			seen[key] = true
+		}
+	}
+	if welcomes != 2 {
+		t.Fatalf("%d welcomes, want 2 (%s)", welcomes, cut)
 	}
 }

@@ -1,0 +1,272 @@
+package chart
+
+import (
+	"sync"
+	"time"
+)
+
+// Offset order across nodes. When the broker keeps the streams, it assigns
+// a message its offset when the publishing node appends it; the message
+// then reaches this node from that node (through the broker) or from this
+// node's own publish. Two nodes publishing to one stream at once can make
+// offset 7 arrive here before offset 6. A client that saw 7 and is cut
+// before 6 would resume after 7 and lose 6; one that tracks the last
+// offset it saw would be replayed 7 again. The sequencer puts each shared
+// stream's messages back in offset order before they reach this node's
+// connections: a message beyond the next expected offset waits, at most
+// reorderWait, for the ones before it. A hole that does not fill in that
+// time (its publisher died between the append and the publish, or the
+// publish failed) is skipped, and a message that comes after its turn was
+// skipped goes out at once. A node starts following a stream at the first
+// message it delivers from it, and forgets it after reorderIdle without
+// traffic, so what it holds is bounded by the streams with local
+// subscribers.
+//
+// A single node needs none of this: its history stamps and delivers a
+// stream's messages under one lock (history.order).
+
+const (
+	// reorderWait is how long a message may wait for earlier offsets.
+	reorderWait = 100 * time.Millisecond
+	// reorderMax and reorderBytes bound what one stream holds; beyond
+	// either, everything held goes out, in order, skipping the hole.
+	reorderMax   = 8192
+	reorderBytes = 4 << 20
+	// reorderIdle is how long a stream is followed without traffic.
+	reorderIdle = time.Minute
+)
+
+// sequencer keeps the shared streams' delivery order on this node. A nil
+// *sequencer delivers at once: the hub's streams are its own.
+type sequencer struct {
+	hub    *Hub
+	shards [16]seqShard
+}
+
+type seqShard struct {
+	mu    sync.Mutex
+	m     map[topic]*sequence
+	swept time.Time
+}
+
+// sequence is the order state of one stream on this node.
+type sequence struct {
+	mu    sync.Mutex
+	epoch string
+	next  uint64 // the offset due next; 0 before the first
+	held  []held // waiting for next, by ascending offset
+	bytes int    // the size of the held frames
+	timer *time.Timer
+	round uint64 // the timer's: a stopped timer's late call is ignored
+	used  time.Time
+	gone  bool // removed from its shard; look it up again
+}
+
+func newSequencer(h *Hub) *sequencer {
+	s := &sequencer{hub: h}
+	for i := range s.shards {
+		s.shards[i].m = make(map[topic]*sequence)
+	}
+	return s
+}
+
+// deliverAt queues f, the frame of the message at offset off of stream t
+// (under epoch), on the local connections subscribed to t: at once on a
+// single node, or for a message without a position; else in offset order,
+// through the sequencer.
+func (h *Hub) deliverAt(t topic, f []byte, off uint64, epoch string) {
+	if h.seq == nil || off == 0 {
+		h.deliverTo(t, f, off)
+		return
+	}
+	if h.subscribed(t) {
+		h.seq.deliver(t, f, off, epoch)
+	}
+}
+
+// deliver queues f after every earlier offset of t that is on its way here.
+func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
+	q := s.lookup(t) // locked
+	defer q.mu.Unlock()
+	q.used = time.Now()
+	if epoch != q.epoch {
+		// The stream's history was reset: what waits for the old epoch
+		// goes first, and the new one starts here.
+		s.flush(t, q)
+		q.epoch, q.next = epoch, 0
+	}
+	switch {
+	case q.next == 0 || off == q.next:
+		s.hub.deliverTo(t, f, off)
+		q.next = off + 1
+		s.drain(t, q)
+	case off < q.next: // its turn was skipped: late, not dropped
+		s.hub.deliverTo(t, f, off)
+	default:
+		q.insert(held{f, t, off})
+		if len(q.held) >= reorderMax || q.bytes > reorderBytes {
+			s.flush(t, q)
+		} else if q.timer == nil {
+			q.round++
+			round := q.round
+			q.timer = time.AfterFunc(reorderWait, func() { s.expire(t, q, round) })
+		}
+	}
+}
+
+// lookup returns t's sequence, locked, making it if needed.
+func (s *sequencer) lookup(t topic) *sequence {
+	x := t.uid
+	if t.ch != "" {
+		x = uint64(fnv(t.ch))
+	}
+	sh := &s.shards[(x*0x9E3779B97F4A7C15)>>60]
+	for {
+		sh.mu.Lock()
+		q := sh.m[t]
+		if q == nil {
+			now := time.Now()
+			if now.Sub(sh.swept) > reorderIdle {
+				sh.sweep(now)
+			}
+			q = &sequence{}
+			sh.m[t] = q
+		}
+		sh.mu.Unlock()
+		q.mu.Lock()
+		if !q.gone {
+			return q
+		}
+		q.mu.Unlock()
+	}
+}
+
+// sweep forgets the streams idle for reorderIdle. The caller holds sh.mu.
+func (sh *seqShard) sweep(now time.Time) {
+	sh.swept = now
+	for t, q := range sh.m {
+		q.mu.Lock()
+		if len(q.held) == 0 && now.Sub(q.used) > reorderIdle {
+			q.gone = true
+			delete(sh.m, t)
+		}
+		q.mu.Unlock()
+	}
+}
+
+// insert adds m to the held messages in offset order; a second copy of an
+// offset is dropped.
+func (q *sequence) insert(m held) {
+	i := len(q.held)
+	for i > 0 && q.held[i-1].off > m.off {
+		i--
+	}
+	if i > 0 && q.held[i-1].off == m.off {
+		return
+	}
+	q.bytes += len(m.f)
+	q.held = append(q.held, held{})
+	copy(q.held[i+1:], q.held[i:])
+	q.held[i] = m
+}
+
+// drain delivers the held messages that are now due. q.mu is held.
+func (s *sequencer) drain(t topic, q *sequence) {
+	k := 0
+	for ; k < len(q.held) && q.held[k].off <= q.next; k++ {
+		m := q.held[k]
+		s.hub.deliverTo(t, m.f, m.off)
+		if m.off == q.next {
+			q.next++
+		}
+	}
+	q.release(k)
+}
+
+// flush delivers every held message in order, skipping (and counting)
+// the holes before them. q.mu is held.
+func (s *sequencer) flush(t topic, q *sequence) {
+	for _, m := range q.held {
+		if q.next != 0 && m.off != q.next {
+			s.hub.stats.holes.Add(1)
+		}
+		s.hub.deliverTo(t, m.f, m.off)
+		q.next = m.off + 1
+	}
+	q.release(len(q.held))
+}
+
+// release drops the first k held messages and stops the timer when none
+// waits any more.
+func (q *sequence) release(k int) {
+	if k > 0 {
+		for _, m := range q.held[:k] {
+			q.bytes -= len(m.f)
+		}
+		n := copy(q.held, q.held[k:])
+		clear(q.held[n:])
+		q.held = q.held[:n]
+	}
+	if len(q.held) == 0 {
+		if q.timer != nil {
+			q.timer.Stop()
+			q.timer = nil
+		}
+		if cap(q.held) > 64 {
+			q.held = nil // a burst's array is not kept
+		}
+	}
+}
+
+// expire ends a wait: the missing offsets are read from the stream (the
+// broker has them when their publisher appended them and failed to
+// publish) and delivered in their place; what is still missing is
+// skipped. The read runs without q.mu; whatever changed meanwhile (the
+// hole filled, a new wait began) wins over it.
+func (s *sequencer) expire(t topic, q *sequence, round uint64) {
+	q.mu.Lock()
+	if q.round != round || q.timer == nil || len(q.held) == 0 {
+		q.mu.Unlock()
+		return // the hole filled; a new wait may have begun
+	}
+	from, to, epoch := q.next, q.held[len(q.held)-1].off, q.epoch
+	q.mu.Unlock()
+
+	// All the stream has after the hole (read keeps the newest when
+	// limited); bounded by the stream's size.
+	entries, got, _, _ := s.hub.streams.read(t, from-1, 0)
+
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.round != round || q.timer == nil || q.next != from || q.epoch != epoch {
+		return
+	}
+	q.timer = nil
+	if got == epoch {
+		for _, e := range entries {
+			if e.off < to {
+				q.insert(held{framePrefix(e.data, e.off, epoch), t, e.off})
+			}
+		}
+	}
+	s.flush(t, q)
+}
+
+// stop drops what is held: the hub is closing, and its clients recover
+// the held messages from history on their next connection. Delivering
+// them now, past a hole, would move those clients' positions past it.
+func (s *sequencer) stop() {
+	if s == nil {
+		return
+	}
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, q := range sh.m {
+			q.mu.Lock()
+			q.release(len(q.held))
+			q.mu.Unlock()
+		}
+		sh.mu.Unlock()
+	}
+}
