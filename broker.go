@@ -151,6 +151,11 @@ type Node interface {
 	// BrokerError reports a broker failure the hub did not see itself,
 	// such as a lost connection; it goes to ErrorLogServer as ErrBroker.
 	BrokerError(err error)
+	// Resumed tells the hub that the broker delivers again after its
+	// subscriptions were lost (a reconnect): messages published meanwhile
+	// may have been missed, and the hub reads them from the streams
+	// (Streams) of the topics it follows. It does not block.
+	Resumed()
 }
 
 // DefaultNodeTTL is the time after which brokers consider a node that

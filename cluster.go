@@ -118,6 +118,11 @@ type cluster struct {
 	stale atomic.Bool // presence must be re-published after the next good heartbeat
 
 	streams *brokerStreams // the broker's streams, when it keeps them
+
+	goMu     sync.Mutex // guards starting goroutines from the broker's side against stop
+	stopped  bool
+	catching atomic.Bool // a catch-up runs
+	again    atomic.Bool // the broker resumed again while it ran
 }
 
 // subState serialises the (un)subscribe calls of one topic without holding
@@ -127,6 +132,9 @@ type subState struct{ have, busy, again bool }
 
 func (cl *cluster) stop() {
 	cl.stopOnce.Do(func() {
+		cl.goMu.Lock()
+		cl.stopped = true
+		cl.goMu.Unlock()
 		close(cl.done)
 		cl.loop.Wait()
 		cl.hub.seq.stop()
@@ -140,6 +148,33 @@ func (cl *cluster) failed(err error) bool {
 	cl.hub.stats.brokerErrs.Add(1)
 	cl.stale.Store(true)
 	return !cl.down.Swap(true)
+}
+
+// Resumed is the Node method through which the broker says that its
+// subscriptions deliver again after a loss. What this node missed
+// meanwhile of the streams it follows is read from them and delivered, in
+// order, on another goroutine.
+func (cl *cluster) Resumed() {
+	cl.goMu.Lock()
+	defer cl.goMu.Unlock()
+	if cl.stopped {
+		return
+	}
+	if !cl.catching.CompareAndSwap(false, true) {
+		cl.again.Store(true)
+		return
+	}
+	cl.loop.Add(1)
+	go func() {
+		defer cl.loop.Done()
+		for {
+			cl.hub.seq.catchUp()
+			if !cl.again.Swap(false) {
+				break
+			}
+		}
+		cl.catching.Store(false)
+	}()
 }
 
 // BrokerError is the Node method through which the broker reports a

@@ -16,6 +16,10 @@ type MemoryBus struct {
 	// reap it. Set it before the first Broker call; default
 	// DefaultNodeTTL.
 	TTL time.Duration
+	// StreamSize is how many messages each stream (channel, inbox)
+	// keeps. Set it before the first Broker call; default the default
+	// Config.HistorySize (100).
+	StreamSize int
 
 	mu        sync.Mutex
 	seq       int
@@ -26,7 +30,7 @@ type MemoryBus struct {
 	users     map[uint64]*memUser
 	members   map[string]map[uint64]struct{}
 	nodeUsers map[string]map[uint64]struct{}
-	streams   *history // the cluster's streams, with the default limits
+	streams   *history // the cluster's streams: made by the first Broker call
 	ids       sends    // the cluster's client message ids
 }
 
@@ -47,12 +51,11 @@ func NewMemoryBus() *MemoryBus {
 		users:     make(map[uint64]*memUser),
 		members:   make(map[string]map[uint64]struct{}),
 		nodeUsers: make(map[string]map[uint64]struct{}),
-		streams:   newMemoryStreams(),
 	}
 }
 
-func newMemoryStreams() *history {
-	cfg := Config{}.withDefaults()
+func (b *MemoryBus) newStreams() *history {
+	cfg := Config{HistorySize: b.StreamSize}.withDefaults()
 	return newHistory(&cfg)
 }
 
@@ -62,6 +65,9 @@ func (b *MemoryBus) Broker() Broker {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.seq++
+	if b.streams == nil {
+		b.streams = b.newStreams()
+	}
 	return &memoryBroker{bus: b, id: "mem-" + strconv.Itoa(b.seq)}
 }
 
@@ -69,25 +75,31 @@ func (b *MemoryBus) Broker() Broker {
 // with ErrBusDown and nothing is delivered. Going down also forgets all
 // presence, as a restarted server without persistence would; subscriptions
 // are kept, as clients resubscribe after reconnecting. Attached nodes are
-// told through Node.BrokerError.
+// told through Node.BrokerError, and Node.Resumed when it is back.
 func (b *MemoryBus) SetDown(down bool) {
 	b.mu.Lock()
 	was := b.down
 	b.down = down
 	var nodes []Node
-	if down && !was {
-		b.streams = newMemoryStreams() // a restart without persistence: new epochs
-		clear(b.alive)
-		clear(b.users)
-		clear(b.members)
-		clear(b.nodeUsers)
+	if down != was {
 		for _, n := range b.attached {
 			nodes = append(nodes, n)
 		}
 	}
+	if down && !was {
+		b.streams = b.newStreams() // a restart without persistence: new epochs
+		clear(b.alive)
+		clear(b.users)
+		clear(b.members)
+		clear(b.nodeUsers)
+	}
 	b.mu.Unlock()
 	for _, n := range nodes {
-		n.BrokerError(ErrBusDown)
+		if down {
+			n.BrokerError(ErrBusDown)
+		} else {
+			n.Resumed()
+		}
 	}
 }
 
@@ -109,7 +121,8 @@ type memoryBroker struct {
 // Cut simulates a network partition between one node (a Broker of this
 // bus) and the backend: while cut, its calls fail with ErrBusDown and it
 // receives nothing, while the other nodes go on. Its presence stays, and
-// expires with the TTL if the cut lasts longer.
+// expires with the TTL if the cut lasts longer. Ending the cut calls the
+// node's Node.Resumed.
 func (b *MemoryBus) Cut(node Broker, cut bool) {
 	m := node.(*memoryBroker)
 	b.mu.Lock()
@@ -117,8 +130,12 @@ func (b *MemoryBus) Cut(node Broker, cut bool) {
 	m.cut = cut
 	n := b.attached[m]
 	b.mu.Unlock()
-	if cut && !was && n != nil {
+	switch {
+	case n == nil || cut == was:
+	case cut:
 		n.BrokerError(ErrBusDown)
+	default:
+		n.Resumed()
 	}
 }
 

@@ -90,10 +90,7 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 	defer q.mu.Unlock()
 	q.used = time.Now()
 	if epoch != q.epoch {
-		// The stream's history was reset: what waits for the old epoch
-		// goes first, and the new one starts here.
-		s.flush(t, q)
-		q.epoch, q.next = epoch, 0
+		s.reset(t, q, epoch)
 	}
 	switch {
 	case q.next == 0 || off == q.next:
@@ -104,13 +101,34 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 		s.hub.deliverTo(t, f, off)
 	default:
 		q.insert(held{f, t, off})
-		if len(q.held) >= reorderMax || q.bytes > reorderBytes {
-			s.flush(t, q)
-		} else if q.timer == nil {
-			q.round++
-			round := q.round
-			q.timer = time.AfterFunc(reorderWait, func() { s.expire(t, q, round) })
-		}
+		s.wait(t, q)
+	}
+}
+
+// reset follows a new epoch of t: the stream's history was lost and its
+// offsets start again from 1. What waits for the old epoch goes first.
+// q.mu is held.
+func (s *sequencer) reset(t topic, q *sequence, epoch string) {
+	s.flush(t, q)
+	if q.epoch == "" {
+		q.next = 0 // new here: the first message sets the order
+	} else {
+		q.next = 1
+	}
+	q.epoch = epoch
+}
+
+// wait starts the wait for what q holds, or ends it at once when q holds
+// too much. q.mu is held.
+func (s *sequencer) wait(t topic, q *sequence) {
+	switch {
+	case len(q.held) == 0:
+	case len(q.held) >= reorderMax || q.bytes > reorderBytes:
+		s.flush(t, q)
+	case q.timer == nil:
+		q.round++
+		round := q.round
+		q.timer = time.AfterFunc(reorderWait, func() { s.expire(t, q, round) })
 	}
 }
 
@@ -229,12 +247,10 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 		q.mu.Unlock()
 		return // the hole filled; a new wait may have begun
 	}
-	from, to, epoch := q.next, q.held[len(q.held)-1].off, q.epoch
+	from, epoch := q.next, q.epoch
 	q.mu.Unlock()
 
-	// All the stream has after the hole (read keeps the newest when
-	// limited); bounded by the stream's size.
-	entries, got, _, _ := s.hub.streams.read(t, from-1, 0)
+	entries, got := s.read(t, from)
 
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -242,14 +258,74 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 		return
 	}
 	q.timer = nil
-	if got == epoch {
-		for _, e := range entries {
-			if e.off < to {
-				q.insert(held{framePrefix(e.data, e.off, epoch), t, e.off})
-			}
+	s.fill(t, q, entries, got)
+	s.flush(t, q)
+}
+
+// read returns what stream t has from offset from on (all of it: read
+// keeps the newest when limited; the stream's size bounds it) and its
+// epoch; none when the broker fails.
+func (s *sequencer) read(t topic, from uint64) ([]entry, string) {
+	entries, epoch, _, _ := s.hub.streams.read(t, max(from, 1)-1, 0)
+	return entries, epoch
+}
+
+// fill adds to what q holds the entries read from its stream, in their
+// epoch; those it already has or delivered are left out. q.mu is held.
+func (s *sequencer) fill(t topic, q *sequence, entries []entry, epoch string) {
+	if epoch == "" {
+		return
+	}
+	if epoch != q.epoch {
+		s.reset(t, q, epoch)
+	}
+	for _, e := range entries {
+		if e.off >= q.next {
+			q.insert(held{framePrefix(e.data, e.off, epoch), t, e.off})
 		}
 	}
-	s.flush(t, q)
+}
+
+// catchUp delivers what this node missed of the streams it follows while
+// the broker could not deliver to it (Node.Resumed): each is read from
+// where it stands here. It runs on its own goroutine, the reads without
+// locks.
+func (s *sequencer) catchUp() {
+	if s == nil {
+		return
+	}
+	type followed struct {
+		t topic
+		q *sequence
+	}
+	var all []followed
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for t, q := range sh.m {
+			all = append(all, followed{t, q})
+		}
+		sh.mu.Unlock()
+	}
+	for _, f := range all {
+		if !s.hub.subscribed(f.t) {
+			continue
+		}
+		f.q.mu.Lock()
+		from, epoch, gone := f.q.next, f.q.epoch, f.q.gone
+		f.q.mu.Unlock()
+		if gone || from == 0 {
+			continue
+		}
+		entries, got := s.read(f.t, from)
+		f.q.mu.Lock()
+		if !f.q.gone && f.q.next == from && f.q.epoch == epoch {
+			s.fill(f.t, f.q, entries, got)
+			s.drain(f.t, f.q)
+			s.wait(f.t, f.q)
+		}
+		f.q.mu.Unlock()
+	}
 }
 
 // stop drops what is held: the hub is closing, and its clients recover

@@ -148,10 +148,16 @@ func Connect(url string, opt Options) (*Broker, error) {
 	var b *Broker
 	nc, err := nats.Connect(url,
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(100*time.Millisecond),
+		nats.ReconnectWait(20*time.Millisecond), // back within ~50 ms of the server
+		nats.ReconnectJitter(10*time.Millisecond, 10*time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if b != nil {
 				b.lost(err)
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			if b != nil {
+				b.resumed()
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
@@ -180,6 +186,18 @@ func (b *Broker) lost(err error) {
 	b.mu.Unlock()
 	if n != nil {
 		n.BrokerError(fmt.Errorf("nats: %w", err))
+	}
+}
+
+// resumed tells the node that the connection is back, with its
+// subscriptions (the client re-creates them): what was published while it
+// was away is read from the streams.
+func (b *Broker) resumed() {
+	b.mu.Lock()
+	n := b.node
+	b.mu.Unlock()
+	if n != nil {
+		n.Resumed()
 	}
 }
 

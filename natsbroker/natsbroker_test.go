@@ -184,3 +184,4 @@ type recvNode struct{ ch chan string }
 
 func (n *recvNode) Receive(data []byte) { n.ch <- string(data) }
 func (n *recvNode) BrokerError(error)   {}
+func (n *recvNode) Resumed()            {}

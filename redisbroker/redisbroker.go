@@ -283,7 +283,9 @@ func (b *Broker) send(n chart.Node, batch []pubMsg) {
 func (b *Broker) receive(n chart.Node) {
 	defer b.wg.Done()
 	ctx := context.Background()
-	backoff := 50 * time.Millisecond
+	// Retries are quick (20 ms, growing to 50 ms), so that the node
+	// resubscribes soon after Redis accepts connections again.
+	backoff := 20 * time.Millisecond
 	failing := false
 	for {
 		msg, err := b.ps.ReceiveTimeout(ctx, b.HeartbeatInterval())
@@ -307,10 +309,15 @@ func (b *Broker) receive(n chart.Node) {
 				return
 			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, time.Second)
+			backoff = min(2*backoff, 50*time.Millisecond)
 			continue
 		}
-		failing, backoff = false, 50*time.Millisecond
+		if failing {
+			// Resubscribed (go-redis did it on reconnecting): the node
+			// catches up on what it missed from the streams.
+			n.Resumed()
+		}
+		failing, backoff = false, 20*time.Millisecond
 		b.down.Store(false)
 		if m, ok := msg.(*redis.Message); ok {
 			n.Receive([]byte(m.Payload))
