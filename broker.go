@@ -161,4 +161,4 @@ type Node interface {
 // DefaultNodeTTL is the time after which brokers consider a node that
 // stopped heartbeating dead, unless configured otherwise. Nodes heartbeat
 // every third of it.
-const DefaultNodeTTL = 15 * time.Second
+const DefaultNodeTTL = 7500 * time.Millisecond

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/gorilla/websocket"
 )
@@ -39,6 +40,7 @@ type Hub struct {
 	pending     atomic.Int64 // bytes of inbound messages being read (MaxPendingBytes)
 	ips         [shardCount]ipShard
 	stats       counters
+	pauses      pauses // the watchdog that tells a resumed process (pause.go)
 }
 
 // New returns a Hub configured by cfg; zero fields take their defaults.
@@ -46,6 +48,7 @@ type Hub struct {
 // (network I/O; failures go to ErrorLogServer as ErrBroker).
 func New(cfg Config) *Hub {
 	h := &Hub{cfg: cfg.withDefaults(), done: make(chan struct{})}
+	h.pauses.start = time.Now()
 	h.upgrader = h.newUpgrader()
 	for i := range h.users {
 		h.users[i].users = make(map[uint64]*user)
@@ -116,5 +119,6 @@ func (h *Hub) Close() error {
 // Shutdown and Close must not sit out.
 func (h *Hub) stopping() {
 	h.closed.Store(true)
+	h.stopPauses()
 	h.doneOnce.Do(func() { close(h.done) })
 }

@@ -227,6 +227,9 @@ func (c *Conn) overRate() bool {
 		c.refused = 0
 		return false
 	}
+	if c.hub.resumed() {
+		return false // the backlog of a pause (pause.go)
+	}
 	if c.refused++; c.refused >= cfg.RateBurst {
 		c.close(&Error{Kind: ErrRateLimited, Uid: c.uid}, CloseRateLimited, "rate limit exceeded", closeFlush)
 	}

@@ -100,6 +100,7 @@ func (h *Hub) register(c *Conn) (drain, ok bool) {
 	c.mu.Unlock()
 	h.readers.Add(1) // the read goroutine that start launches
 	h.stats.conns.Add(1)
+	h.watchPauses()
 	h.startPingsLocked(s)
 	return drain, true
 }
