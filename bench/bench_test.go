@@ -141,10 +141,13 @@ func TestSmoke(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cfg := &config{
-		mode: "test", workloads: []string{wlFanout, wlRooms, wlStorm}, sizes: []int{100, 1024},
+		mode: "test", workloads: []string{wlFanout, wlRooms, wlStorm, wlHistory}, sizes: []int{100, 1024},
 		fanoutSubs: []int{20, 50}, fanoutDuration: 200 * time.Millisecond, window: 16, repeat: 1,
 		roomsConns: 50, roomsRates: []float64{5}, roomsSize: 100, roomsDuration: 300 * time.Millisecond,
 		stormConns: 50, stormConcurrency: 8, stormSequential: 10, dialConcurrency: 16,
+		// An 8 MiB history cap (512 KiB per shard) keeps about 13,000
+		// direct messages to offline users: the flood passes it 6 times.
+		histChannels: 10, histUsers: 300, histFlood: 80000, histCap: 8 << 20,
 		outDir: dir, doc: filepath.Join(dir, "bench.md"), svg: filepath.Join(dir, "fanout.svg"),
 	}
 	cfg.libs = append(cfg.libs, libOrder...)
@@ -167,11 +170,33 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("storm %s: failed %d p50 %.0f: %s", s.Lib, s.Failed, s.P50us, s.Err)
 		}
 	}
+	var chans, inboxes int
+	for _, h := range rep.History {
+		if h.Channels > 0 {
+			chans++
+			if h.ChannelError != "" || h.ChannelKept != 10*100 || h.HeapPerMessage <= 0 {
+				t.Errorf("history %s: kept %d channel messages, %.0f B each: %s", h.Lib, h.ChannelKept, h.HeapPerMessage, h.ChannelError)
+			}
+		}
+		if h.Users > 0 {
+			inboxes++
+			var last floodPoint
+			if len(h.Flood) > 0 {
+				last = h.Flood[len(h.Flood)-1]
+			}
+			if h.Err != "" || h.UsersKept != 300 || h.HeapPerUser <= 0 || len(h.Flood) != 4 || !h.Bounded || last.Kept <= 0 || last.Kept >= last.Sent/2 {
+				t.Errorf("history %s: kept %d of 300, %.0f B each, flood %+v, bounded %v: %s", h.Lib, h.UsersKept, h.HeapPerUser, h.Flood, h.Bounded, h.Err)
+			}
+		}
+	}
+	if chans != 2 || inboxes != 1 {
+		t.Errorf("history: %d channel and %d inbox results, want 2 (chart, centrifuge) and 1 (chart)", chans, inboxes)
+	}
 	if err := writeReport(cfg, rep); err != nil {
 		t.Fatal(err)
 	}
 	md, err := os.ReadFile(cfg.doc)
-	if err != nil || !bytes.Contains(md, []byte("| fan-out 50 subs, 1 KiB | deliveries/s ↑ |")) {
+	if err != nil || !bytes.Contains(md, []byte("| fan-out 50 subs, 1 KiB | deliveries/s ↑ |")) || !bytes.Contains(md, []byte("| 80,000 | ")) {
 		t.Fatalf("report: %v\n%s", err, md)
 	}
 	svg, err := os.ReadFile(cfg.svg)

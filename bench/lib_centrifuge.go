@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/wuyan94zl/chart"
+
 	"github.com/centrifugal/centrifuge"
 )
 
@@ -17,19 +19,24 @@ import (
 type centrifugeLib struct {
 	node *centrifuge.Node
 	ws   http.Handler
+	opts []centrifuge.PublishOption // history workload: WithHistory
 }
 
 func init() {
 	register(&libSpec{
 		name:     "centrifuge",
-		settings: "centrifuge.New(Config{}) defaults (memory broker, no history, 1 MiB client queue, 25 s ping / 10 s pong), NewWebsocketHandler(node, WebsocketConfig{}), JSON protocol, client-side subscribe; business publish: node.Publish; rooms: client publish commands (OnPublish accepts)",
+		settings: "centrifuge.New(Config{}) defaults (memory broker, no history, 1 MiB client queue, 25 s ping / 10 s pong), NewWebsocketHandler(node, WebsocketConfig{}), JSON protocol, client-side subscribe; business publish: node.Publish; rooms: client publish commands (OnPublish accepts); history: node.Publish with WithHistory(100, 10 min), chart's default HistorySize and HistoryTTL, kept by the memory broker (which has no bound on all channels' bytes together, and no inbox of a user's direct messages)",
 		server:   newCentrifugeLib,
 		client:   centrifugeProto,
+
+		keepsChannels: true,
 	})
 }
 
-// newCentrifugeLib builds and runs a centrifuge node.
-func newCentrifugeLib(string) (serverLib, error) {
+// newCentrifugeLib builds and runs a centrifuge node. For the history
+// workload its publishes keep chart's default history: the last 100
+// messages of each channel, at most 10 minutes old.
+func newCentrifugeLib(workload string) (serverLib, error) {
 	node, err := centrifuge.New(centrifuge.Config{})
 	if err != nil {
 		return nil, err
@@ -45,7 +52,17 @@ func newCentrifugeLib(string) (serverLib, error) {
 	if err := node.Run(); err != nil {
 		return nil, err
 	}
-	return &centrifugeLib{node: node, ws: centrifuge.NewWebsocketHandler(node, centrifuge.WebsocketConfig{})}, nil
+	l := &centrifugeLib{node: node, ws: centrifuge.NewWebsocketHandler(node, centrifuge.WebsocketConfig{})}
+	if workload == wlHistory {
+		l.opts = []centrifuge.PublishOption{centrifuge.WithHistory(chart.DefaultHistorySize, chart.DefaultHistoryTTL)}
+	}
+	return l, nil
+}
+
+// keptInChannel returns how many publications channel keeps in its history.
+func (l *centrifugeLib) keptInChannel(channel string) (int, error) {
+	res, err := l.node.History(channel, centrifuge.WithLimit(centrifuge.NoLimit))
+	return len(res.Publications), err
 }
 
 // ServeHTTP authenticates the connection as user uid (the README's auth
@@ -66,6 +83,6 @@ func (l *centrifugeLib) publish(channel string, payload []byte) error {
 	data = append(data, '"')
 	data = append(data, payload...)
 	data = append(data, '"')
-	_, err := l.node.Publish(channel, data)
+	_, err := l.node.Publish(channel, data, l.opts...)
 	return err
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"log"
 	"net/http"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -24,10 +26,23 @@ type chartLib struct {
 func init() {
 	register(&libSpec{
 		name:     "chart",
-		settings: "package-level API on DefaultHub with defaults; NewServer in the HTTP handler, JoinChannelIds from LoginServer, business publish: chart.Publish(channel, Message{Type: 3}); rooms: clients send {\"channel_id\",\"content\",\"type\":3}",
-		server:   newChartLib,
+		settings: "package-level API on DefaultHub with defaults; NewServer in the HTTP handler, JoinChannelIds from LoginServer, business publish: chart.Publish(channel, Message{Type: 3}); rooms: clients send {\"channel_id\",\"content\",\"type\":3}; history: chart.Publish, and chart.SendMessageToUid to uids never connected",
+		server:   newChartHistoryLib,
 		client:   chartProto,
+
+		keepsChannels: true,
+		keepsInboxes:  true,
 	})
+}
+
+// newChartHistoryLib is newChartLib, with DefaultHub replaced by one whose
+// MaxHistoryBytes is BENCH_HISTORY_CAP for the history workload when that
+// is set (-history-cap; the tests use a small cap to reach it quickly).
+func newChartHistoryLib(workload string) (serverLib, error) {
+	if c, _ := strconv.ParseInt(os.Getenv("BENCH_HISTORY_CAP"), 10, 64); workload == wlHistory && c > 0 {
+		chart.DefaultHub = chart.New(chart.Config{MaxHistoryBytes: c})
+	}
+	return newChartLib(workload)
 }
 
 // newChartLib returns the chart adapter; chart state lives in DefaultHub.
@@ -52,6 +67,24 @@ func (l *chartLib) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // publish sends payload as the Content of a type-3 message to channel.
 func (l *chartLib) publish(channel string, payload []byte) error {
 	return chart.Publish(channel, chart.Message{ChannelId: channel, Type: 3, Content: string(payload)})
+}
+
+// keptInChannel returns how many messages channel keeps in its history.
+func (l *chartLib) keptInChannel(channel string) (int, error) {
+	msgs, _, err := chart.DefaultHub.History(channel, 0, 0)
+	return len(msgs), err
+}
+
+// sendDirect sends payload from uid from to uid to, as business code would
+// on behalf of a user: kept in both users' inboxes.
+func (l *chartLib) sendDirect(from, to uint64, payload []byte) error {
+	return chart.SendMessageToUid(from, to, string(payload))
+}
+
+// keptInInbox returns how many direct messages uid's inbox keeps.
+func (l *chartLib) keptInInbox(uid uint64) int {
+	msgs, _ := chart.DefaultHub.InboxHistory(uid, 0, 0)
+	return len(msgs)
 }
 
 // SendMessage is chart's hook for messages sent by clients; the benchmark

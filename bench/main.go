@@ -1,7 +1,9 @@
 // Command bench compares github.com/wuyan94zl/chart with melody,
-// centrifuge and a gorilla/websocket examples/chat-style hub on three
-// workloads over loopback: fan-out from business code, chat rooms, and a
-// connect storm followed by an idle memory measurement.
+// centrifuge and a gorilla/websocket examples/chat-style hub on four
+// workloads over loopback: fan-out from business code, chat rooms, a
+// connect storm followed by an idle memory measurement, and the memory
+// that history (channels' recent messages, offline users' direct
+// messages) costs.
 //
 // One binary plays every role. The driver (the default role) starts one
 // server subprocess per peer and workload (-role server), runs all clients
@@ -10,6 +12,7 @@
 // processes so that each stays below the file descriptor limit.
 //
 //	cd bench && go run . -quick   # smoke run, < 2 minutes, writes out/quick.md
+//	cd bench && go run . -quick -workloads history # history memory only, ~15 s, also printed
 //	cd bench && go run . -all     # full run, writes ../docs/benchmarks.md and ../docs/fanout.svg
 //	cd bench && go run . -cluster # chart on one node vs two nodes over Redis and NATS, writes ../docs/benchmarks-cluster.md
 package main
@@ -52,6 +55,10 @@ type config struct {
 	svg              string
 	strict           bool
 	setups           []string // -cluster: "single", "redis", "nats"
+	histChannels     int      // history: channels filled with their default history
+	histUsers        int      // history: offline users with one direct message each
+	histFlood        int      // history: direct messages to offline users in the flood past MaxHistoryBytes (0: none)
+	histCap          int64    // history: chart's MaxHistoryBytes (0: its default)
 }
 
 // logf prints a progress line to stderr.
@@ -76,13 +83,13 @@ func main() {
 	var (
 		role      = flag.String("role", "driver", "driver (default) or server (internal)")
 		lib       = flag.String("lib", "", "server role: peer to serve")
-		workload  = flag.String("workload", "", "server role: fanout, rooms or storm")
+		workload  = flag.String("workload", "", "server role: fanout, rooms, storm or history")
 		all       = flag.Bool("all", false, "full run of every workload; writes ../docs/benchmarks.md and ../docs/fanout.svg")
 		quick     = flag.Bool("quick", false, "quick smoke run (< 2 min) at reduced scale; writes out/quick.md")
 		cluster   = flag.Bool("cluster", false, "chart on one node vs two nodes sharing a broker (< 5 min); writes ../docs/benchmarks-cluster.md")
 		setups    = flag.String("cluster-setups", "single,redis,nats", "-cluster: setups to run (single: one node, no broker; redis, nats: two nodes)")
 		libsFlag  = flag.String("libs", "", "comma-separated peers (default: all)")
-		wlFlag    = flag.String("workloads", "fanout,rooms,storm", "comma-separated workloads")
+		wlFlag    = flag.String("workloads", "fanout,rooms,storm,history", "comma-separated workloads")
 		subsFlag  = flag.String("fanout-subs", "", "fan-out subscriber counts (default 1000,10000; quick 500,2000)")
 		sizesFlag = flag.String("sizes", "100,1024", "fan-out payload sizes in bytes")
 		fanDur    = flag.Duration("fanout-duration", 0, "publishing time per fan-out phase (default 4s; quick 1s)")
@@ -96,6 +103,10 @@ func main() {
 		sConns    = flag.Int("storm-conns", 0, "connect storm connections (default 10000; quick 2000)")
 		sConc     = flag.Int("storm-concurrency", 64, "connect storm: connections being opened at once")
 		sSeq      = flag.Int("storm-sequential", 0, "after the storm: connections opened one at a time for unloaded connect-to-ready (default 500; quick 200)")
+		hChans    = flag.Int("history-channels", 0, "history workload: channels filled with 100 messages each (default 1000)")
+		hUsers    = flag.Int("history-users", 0, "history workload: offline users sent one direct message each (default 50000)")
+		hFlood    = flag.Int("history-flood", -1, "history workload: direct messages to offline users in the flood past MaxHistoryBytes, 0 for none (default 2000000)")
+		hCap      = flag.Int64("history-cap", 0, "history workload: chart's MaxHistoryBytes (default chart's, 64 MiB)")
 		dialConc  = flag.Int("dial-concurrency", 256, "connections opened at once when setting up fan-out and rooms")
 		pprofFlag = flag.Bool("pprof", true, "profile the server of -profile-lib during the largest fan-out phase")
 		profLib   = flag.String("profile-lib", "chart", "peer whose server is profiled")
@@ -123,6 +134,7 @@ func main() {
 		roomsConns: 10000, roomsRates: floats(*rRate), quietBudget: 4 * time.Minute, roomsSize: *rSize, roomsDuration: 8 * time.Second,
 		stormConns: 10000, stormConcurrency: *sConc, stormSequential: 500, repeat: 3, dialConcurrency: *dialConc,
 		pprof: *pprofFlag, profileLib: *profLib, outDir: *outDir, doc: *doc, svg: *svg, strict: *strict,
+		histChannels: 1000, histUsers: 50000, histFlood: 2000000, histCap: *hCap,
 	}
 	if *quick {
 		cfg.mode = "quick"
@@ -157,6 +169,19 @@ func main() {
 	}
 	if *sConns > 0 {
 		cfg.stormConns = *sConns
+	}
+	if *hChans > 0 {
+		cfg.histChannels = *hChans
+	}
+	if *hUsers > 0 {
+		cfg.histUsers = *hUsers
+	}
+	if *hFlood >= 0 {
+		cfg.histFlood = *hFlood
+	}
+	if cfg.histFlood != 0 && cfg.histFlood/2 <= cfg.histUsers {
+		fmt.Fprintln(os.Stderr, "-history-flood must be 0 or more than twice -history-users")
+		os.Exit(2)
 	}
 	if cfg.doc == "" {
 		cfg.doc = filepath.Join(cfg.outDir, "quick.md")
@@ -200,6 +225,9 @@ func main() {
 	if err := writeReport(cfg, rep); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
 		os.Exit(1)
+	}
+	if len(rep.History) > 0 {
+		fmt.Print(historyMarkdown(rep))
 	}
 	logf("wrote %s, %s and %s", cfg.doc, cfg.svg, filepath.Join(cfg.outDir, "results-"+cfg.mode+".json"))
 	if n := rep.failures(""); n > 0 {
@@ -256,6 +284,10 @@ func run(cfg *config) *report {
 				}
 			case wlStorm:
 				rep.Storm = append(rep.Storm, runStorm(cfg, spec))
+			case wlHistory:
+				if h, ok := runHistory(cfg, spec); ok {
+					rep.History = append(rep.History, h)
+				}
 			default:
 				logf("unknown workload %q skipped", wl)
 			}

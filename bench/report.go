@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/wuyan94zl/chart"
 )
 
 // machine describes where a run happened.
@@ -32,17 +34,18 @@ type libInfo struct {
 
 // report is everything a run produced.
 type report struct {
-	Mode    string         `json:"mode"`
-	Command string         `json:"command"`
-	Date    string         `json:"date"`
-	Seconds float64        `json:"seconds"`
-	Machine machine        `json:"machine"`
-	Params  map[string]any `json:"params"`
-	Libs    []libInfo      `json:"libs"`
-	Fanout  []fanoutResult `json:"fanout"`
-	Rooms   []roomsResult  `json:"rooms"`
-	Storm   []stormResult  `json:"storm"`
-	Profile string         `json:"profile,omitempty"`
+	Mode    string          `json:"mode"`
+	Command string          `json:"command"`
+	Date    string          `json:"date"`
+	Seconds float64         `json:"seconds"`
+	Machine machine         `json:"machine"`
+	Params  map[string]any  `json:"params"`
+	Libs    []libInfo       `json:"libs"`
+	Fanout  []fanoutResult  `json:"fanout"`
+	Rooms   []roomsResult   `json:"rooms"`
+	Storm   []stormResult   `json:"storm"`
+	History []historyResult `json:"history,omitempty"`
+	Profile string          `json:"profile,omitempty"`
 	// BackgroundCPU is the machine's busy CPU (cores) measured for one
 	// second before the run, with nothing of the suite running.
 	BackgroundCPU float64 `json:"background_cores"`
@@ -67,6 +70,8 @@ func newReport(cfg *config) *report {
 			"rooms_payload_bytes": cfg.roomsSize, "rooms_seconds": cfg.roomsDuration.Seconds(),
 			"storm_connections": cfg.stormConns, "storm_concurrency": cfg.stormConcurrency,
 			"setup_dial_concurrency": cfg.dialConcurrency,
+			"history_channels":       cfg.histChannels, "history_offline_users": cfg.histUsers, "history_flood": cfg.histFlood,
+			"history_max_history_bytes": histCap(cfg),
 		},
 		cfg: cfg,
 	}
@@ -97,6 +102,10 @@ func (r *report) failures(lib string) int {
 		count(f.Lib, f.Err)
 	}
 	for _, f := range r.Storm {
+		count(f.Lib, f.Err)
+	}
+	for _, f := range r.History {
+		count(f.Lib, f.ChannelError)
 		count(f.Lib, f.Err)
 	}
 	return n
@@ -297,13 +306,18 @@ func markdown(r *report) string {
 			cost := summaryRow{workload: wl, metric: "server CPU µs per delivery ↓", fmtv: fmtCost, values: map[string]float64{}, failed: map[string]bool{}}
 			p50 := summaryRow{workload: wl, metric: "p50 latency ↓", fmtv: fmtUs, values: map[string]float64{}, failed: map[string]bool{}}
 			p99 := summaryRow{workload: wl, metric: "p99 latency ↓", fmtv: fmtUs, values: map[string]float64{}, failed: map[string]bool{}}
+			found := false
 			for _, f := range r.Fanout {
 				if f.Subs == subs && f.Size == size {
+					found = true
 					rate.values[f.Lib], cost.values[f.Lib], p50.values[f.Lib], p99.values[f.Lib] = f.Rate, perDelivery(f.ServerCPU, f.Rate), f.P50us, f.P99us
 					for _, row := range []summaryRow{rate, cost, p50, p99} {
 						row.failed[f.Lib] = f.Err != ""
 					}
 				}
+			}
+			if !found {
+				continue
 			}
 			add(rate)
 			add(cost)
@@ -357,6 +371,35 @@ func markdown(r *report) string {
 		add(hs)
 		add(rss)
 	}
+	if len(r.History) > 0 {
+		chans := fmt.Sprintf("channel history, %s channels × %d × %d B", groupDigits(int64(r.cfg.histChannels)), chart.DefaultHistorySize, histPayload)
+		users := fmt.Sprintf("offline users, %s × one %d-B direct message", groupDigits(int64(r.cfg.histUsers)), histPayload)
+		flood := fmt.Sprintf("%s direct messages to offline users", groupDigits(int64(r.cfg.histFlood)))
+		hc := summaryRow{workload: chans, metric: "heap per channel ↓", fmtv: fmtMem, values: map[string]float64{}, failed: map[string]bool{}}
+		hm := summaryRow{workload: chans, metric: "heap per kept message ↓", fmtv: fmtMem, values: map[string]float64{}, failed: map[string]bool{}}
+		rc := summaryRow{workload: chans, metric: "RSS per channel ↓", fmtv: fmtMem, values: map[string]float64{}, failed: map[string]bool{}}
+		hu := summaryRow{workload: users, metric: "heap per offline user ↓", fmtv: fmtMem, values: map[string]float64{}, failed: map[string]bool{}}
+		ru := summaryRow{workload: users, metric: "RSS per offline user ↓", fmtv: fmtMem, values: map[string]float64{}, failed: map[string]bool{}}
+		fp := summaryRow{workload: flood, metric: "live heap at the end ↓", fmtv: fmtMem, values: map[string]float64{}, failed: map[string]bool{}}
+		for _, h := range r.History {
+			if h.Channels > 0 {
+				hc.values[h.Lib], hm.values[h.Lib], rc.values[h.Lib] = h.HeapPerChannel, h.HeapPerMessage, h.RSSPerChannel
+				hc.failed[h.Lib], hm.failed[h.Lib], rc.failed[h.Lib] = h.ChannelError != "", h.ChannelError != "", h.ChannelError != ""
+			}
+			if h.Users > 0 {
+				hu.values[h.Lib], ru.values[h.Lib] = h.HeapPerUser, h.RSSPerUser
+				hu.failed[h.Lib], ru.failed[h.Lib] = h.Err != "", h.Err != ""
+			}
+			if len(h.Flood) > 0 {
+				fp.values[h.Lib], fp.failed[h.Lib] = float64(h.Flood[len(h.Flood)-1].Mem.HeapAlloc), h.Err != ""
+			}
+		}
+		for _, row := range []summaryRow{hc, hm, rc, hu, ru, fp} {
+			if len(row.values) > 0 {
+				add(row)
+			}
+		}
+	}
 	w("## Summary\n\n")
 	w("Ratios are chart ÷ peer: above 1 is better for chart where the metric is marked ↑, below 1 is better where it is marked ↓. A figure marked (!) comes from a measurement that lost messages or had errors (see the detail tables).\n\n")
 	var others []string
@@ -378,15 +421,17 @@ func markdown(r *report) string {
 		writeTargets(&b, r)
 	}
 
-	w("## Fan-out\n\n![Fan-out deliveries per second by subscribers and payload](%s)\n\n", filepath.Base(r.cfg.svg))
-	w("One channel, every connection subscribed; business code in the server publishes (chart.Publish, melody Broadcast, centrifuge node.Publish, hub broadcast channel), one publisher. Each payload carries a sequence number and the server's `time.Now()` taken just before the publish call; a client records publish-to-deliver latency at arrival and checks that sequence numbers arrive complete and in order. The publisher is windowed identically for every peer: at most %d messages may be published and not yet received by every subscriber (counted by the clients); publishing stops after %.0f s and the phase ends when every message has reached every subscriber. deliveries/s = messages × subscribers delivered ÷ phase time.\n\n", r.cfg.window, r.cfg.fanoutDuration.Seconds())
-	w("Each configuration is run %d time(s) on the same connections after an unrecorded warm-up; the table shows the run with the median delivery rate (its messages, latencies and CPU) and the range of rates; lost counts every run.\n\n", r.cfg.repeat)
-	w("\"server writes\" and \"client reads\" are the write/writev and read system calls of each process per 1,000 deliveries (from `/proc/<pid>/io`): how much each side batches.\n\n")
-	w("| peer | subscribers | payload | messages | deliveries/s | range | p50 | p99 | lost | server cores | server µs/delivery | client cores | other cores | server writes /1k | client reads /1k | note |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
-	for _, f := range r.Fanout {
-		w("| %s | %s | %s | %s | %s | %s–%s | %s | %s | %d | %.2f | %s | %.2f | %.2f | %.0f | %.0f | %s |\n", f.Lib, groupDigits(int64(f.Subs)), fmtSize(f.Size), groupDigits(f.Published), fmtRate(f.Rate), shortNum(f.MinRate), shortNum(f.MaxRate), fmtUs(f.P50us), fmtUs(f.P99us), f.Lost, f.ServerCPU, fmtCost(perDelivery(f.ServerCPU, f.Rate)), f.ClientCPU, f.OtherCPU, f.WritesPerK, f.ReadsPerK, f.Err)
+	if len(r.Fanout) > 0 {
+		w("## Fan-out\n\n![Fan-out deliveries per second by subscribers and payload](%s)\n\n", filepath.Base(r.cfg.svg))
+		w("One channel, every connection subscribed; business code in the server publishes (chart.Publish, melody Broadcast, centrifuge node.Publish, hub broadcast channel), one publisher. Each payload carries a sequence number and the server's `time.Now()` taken just before the publish call; a client records publish-to-deliver latency at arrival and checks that sequence numbers arrive complete and in order. The publisher is windowed identically for every peer: at most %d messages may be published and not yet received by every subscriber (counted by the clients); publishing stops after %.0f s and the phase ends when every message has reached every subscriber. deliveries/s = messages × subscribers delivered ÷ phase time.\n\n", r.cfg.window, r.cfg.fanoutDuration.Seconds())
+		w("Each configuration is run %d time(s) on the same connections after an unrecorded warm-up; the table shows the run with the median delivery rate (its messages, latencies and CPU) and the range of rates; lost counts every run.\n\n", r.cfg.repeat)
+		w("\"server writes\" and \"client reads\" are the write/writev and read system calls of each process per 1,000 deliveries (from `/proc/<pid>/io`): how much each side batches.\n\n")
+		w("| peer | subscribers | payload | messages | deliveries/s | range | p50 | p99 | lost | server cores | server µs/delivery | client cores | other cores | server writes /1k | client reads /1k | note |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+		for _, f := range r.Fanout {
+			w("| %s | %s | %s | %s | %s | %s–%s | %s | %s | %d | %.2f | %s | %.2f | %.2f | %.0f | %.0f | %s |\n", f.Lib, groupDigits(int64(f.Subs)), fmtSize(f.Size), groupDigits(f.Published), fmtRate(f.Rate), shortNum(f.MinRate), shortNum(f.MaxRate), fmtUs(f.P50us), fmtUs(f.P99us), f.Lost, f.ServerCPU, fmtCost(perDelivery(f.ServerCPU, f.Rate)), f.ClientCPU, f.OtherCPU, f.WritesPerK, f.ReadsPerK, f.Err)
+		}
+		w("\n")
 	}
-	w("\n")
 	if len(r.Rooms) > 0 {
 		w("## Rooms\n\n")
 		w("%s connections in rooms of %d; every user sends a %d-byte payload to its room at a fixed rate, one run per rate (a 1 ms pacer in the client process sends everything due, users visited in a strided order); the send timestamp is taken by the client. Whether a sender also receives its own message is the peer's behaviour and is reported; expected deliveries count it accordingly. A peer that keeps up delivers the offered load (rate × connections × room size per second), so compare latency and server CPU; a peer that does not shows it in latency, lost messages and disconnections.\n\n", groupDigits(int64(r.cfg.roomsConns)), roomSize, r.cfg.roomsSize)
@@ -409,6 +454,9 @@ func markdown(r *report) string {
 			w("| %s | %s | %s | %s | %s | %.2f | %.1f MiB | %.1f MiB |\n", f.Lib, fmtBytes(f.HeapPer), fmtBytes(f.StackPer), fmtBytes(f.HeapStackPer), fmtBytes(f.RSSPer), f.GoroutinePer, float64(f.Idle.HeapInuse)/(1<<20), float64(f.Idle.RSS)/(1<<20))
 		}
 		w("\n")
+	}
+	if len(r.History) > 0 {
+		b.WriteString(historyMarkdown(r))
 	}
 	w("## Peers and settings\n\nNothing is tuned beyond each peer's documented defaults / README usage.\n\n")
 	for _, l := range r.Libs {
@@ -450,20 +498,30 @@ func writeTargets(b *strings.Builder, r *report) {
 		}
 		return "**no**"
 	}
-	fmt.Fprintf(b, "## Targets\n\n| target | measured | met |\n|---|---:|---|\n")
+	var rows strings.Builder
 	if m, ok := minRatio("melody"); ok {
-		fmt.Fprintf(b, "| fan-out deliveries/s ≥ 2× melody (every configuration) | worst %.2f× | %s |\n", m, yes(m >= 2))
+		fmt.Fprintf(&rows, "| fan-out deliveries/s ≥ 2× melody (every configuration) | worst %.2f× | %s |\n", m, yes(m >= 2))
 	}
 	if m, ok := minRatio("centrifuge"); ok {
-		fmt.Fprintf(b, "| fan-out deliveries/s ≥ 1× centrifuge (every configuration) | worst %.2f× | %s |\n", m, yes(m >= 1))
+		fmt.Fprintf(&rows, "| fan-out deliveries/s ≥ 1× centrifuge (every configuration) | worst %.2f× | %s |\n", m, yes(m >= 1))
 	}
 	for _, s := range r.Storm {
 		if s.Lib == "chart" {
-			fmt.Fprintf(b, "| idle RSS per connection ≤ 8 KiB | %s | %s |\n", fmtBytes(s.RSSPer), yes(s.RSSPer > 0 && s.RSSPer <= 8192))
-			fmt.Fprintf(b, "| connect-to-ready p50 ≤ 2 ms, during the storm (%d connecting at once) | %s | %s |\n", s.Concurrency, fmtUs(s.P50us), yes(s.P50us > 0 && s.P50us <= 2000))
-			fmt.Fprintf(b, "| connect-to-ready p50 ≤ 2 ms, one at a time (%d idle connections open) | %s | %s |\n", s.Conns, fmtUs(s.SeqP50us), yes(s.SeqP50us > 0 && s.SeqP50us <= 2000))
+			fmt.Fprintf(&rows, "| idle RSS per connection ≤ 8 KiB | %s | %s |\n", fmtBytes(s.RSSPer), yes(s.RSSPer > 0 && s.RSSPer <= 8192))
+			fmt.Fprintf(&rows, "| connect-to-ready p50 ≤ 2 ms, during the storm (%d connecting at once) | %s | %s |\n", s.Concurrency, fmtUs(s.P50us), yes(s.P50us > 0 && s.P50us <= 2000))
+			fmt.Fprintf(&rows, "| connect-to-ready p50 ≤ 2 ms, one at a time (%d idle connections open) | %s | %s |\n", s.Conns, fmtUs(s.SeqP50us), yes(s.SeqP50us > 0 && s.SeqP50us <= 2000))
 		}
 	}
+	for _, h := range r.History {
+		if h.Lib == "chart" && len(h.Flood) >= 2 {
+			last := h.Flood[len(h.Flood)-1]
+			fmt.Fprintf(&rows, "| memory bounded by MaxHistoryBytes under a flood of direct messages to offline users (%s) | live heap %s at the end, %s kept | %s |\n", groupDigits(int64(last.Sent)), fmtMem(float64(last.Mem.HeapAlloc)), groupDigits(int64(last.Kept)), yes(h.Bounded))
+		}
+	}
+	if rows.Len() == 0 {
+		return
+	}
+	fmt.Fprintf(b, "## Targets\n\n| target | measured | met |\n|---|---:|---|\n%s", rows.String())
 	fmt.Fprintf(b, "\n")
 }
 

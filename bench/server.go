@@ -22,9 +22,10 @@ import (
 // idiomatic publish call (for melody: Broadcast, BroadcastFilter or a
 // direct Session.Write).
 const (
-	wlFanout = "fanout"
-	wlRooms  = "rooms"
-	wlStorm  = "storm"
+	wlFanout  = "fanout"
+	wlRooms   = "rooms"
+	wlStorm   = "storm"
+	wlHistory = "history"
 )
 
 // serverLib is one peer under test, running in the server process.
@@ -46,6 +47,11 @@ type libSpec struct {
 	settings string // documented configuration, shown in the report
 	server   func(workload string) (serverLib, error)
 	client   clientProto
+	// keepsChannels and keepsInboxes say which parts of the history
+	// workload the peer takes part in: its server keeps channel history
+	// (its serverLib is a channelKeeper), and direct messages for offline
+	// users (an inboxKeeper).
+	keepsChannels, keepsInboxes bool
 }
 
 // libs lists the peers known to this binary; each lib_*.go file registers
@@ -89,6 +95,7 @@ type serverStats struct {
 	HeapAlloc  uint64 `json:"heap_alloc"`
 	Sys        uint64 `json:"sys"`
 	RSS        uint64 `json:"rss"`
+	PeakRSS    uint64 `json:"peak_rss"` // VmHWM: the largest RSS since the process started
 	Goroutines int    `json:"goroutines"`
 	NumGC      uint32 `json:"num_gc"`
 	HTTPConns  int64  `json:"http_conns"` // live non-WebSocket HTTP connections
@@ -96,7 +103,11 @@ type serverStats struct {
 }
 
 // readRSS returns VmRSS of this process in bytes, from /proc/self/status.
-func readRSS() uint64 {
+func readRSS() uint64 { return readStatus("VmRSS:") }
+
+// readStatus returns a figure in kB of /proc/self/status, such as "VmRSS:",
+// in bytes.
+func readStatus(key string) uint64 {
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
 		return 0
@@ -105,7 +116,7 @@ func readRSS() uint64 {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := sc.Text()
-		if strings.HasPrefix(line, "VmRSS:") {
+		if strings.HasPrefix(line, key) {
 			fields := strings.Fields(line)
 			if len(fields) >= 2 {
 				kb, _ := strconv.ParseUint(fields[1], 10, 64)
@@ -188,12 +199,14 @@ func runServer(libName, workload string) error {
 			HeapAlloc:  ms.HeapAlloc,
 			Sys:        ms.Sys,
 			RSS:        readRSS(),
+			PeakRSS:    readStatus("VmHWM:"),
 			Goroutines: runtime.NumGoroutine(),
 			NumGC:      ms.NumGC,
 			HTTPConns:  httpConns.Load(),
 			GoVersion:  runtime.Version(),
 		})
 	})
+	handleHistoryCtl(mux, lib)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
