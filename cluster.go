@@ -76,16 +76,21 @@ func (h *Hub) connectBackends() {
 	if b == nil {
 		return
 	}
+	cl := &cluster{hub: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{})}
+	g := &guard{cl: cl, wait: int64(h.cfg.BrokerWait), start: time.Now()}
 	if p, ok := b.(Presence); ok {
-		h.presence = p
+		h.presence = guardedPresence{p, g}
+		g.probe = func() error { _, err := p.IsOnline(0); return err }
 	}
-	var bs *brokerStreams
 	if st, ok := b.(Streams); ok {
-		bs = &brokerStreams{hub: h, s: st, gaps: make(map[topic]struct{})}
-		h.streams, h.ids = bs, brokerIds{h, st}
+		gs := guardedStreams{st, g}
+		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]struct{})}
+		h.streams, h.ids = cl.streams, brokerIds{h, gs}
 		h.seq = newSequencer(h)
+		if g.probe == nil {
+			g.probe = func() error { _, _, err := st.Acked("u:0", 0); return err }
+		}
 	}
-	cl := &cluster{hub: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{}), streams: bs}
 	h.peers = cl
 	if err := b.Attach(cl); err != nil {
 		h.brokerFailed(err)
@@ -119,7 +124,7 @@ type cluster struct {
 
 	streams *brokerStreams // the broker's streams, when it keeps them
 
-	goMu     sync.Mutex // guards starting goroutines from the broker's side against stop
+	goMu     sync.Mutex // guards starting goroutines (spawn) against stop
 	stopped  bool
 	catching atomic.Bool // a catch-up runs
 	again    atomic.Bool // the broker resumed again while it ran
@@ -155,18 +160,12 @@ func (cl *cluster) failed(err error) bool {
 // meanwhile of the streams it follows is read from them and delivered, in
 // order, on another goroutine.
 func (cl *cluster) Resumed() {
-	cl.goMu.Lock()
-	defer cl.goMu.Unlock()
-	if cl.stopped {
-		return
-	}
+	cl.down.Store(false) // it answers: calls go through again
 	if !cl.catching.CompareAndSwap(false, true) {
 		cl.again.Store(true)
 		return
 	}
-	cl.loop.Add(1)
-	go func() {
-		defer cl.loop.Done()
+	if !cl.spawn(func() {
 		for {
 			cl.hub.seq.catchUp()
 			if !cl.again.Swap(false) {
@@ -174,7 +173,25 @@ func (cl *cluster) Resumed() {
 			}
 		}
 		cl.catching.Store(false)
+	}) {
+		cl.catching.Store(false)
+	}
+}
+
+// spawn runs f on a goroutine that stop waits for; false (f not run)
+// once the cluster is stopping.
+func (cl *cluster) spawn(f func()) bool {
+	cl.goMu.Lock()
+	defer cl.goMu.Unlock()
+	if cl.stopped {
+		return false
+	}
+	cl.loop.Add(1)
+	go func() {
+		defer cl.loop.Done()
+		f()
 	}()
+	return true
 }
 
 // BrokerError is the Node method through which the broker reports a

@@ -1,6 +1,7 @@
 package chart_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -225,5 +226,77 @@ func TestCatchUpAfterCut(t *testing.T) {
 	bus.Cut(brokers[0], false)
 	for i := 0; i < 5; i++ {
 		ca.WantContent(fmt.Sprint("missed ", i))
+	}
+}
+
+// TestFailFast: the broker freezes (calls hang, as with a stopped
+// process). The call in flight waits, but once none has completed for
+// BrokerWait the node refuses further broker calls at once: API calls
+// answer within that bound (presence falls back to this node, a direct
+// message to a remote uid fails with ErrBroker, channel messages reach
+// local members), and Shutdown returns within its context. When the
+// broker answers again, so do the calls.
+func TestFailFast(t *testing.T) {
+	bus := chart.NewMemoryBus()
+	c := charttest.StartCluster(t, 2, bus.Broker)
+	a, b := c.Nodes[0], c.Nodes[1]
+	ca := a.Login(t, c.Rec, 1)
+	b.Login(t, c.Rec, 2)
+	a.Hub.JoinChannelIds(1, "room")
+
+	bus.Freeze(true)
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			bus.Freeze(false)
+		}
+	}
+	defer thaw()
+	stuck := make(chan bool)
+	w := bus.Waiting() // the heartbeats' calls may wait too
+	go func() { stuck <- a.Hub.IsOnline(3) }()
+	charttest.Eventually(t, "a call waiting for the frozen bus", func() bool { return bus.Waiting() > w })
+	// Once BrokerWait (50 ms) passed without an answer, calls fail fast.
+	time.Sleep(60 * time.Millisecond) // the condition is time without an answer
+	if err := a.Hub.SendMessageToUid(1, 2, "x"); !errors.Is(err, chart.ErrBrokerDown) {
+		t.Fatalf("SendMessageToUid = %v, want ErrBrokerDown", err)
+	}
+	const bound = 250 * time.Millisecond // BrokerWait is 50 ms; slack for a loaded machine
+	timed := func(what string, call func()) {
+		t.Helper()
+		start := time.Now()
+		call()
+		if d := time.Since(start); d > bound {
+			t.Fatalf("%s took %v with the broker frozen", what, d)
+		}
+	}
+	for i := 0; i < 10; i++ {
+		timed("OnlineUserIds", func() {
+			if got := a.Hub.OnlineUserIds(); !slices.Equal(got, []uint64{1}) {
+				t.Fatalf("OnlineUserIds = %v, want this node's [1]", got)
+			}
+		})
+		timed("SendMessageToUid", func() {
+			if err := a.Hub.SendMessageToUid(1, 2, "x"); !errors.Is(err, chart.ErrBroker) {
+				t.Fatalf("SendMessageToUid = %v, want ErrBroker", err)
+			}
+		})
+		timed("Publish", func() { a.Hub.Publish("room", chart.Message{Content: fmt.Sprint("local ", i)}) })
+		ca.WantContent(fmt.Sprint("local ", i))
+	}
+	thaw()
+	<-stuck
+	charttest.Eventually(t, "the broker answers again", func() bool { return a.Hub.IsOnline(2) })
+
+	// Frozen again: Shutdown returns within its context.
+	bus.Freeze(true)
+	thawed = false
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	a.Hub.Shutdown(ctx)
+	if d := time.Since(start); d > 200*time.Millisecond+bound {
+		t.Fatalf("Shutdown took %v with a 200 ms context", d)
 	}
 }

@@ -31,6 +31,7 @@ const (
 	DefaultInboxTTL          = 24 * time.Hour
 	DefaultMaxHistoryBytes   = 64 << 20
 	DefaultHelloTimeout      = 3 * time.Second
+	DefaultBrokerWait        = 50 * time.Millisecond
 )
 
 // SlowConsumerPolicy says what happens when a connection's send queue is full.
@@ -191,6 +192,12 @@ type Config struct {
 	// cluster's; otherwise each node answers for itself. Nil (the default):
 	// a single node, with no broker call and no goroutine of its own.
 	Broker Broker
+	// BrokerWait is how long broker calls may go without any of them
+	// completing before further calls are refused at once (ErrBrokerDown)
+	// as if the broker were down: a frozen broker holds no API call or
+	// HTTP handler longer. Calls already in flight wait for the broker's
+	// own timeout. Default 50 ms.
+	BrokerWait time.Duration
 }
 
 // withDefaults returns c with every zero field set to its default.
@@ -220,6 +227,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.InboxTTL, DefaultInboxTTL)
 	setDefault(&c.MaxHistoryBytes, DefaultMaxHistoryBytes)
 	setDefault(&c.HelloTimeout, DefaultHelloTimeout)
+	setDefault(&c.BrokerWait, DefaultBrokerWait)
 	if c.ClientIP == nil {
 		c.ClientIP = remoteHost
 	}

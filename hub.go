@@ -87,13 +87,29 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		h.peers.stop()
-		return nil
+		return h.stopPeers(ctx)
 	case <-ctx.Done():
 		for _, c := range h.allConns() {
 			c.abort()
 		}
+		h.stopPeers(ctx)
+		return ctx.Err()
+	}
+}
+
+// stopPeers stops the heartbeat and closes the broker, waiting at most
+// until ctx ends: a broker that does not answer finishes closing (within
+// its own timeouts) after Shutdown returned.
+func (h *Hub) stopPeers(ctx context.Context) error {
+	stopped := make(chan struct{})
+	go func() {
 		h.peers.stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		return nil
+	case <-ctx.Done():
 		return ctx.Err()
 	}
 }

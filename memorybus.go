@@ -30,8 +30,10 @@ type MemoryBus struct {
 	users     map[uint64]*memUser
 	members   map[string]map[uint64]struct{}
 	nodeUsers map[string]map[uint64]struct{}
-	streams   *history // the cluster's streams: made by the first Broker call
-	ids       sends    // the cluster's client message ids
+	streams   *history      // the cluster's streams: made by the first Broker call
+	frozen    chan struct{} // closed to thaw; nil: not frozen
+	waiting   int           // calls waiting for the thaw
+	ids       sends         // the cluster's client message ids
 }
 
 type memUser struct {
@@ -103,6 +105,30 @@ func (b *MemoryBus) SetDown(down bool) {
 	}
 }
 
+// Freeze simulates a backend that stops answering (a stopped process, a
+// network that drops everything): while frozen, every call of every node
+// waits, without timeout, until Freeze(false), except Publish, which fails
+// at once (the message is dropped), as the brokers shipped queue messages
+// without waiting.
+func (b *MemoryBus) Freeze(frozen bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case frozen && b.frozen == nil:
+		b.frozen = make(chan struct{})
+	case !frozen && b.frozen != nil:
+		close(b.frozen)
+		b.frozen = nil
+	}
+}
+
+// Waiting returns the number of calls waiting for a frozen bus.
+func (b *MemoryBus) Waiting() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.waiting
+}
+
 func (b *MemoryBus) ttl() time.Duration {
 	if b.TTL > 0 {
 		return b.TTL
@@ -164,9 +190,18 @@ func (m *memoryBroker) Close() error {
 	return nil
 }
 
-// lock locks the bus and fails while it is down.
+// lock locks the bus and fails while it is down; while it is frozen it
+// waits.
 func (m *memoryBroker) lock() error {
 	m.bus.mu.Lock()
+	for m.bus.frozen != nil {
+		thaw := m.bus.frozen
+		m.bus.waiting++
+		m.bus.mu.Unlock()
+		<-thaw
+		m.bus.mu.Lock()
+		m.bus.waiting--
+	}
 	if m.bus.down || m.cut {
 		m.bus.mu.Unlock()
 		return ErrBusDown
@@ -177,6 +212,12 @@ func (m *memoryBroker) lock() error {
 // Publish hands data to every node subscribed to topic, synchronously, in
 // the caller's goroutine.
 func (m *memoryBroker) Publish(topic string, data []byte) error {
+	m.bus.mu.Lock()
+	frozen := m.bus.frozen != nil
+	m.bus.mu.Unlock()
+	if frozen {
+		return ErrBusDown // dropped, as by a broker client whose buffers are full
+	}
 	if err := m.lock(); err != nil {
 		return err
 	}

@@ -52,7 +52,7 @@ type Options struct {
 	// TTL is how long the node stays alive in presence without heartbeat;
 	// it heartbeats every TTL/3. Default chart.DefaultNodeTTL.
 	TTL time.Duration
-	// Timeout bounds each call. Default 5 s.
+	// Timeout bounds each call. Default 1 s.
 	Timeout time.Duration
 	// FileStorage keeps the buckets on disk. By default they are in
 	// memory: presence is re-published by every node after a server
@@ -112,7 +112,7 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 		opt.TTL = chart.DefaultNodeTTL
 	}
 	if opt.Timeout <= 0 {
-		opt.Timeout = 5 * time.Second
+		opt.Timeout = time.Second
 	}
 	if opt.Replicas <= 0 {
 		opt.Replicas = 1

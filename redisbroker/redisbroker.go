@@ -54,7 +54,7 @@ type Options struct {
 	// TTL is how long the node stays alive in presence without heartbeat;
 	// it heartbeats every TTL/3. Default chart.DefaultNodeTTL.
 	TTL time.Duration
-	// Timeout bounds each Redis call. Default 5 s.
+	// Timeout bounds each Redis call. Default 1 s.
 	Timeout time.Duration
 	// NodeID names the node; default a random id.
 	NodeID string
@@ -149,7 +149,7 @@ func New(rdb redis.UniversalClient, opt Options) *Broker {
 		opt.TTL = chart.DefaultNodeTTL
 	}
 	if opt.Timeout <= 0 {
-		opt.Timeout = 5 * time.Second
+		opt.Timeout = time.Second
 	}
 	if opt.StreamSize <= 0 {
 		opt.StreamSize = DefaultStreamSize

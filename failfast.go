@@ -1,0 +1,226 @@
+package chart
+
+import (
+	"errors"
+	"sync/atomic"
+	"time"
+)
+
+// Failing fast. The hub's calls to the broker's Presence and Streams run
+// on the callers' goroutines: API calls, HTTP handlers, readers. A broker
+// that is down (connections refused) or frozen (a stopped process, a
+// blackholed network) must not hold them. The guard in front of those
+// calls refuses them at once, with ErrBrokerDown, while
+//
+//   - the broker is known to be failing: a call failed and no call has
+//     succeeded since; a probe (one cheap read, at most every probeEvery,
+//     on its own goroutine) finds out when it answers again, as does the
+//     heartbeat;
+//   - or it stopped answering: calls are in flight and none has completed
+//     for Config.BrokerWait (50 ms by default). The calls already in
+//     flight then wait for their own timeouts (the broker's options).
+//
+// Stream reads (recovery) are refused while the broker is failing, but do
+// not count as calls in flight: a long read is not a frozen broker.
+
+// ErrBrokerDown is the error of a broker call refused at once because the
+// broker is failing or has stopped answering; it reaches callers wrapped
+// in an *Error of kind ErrBroker.
+var ErrBrokerDown = errors.New("chart: broker failing, call refused at once")
+
+const probeEvery = 100 * time.Millisecond
+
+// guard is a cluster's fail-fast state. Times are monotonic nanoseconds
+// since start.
+type guard struct {
+	cl       *cluster
+	wait     int64 // Config.BrokerWait
+	start    time.Time
+	inflight atomic.Int64
+	progress atomic.Int64 // the last completion, or the start of a lone call
+	probing  atomic.Bool
+	probed   atomic.Int64
+	probe    func() error // a cheap read of the broker
+}
+
+func (g *guard) now() int64 { return int64(time.Since(g.start)) }
+
+// enter admits a call, or refuses it at once. counted calls must exit.
+func (g *guard) enter(counted bool) error {
+	if g.cl.down.Load() {
+		g.startProbe()
+		return ErrBrokerDown
+	}
+	if !counted {
+		return nil
+	}
+	now := g.now()
+	if g.inflight.Add(1) == 1 {
+		g.progress.Store(now)
+	} else if now-g.progress.Load() > g.wait {
+		g.inflight.Add(-1)
+		return ErrBrokerDown
+	}
+	return nil
+}
+
+// exit records the end of a counted call.
+func (g *guard) exit(err error) {
+	g.progress.Store(g.now())
+	g.inflight.Add(-1)
+	g.done(err)
+}
+
+// done notes that the broker answered: a failure marks it failing (the
+// caller reports it), a success ends that.
+func (g *guard) done(err error) {
+	if err == nil {
+		g.cl.down.Store(false)
+	}
+}
+
+// startProbe checks, on another goroutine and at most every probeEvery,
+// whether a failing broker answers again.
+func (g *guard) startProbe() {
+	now := g.now()
+	if g.probe == nil || now-g.probed.Load() < int64(probeEvery) || !g.probing.CompareAndSwap(false, true) {
+		return
+	}
+	g.probed.Store(now)
+	if !g.cl.spawn(func() {
+		defer g.probing.Store(false)
+		if err := g.probe(); err == nil {
+			g.cl.down.Store(false)
+		}
+	}) {
+		g.probing.Store(false)
+	}
+}
+
+// guarded runs a counted broker call through g.
+func guarded[T any](g *guard, call func() (T, error)) (T, error) {
+	if err := g.enter(true); err != nil {
+		var zero T
+		return zero, err
+	}
+	v, err := call()
+	g.exit(err)
+	return v, err
+}
+
+// guardedPresence is the broker's Presence behind the guard. Heartbeat is
+// not guarded: it is the cluster's own probe, on its own goroutine.
+type guardedPresence struct {
+	p Presence
+	g *guard
+}
+
+func (gp guardedPresence) Connect(uid uint64) (bool, error) {
+	return guarded(gp.g, func() (bool, error) { return gp.p.Connect(uid) })
+}
+
+func (gp guardedPresence) Disconnect(uid uint64) (bool, error) {
+	return guarded(gp.g, func() (bool, error) { return gp.p.Disconnect(uid) })
+}
+
+func (gp guardedPresence) Restore(uid uint64, channelIds []string) error {
+	_, err := guarded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Restore(uid, channelIds) })
+	return err
+}
+
+func (gp guardedPresence) Join(uid uint64, channelIds []string) error {
+	_, err := guarded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Join(uid, channelIds) })
+	return err
+}
+
+func (gp guardedPresence) Leave(uid uint64, channelIds []string) error {
+	_, err := guarded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Leave(uid, channelIds) })
+	return err
+}
+
+func (gp guardedPresence) Channels(uid uint64) ([]string, error) {
+	return guarded(gp.g, func() ([]string, error) { return gp.p.Channels(uid) })
+}
+
+func (gp guardedPresence) Members(channelId string) ([]uint64, error) {
+	return guarded(gp.g, func() ([]uint64, error) { return gp.p.Members(channelId) })
+}
+
+func (gp guardedPresence) Online() ([]uint64, error) {
+	return guarded(gp.g, gp.p.Online)
+}
+
+func (gp guardedPresence) IsOnline(uid uint64) (bool, error) {
+	return guarded(gp.g, func() (bool, error) { return gp.p.IsOnline(uid) })
+}
+
+func (gp guardedPresence) NodeUids() ([]uint64, error) {
+	return guarded(gp.g, gp.p.NodeUids)
+}
+
+func (gp guardedPresence) Heartbeat() ([]uint64, bool, error) {
+	gone, lost, err := gp.p.Heartbeat()
+	gp.g.done(err)
+	return gone, lost, err
+}
+
+func (gp guardedPresence) HeartbeatInterval() time.Duration { return gp.p.HeartbeatInterval() }
+
+// guardedStreams is the broker's Streams behind the guard.
+type guardedStreams struct {
+	s Streams
+	g *guard
+}
+
+func (gs guardedStreams) Append(stream string, data []byte) (uint64, string, error) {
+	var epoch string
+	off, err := guarded(gs.g, func() (uint64, error) {
+		off, e, err := gs.s.Append(stream, data)
+		epoch = e
+		return off, err
+	})
+	return off, epoch, err
+}
+
+func (gs guardedStreams) Read(stream string, after uint64, limit int) ([]StreamEntry, string, bool, uint64, error) {
+	if err := gs.g.enter(false); err != nil {
+		return nil, "", false, 0, err
+	}
+	es, epoch, complete, last, err := gs.s.Read(stream, after, limit)
+	gs.g.done(err)
+	return es, epoch, complete, last, err
+}
+
+func (gs guardedStreams) Ack(stream string, uid uint64, epoch string, offset uint64) error {
+	_, err := guarded(gs.g, func() (struct{}, error) { return struct{}{}, gs.s.Ack(stream, uid, epoch, offset) })
+	return err
+}
+
+func (gs guardedStreams) Acked(stream string, uid uint64) (uint64, string, error) {
+	var epoch string
+	off, err := guarded(gs.g, func() (uint64, error) {
+		off, e, err := gs.s.Acked(stream, uid)
+		epoch = e
+		return off, err
+	})
+	return off, epoch, err
+}
+
+func (gs guardedStreams) Reset(stream string) error {
+	_, err := guarded(gs.g, func() (struct{}, error) { return struct{}{}, gs.s.Reset(stream) })
+	return err
+}
+
+func (gs guardedStreams) Claim(uid uint64, id string) (fresh, done bool, offset uint64, epoch string, err error) {
+	_, err = guarded(gs.g, func() (struct{}, error) {
+		var e error
+		fresh, done, offset, epoch, e = gs.s.Claim(uid, id)
+		return struct{}{}, e
+	})
+	return fresh, done, offset, epoch, err
+}
+
+func (gs guardedStreams) Settle(uid uint64, id string, ok bool, offset uint64, epoch string) error {
+	_, err := guarded(gs.g, func() (struct{}, error) { return struct{}{}, gs.s.Settle(uid, id, ok, offset, epoch) })
+	return err
+}
