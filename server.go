@@ -2,6 +2,7 @@ package chart
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -176,9 +177,19 @@ func (h *Hub) connect(c *Conn) bool {
 
 // closeNow writes a close frame and closes a connection that has no
 // writer goroutine: one that was never registered.
+//
+// Closing at once while the client's frames (a hello, a send) wait unread
+// would make the kernel answer with a reset, and the client would see 1006
+// instead of the code: so the write side is shut first, and what the
+// client still sends is read and dropped until it closes too, at most
+// CloseGrace and 64 KiB.
 func (c *Conn) closeNow(code int, text string) {
 	c.nc.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteWait))
-	c.nc.Write(closeFrame(code, text))
+	_, err := c.nc.Write(closeFrame(code, text))
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && err == nil && cw.CloseWrite() == nil {
+		c.nc.SetReadDeadline(time.Now().Add(c.hub.cfg.CloseGrace))
+		io.CopyN(io.Discard, c.nc, 64<<10)
+	}
 	c.nc.Close()
 }
 

@@ -77,7 +77,12 @@ export interface ChartOptions {
   storage?: Storage;
   /** Prefix of the storage keys (one per user sharing a storage); default "chart". */
   storageKey?: string;
-  /** Backoff: the first delay's cap and the cap of all, in ms (full jitter); default 500 and 30000. */
+  /**
+   * Backoff: the first delay's cap and the cap of all, in ms; default 500 and 30000. A reconnect
+   * waits a random time in [0, min(maxDelay, minDelay·2ⁿ)] (full jitter), n the failures since the
+   * last welcome; after 4008 or 4029 at least half of that. A 4002 on a welcomed connection
+   * reconnects at once (fresh credentials); one before the welcome backs off.
+   */
   minDelay?: number;
   maxDelay?: number;
   /** ms from creating the socket to the welcome before the attempt counts as failed; default 10000. */
@@ -110,6 +115,7 @@ export declare class ChartError extends Error {
 export declare class Chart {
   /** url, or a function (may be async) called before every connect (fresh credentials after a 4002). */
   constructor(url: string | (() => string | Promise<string>), options?: ChartOptions);
+  /** "connecting" from the constructor on (its first "state" event says so too), "open" after each welcome, "closed" once stopped. */
   readonly state: State;
   on(event: "message", fn: (m: Message) => void): () => void;
   on(event: "error", fn: (e: ErrorFrame) => void): () => void;

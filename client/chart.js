@@ -38,6 +38,10 @@ export const CloseCodes = Object.freeze({
 // connection of the user) decided so.
 const STOP_CODES = new Set([CloseCodes.DISCONNECTED, CloseCodes.REFUSED, CloseCodes.REPLACED]);
 
+// Codes by which the server asks for less (slow consumer, rate limited):
+// the reconnect waits at least half its backoff.
+const SLOW_DOWN_CODES = new Set([CloseCodes.SLOW_CONSUMER, CloseCodes.RATE_LIMITED]);
+
 // Error codes that refuse a try, not the message: it stays queued and is
 // sent again later with the same id.
 const RETRY_ERRORS = new Set(["rate_limited", "hub_closed", "broker_failed", "overloaded"]);
@@ -93,7 +97,7 @@ export class Chart {
     if (!this._WebSocket) throw new Error("chart: no WebSocket: pass one as options.WebSocket");
     this._storage = options.storage || memoryStorage();
     this._listeners = new Map();
-    this.state = "closed";
+    this.state = "connecting"; // from the start: it connects in a microtask
     this._stopped = false;
     this._ws = null;
     this._attempt = 0; // failed connects since the last welcome
@@ -115,7 +119,11 @@ export class Chart {
     this._unsaved = new Set(); // "positions", "outbox"
     this._load();
     // Connect after the caller subscribed (it sees "connecting").
-    queueMicrotask(() => this._connect());
+    queueMicrotask(() => {
+      if (this._stopped) return;
+      this._emit("state", "connecting");
+      this._connect();
+    });
   }
 
   // on subscribes fn to an event: "message", "error" (error frames and the
@@ -199,7 +207,7 @@ export class Chart {
       clearTimeout(connectTimer);
       this._stopHeartbeat();
       if (this._ws === ws) this._ws = null;
-      this._closed(code, reason);
+      this._closed(code, reason, welcomed);
     };
     const connectTimer = setTimeout(() => {
       try {
@@ -245,7 +253,8 @@ export class Chart {
     ws.onclose = (ev) => end(ev.code, ev.reason);
   }
 
-  _closed(code, reason) {
+  // _closed follows the close code of a socket; welcomed: it had its welcome.
+  _closed(code, reason, welcomed) {
     this._helloSent = false;
     if (this._stopped) return;
     if (STOP_CODES.has(code)) {
@@ -254,25 +263,29 @@ export class Chart {
       return;
     }
     if (code === CloseCodes.TOO_LARGE) this._dropLargest();
-    if (code === CloseCodes.EXPIRED) {
-      // Fresh credentials: the url (and protocols) functions are called again.
-      this._attempt = 0;
+    if (code === CloseCodes.EXPIRED && welcomed) {
+      // Fresh credentials, at once: the url (and protocols) functions are
+      // called again. A 4002 before the welcome (the fresh credentials had
+      // expired too) backs off as any failure does, or it would loop.
+      clearTimeout(this._timer);
       this._timer = setTimeout(() => this._connect(), 0);
       this._setState("connecting");
       return;
     }
-    this._reconnect();
+    this._reconnect(SLOW_DOWN_CODES.has(code));
   }
 
-  // _reconnect waits a random time below min(maxDelay, minDelay * 2^attempt)
-  // (full jitter), then connects.
-  _reconnect() {
+  // _reconnect waits a random time below cap = min(maxDelay, minDelay *
+  // 2^attempt) (full jitter), then connects; slowDown (the server asked
+  // for less): at least half of cap.
+  _reconnect(slowDown = false) {
     if (this._stopped) return;
     this._setState("connecting");
     const cap = Math.min(this.options.maxDelay, this.options.minDelay * 2 ** this._attempt);
     this._attempt = Math.min(this._attempt + 1, 30);
+    const floor = slowDown ? cap / 2 : 0;
     clearTimeout(this._timer);
-    this._timer = setTimeout(() => this._connect(), Math.random() * cap);
+    this._timer = setTimeout(() => this._connect(), floor + Math.random() * (cap - floor));
   }
 
   _stop() {
@@ -339,7 +352,13 @@ export class Chart {
   // fills the gap from its store). It is not acknowledged: only received
   // messages are.
   _adopt(key, p) {
-    if (!validPosition(p) || !p.epoch) return;
+    if (!validPosition(p)) return;
+    if (!p.epoch) {
+      // An empty stream: kept only as that, so that a reconnect recovers
+      // what it gets meanwhile from its start.
+      if (p.offset === 0 && !this._positions[key]) this._positions[key] = { epoch: "", offset: 0 };
+      return;
+    }
     const cur = this._positions[key];
     if (!p.recovered || !cur || cur.epoch !== p.epoch) {
       if (cur && cur.epoch !== p.epoch) this._leave(key, cur.epoch);

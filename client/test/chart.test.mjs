@@ -1,44 +1,11 @@
 // Tests of client/chart.js against a real hub. Run by the Go test
 // TestClientJS (clientscript_test.go), which starts the hub and sets
-// CHART_URL, CHART_CONTROL and CHART_DEAD_URL.
+// CHART_URL, CHART_CONTROL, CHART_DEAD_URL and CHART_SILENT_URL
+// (helpers.mjs). Close codes and dead connections: failures.test.mjs.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Chart, ChartError } from "../chart.js";
-
-const URL = process.env.CHART_URL;
-const CONTROL = process.env.CHART_CONTROL;
-const DEAD = process.env.CHART_DEAD_URL;
-if (!URL || !CONTROL || !DEAD) throw new Error("run by go test -run TestClientJS (needs CHART_URL, CHART_CONTROL, CHART_DEAD_URL)");
-
-const fast = { minDelay: 20, maxDelay: 200, ackDelay: 20 };
-
-async function ctl(path) {
-  const res = await fetch(CONTROL + path);
-  const body = await res.text();
-  if (!res.ok) throw new Error(`${path}: ${res.status} ${body}`);
-  return body;
-}
-
-async function waitFor(what, cond, ms = 5000) {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error("timed out waiting for " + what);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-// client opens a Chart for uid and records what it sees.
-function client(uid, opts = {}) {
-  const c = new Chart(opts.url || URL + uid, { ...fast, ...opts });
-  const seen = { messages: [], errors: [], states: [], recovered: [] };
-  c.on("message", (m) => seen.messages.push(m));
-  c.on("error", (e) => seen.errors.push(e));
-  c.on("state", (s) => seen.states.push(s));
-  c.on("recovered", (r) => seen.recovered.push(r));
-  return { c, seen, contents: (ch) => seen.messages.filter((m) => m.channel_id === ch).map((m) => m.content) };
-}
-
-const range = (prefix, n, from = 0) => Array.from({ length: n }, (_, i) => prefix + (from + i));
+import { ChartError } from "../chart.js";
+import { URL, DEAD, ctl, waitFor, range, client } from "./helpers.mjs";
 
 test("send resolves with the server's ack, and the message comes back once", async () => {
   const { c, contents } = client(101);
@@ -108,7 +75,7 @@ test("after a cut connection it reconnects and recovers what was published meanw
     await waitFor("open", () => c.state === "open");
     await ctl("/publish?channel=u106&prefix=r&n=5");
     await waitFor("5 messages", () => contents("u106").length === 5);
-    await ctl("/cut");
+    await ctl("/cut?uid=106");
     await ctl("/publish?channel=u106&prefix=r&n=10&from=5"); // published while it is away
     const sent = c.send({ channel_id: "u106", content: "while away", type: 3 });
     await waitFor("15 messages", () => contents("u106").length >= 16, 8000);

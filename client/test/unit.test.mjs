@@ -82,6 +82,28 @@ async function nextSocket(ws) {
 
 const msg = (ch, offset, epoch = "e", content = "m" + offset) => ({ channel_id: ch, user_id: 1, type: 3, content, offset, epoch });
 
+test("a new client is connecting from the start and says so once; closed before it started, it opens no socket", async () => {
+  FakeWS.all = [];
+  const c = new Chart("ws://fake/", { WebSocket: FakeWS, heartbeat: 0 });
+  const states = [];
+  c.on("state", (s) => states.push(s));
+  assert.equal(c.state, "connecting");
+  await tick();
+  assert.equal(FakeWS.all.length, 1);
+  assert.deepEqual(states, ["connecting"]);
+  c.close();
+  assert.deepEqual(states, ["connecting", "closed"]);
+
+  const d = new Chart("ws://fake/", { WebSocket: FakeWS, heartbeat: 0 });
+  const dStates = [];
+  d.on("state", (s) => dStates.push(s));
+  d.close();
+  await tick();
+  assert.equal(d.state, "closed");
+  assert.deepEqual(dStates, ["closed"]);
+  assert.equal(FakeWS.all.length, 1, "no socket for a client closed at once");
+});
+
 test("a failing storage loses no message, and send still returns a promise", async () => {
   const store = memStore();
   const { c, ws, seen } = await start({ storage: store });
@@ -256,6 +278,25 @@ test("sends go out in a window, in order; rate_limited pauses them without error
     assert.equal(JSON.parse(store.m.get("chart.outbox")).length, 0);
     assert.ok(store.writes - writes < 60, "storage writes: " + (store.writes - writes));
     assert.deepEqual(seen.errors, []);
+  } finally {
+    c.close();
+  }
+});
+
+test("an empty channel in the welcome is kept as an empty stream and said in the next hello, until its first message", async () => {
+  const { c, ws } = await start({}, { channels: { quiet: { epoch: "", offset: 0, recovered: false } }, inbox: { epoch: "i", offset: 0, recovered: true } });
+  try {
+    ws.drop(1006);
+    const ws2 = await nextSocket(ws);
+    ws2.open();
+    assert.deepEqual(JSON.parse(ws2.sent[0]).hello.channels, { quiet: { epoch: "", offset: 0 } });
+    ws2.recv({ welcome: { channels: { quiet: { epoch: "q", offset: 2, recovered: true } } } });
+    ws2.recv(msg("quiet", 1, "q"));
+    ws2.recv(msg("quiet", 2, "q"));
+    ws2.drop(1006);
+    const ws3 = await nextSocket(ws2);
+    ws3.open();
+    assert.deepEqual(JSON.parse(ws3.sent[0]).hello.channels, { quiet: { epoch: "q", offset: 2 } });
   } finally {
     c.close();
   }
