@@ -13,6 +13,7 @@ import (
 
 // The JSON API the page uses next to its WebSocket:
 //
+//	GET  /api/config              {"heartbeat":10000,"heartbeatTimeout":10000,"maxDelay":10000}
 //	GET  /api/online              {"version":3,"users":[{"uid":7,"name":"Ann"}]}
 //	GET  /api/channels?uid=7      {"channels":["go","lobby"]}
 //	POST /api/join   {"uid":7,"channels":["go"]}  -> {"channels":["go","lobby"]}
@@ -39,6 +40,12 @@ type channelsResponse struct {
 type apiError struct {
 	Error   string `json:"error"`
 	Message string `json:"message"`
+}
+
+// apiConfig gives the page its chart.js timing (see clientOptions): fixed
+// by the operator's flags, it takes no input.
+func (a *app) apiConfig(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.client)
 }
 
 func (a *app) apiOnline(w http.ResponseWriter, r *http.Request) {

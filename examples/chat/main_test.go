@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -302,5 +303,143 @@ func waitOffline(t *testing.T, uids ...uint64) {
 			}
 			<-tick.C
 		}
+	}
+}
+
+// TestClientScriptAndConfig checks what the page loads besides itself: the
+// library's client at /chart.js and its timing at /api/config.
+func TestClientScriptAndConfig(t *testing.T) {
+	a := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a.client = clientOptions{Heartbeat: 500, HeartbeatTimeout: 1500, MaxDelay: 1000}
+	srv := startDemo(t, a.routes())
+
+	res, err := http.Get(srv.URL + "/chart.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/javascript") ||
+		!strings.Contains(string(script), "export class Chart") {
+		t.Errorf("/chart.js: HTTP %d, %s, %.60q; want the client as JavaScript", res.StatusCode, res.Header.Get("Content-Type"), script)
+	}
+
+	// The page imports it from there.
+	res, err = http.Get(srv.URL + "/app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !strings.Contains(string(app), `from '/chart.js'`) {
+		t.Errorf("/app.js does not import /chart.js")
+	}
+
+	res, err = http.Get(srv.URL + "/api/config?heartbeat=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got clientOptions
+	err = json.NewDecoder(res.Body).Decode(&got)
+	res.Body.Close()
+	if err != nil || got != a.client || res.Header.Get("Cache-Control") != "no-store" {
+		t.Errorf("/api/config = %+v (%v, Cache-Control %q), want %+v, no-store; the query changes nothing",
+			got, err, res.Header.Get("Cache-Control"), a.client)
+	}
+}
+
+func TestNewClientOptions(t *testing.T) {
+	ms := time.Millisecond
+	if got, err := newClientOptions(10*time.Second, 10*time.Second, 10*time.Second); err != nil || got != defaultClientOptions {
+		t.Errorf("the flags' defaults give %+v, %v; want %+v", got, err, defaultClientOptions)
+	}
+	if got, err := newClientOptions(0, 100*ms, time.Hour); err != nil || got.Heartbeat != 0 || got.MaxDelay != 3600000 {
+		t.Errorf("heartbeat off, bounds: %+v, %v", got, err)
+	}
+	for _, tc := range [][3]time.Duration{
+		{99 * ms, time.Second, time.Second},
+		{time.Second, 0, time.Second},
+		{time.Second, time.Second, 0},
+		{-time.Second, time.Second, time.Second},
+		{time.Second, time.Hour + ms, time.Second},
+	} {
+		if _, err := newClientOptions(tc[0], tc[1], tc[2]); err == nil {
+			t.Errorf("newClientOptions(%v, %v, %v) accepted, want an error", tc[0], tc[1], tc[2])
+		}
+	}
+}
+
+// TestChannelsRememberedAcrossReconnect: a user who reconnects is back in
+// the channels they had before their page's first frame is read, so that
+// a chart.js page recovers what was sent there meanwhile.
+func TestChannelsRememberedAcrossReconnect(t *testing.T) {
+	srv := newTestServer(t)
+	ann := dial(t, srv, "id=41&name=Ann")
+	ann.nextPresence(41)
+	postChannels(t, srv.URL, "join", 41, "go")
+	postChannels(t, srv.URL, "leave", 41, lobbyChannel)
+	ann.ws.Close()
+	waitOffline(t, 41)
+
+	ann = dial(t, srv, "id=41&name=Ann")
+	ann.nextPresence(41)
+	res, err := http.Get(srv.URL + "/api/channels?uid=41")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got channelsResponse
+	err = json.NewDecoder(res.Body).Decode(&got)
+	res.Body.Close()
+	if err != nil || !slices.Equal(got.Channels, []string{"go"}) {
+		t.Errorf("channels after reconnecting = %q (%v), want [go]: the ones Ann had, lobby left", got.Channels, err)
+	}
+	if !slices.Contains(chart.UserChannelIds(41), presenceChannel) {
+		t.Errorf("Ann is not back in the presence channel: %q", chart.UserChannelIds(41))
+	}
+	ann.ws.Close()
+	waitOffline(t, 41)
+}
+
+// TestRememberExpiresAndIsBounded: channels are kept for rememberFor, for
+// maxRemembered users, maxRememberedChannels each.
+func TestRememberExpiresAndIsBounded(t *testing.T) {
+	a := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	a.now = func() time.Time { return now }
+
+	a.remember(1, []string{"go"})
+	if got, ok := a.recall(1); !ok || !slices.Equal(got, []string{"go"}) {
+		t.Errorf("recall = %q, %v; want [go], true", got, ok)
+	}
+	if _, ok := a.recall(1); ok {
+		t.Error("a second recall found the channels again, want them forgotten")
+	}
+
+	a.remember(2, []string{"go"})
+	now = now.Add(rememberFor + time.Second)
+	if got, ok := a.recall(2); ok {
+		t.Errorf("recall after rememberFor = %q, want nothing", got)
+	}
+
+	many := make([]string, maxRememberedChannels+10)
+	for i := range many {
+		many[i] = fmt.Sprintf("c%03d", i)
+	}
+	a.remember(3, many)
+	if got, _ := a.recall(3); len(got) != maxRememberedChannels {
+		t.Errorf("kept %d channels of %d, want %d", len(got), len(many), maxRememberedChannels)
+	}
+
+	for uid := uint64(1); uid <= maxRemembered+100; uid++ {
+		a.remember(uid, []string{"go"})
+		if uid == maxRemembered/2 {
+			now = now.Add(rememberFor + time.Second) // the first half expires
+		}
+	}
+	if n := len(a.left); n > maxRemembered {
+		t.Errorf("%d users remembered, want at most %d", n, maxRemembered)
+	}
+	if _, ok := a.recall(maxRemembered + 100); !ok {
+		t.Error("the last user remembered was forgotten")
 	}
 }

@@ -114,13 +114,15 @@ type demoServer struct {
 	t      *testing.T
 	bin    string
 	addr   string
+	args   []string // flags after -addr
 	logs   *syncBuffer
 	cmd    *exec.Cmd
 	exited chan struct{}
 }
 
-func newDemoServer(t *testing.T, bin, addr string) *demoServer {
-	s := &demoServer{t: t, bin: bin, addr: addr, logs: &syncBuffer{}}
+// newDemoServer prepares the demo binary on addr, with more flags if given.
+func newDemoServer(t *testing.T, bin, addr string, args ...string) *demoServer {
+	s := &demoServer{t: t, bin: bin, addr: addr, args: args, logs: &syncBuffer{}}
 	t.Cleanup(func() {
 		s.kill()
 		logs := s.logs.String()
@@ -139,8 +141,9 @@ func (s *demoServer) URL() string { return "http://" + s.addr }
 // start runs the binary and waits until it serves the page.
 func (s *demoServer) start() {
 	s.t.Helper()
-	fmt.Fprintf(s.logs, "--- starting %s -addr %s\n", s.bin, s.addr)
-	cmd := exec.Command(s.bin, "-addr", s.addr)
+	args := append([]string{"-addr", s.addr}, s.args...)
+	fmt.Fprintf(s.logs, "--- starting %s %s\n", s.bin, strings.Join(args, " "))
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = s.logs, s.logs
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("start demo: %v", err)
@@ -300,10 +303,12 @@ func (p *page) describe() string {
 	var s string
 	err := chromedp.Run(ctx, chromedp.Evaluate(`JSON.stringify({
 		connection: document.querySelector('[data-testid="connection"]')?.textContent,
+		connectionStates: window.__connectionStates,
 		ready: document.getElementById('app')?.dataset.ready,
 		channels: [...document.querySelectorAll('[data-testid="channel"]')].map(e => e.textContent),
 		online: [...document.querySelectorAll('[data-testid="online"]')].map(e => e.textContent),
-		messages: [...document.querySelectorAll('[data-testid="message"]')].map(e => e.textContent),
+		messages: [...document.querySelectorAll('[data-testid="message"], [data-testid="gap"]')].map(e => e.textContent),
+		pending: document.querySelector('[data-testid="pending"]')?.textContent,
 		errors: [...document.querySelectorAll('[data-testid="error"]')].map(e => e.textContent),
 	})`, &s))
 	if err != nil {
@@ -351,7 +356,8 @@ func (p *page) login(base string, uid int, name string) {
 	p.waitReady()
 }
 
-// connection returns the text of the connection state element.
+// connection returns the text of the connection state element: chart.js's
+// state, "connecting", "open" or "closed".
 func (p *page) connection() string {
 	p.t.Helper()
 	var s string
@@ -359,12 +365,47 @@ func (p *page) connection() string {
 	return s
 }
 
-// waitReady waits for "connected" and for the page to have synchronised
-// its channels after (re)connecting.
+// waitReady waits for "open" and for the page to have synchronised its
+// channels after (re)connecting.
 func (p *page) waitReady() {
 	p.t.Helper()
-	p.waitFor("connected and synchronised", `document.querySelector('[data-testid="connection"]').textContent === "connected" &&
+	p.waitFor("open and synchronised", `document.querySelector('[data-testid="connection"]').textContent === "open" &&
 		document.getElementById("app").dataset.ready === "true"`)
+}
+
+// watchConnection records, from now on, every state the connection element
+// shows (its data-state) in window.__connectionStates, starting with the
+// current one. A MutationObserver sees every change, however brief, which
+// polling could miss.
+func (p *page) watchConnection() {
+	p.t.Helper()
+	p.eval("watch the connection state", `(() => {
+		const el = document.querySelector('[data-testid="connection"]');
+		window.__connectionStates = [el.dataset.state];
+		if (window.__connectionObserver) return;
+		window.__connectionObserver = new MutationObserver((records) => {
+			// Each record holds the value before its change: the value after
+			// it is the next record's old value, or, for the last, the current.
+			records.forEach((r, i) => window.__connectionStates.push(
+				i + 1 < records.length ? records[i + 1].oldValue : el.dataset.state));
+		});
+		window.__connectionObserver.observe(el, {attributes: true, attributeFilter: ["data-state"], attributeOldValue: true});
+	})()`, nil)
+}
+
+// connectionStates returns the states recorded since watchConnection, a
+// state repeated in a row once.
+func (p *page) connectionStates() []string {
+	p.t.Helper()
+	var all []string
+	p.eval("read the connection states", `window.__connectionStates || []`, &all)
+	var out []string
+	for _, s := range all {
+		if len(out) == 0 || out[len(out)-1] != s {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // join joins a channel with the channel input and the join button and waits

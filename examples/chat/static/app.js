@@ -1,305 +1,452 @@
-// The chat demo's page. Plain JavaScript, no build step.
+// The chat demo's page: an ES module on chart.js, the library's JavaScript
+// client (served by the demo at /chart.js), no build step.
 //
 // Data flow:
-//   - chat messages go over one WebSocket (/ws?id=UID&name=NAME) in chart's
-//     wire format: we send {"channel_id","content","type":3} or
-//     {"to_user_id","content","type":3}; the server sends Message objects and
-//     error frames ({"error": code, "message": text, ...}).
+//   - chat messages go through chart.js over one WebSocket
+//     (/ws?id=UID&name=NAME, protocol chart.v1): the page sends
+//     {"channel_id","content","type":3} or {"to_user_id","content","type":3}
+//     with `await chart.send(...)`, which resolves when the server has
+//     acknowledged the message and rejects with the server's error code
+//     when it refused it. chart.js reconnects by itself (backoff), resumes
+//     every stream where the page left it, so that a cut or a reload loses
+//     and doubles nothing, and keeps unsent messages until they are
+//     acknowledged.
 //   - joining and leaving channels uses the JSON API (/api/join, /api/leave).
 //   - presence is pushed: the server publishes the full online list, with a
 //     version number, to the "presence" channel on every login and logout.
 //     /api/online is fetched once per connection; older versions are ignored.
+//   - chart.js's timing (heartbeat, backoff) comes from /api/config, which
+//     the server's flags set; nothing is read from the page's own URL.
+//
+// What a tab keeps in its sessionStorage (per tab, so two tabs never share
+// an outbox; it survives a reload): who is signed in, chart.js's positions
+// and unsent messages, and the conversation shown. A reload thus shows the
+// same conversation, then what arrived meanwhile, each message once.
+// Signing out forgets all of it.
+//
+// The connection's state is always shown in #connection (data-testid
+// "connection"): its text and data-state are chart.js's state, "connecting",
+// "open" or "closed". #app's data-ready is "true" once the socket is open
+// and the channel list synchronised.
 //
 // Every piece of user-supplied text is rendered with textContent.
-'use strict';
+import { Chart } from '/chart.js';
 
-(() => {
-  const PRESENCE_CHANNEL = 'presence';
-  const PRESENCE_TYPE = 1;
-  const TEXT_TYPE = 3;
-  const MAX_KEPT = 500; // messages kept per conversation
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 10000;
+const PRESENCE_CHANNEL = 'presence';
+const PRESENCE_TYPE = 1;
+const TEXT_TYPE = 3;
+const MAX_KEPT = 500; // messages kept per conversation
+const MAX_SAVED = 200; // of which kept across a reload
+const SESSION_KEY = 'chart-demo.session'; // sessionStorage: who is signed in in this tab
+const LOGIN_KEY = 'chart-demo-login'; // localStorage: prefills the sign-in form
 
-  const byId = (id) => document.getElementById(id);
-  const el = {
-    loginScreen: byId('login-screen'),
-    loginForm: byId('login-form'),
-    loginUid: byId('login-uid'),
-    loginName: byId('login-name'),
-    loginError: byId('login-error'),
-    app: byId('app'),
-    menu: byId('menu'),
-    scrim: byId('scrim'),
-    convTitle: byId('conv-title'),
-    connection: byId('connection'),
-    connDetail: byId('conn-detail'),
-    retryNow: byId('retry-now'),
-    meAvatar: byId('me-avatar'),
-    meName: byId('me-name'),
-    meUid: byId('me-uid'),
-    logout: byId('logout'),
-    channelForm: byId('channel-form'),
-    channelInput: byId('channel-input'),
-    leave: byId('leave'),
-    channels: byId('channels'),
-    online: byId('online'),
-    onlineCount: byId('online-count'),
-    errors: byId('errors'),
-    messages: byId('messages'),
-    empty: byId('empty'),
-    emptyText: byId('empty-text'),
-    composer: byId('composer'),
-    dmUid: byId('dm-uid'),
-    dmClear: byId('dm-clear'),
-    messageInput: byId('message-input'),
-    send: byId('send'),
-  };
+const byId = (id) => document.getElementById(id);
+const el = {
+  loginScreen: byId('login-screen'),
+  loginForm: byId('login-form'),
+  loginUid: byId('login-uid'),
+  loginName: byId('login-name'),
+  loginError: byId('login-error'),
+  app: byId('app'),
+  menu: byId('menu'),
+  scrim: byId('scrim'),
+  convTitle: byId('conv-title'),
+  connection: byId('connection'),
+  connDetail: byId('conn-detail'),
+  retryNow: byId('retry-now'),
+  meAvatar: byId('me-avatar'),
+  meName: byId('me-name'),
+  meUid: byId('me-uid'),
+  logout: byId('logout'),
+  channelForm: byId('channel-form'),
+  channelInput: byId('channel-input'),
+  leave: byId('leave'),
+  channels: byId('channels'),
+  online: byId('online'),
+  onlineCount: byId('online-count'),
+  errors: byId('errors'),
+  messages: byId('messages'),
+  pending: byId('pending'),
+  empty: byId('empty'),
+  emptyText: byId('empty-text'),
+  composer: byId('composer'),
+  dmUid: byId('dm-uid'),
+  dmClear: byId('dm-clear'),
+  messageInput: byId('message-input'),
+  send: byId('send'),
+};
 
-  const state = {
-    uid: 0,
-    name: '',
-    ws: null,
-    wanted: false, // the user is signed in, so keep reconnecting
-    attempt: 0, // failed connection attempts in a row
-    retryAt: 0,
-    retryTimer: 0,
-    countdownTimer: 0,
-    everConnected: false,
-    restoreChannels: false, // after a reconnect, rejoin what we had
-    channels: [], // joined channels, sorted, presence excluded
-    selected: null,
-    history: new Map(), // channel -> [entry]
-    direct: [], // direct messages, shown in every conversation
-    unread: new Map(),
-    names: new Map(), // uid -> display name, from presence
-    online: [],
-    presenceVersion: -1,
-    seq: 0,
-  };
-
-  // ---- small helpers -------------------------------------------------
-
-  function make(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
+// The tab's storage, or none when the browser refuses it (chart.js then
+// keeps its positions in memory).
+const tabStorage = (() => {
+  try {
+    const s = window.sessionStorage;
+    s.getItem(SESSION_KEY);
+    return s;
+  } catch (_) {
+    return null;
   }
+})();
 
-  // A stable colour per user, from a palette of hues that read well.
-  const HUES = [250, 205, 160, 15, 330, 275, 185, 35, 300, 225];
+// chart.js's timing, as the server's flags set it. A page that cannot get
+// it uses chart.js's defaults.
+const configLoaded = api('GET', '/api/config').catch(() => ({}));
 
-  function hue(uid) {
-    return HUES[Number(uid) % HUES.length];
+const state = {
+  uid: 0,
+  name: '',
+  chart: null, // the Chart of the signed-in user
+  wanted: false, // signed in
+  everOpen: false, // open at least once since signing in: "connecting" is a reconnect
+  welcomed: false, // recovered at least once, or the tab kept a conversation
+  stopReason: '', // why the server stopped the client, shown next to "closed"
+  syncGen: 0, // bumped on every welcome: an older synchronisation gives up
+  restoreChannels: false, // after a reconnect, rejoin what we had
+  channels: [], // joined channels, sorted, presence excluded
+  selected: null,
+  history: new Map(), // channel -> [entry]
+  direct: [], // direct messages, shown in every conversation
+  unread: new Map(),
+  names: new Map(), // uid -> display name, from presence
+  online: [],
+  presenceVersion: -1,
+  seq: 0, // orders entries by arrival
+  sending: 0, // sends awaiting the server's answer
+  saveQueued: false,
+  saveFailed: false,
+};
+
+// Error frames that answered one of this page's sends: the send's rejection
+// shows them, the error event must not show them again.
+const answered = new Set();
+
+// ---- small helpers -------------------------------------------------
+
+function make(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// A stable colour per user, from a palette of hues that read well.
+const HUES = [250, 205, 160, 15, 330, 275, 185, 35, 300, 225];
+
+function hue(uid) {
+  return HUES[Number(uid) % HUES.length];
+}
+
+function avatar(uid, size) {
+  const a = make('span', 'avatar' + (size ? ' avatar-' + size : ''));
+  a.style.setProperty('--hue', String(hue(uid)));
+  a.textContent = initial(displayName(uid));
+  a.setAttribute('aria-hidden', 'true');
+  return a;
+}
+
+function initial(name) {
+  const ch = Array.from(name.replace(/^user\s+/, ''))[0] || '?';
+  return ch.toUpperCase();
+}
+
+function displayName(uid) {
+  const n = state.names.get(Number(uid));
+  return n ? n : 'user ' + uid;
+}
+
+function shortTime(sendTime) {
+  // send_time is "2006-01-02 15:04:05" in the server's zone.
+  const m = /(\d{2}):(\d{2})(?::\d{2})?$/.exec(sendTime || '');
+  return m ? m[1] + ':' + m[2] : '';
+}
+
+function isPositiveInt(s) {
+  return /^\d+$/.test(s) && Number(s) > 0 && Number.isSafeInteger(Number(s));
+}
+
+function preview(text) {
+  const chars = Array.from(text);
+  return chars.length > 40 ? chars.slice(0, 40).join('') + '\u2026' : text;
+}
+
+const delay = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function api(method, path, body) {
+  // A request through a dead connection must not hang for ever.
+  const opts = { method, headers: {}, signal: AbortSignal.timeout(10000) };
+  if (body !== undefined) {
+    opts.headers['Content-Type'] = 'application/json';
+    opts.body = JSON.stringify(body);
   }
-
-  function avatar(uid, size) {
-    const a = make('span', 'avatar' + (size ? ' avatar-' + size : ''));
-    a.style.setProperty('--hue', String(hue(uid)));
-    a.textContent = initial(displayName(uid));
-    a.setAttribute('aria-hidden', 'true');
-    return a;
+  const res = await fetch(path, opts);
+  let data = null;
+  try {
+    data = await res.json();
+  } catch (_) {
+    // not JSON: fall through to the status check
   }
-
-  function initial(name) {
-    const ch = Array.from(name.replace(/^user\s+/, ''))[0] || '?';
-    return ch.toUpperCase();
+  if (!res.ok) {
+    throw new Error((data && data.message) || 'request failed (' + res.status + ')');
   }
+  return data;
+}
 
-  function displayName(uid) {
-    const n = state.names.get(Number(uid));
-    return n ? n : 'user ' + uid;
+function storageGet(key) {
+  try {
+    return tabStorage ? tabStorage.getItem(key) : null;
+  } catch (_) {
+    return null;
   }
+}
 
-  function shortTime(sendTime) {
-    // send_time is "2006-01-02 15:04:05" in the server's zone.
-    const m = /(\d{2}):(\d{2})(?::\d{2})?$/.exec(sendTime || '');
-    return m ? m[1] + ':' + m[2] : '';
+function storageSet(key, value) {
+  if (!tabStorage) return false;
+  try {
+    tabStorage.setItem(key, value);
+    return true;
+  } catch (_) {
+    return false;
   }
+}
 
-  function isPositiveInt(s) {
-    return /^\d+$/.test(s) && Number(s) > 0 && Number.isSafeInteger(Number(s));
+function storageRemove(key) {
+  try {
+    if (tabStorage) tabStorage.removeItem(key);
+  } catch (_) {
+    // nothing to forget
   }
+}
 
-  async function api(method, path, body) {
-    const opts = { method, headers: {} };
-    if (body !== undefined) {
-      opts.headers['Content-Type'] = 'application/json';
-      opts.body = JSON.stringify(body);
-    }
-    const res = await fetch(path, opts);
-    let data = null;
-    try {
-      data = await res.json();
-    } catch (_) {
-      // not JSON: fall through to the status check
-    }
-    if (!res.ok) {
-      throw new Error((data && data.message) || 'request failed (' + res.status + ')');
-    }
-    return data;
+// ---- errors ----------------------------------------------------------
+
+const ERROR_TITLES = {
+  not_joined: 'Not in that channel',
+  rate_limited: 'Slow down',
+  too_large: 'Message too large',
+  user_offline: 'User offline',
+  bad_message: 'Message rejected',
+  invalid_channel: 'Invalid channel',
+  read_only: 'Read-only channel',
+  refused: 'Refused',
+  overloaded: 'Server busy',
+  hub_closed: 'Server stopping',
+  closed: 'Disconnected',
+  storage: 'Not saved',
+  protocol: 'Cannot connect',
+  connect_failed: 'Cannot connect',
+  sync: 'Out of sync',
+};
+
+// showError shows a toast; code, when given, is shown too (and kept in
+// data-code, which tests read).
+function showError(text, code) {
+  const box = make('div', 'toast');
+  box.dataset.testid = 'error';
+  box.setAttribute('role', 'alert');
+  if (code) box.dataset.code = code;
+  const title = make('strong', '', ERROR_TITLES[code] || 'Error');
+  const body = make('span', '', text);
+  if (code) {
+    body.append(' ');
+    body.append(make('code', 'toast-code', code));
   }
+  const close = make('button', 'toast-close', '\u00d7');
+  close.type = 'button';
+  close.setAttribute('aria-label', 'Dismiss');
+  close.addEventListener('click', () => box.remove());
+  box.append(title, body, close);
+  el.errors.append(box);
+  while (el.errors.children.length > 3) el.errors.firstChild.remove();
+  setTimeout(() => box.remove(), 8000);
+}
 
-  // ---- errors ----------------------------------------------------------
+// ---- connection ----------------------------------------------------
 
-  const ERROR_TITLES = {
-    not_joined: 'Not in that channel',
-    rate_limited: 'Slow down',
-    too_large: 'Message too large',
-    user_offline: 'User offline',
-    bad_message: 'Message rejected',
-    invalid_channel: 'Invalid channel',
-  };
+// setConnection shows chart.js's state: "connecting", "open" or "closed".
+function setConnection(s) {
+  el.connection.textContent = s; // exactly one word: automation reads it
+  el.connection.dataset.state = s;
+  el.app.dataset.connection = s;
+  let detail = '';
+  if (s === 'connecting' && state.everOpen) detail = 'reconnecting\u2026';
+  else if (s === 'closed') detail = state.wanted ? state.stopReason : 'signed out';
+  el.connDetail.textContent = detail;
+  el.retryNow.hidden = !state.wanted || s === 'open';
+  el.retryNow.textContent = s === 'closed' ? 'Reconnect' : 'Retry now';
+}
 
-  function showError(text, code) {
-    const box = make('div', 'toast');
-    box.dataset.testid = 'error';
-    box.setAttribute('role', 'alert');
-    if (code) box.dataset.code = code;
-    const title = make('strong', '', ERROR_TITLES[code] || 'Error');
-    const body = make('span', '', text);
-    const close = make('button', 'toast-close', '\u00d7');
-    close.type = 'button';
-    close.setAttribute('aria-label', 'Dismiss');
-    close.addEventListener('click', () => box.remove());
-    box.append(title, body, close);
-    el.errors.append(box);
-    while (el.errors.children.length > 3) el.errors.firstChild.remove();
-    setTimeout(() => box.remove(), 8000);
+function setReady(ready) {
+  // data-ready: open and channels synchronised. Tests wait on it.
+  el.app.dataset.ready = ready ? 'true' : 'false';
+  if (ready) settleReady(true);
+}
+
+let readyWaiters = [];
+
+// whenReady resolves true once the page is ready again, false if the user
+// signs out first.
+function whenReady() {
+  return new Promise((resolve) => readyWaiters.push(resolve));
+}
+
+function settleReady(ok) {
+  const waiters = readyWaiters;
+  readyWaiters = [];
+  for (const resolve of waiters) resolve(ok);
+}
+
+// startChart connects the signed-in user. Each Chart's events are ignored
+// once another one replaced it (Retry now, sign out).
+async function startChart() {
+  const uid = state.uid;
+  const config = await configLoaded;
+  if (!state.wanted || state.uid !== uid || state.chart) return;
+  const options = { storage: tabStorage || undefined, storageKey: chartKey(uid) };
+  for (const k of ['heartbeat', 'heartbeatTimeout', 'maxDelay']) {
+    if (config && Number.isSafeInteger(config[k]) && config[k] >= 0) options[k] = config[k];
   }
-
-  // ---- connection ----------------------------------------------------
-
-  function setConnection(word, detail) {
-    el.connection.textContent = word; // exactly one word: automation reads it
-    el.connection.dataset.state = word;
-    el.connDetail.textContent = detail || '';
-    el.retryNow.hidden = word !== 'reconnecting';
-    el.send.disabled = word !== 'connected';
-    el.app.dataset.connection = word;
-  }
-
-  function setReady(ready) {
-    // data-ready: connected and channels restored. Tests wait on it.
-    el.app.dataset.ready = ready ? 'true' : 'false';
-  }
-
-  function connect() {
-    clearTimeout(state.retryTimer);
-    clearInterval(state.countdownTimer);
-    if (!state.wanted) return;
-    setConnection(state.everConnected ? 'reconnecting' : 'connecting',
-      state.everConnected ? 'connecting\u2026' : '');
+  const url = () => {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const url = scheme + '//' + location.host + '/ws?id=' + state.uid +
-      '&name=' + encodeURIComponent(state.name);
-    const ws = new WebSocket(url);
-    state.ws = ws;
+    return scheme + '//' + location.host + '/ws?id=' + uid + '&name=' + encodeURIComponent(state.name);
+  };
+  const c = new Chart(url, options);
+  state.chart = c;
+  const mine = (fn) => (v) => {
+    if (state.chart === c) fn(c, v);
+  };
+  c.on('state', mine(onState));
+  c.on('message', mine(onMessage));
+  c.on('error', mine(onError));
+  c.on('recovered', mine(onRecovered));
+}
+
+function onState(c, s) {
+  if (s === 'open') state.everOpen = true;
+  if (s === 'connecting') {
+    state.stopReason = '';
     state.presenceVersion = -1; // a restarted server counts from zero again
-
-    ws.addEventListener('open', () => {
-      if (state.ws !== ws) return;
-      state.attempt = 0;
-      state.everConnected = true;
-      setConnection('connected');
-      synchronise(ws);
-    });
-    ws.addEventListener('message', (ev) => {
-      if (state.ws !== ws) return;
-      let frame;
-      try {
-        frame = JSON.parse(ev.data);
-      } catch (_) {
-        return;
-      }
-      handleFrame(frame);
-    });
-    ws.addEventListener('close', (ev) => {
-      if (state.ws !== ws) return;
-      state.ws = null;
-      setReady(false);
-      if (ev.code === 1009) {
-        showError('The server closed the connection: a message was over its size limit.', 'too_large');
-      }
-      if (!state.wanted) {
-        setConnection('disconnected');
-        return;
-      }
-      scheduleReconnect();
-    });
   }
+  if (s !== 'open') setReady(false);
+  setConnection(s);
+}
 
-  function scheduleReconnect() {
-    // Exponential backoff with jitter: 0.5s, 1s, 2s, ... capped at 10s.
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
-    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
-    state.attempt++;
-    state.retryAt = Date.now() + delay;
-    const tick = () => {
-      const s = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
-      setConnection('reconnecting', 'retrying in ' + s + 's');
-    };
-    tick();
-    state.countdownTimer = setInterval(tick, 500);
-    state.retryTimer = setTimeout(connect, delay);
+// retryNow replaces the client by a new one on the same storage, which
+// connects at once and sends what the old one had not sent yet.
+function retryNow() {
+  if (!state.wanted) return;
+  const old = state.chart;
+  state.chart = null;
+  if (old) old.close(); // its pending sends reject with "closed": ignored below
+  startChart();
+}
+
+function onError(c, e) {
+  if (e.id) {
+    // An answer to a send: its promise rejects first and shows it, unless
+    // it was sent before a reload (nobody waits for it then).
+    setTimeout(() => {
+      if (!answered.delete(e.id)) showError('A message you sent earlier was not delivered.', e.error);
+    }, 0);
+    return;
   }
+  switch (e.error) {
+    case 'closed':
+      state.stopReason = 'closed by the server (' + e.code + ')';
+      showError('The server closed the connection (' + e.code + '): ' + (e.message || '') + '. Reconnect when you are ready.', 'closed');
+      return;
+    case 'storage':
+      showError('This tab cannot save the conversation: a reload will lose it.', 'storage');
+      return;
+    default:
+      showError(e.message || e.error, e.error);
+  }
+}
 
-  // synchronise runs on every open socket: it restores the channel list
-  // (the server forgets memberships when a user's last connection closes)
-  // and fetches the online list.
-  async function synchronise(ws) {
+// onRecovered runs after each welcome: it marks what could not be
+// recovered, then restores the channel list (after a server restart the
+// server has forgotten it) and fetches the online list.
+function onRecovered(c, r) {
+  markGaps(r);
+  synchronise(c, ++state.syncGen);
+}
+
+// markGaps puts a divider in each conversation of a reconnect that was not
+// recovered in full: the hub no longer had what it missed (the demo has no
+// store to reload it from), or chart.js had no position in it to ask from
+// (a channel where no message had arrived yet). On the first connect after
+// signing in there is nothing to miss, unless the tab kept a conversation.
+function markGaps(r) {
+  const reconnect = state.welcomed;
+  state.welcomed = true;
+  const gap = (list) => {
+    if (list.length === 0 ? !reconnect : list[list.length - 1].gap) return false;
+    keep(list, { seq: ++state.seq, gap: true });
+    return true;
+  };
+  let shown = false;
+  for (const ch of state.channels) {
+    if (r.channels[ch] === true) continue;
+    if (!state.history.has(ch)) state.history.set(ch, []);
+    if (gap(state.history.get(ch))) shown = shown || ch === state.selected;
+  }
+  if (!r.inbox && gap(state.direct)) shown = true;
+  if (shown) renderView();
+  scheduleSave();
+}
+
+async function synchronise(c, gen) {
+  const current = () => state.chart === c && state.syncGen === gen && c.state === 'open';
+  for (let attempt = 0; ; attempt++) {
     try {
       let res = await api('GET', '/api/channels?uid=' + state.uid);
       if (state.restoreChannels) {
         const want = state.channels;
-        const missing = want.filter((c) => !res.channels.includes(c));
+        const missing = want.filter((ch) => !res.channels.includes(ch));
         if (missing.length) {
           res = await api('POST', '/api/join', { uid: state.uid, channels: missing });
         }
-        const extra = res.channels.filter((c) => !want.includes(c));
+        const extra = res.channels.filter((ch) => !want.includes(ch));
         if (extra.length) {
           res = await api('POST', '/api/leave', { uid: state.uid, channels: extra });
         }
       }
-      if (state.ws !== ws) return;
+      if (!current()) return;
       state.restoreChannels = true;
       setChannels(res.channels);
       const p = await api('GET', '/api/online');
-      if (state.ws !== ws) return;
+      if (!current()) return;
       applyPresence(p);
       setReady(true);
+      return;
     } catch (err) {
-      if (state.ws === ws) showError(err.message);
+      if (!current()) return;
+      if (attempt === 0) showError('Could not load your channels: ' + err.message + '. Retrying.', 'sync');
+      await delay(Math.min(5000, 500 * 2 ** attempt));
+      if (!current()) return;
     }
   }
+}
 
-  // ---- incoming frames -------------------------------------------------
+// ---- incoming messages -----------------------------------------------
 
-  function handleFrame(f) {
-    if (Object.prototype.hasOwnProperty.call(f, 'error')) {
-      let text = f.message || f.error;
-      showError(text, f.error);
-      return;
-    }
-    if (f.channel_id === PRESENCE_CHANNEL) {
-      // Only the server (user 0) publishes presence; ignore anything else.
-      if (Number(f.user_id) === 0 && Number(f.type) === PRESENCE_TYPE) {
-        try {
-          applyPresence(JSON.parse(f.content));
-        } catch (_) {
-          // malformed push: the next one carries the whole list again
-        }
+function onMessage(c, m) {
+  if (m.channel_id === PRESENCE_CHANNEL) {
+    // Only the server (user 0) publishes presence; ignore anything else.
+    if (Number(m.user_id) === 0 && Number(m.type) === PRESENCE_TYPE) {
+      try {
+        applyPresence(JSON.parse(m.content));
+      } catch (_) {
+        // malformed push: the next one carries the whole list again
       }
-      return;
     }
-    const entry = { seq: ++state.seq, m: f };
-    if (f.to_user_id) {
-      keep(state.direct, entry);
-      appendToView(entry);
-      return;
-    }
-    const ch = f.channel_id;
+    return;
+  }
+  const entry = { seq: ++state.seq, m: slim(m) };
+  if (entry.m.to_user_id) {
+    keep(state.direct, entry);
+    appendToView(entry);
+  } else {
+    const ch = entry.m.channel_id;
     if (!state.history.has(ch)) state.history.set(ch, []);
     keep(state.history.get(ch), entry);
     if (ch === state.selected) {
@@ -309,369 +456,529 @@
       renderChannels();
     }
   }
+  scheduleSave();
+}
 
-  function keep(list, entry) {
-    list.push(entry);
-    if (list.length > MAX_KEPT) list.splice(0, list.length - MAX_KEPT);
-  }
+// slim keeps what the page shows of a message.
+function slim(m) {
+  return {
+    channel_id: String(m.channel_id || ''),
+    user_id: Number(m.user_id) || 0,
+    to_user_id: Number(m.to_user_id) || 0,
+    content: String(m.content ?? ''),
+    send_time: String(m.send_time || ''),
+  };
+}
 
-  function applyPresence(p) {
-    if (!p || !Array.isArray(p.users) || p.version < state.presenceVersion) return;
-    state.presenceVersion = p.version;
-    let renamed = false;
-    for (const u of p.users) {
-      const uid = Number(u.uid);
-      if (u.name && state.names.get(uid) !== u.name) {
-        state.names.set(uid, u.name);
-        renamed = true;
-      }
-    }
-    state.online = p.users.map((u) => Number(u.uid));
-    renderOnline();
-    if (renamed) renderView();
-  }
+function keep(list, entry) {
+  list.push(entry);
+  if (list.length > MAX_KEPT) list.splice(0, list.length - MAX_KEPT);
+}
 
-  // ---- rendering -------------------------------------------------------
-
-  function renderChannels() {
-    el.channels.replaceChildren();
-    for (const ch of state.channels) {
-      const li = make('li');
-      const item = make('button', 'nav-item channel');
-      item.type = 'button';
-      item.dataset.testid = 'channel';
-      item.dataset.channel = ch;
-      if (ch === state.selected) {
-        item.classList.add('active');
-        item.setAttribute('aria-current', 'true');
-      }
-      item.append(make('span', 'hash', '#'), make('span', 'channel-name', ch));
-      const n = state.unread.get(ch) || 0;
-      if (n > 0) item.append(make('span', 'badge', n > 99 ? '99+' : String(n)));
-      item.addEventListener('click', () => {
-        select(ch);
-        closeDrawer();
-      });
-      li.append(item);
-      el.channels.append(li);
-    }
-    if (state.channels.length === 0) {
-      el.channels.append(make('li', 'muted small pad', 'No channels yet. Type a name above and join one.'));
+function applyPresence(p) {
+  if (!p || !Array.isArray(p.users) || p.version < state.presenceVersion) return;
+  state.presenceVersion = p.version;
+  let renamed = false;
+  for (const u of p.users) {
+    const uid = Number(u.uid);
+    if (u.name && state.names.get(uid) !== u.name) {
+      state.names.set(uid, String(u.name));
+      renamed = true;
     }
   }
+  state.online = p.users.map((u) => Number(u.uid));
+  renderOnline();
+  if (renamed) renderView();
+}
 
-  function renderOnline() {
-    el.online.replaceChildren();
-    el.onlineCount.textContent = String(state.online.length);
-    for (const uid of state.online) {
-      const li = make('li');
-      const item = make('button', 'nav-item person');
-      item.type = 'button';
-      item.dataset.testid = 'online';
-      item.dataset.uid = String(uid);
-      const who = make('span', 'person-text');
-      who.append(make('span', 'person-name', displayName(uid)), make('span', 'uid', '#' + uid));
-      const wrap = make('span', 'presence-wrap');
-      wrap.append(avatar(uid, 'sm'), make('span', 'dot'));
-      item.append(wrap, who);
-      if (uid === state.uid) {
-        item.append(make('span', 'you-tag', 'you'));
-        item.disabled = true;
-      } else {
-        item.title = 'Send ' + displayName(uid) + ' a direct message';
-        item.addEventListener('click', () => {
-          setDirect(String(uid));
-          closeDrawer();
-          el.messageInput.focus();
-        });
-      }
-      li.append(item);
-      el.online.append(li);
-    }
-  }
+// ---- the conversation across reloads -----------------------------------
 
-  function viewEntries() {
-    const channel = state.selected ? state.history.get(state.selected) || [] : [];
-    return channel.concat(state.direct).sort((a, b) => a.seq - b.seq);
-  }
+function chartKey(uid) {
+  return 'chart-demo.' + uid; // chart.js adds ".positions" and ".outbox"
+}
 
-  function renderView() {
-    el.messages.replaceChildren();
-    let prev = null;
-    for (const e of viewEntries()) {
-      el.messages.append(renderMessage(e.m, prev));
-      prev = e.m;
-    }
-    el.convTitle.textContent = state.selected ? '# ' + state.selected : 'Direct messages';
-    updateEmpty();
-    scrollToEnd(true);
-  }
+function viewKey(uid) {
+  return chartKey(uid) + '.view';
+}
 
-  function appendToView(entry) {
-    const nearEnd = el.messages.scrollHeight - el.messages.scrollTop - el.messages.clientHeight < 80;
-    const last = el.messages.lastElementChild;
-    el.messages.append(renderMessage(entry.m, last ? last._msg : null));
-    updateEmpty();
-    const mine = Number(entry.m.user_id) === state.uid;
-    if (nearEnd || mine) scrollToEnd(false);
-  }
-
-  function updateEmpty() {
-    const none = el.messages.children.length === 0;
-    el.empty.hidden = !none;
-    el.emptyText.textContent = state.selected
-      ? 'No messages in #' + state.selected + ' yet. Say hello!'
-      : 'Join a channel to start chatting.';
-  }
-
-  function scrollToEnd(instant) {
-    el.messages.scrollTo({ top: el.messages.scrollHeight, behavior: instant ? 'auto' : 'smooth' });
-  }
-
-  function renderMessage(m, prev) {
-    const from = Number(m.user_id);
-    const to = Number(m.to_user_id || 0);
-    const mine = from === state.uid;
-    const direct = to !== 0;
-    const li = make('li', 'msg');
-    li._msg = m;
-    li.dataset.testid = 'message';
-    li.dataset.mine = String(mine);
-    li.dataset.direct = String(direct);
-    li.dataset.from = String(from);
-    li.style.setProperty('--hue', String(hue(from)));
-    if (mine) li.classList.add('mine');
-    if (direct) li.classList.add('direct');
-    // Consecutive messages from one sender, same kind, form a group.
-    if (prev && Number(prev.user_id) === from && Number(prev.to_user_id || 0) === to) {
-      li.classList.add('cont');
-    }
-
-    const bubble = make('div', 'bubble');
-    const meta = make('div', 'meta');
-    const sender = make('span', 'sender', mine ? 'You' : displayName(from));
-    meta.append(sender);
-    if (direct) {
-      const peer = mine ? to : from;
-      const tag = make('span', 'dm-tag', mine ? 'to ' + displayName(peer) : 'direct to you');
-      meta.append(tag);
-    }
-    const content = make('div', 'content', m.content);
-    content.dataset.part = 'content';
-    const time = make('time', 'time', shortTime(m.send_time));
-    time.dateTime = String(m.send_time || '').replace(' ', 'T');
-    time.title = m.send_time || '';
-    bubble.append(meta, content, time);
-
-    if (!mine) li.append(avatar(from));
-    li.append(bubble);
-    return li;
-  }
-
-  // ---- actions ---------------------------------------------------------
-
-  function setChannels(list) {
-    state.channels = list.filter((c) => c !== PRESENCE_CHANNEL).sort();
-    for (const ch of Array.from(state.history.keys())) {
-      if (!state.channels.includes(ch)) state.history.delete(ch);
-    }
-    if (!state.channels.includes(state.selected)) {
-      const next = state.channels.includes('lobby') ? 'lobby' : state.channels[0] || null;
-      select(next);
-      return;
-    }
-    renderChannels();
-  }
-
-  function select(ch) {
-    state.selected = ch;
-    if (ch) state.unread.delete(ch);
-    renderChannels();
-    renderView();
-    updateComposer();
-  }
-
-  function setDirect(uid) {
-    el.dmUid.value = uid;
-    updateComposer();
-  }
-
-  function updateComposer() {
-    const dm = el.dmUid.value.trim();
-    const direct = dm !== '';
-    el.composer.classList.toggle('is-direct', direct);
-    el.dmClear.hidden = !direct;
-    if (direct) {
-      el.messageInput.placeholder = isPositiveInt(dm)
-        ? 'Direct message to ' + displayName(dm)
-        : 'Enter a user id on the left';
-    } else {
-      el.messageInput.placeholder = state.selected ? 'Message #' + state.selected : 'Join a channel first';
-    }
-  }
-
-  function channelFromInput() {
-    return el.channelInput.value.trim();
-  }
-
-  async function join() {
-    const ch = channelFromInput();
-    if (!ch) {
-      showError('Type a channel name first.', 'invalid_channel');
-      return;
-    }
-    try {
-      const res = await api('POST', '/api/join', { uid: state.uid, channels: [ch] });
-      setChannels(res.channels);
-      select(ch);
-      el.channelInput.value = '';
-      updateComposer();
-      closeDrawer();
-    } catch (err) {
-      showError(err.message, 'invalid_channel');
-    }
-  }
-
-  async function leave() {
-    const ch = channelFromInput() || state.selected;
-    if (!ch) {
-      showError('Type the name of a channel to leave.', 'invalid_channel');
-      return;
-    }
-    try {
-      const res = await api('POST', '/api/leave', { uid: state.uid, channels: [ch] });
-      state.unread.delete(ch);
-      setChannels(res.channels);
-      el.channelInput.value = '';
-      updateComposer();
-    } catch (err) {
-      showError(err.message, 'invalid_channel');
-    }
-  }
-
-  function send() {
-    const content = el.messageInput.value;
-    if (content.trim() === '') return;
-    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
-      showError('Not connected. Your message is still in the box; send it again once connected.');
-      return;
-    }
-    const dm = el.dmUid.value.trim();
-    let frame;
-    if (dm !== '') {
-      if (!isPositiveInt(dm)) {
-        showError('A direct message needs a numeric user id.', 'bad_message');
-        return;
-      }
-      frame = { to_user_id: Number(dm), content, type: TEXT_TYPE };
-    } else if (state.selected) {
-      frame = { channel_id: state.selected, content, type: TEXT_TYPE };
-    } else {
-      showError('Join a channel or fill in a user id to send a direct message.', 'not_joined');
-      return;
-    }
-    state.ws.send(JSON.stringify(frame));
-    el.messageInput.value = '';
-    el.messageInput.focus();
-  }
-
-  function login(ev) {
-    ev.preventDefault();
-    const uid = el.loginUid.value.trim();
-    if (!isPositiveInt(uid)) {
-      el.loginError.textContent = 'The user id is a whole number above zero.';
-      el.loginError.hidden = false;
-      return;
-    }
-    el.loginError.hidden = true;
-    state.uid = Number(uid);
-    state.name = el.loginName.value.trim();
-    if (state.name) state.names.set(state.uid, state.name);
-    try {
-      localStorage.setItem('chart-demo-login', JSON.stringify({ uid: state.uid, name: state.name }));
-    } catch (_) {
-      // storage may be disabled; the form just will not be prefilled
-    }
-    el.meName.textContent = state.name || 'user ' + state.uid;
-    el.meUid.textContent = '#' + state.uid;
-    el.meAvatar.replaceWith(Object.assign(avatar(state.uid, 'sm'), { id: 'me-avatar' }));
-    el.meAvatar = byId('me-avatar');
-    el.loginScreen.hidden = true;
-    el.app.hidden = false;
-    state.wanted = true;
-    renderChannels();
-    renderOnline();
-    renderView();
-    updateComposer();
-    connect();
-    el.messageInput.focus();
-  }
-
-  function logout() {
-    state.wanted = false;
-    clearTimeout(state.retryTimer);
-    clearInterval(state.countdownTimer);
-    const ws = state.ws;
-    state.ws = null;
-    if (ws) ws.close(1000, 'signed out');
-    setConnection('disconnected');
-    setReady(false);
-    Object.assign(state, {
-      everConnected: false, restoreChannels: false, channels: [], selected: null,
-      direct: [], online: [], presenceVersion: -1, attempt: 0,
-    });
-    state.history.clear();
-    state.unread.clear();
-    el.app.hidden = true;
-    el.loginScreen.hidden = false;
-    el.loginUid.focus();
-  }
-
-  function openDrawer() {
-    document.body.classList.add('drawer-open');
-    el.scrim.hidden = false;
-    el.menu.setAttribute('aria-expanded', 'true');
-  }
-
-  function closeDrawer() {
-    document.body.classList.remove('drawer-open');
-    el.scrim.hidden = true;
-    el.menu.setAttribute('aria-expanded', 'false');
-  }
-
-  // ---- wiring ----------------------------------------------------------
-
-  el.loginForm.addEventListener('submit', login);
-  el.logout.addEventListener('click', logout);
-  el.channelForm.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    join();
+// scheduleSave writes the conversation once the current task is done, as
+// chart.js writes its positions: a reload, which comes between tasks,
+// finds both in step.
+function scheduleSave() {
+  if (state.saveQueued || !state.wanted) return;
+  state.saveQueued = true;
+  queueMicrotask(() => {
+    state.saveQueued = false;
+    if (state.wanted) saveView();
   });
-  el.leave.addEventListener('click', leave);
-  el.composer.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    send();
-  });
-  el.dmUid.addEventListener('input', updateComposer);
-  el.dmClear.addEventListener('click', () => {
-    setDirect('');
-    el.messageInput.focus();
-  });
-  el.retryNow.addEventListener('click', () => {
-    state.attempt = 0;
-    connect();
-  });
-  window.addEventListener('online', () => {
-    if (state.wanted && !state.ws) connect();
-  });
-  el.menu.addEventListener('click', () => {
-    if (document.body.classList.contains('drawer-open')) closeDrawer();
-    else openDrawer();
-  });
-  el.scrim.addEventListener('click', closeDrawer);
+}
 
+function saveView() {
+  const view = {
+    channels: state.channels,
+    selected: state.selected,
+    seq: state.seq,
+    // Pairs, not objects: channel names are user input ("__proto__").
+    history: Array.from(state.history, ([ch, list]) => [ch, list.slice(-MAX_SAVED)]),
+    direct: state.direct.slice(-MAX_SAVED),
+    unread: Array.from(state.unread),
+    names: Array.from(state.names),
+  };
+  if (storageSet(viewKey(state.uid), JSON.stringify(view))) {
+    state.saveFailed = false;
+  } else if (tabStorage && !state.saveFailed) {
+    state.saveFailed = true;
+    showError('This tab could not save the conversation: a reload will show it from now on only.', 'storage');
+  }
+}
+
+// restoreView loads the conversation this tab showed before a reload.
+function restoreView(uid) {
+  let v;
   try {
-    const saved = JSON.parse(localStorage.getItem('chart-demo-login') || 'null');
+    v = JSON.parse(storageGet(viewKey(uid)) || 'null');
+  } catch (_) {
+    return;
+  }
+  if (!v || typeof v !== 'object') return;
+  const isEntry = (e) => e && Number.isSafeInteger(e.seq) &&
+    (e.gap === true || (e.m && typeof e.m === 'object' && typeof e.m.content === 'string'));
+  const entries = (list) => (Array.isArray(list) ? list.filter(isEntry).map((e) => (e.gap ? { seq: e.seq, gap: true } : { seq: e.seq, m: slim(e.m) })) : []);
+  const strings = (list) => (Array.isArray(list) ? list.filter((s) => typeof s === 'string') : []);
+  const pairs = (list) => (Array.isArray(list) ? list.filter((p) => Array.isArray(p) && p.length === 2) : []);
+  state.channels = strings(v.channels).filter((c) => c !== PRESENCE_CHANNEL).sort();
+  state.selected = typeof v.selected === 'string' && state.channels.includes(v.selected) ? v.selected : null;
+  state.seq = Number.isSafeInteger(v.seq) ? v.seq : 0;
+  for (const [ch, list] of pairs(v.history)) if (typeof ch === 'string') state.history.set(ch, entries(list));
+  state.direct = entries(v.direct);
+  for (const [ch, n] of pairs(v.unread)) if (typeof ch === 'string' && Number.isSafeInteger(n) && n > 0) state.unread.set(ch, n);
+  for (const [uid, name] of pairs(v.names)) if (Number.isSafeInteger(uid) && typeof name === 'string') state.names.set(uid, name);
+  for (const list of [state.direct, ...state.history.values()]) {
+    for (const e of list) state.seq = Math.max(state.seq, e.seq);
+  }
+  // The page rejoins these after connecting, should the server have
+  // forgotten them (a restart).
+  state.restoreChannels = state.channels.length > 0;
+  state.welcomed = true;
+}
+
+// ---- rendering -------------------------------------------------------
+
+function renderChannels() {
+  el.channels.replaceChildren();
+  for (const ch of state.channels) {
+    const li = make('li');
+    const item = make('button', 'nav-item channel');
+    item.type = 'button';
+    item.dataset.testid = 'channel';
+    item.dataset.channel = ch;
+    if (ch === state.selected) {
+      item.classList.add('active');
+      item.setAttribute('aria-current', 'true');
+    }
+    item.append(make('span', 'hash', '#'), make('span', 'channel-name', ch));
+    const n = state.unread.get(ch) || 0;
+    if (n > 0) item.append(make('span', 'badge', n > 99 ? '99+' : String(n)));
+    item.addEventListener('click', () => {
+      select(ch);
+      closeDrawer();
+    });
+    li.append(item);
+    el.channels.append(li);
+  }
+  if (state.channels.length === 0) {
+    el.channels.append(make('li', 'muted small pad', 'No channels yet. Type a name above and join one.'));
+  }
+}
+
+function renderOnline() {
+  el.online.replaceChildren();
+  el.onlineCount.textContent = String(state.online.length);
+  for (const uid of state.online) {
+    const li = make('li');
+    const item = make('button', 'nav-item person');
+    item.type = 'button';
+    item.dataset.testid = 'online';
+    item.dataset.uid = String(uid);
+    const who = make('span', 'person-text');
+    who.append(make('span', 'person-name', displayName(uid)), make('span', 'uid', '#' + uid));
+    const wrap = make('span', 'presence-wrap');
+    wrap.append(avatar(uid, 'sm'), make('span', 'dot'));
+    item.append(wrap, who);
+    if (uid === state.uid) {
+      item.append(make('span', 'you-tag', 'you'));
+      item.disabled = true;
+    } else {
+      item.title = 'Send ' + displayName(uid) + ' a direct message';
+      item.addEventListener('click', () => {
+        setDirect(String(uid));
+        closeDrawer();
+        el.messageInput.focus();
+      });
+    }
+    li.append(item);
+    el.online.append(li);
+  }
+}
+
+function viewEntries() {
+  const channel = state.selected ? state.history.get(state.selected) || [] : [];
+  return channel.concat(state.direct).sort((a, b) => a.seq - b.seq);
+}
+
+function renderView() {
+  el.messages.replaceChildren();
+  let prev = null;
+  for (const e of viewEntries()) {
+    if (e.gap) {
+      // The channel's and the direct messages' gaps of one reconnect are one.
+      const last = el.messages.lastElementChild;
+      if (!last || last.dataset.testid !== 'gap') el.messages.append(renderGap());
+      prev = null;
+      continue;
+    }
+    el.messages.append(renderMessage(e.m, prev));
+    prev = e.m;
+  }
+  el.convTitle.textContent = state.selected ? '# ' + state.selected : 'Direct messages';
+  updateEmpty();
+  scrollToEnd(true);
+}
+
+function appendToView(entry) {
+  const nearEnd = el.messages.scrollHeight - el.messages.scrollTop - el.messages.clientHeight < 80;
+  const last = el.messages.lastElementChild;
+  el.messages.append(renderMessage(entry.m, last ? last._msg : null));
+  updateEmpty();
+  const mine = entry.m.user_id === state.uid;
+  if (nearEnd || mine) scrollToEnd(false);
+}
+
+function updateEmpty() {
+  const none = el.messages.children.length === 0;
+  el.empty.hidden = !none;
+  el.emptyText.textContent = state.selected
+    ? 'No messages in #' + state.selected + ' yet. Say hello!'
+    : 'Join a channel to start chatting.';
+}
+
+function scrollToEnd(instant) {
+  el.messages.scrollTo({ top: el.messages.scrollHeight, behavior: instant ? 'auto' : 'smooth' });
+}
+
+function renderGap() {
+  const li = make('li', 'gap', 'Messages sent while you were away may be missing here: the server no longer had them.');
+  li.dataset.testid = 'gap';
+  return li;
+}
+
+function renderMessage(m, prev) {
+  const from = m.user_id;
+  const to = m.to_user_id;
+  const mine = from === state.uid;
+  const direct = to !== 0;
+  const li = make('li', 'msg');
+  li._msg = m;
+  li.dataset.testid = 'message';
+  li.dataset.mine = String(mine);
+  li.dataset.direct = String(direct);
+  li.dataset.from = String(from);
+  li.style.setProperty('--hue', String(hue(from)));
+  if (mine) li.classList.add('mine');
+  if (direct) li.classList.add('direct');
+  // Consecutive messages from one sender, same kind, form a group.
+  if (prev && prev.user_id === from && prev.to_user_id === to) {
+    li.classList.add('cont');
+  }
+
+  const bubble = make('div', 'bubble');
+  const meta = make('div', 'meta');
+  const sender = make('span', 'sender', mine ? 'You' : displayName(from));
+  meta.append(sender);
+  if (direct) {
+    const peer = mine ? to : from;
+    const tag = make('span', 'dm-tag', mine ? 'to ' + displayName(peer) : 'direct to you');
+    meta.append(tag);
+  }
+  const content = make('div', 'content', m.content);
+  content.dataset.part = 'content';
+  const time = make('time', 'time', shortTime(m.send_time));
+  time.dateTime = m.send_time.replace(' ', 'T');
+  time.title = m.send_time;
+  bubble.append(meta, content, time);
+
+  if (!mine) li.append(avatar(from));
+  li.append(bubble);
+  return li;
+}
+
+function setSending(delta) {
+  state.sending += delta;
+  el.pending.hidden = state.sending === 0;
+  el.pending.textContent = state.sending === 1 ? 'Sending 1 message\u2026' : 'Sending ' + state.sending + ' messages\u2026';
+}
+
+// ---- actions ---------------------------------------------------------
+
+function setChannels(list) {
+  state.channels = list.filter((c) => c !== PRESENCE_CHANNEL).sort();
+  for (const ch of Array.from(state.history.keys())) {
+    if (!state.channels.includes(ch)) state.history.delete(ch);
+  }
+  for (const ch of Array.from(state.unread.keys())) {
+    if (!state.channels.includes(ch)) state.unread.delete(ch);
+  }
+  scheduleSave();
+  if (!state.channels.includes(state.selected)) {
+    const next = state.channels.includes('lobby') ? 'lobby' : state.channels[0] || null;
+    select(next);
+    return;
+  }
+  renderChannels();
+}
+
+function select(ch) {
+  state.selected = ch;
+  if (ch) state.unread.delete(ch);
+  renderChannels();
+  renderView();
+  updateComposer();
+  scheduleSave();
+}
+
+function setDirect(uid) {
+  el.dmUid.value = uid;
+  updateComposer();
+}
+
+function updateComposer() {
+  const dm = el.dmUid.value.trim();
+  const direct = dm !== '';
+  el.composer.classList.toggle('is-direct', direct);
+  el.dmClear.hidden = !direct;
+  if (direct) {
+    el.messageInput.placeholder = isPositiveInt(dm)
+      ? 'Direct message to ' + displayName(dm)
+      : 'Enter a user id on the left';
+  } else {
+    el.messageInput.placeholder = state.selected ? 'Message #' + state.selected : 'Join a channel first';
+  }
+}
+
+function channelFromInput() {
+  return el.channelInput.value.trim();
+}
+
+async function join() {
+  const ch = channelFromInput();
+  if (!ch) {
+    showError('Type a channel name first.', 'invalid_channel');
+    return;
+  }
+  try {
+    const res = await api('POST', '/api/join', { uid: state.uid, channels: [ch] });
+    setChannels(res.channels);
+    select(ch);
+    el.channelInput.value = '';
+    updateComposer();
+    closeDrawer();
+  } catch (err) {
+    showError(err.message, 'invalid_channel');
+  }
+}
+
+async function leave() {
+  const ch = channelFromInput() || state.selected;
+  if (!ch) {
+    showError('Type the name of a channel to leave.', 'invalid_channel');
+    return;
+  }
+  try {
+    const res = await api('POST', '/api/leave', { uid: state.uid, channels: [ch] });
+    state.unread.delete(ch);
+    setChannels(res.channels);
+    el.channelInput.value = '';
+    updateComposer();
+  } catch (err) {
+    showError(err.message, 'invalid_channel');
+  }
+}
+
+// send hands the message to chart.js, which sends it now or, while
+// disconnected, once connected again (a reload included), and waits for the
+// server's answer: the message shows when the server delivers it back; a
+// refusal shows its error code.
+async function send() {
+  const content = el.messageInput.value;
+  if (content.trim() === '') return;
+  const c = state.chart;
+  if (!c) return;
+  const dm = el.dmUid.value.trim();
+  let msg;
+  if (dm !== '') {
+    if (!isPositiveInt(dm)) {
+      showError('A direct message needs a numeric user id.', 'bad_message');
+      return;
+    }
+    msg = { to_user_id: Number(dm), content, type: TEXT_TYPE };
+  } else if (state.selected) {
+    msg = { channel_id: state.selected, content, type: TEXT_TYPE };
+  } else {
+    showError('Join a channel or fill in a user id to send a direct message.', 'not_joined');
+    return;
+  }
+  el.messageInput.value = '';
+  el.messageInput.focus();
+  setSending(1);
+  let sender = c; // the client of the last try
+  try {
+    try {
+      await c.send(msg);
+    } catch (err) {
+      if (err.frame && err.frame.id) answered.add(err.frame.id);
+      // A message chart.js kept while the server restarted goes out right
+      // after the hello, before the page has rejoined its channel (the
+      // server forgot it): refused not_joined. Once rejoined, send it again.
+      if (err.code !== 'not_joined' || !msg.channel_id || el.app.dataset.ready === 'true') throw err;
+      if (!(await whenReady()) || !state.chart || !state.channels.includes(msg.channel_id)) throw err;
+      sender = state.chart;
+      await sender.send(msg);
+    }
+  } catch (err) {
+    if (err.frame && err.frame.id) answered.add(err.frame.id);
+    // Replaced (Retry now): the new client sends it. Signed out: dropped.
+    if (state.chart !== sender) return;
+    if (err.code === 'closed') {
+      // Stopped by the server: chart.js keeps it for Reconnect.
+      showError('"' + preview(content) + '" is not sent yet: it will be when you reconnect.', 'closed');
+    } else {
+      showError('"' + preview(content) + '" was not delivered.', err.code || 'refused');
+    }
+  } finally {
+    setSending(-1);
+  }
+}
+
+function login(ev) {
+  ev.preventDefault();
+  const uid = el.loginUid.value.trim();
+  if (!isPositiveInt(uid)) {
+    el.loginError.textContent = 'The user id is a whole number above zero.';
+    el.loginError.hidden = false;
+    return;
+  }
+  el.loginError.hidden = true;
+  const name = el.loginName.value.trim();
+  try {
+    localStorage.setItem(LOGIN_KEY, JSON.stringify({ uid: Number(uid), name }));
+  } catch (_) {
+    // storage may be disabled; the form just will not be prefilled
+  }
+  startSession(Number(uid), name);
+  el.messageInput.focus();
+}
+
+// startSession signs uid in, in this tab: after the form, or after a
+// reload with what the tab kept.
+function startSession(uid, name) {
+  state.uid = uid;
+  state.name = name;
+  restoreView(uid);
+  if (name) state.names.set(uid, name);
+  storageSet(SESSION_KEY, JSON.stringify({ uid, name }));
+  el.meName.textContent = name || 'user ' + uid;
+  el.meUid.textContent = '#' + uid;
+  el.meAvatar.replaceWith(Object.assign(avatar(uid, 'sm'), { id: 'me-avatar' }));
+  el.meAvatar = byId('me-avatar');
+  el.loginScreen.hidden = true;
+  el.app.hidden = false;
+  state.wanted = true;
+  renderChannels();
+  renderOnline();
+  renderView();
+  updateComposer();
+  setConnection('connecting'); // chart.js says so too, once it has its options
+  startChart();
+}
+
+function logout() {
+  const uid = state.uid;
+  state.wanted = false;
+  const c = state.chart;
+  state.chart = null;
+  if (c) c.close(); // writes its storage a last time: forget it after
+  for (const key of [SESSION_KEY, viewKey(uid), chartKey(uid) + '.positions', chartKey(uid) + '.outbox']) {
+    storageRemove(key);
+  }
+  settleReady(false);
+  Object.assign(state, {
+    uid: 0, everOpen: false, welcomed: false, stopReason: '', restoreChannels: false, channels: [], selected: null,
+    direct: [], online: [], presenceVersion: -1, seq: 0,
+  });
+  state.history.clear();
+  state.unread.clear();
+  setConnection('closed');
+  setReady(false);
+  el.app.hidden = true;
+  el.loginScreen.hidden = false;
+  el.loginUid.focus();
+}
+
+function openDrawer() {
+  document.body.classList.add('drawer-open');
+  el.scrim.hidden = false;
+  el.menu.setAttribute('aria-expanded', 'true');
+}
+
+function closeDrawer() {
+  document.body.classList.remove('drawer-open');
+  el.scrim.hidden = true;
+  el.menu.setAttribute('aria-expanded', 'false');
+}
+
+// ---- wiring ----------------------------------------------------------
+
+el.loginForm.addEventListener('submit', login);
+el.logout.addEventListener('click', logout);
+el.channelForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  join();
+});
+el.leave.addEventListener('click', leave);
+el.composer.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  send();
+});
+el.dmUid.addEventListener('input', updateComposer);
+el.dmClear.addEventListener('click', () => {
+  setDirect('');
+  el.messageInput.focus();
+});
+el.retryNow.addEventListener('click', retryNow);
+window.addEventListener('online', () => {
+  // The network is back: do not wait for the backoff.
+  if (state.wanted && state.chart && state.chart.state === 'connecting') retryNow();
+});
+el.menu.addEventListener('click', () => {
+  if (document.body.classList.contains('drawer-open')) closeDrawer();
+  else openDrawer();
+});
+el.scrim.addEventListener('click', closeDrawer);
+
+setConnection('closed');
+setReady(false);
+let session = null;
+try {
+  session = JSON.parse(storageGet(SESSION_KEY) || 'null');
+} catch (_) {
+  // nothing kept
+}
+if (session && isPositiveInt(String(session.uid))) {
+  // A reload: carry on where this tab was.
+  startSession(Number(session.uid), typeof session.name === 'string' ? session.name : '');
+} else {
+  try {
+    const saved = JSON.parse(localStorage.getItem(LOGIN_KEY) || 'null');
     if (saved && saved.uid) {
       el.loginUid.value = String(saved.uid);
       el.loginName.value = saved.name || '';
@@ -679,7 +986,5 @@
   } catch (_) {
     // nothing saved
   }
-  setConnection('disconnected');
-  setReady(false);
   el.loginUid.focus();
-})();
+}
