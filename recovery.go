@@ -176,8 +176,17 @@ func (h *Hub) replay(t topic, p position, known bool, budget *int) replay {
 		limit = 1 // only the stream's position is wanted
 	}
 	entries, epoch, complete, last := h.streams.read(t, p.Offset, limit)
+	// A client that saw the stream empty (epoch "", offset 0) missed all
+	// of it, from its start, in whatever epoch it has now.
+	empty := known && p.Epoch == "" && p.Offset == 0
+	if empty && epoch != "" {
+		p.Epoch = epoch
+	}
 	recovered := false
 	switch {
+	case empty && epoch == "":
+		// Still empty: nothing missed.
+		r.live, r.pos.Offset, recovered = true, 0, true
 	case !known || epoch == "" || p.Epoch != epoch || p.Offset > last || len(entries) > *budget:
 		// Live only: the position is unknown, of another epoch, or too far
 		// behind. The client learns where the stream is.

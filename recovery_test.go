@@ -484,3 +484,43 @@ func TestStreamHoleAfterOutage(t *testing.T) {
 	b.Hub.Publish("room", chart.Message{Content: "live"})
 	c.WaitFor("live")
 }
+
+// TestEmptyChannelRecovered: a channel that had no message yet is in the
+// welcome as an empty stream (epoch "", offset 0); a client that kept that
+// position and reconnects after messages came recovers them all, from the
+// first, and a still-empty stream counts as recovered.
+func TestEmptyChannelRecovered(t *testing.T) {
+	hub := chart.New(chart.Config{Logger: quiet})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	ws := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	j.WantLogin(t, 1)
+	room := nextFrame(t, ws)["welcome"].(map[string]any)["channels"].(map[string]any)["room"]
+	if fmt.Sprint(room) != "map[epoch: offset:0 recovered:false]" {
+		t.Fatalf("welcome's room: %v, want an empty stream", room)
+	}
+	ws.Close()
+	charttest.Recv(t, j.Logouts, "logout")
+
+	// Still empty: recovered.
+	const hello = `{"hello":{"channels":{"room":{"epoch":"","offset":0}}}}`
+	ws = dialV1(t, s.URL+"?id=1", hello)
+	if room := nextFrame(t, ws)["welcome"].(map[string]any)["channels"].(map[string]any)["room"]; fmt.Sprint(room) != "map[epoch: offset:0 recovered:true]" {
+		t.Fatalf("welcome's room: %v, want an empty stream, recovered", room)
+	}
+	ws.Close()
+	charttest.Recv(t, j.Logouts, "logout")
+
+	for i := 0; i < 3; i++ {
+		hub.Publish("room", chart.Message{Content: fmt.Sprint("while away ", i)})
+	}
+	ws = dialV1(t, s.URL+"?id=1", hello)
+	for i := 0; i < 3; i++ {
+		if f := nextFrame(t, ws); f["content"] != fmt.Sprint("while away ", i) || f["offset"] != float64(i+1) {
+			t.Fatalf("frame %v, want message %d at offset %d", f, i, i+1)
+		}
+	}
+	if room := nextFrame(t, ws)["welcome"].(map[string]any)["channels"].(map[string]any)["room"].(map[string]any); room["recovered"] != true || room["offset"] != float64(3) {
+		t.Fatalf("welcome's room: %v, want recovered up to 3", room)
+	}
+}
