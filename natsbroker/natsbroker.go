@@ -59,7 +59,11 @@ type Options struct {
 	// restart anyway. The storage of an existing bucket cannot change:
 	// delete the buckets to switch.
 	FileStorage bool
-	// Replicas of the buckets in a NATS cluster. Default 1.
+	// Replicas of the buckets and of the stream in a NATS cluster, so that
+	// presence and history survive the loss of a server. Default: as many
+	// as the servers the client knows of (the ones it was given and those
+	// the cluster announced), at most 3; fewer when JetStream cannot place
+	// that many (a server is down at startup). 1 on a single server.
 	Replicas int
 	// NodeID names the node; default a random id.
 	NodeID string
@@ -114,8 +118,9 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 	if opt.Timeout <= 0 {
 		opt.Timeout = time.Second
 	}
-	if opt.Replicas <= 0 {
-		opt.Replicas = 1
+	auto := opt.Replicas <= 0
+	if auto {
+		opt.Replicas = min(3, max(1, len(nc.Servers())))
 	}
 	if opt.StreamSize <= 0 {
 		opt.StreamSize = 1000
@@ -134,9 +139,18 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 	}
 	b := &Broker{nc: nc, js: js, opt: opt, subs: make(map[string]*nats.Subscription),
 		msgs: make(chan *nats.Msg, 1<<16), closed: make(chan struct{})}
-	ctx, cancel := b.ctx()
+	// Creating replicated buckets waits for their groups to form: longer
+	// than one call.
+	ctx, cancel := context.WithTimeout(context.Background(), max(10*time.Second, opt.Timeout))
 	defer cancel()
-	if err := b.ensureBuckets(ctx); err != nil {
+	for {
+		err = b.ensureBuckets(ctx)
+		if err == nil || !auto || b.opt.Replicas == 1 || ctx.Err() != nil {
+			break
+		}
+		b.opt.Replicas-- // JetStream could not place that many
+	}
+	if err != nil {
 		return nil, err
 	}
 	return b, nil

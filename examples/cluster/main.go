@@ -52,14 +52,14 @@ func (h handler) LogoutServer(uid uint64) { slog.Info("logout", "uid", uid) }
 func (h handler) ErrorLogServer(err error) { slog.Warn("chat", "err", err) }
 
 // newBroker returns the broker the flags ask for, or nil for in-memory.
-func newBroker(redisURL, natsURL string) (chart.Broker, error) {
+func newBroker(redisURL, natsURL string, replicas int) (chart.Broker, error) {
 	switch {
 	case redisURL != "" && natsURL != "":
 		return nil, errors.New("give -redis or -nats, not both")
 	case redisURL != "":
 		return redisbroker.Dial(redisURL, redisbroker.Options{})
 	case natsURL != "":
-		return natsbroker.Connect(natsURL, natsbroker.Options{})
+		return natsbroker.Connect(natsURL, natsbroker.Options{Replicas: replicas})
 	}
 	return nil, nil
 }
@@ -97,11 +97,12 @@ func newMux(hub *chart.Hub) *http.ServeMux {
 func main() {
 	addr := flag.String("addr", ":8081", "listen address")
 	redisURL := flag.String("redis", "", "Redis URL, e.g. redis://127.0.0.1:6379")
-	natsURL := flag.String("nats", "", "NATS URL, e.g. nats://127.0.0.1:4222 (server run with -js)")
+	natsURL := flag.String("nats", "", "NATS URL, or several comma-separated (the servers of a cluster), e.g. nats://127.0.0.1:4222 (servers run with -js)")
+	replicas := flag.Int("replicas", 0, "with -nats: replicas of the buckets and stream (default: the cluster's servers, at most 3)")
 	allow := flag.String("allow-origin", "", "comma-separated browser origins allowed besides this node's own, e.g. http://localhost:8081 (chart.Config.AllowedOrigins)")
 	flag.Parse()
 
-	b, err := newBroker(*redisURL, *natsURL)
+	b, err := newBroker(*redisURL, *natsURL, *replicas)
 	if err != nil {
 		log.Fatal(err)
 	}

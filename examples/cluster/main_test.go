@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 // TestTwoNodes runs two nodes of the example over an in-process bus: users
 // on different nodes meet in the lobby, and /online answers for both.
 func TestTwoNodes(t *testing.T) {
-	if b, err := newBroker("", ""); b != nil || err != nil {
+	if b, err := newBroker("", "", 0); b != nil || err != nil {
 		t.Fatalf("no flags: %v, %v; want in-memory", b, err)
 	}
 	bus := chart.NewMemoryBus()

@@ -1,0 +1,137 @@
+package natsbroker
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/wuyan94zl/chart"
+	"github.com/wuyan94zl/chart/charttest"
+)
+
+// startNATSCluster starts n embedded nats-servers with JetStream, clustered,
+// and waits until JetStream answers.
+func startNATSCluster(t *testing.T, n int) []*natsServer {
+	t.Helper()
+	ports := make([]int, n)
+	var routes []string
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+	}
+	servers := make([]*natsServer, n)
+	for i := range servers {
+		s := &natsServer{t: t, opts: server.Options{
+			ServerName: fmt.Sprintf("s%d", i+1), Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "chart", Host: "127.0.0.1", Port: ports[i]},
+			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
+		}}
+		s.start()
+		s.opts.Port = s.s.Addr().(*net.TCPAddr).Port
+		t.Cleanup(s.stop)
+		servers[i] = s
+	}
+	nc, err := nats.Connect(servers[0].url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	charttest.Eventually(t, "JetStream clustered", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := js.AccountInfo(ctx)
+		return err == nil
+	})
+	return servers
+}
+
+// TestNATSClusterLosesAServer: three clustered nats-servers; node A's
+// connection is to server 1, node B's to server 2. The buckets and the
+// stream get 3 replicas by default. The server leading the presence bucket
+// dies: the nodes on it reconnect to another, uid 1 (on A) stays online in
+// presence as B sees it, no LogoutServer runs, and messages go on across
+// the nodes.
+func TestNATSClusterLosesAServer(t *testing.T) {
+	servers := startNATSCluster(t, 3)
+	urls := func(first int) string {
+		var u []string
+		for i := range servers {
+			u = append(u, servers[(first+i)%len(servers)].url())
+		}
+		return strings.Join(u, ",")
+	}
+	var brokers []*Broker
+	node := func(first int) chart.Broker {
+		nc, err := nats.Connect(urls(first), nats.DontRandomize(), nats.MaxReconnects(-1),
+			nats.ReconnectWait(20*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		b, err := New(nc, Options{TTL: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		brokers = append(brokers, b)
+		return b
+	}
+	rec := charttest.NewRecorder()
+	a := charttest.Start(t, chart.Config{Broker: node(0), RateLimit: -1, Handler: rec}, rec)
+	b := charttest.Start(t, chart.Config{Broker: node(1), RateLimit: -1, Handler: rec}, rec)
+	for _, br := range brokers {
+		if br.opt.Replicas != 3 {
+			t.Fatalf("replicas %d, want 3 on a cluster of 3", br.opt.Replicas)
+		}
+	}
+	c1 := a.Login(t, rec, 1)
+	c2 := b.Login(t, rec, 2)
+	a.Hub.JoinChannelIds(1, "room")
+	b.Hub.JoinChannelIds(2, "room")
+	charttest.AwaitRoute(t, a, "room", c1, c2)
+	charttest.AwaitRoute(t, b, "room", c1, c2)
+
+	// The server that leads the presence bucket dies (with one replica,
+	// presence would die with it).
+	info, err := brokers[0].js.Stream(context.Background(), "KV_"+brokers[0].opt.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := info.CachedInfo().Cluster.Leader
+	for _, s := range servers {
+		if s.opts.ServerName == leader {
+			s.stop()
+		}
+	}
+	// The nodes are back on other servers once messages cross again.
+	charttest.AwaitRoute(t, a, "room", c1, c2)
+	charttest.AwaitRoute(t, b, "room", c1, c2)
+	// Presence outlives the server: for two TTLs, B sees uid 1 online.
+	deadline := time.Now().Add(2 * 3 * time.Second)
+	for time.Now().Before(deadline) {
+		if got := b.Hub.OnlineUserIds(); !slices.Equal(got, []uint64{1, 2}) {
+			t.Fatalf("node B sees %v online, want [1 2]", got)
+		}
+		time.Sleep(100 * time.Millisecond) // sampling presence over time
+	}
+	select {
+	case uid := <-rec.Logouts:
+		t.Fatalf("LogoutServer(%d) while it was connected", uid)
+	default:
+	}
+	c2.SendTo("room", "after")
+	c1.WantContent("after")
+}
