@@ -156,9 +156,10 @@ func (cl *cluster) failed(err error) bool {
 }
 
 // Resumed is the Node method through which the broker says that its
-// subscriptions deliver again after a loss. What this node missed
-// meanwhile of the streams it follows is read from them and delivered, in
-// order, on another goroutine.
+// subscriptions deliver again after a loss. On another goroutine, the node
+// heartbeats at once (re-publishing its presence if the broker lost it),
+// and what it missed meanwhile of the streams it follows is read from them
+// and delivered, in order.
 func (cl *cluster) Resumed() {
 	cl.down.Store(false) // it answers: calls go through again
 	if !cl.catching.CompareAndSwap(false, true) {
@@ -166,6 +167,9 @@ func (cl *cluster) Resumed() {
 		return
 	}
 	if !cl.spawn(func() {
+		// A heartbeat at once: presence lost with the broker's data is
+		// re-published now, not at the next tick.
+		cl.heartbeat(false)
 		for {
 			cl.hub.seq.catchUp()
 			if !cl.again.Swap(false) {

@@ -474,8 +474,8 @@ func TestStreamHoleAfterOutage(t *testing.T) {
 		msgs, _, _ := b.Hub.History("room", 0, 0)
 		return len(msgs) == 0
 	})
+	c.Drop() // before "after", which it must not get live
 	b.Hub.Publish("room", chart.Message{Content: "after"})
-	c.Drop()
 	c.Connect()
 	room := c.Welcome()["channels"].(map[string]any)["room"].(map[string]any)
 	if room["recovered"] != false || room["epoch"] == old[0].Epoch || room["offset"] != float64(1) {
