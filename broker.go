@@ -91,8 +91,10 @@ type Presence interface {
 	// node in the cluster, which runs their LogoutServer. lost reports that
 	// this node's own record had expired or vanished (an outage longer
 	// than the TTL, a restarted backend): the hub then re-publishes its
-	// presence with Restore.
-	Heartbeat() (gone []uint64, lost bool, err error)
+	// presence with Restore. With reap false it only refreshes this node's
+	// TTL: the hub asks so for a TTL after an outage it saw, so that every
+	// node has had a full TTL to heartbeat again before any is reaped.
+	Heartbeat(reap bool) (gone []uint64, lost bool, err error)
 	// HeartbeatInterval is how often the hub calls Heartbeat, well below
 	// the TTL; zero or negative: never.
 	HeartbeatInterval() time.Duration

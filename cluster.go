@@ -124,6 +124,10 @@ type cluster struct {
 
 	streams *brokerStreams // the broker's streams, when it keeps them
 
+	beatMu     sync.Mutex // heartbeats may overlap (the loop's, Resumed's)
+	beatFailed bool       // the last heartbeat failed
+	backAt     time.Time  // when a heartbeat succeeded after failing
+
 	goMu     sync.Mutex // guards starting goroutines (spawn) against stop
 	stopped  bool
 	catching atomic.Bool // a catch-up runs
@@ -222,11 +226,26 @@ func (cl *cluster) heartbeatLoop(every time.Duration) {
 // that they cannot delay the next heartbeat past the node's TTL.
 func (cl *cluster) heartbeat(first bool) {
 	h := cl.hub
-	gone, lost, err := h.presence.Heartbeat()
+	// After an outage this node saw, it reaps nobody for a TTL (three
+	// heartbeat intervals): the other nodes, back too, get a full TTL to
+	// heartbeat again before their records are judged.
+	now := time.Now()
+	cl.beatMu.Lock()
+	reap := !cl.beatFailed && (cl.backAt.IsZero() || now.Sub(cl.backAt) >= 3*h.presence.HeartbeatInterval())
+	cl.beatMu.Unlock()
+	gone, lost, err := h.presence.Heartbeat(reap)
 	if err != nil {
+		cl.beatMu.Lock()
+		cl.beatFailed = true
+		cl.beatMu.Unlock()
 		h.brokerFailed(err)
 		return
 	}
+	cl.beatMu.Lock()
+	if cl.beatFailed {
+		cl.beatFailed, cl.backAt = false, now
+	}
+	cl.beatMu.Unlock()
 	cl.down.Store(false)
 	var drain []uint64
 	for _, uid := range gone {

@@ -300,3 +300,45 @@ func TestFailFast(t *testing.T) {
 		t.Fatalf("Shutdown took %v with a 200 ms context", d)
 	}
 }
+
+// TestLongOutageReapsNobody: every node loses the broker for longer than
+// the TTL while presence survives (a broker restarted with its data).
+// Back, no node reaps another (each waits a TTL after an outage it saw):
+// no LogoutServer for users still connected, and presence is right.
+func TestLongOutageReapsNobody(t *testing.T) {
+	bus := chart.NewMemoryBus()
+	const ttl = 600 * time.Millisecond
+	bus.TTL = ttl
+	var brokers []chart.Broker
+	c := charttest.StartCluster(t, 2, func() chart.Broker {
+		b := bus.Broker()
+		brokers = append(brokers, b)
+		return b
+	})
+	a, b := c.Nodes[0], c.Nodes[1]
+	a.Login(t, c.Rec, 1)
+	b.Login(t, c.Rec, 2)
+	e0, e1 := a.Hub.Stats().BrokerErrors, b.Hub.Stats().BrokerErrors
+	bus.Cut(brokers[0], true)
+	bus.Cut(brokers[1], true)
+	charttest.Eventually(t, "both nodes' heartbeats failing", func() bool {
+		return a.Hub.Stats().BrokerErrors > e0 && b.Hub.Stats().BrokerErrors > e1
+	})
+	time.Sleep(2 * ttl) // the scenario: an outage longer than the TTL
+	bus.Cut(brokers[0], false)
+	bus.Cut(brokers[1], false)
+	// For three TTLs after, nobody is logged out.
+	deadline := time.Now().Add(3 * ttl)
+	for time.Now().Before(deadline) {
+		select {
+		case uid := <-c.Rec.Logouts:
+			t.Fatalf("LogoutServer(%d) after the outage, while it was connected", uid)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	for _, n := range c.Nodes {
+		if got := n.Hub.OnlineUserIds(); !slices.Equal(got, []uint64{1, 2}) {
+			t.Fatalf("%s sees %v online, want [1 2]", n.URL, got)
+		}
+	}
+}

@@ -158,8 +158,8 @@ func (gp guardedPresence) NodeUids() ([]uint64, error) {
 	return guarded(gp.g, gp.p.NodeUids)
 }
 
-func (gp guardedPresence) Heartbeat() ([]uint64, bool, error) {
-	gone, lost, err := gp.p.Heartbeat()
+func (gp guardedPresence) Heartbeat(reap bool) ([]uint64, bool, error) {
+	gone, lost, err := gp.p.Heartbeat(reap)
 	gp.g.done(err)
 	return gone, lost, err
 }

@@ -433,7 +433,7 @@ func (m *memoryBroker) NodeUids() ([]uint64, error) {
 	return ids, nil
 }
 
-func (m *memoryBroker) Heartbeat() (gone []uint64, lost bool, err error) {
+func (m *memoryBroker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
 	if err := m.lock(); err != nil {
 		return nil, false, err
 	}
@@ -444,7 +444,7 @@ func (m *memoryBroker) Heartbeat() (gone []uint64, lost bool, err error) {
 	lost = !ok
 	b.alive[m.id] = now
 	for node, seen := range b.alive {
-		if now.Sub(seen) <= b.ttl() {
+		if !reap || now.Sub(seen) <= b.ttl() {
 			continue
 		}
 		for uid := range b.nodeUsers[node] {

@@ -160,5 +160,5 @@ func (p localPresence) Members(channelId string) ([]uint64, error) {
 func (p localPresence) Online() ([]uint64, error)          { return p.h.localUids(), nil }
 func (p localPresence) IsOnline(uid uint64) (bool, error)  { return p.h.lookupUser(uid) != nil, nil }
 func (p localPresence) NodeUids() ([]uint64, error)        { return p.h.localUids(), nil }
-func (localPresence) Heartbeat() ([]uint64, bool, error)   { return nil, false, nil }
+func (localPresence) Heartbeat(bool) ([]uint64, bool, error) { return nil, false, nil }
 func (localPresence) HeartbeatInterval() (d time.Duration) { return 0 }

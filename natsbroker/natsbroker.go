@@ -658,7 +658,7 @@ func (b *Broker) NodeUids() ([]uint64, error) {
 // Heartbeat refreshes the node's liveness key and reaps dead nodes. After
 // a server restart that lost the buckets it creates them again and reports
 // lost.
-func (b *Broker) Heartbeat() (gone []uint64, lost bool, err error) {
+func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
 	if !b.nc.IsConnected() {
 		return nil, false, errDisconnected
 	}
@@ -682,6 +682,9 @@ func (b *Broker) Heartbeat() (gone []uint64, lost bool, err error) {
 		if _, err := kv.Put(ctx, "node."+b.opt.NodeID, nil); err != nil {
 			return nil, lost, err
 		}
+	}
+	if !reap {
+		return nil, lost, nil
 	}
 	nodes, err := b.keys(ctx, kv, "node.*")
 	if err != nil {

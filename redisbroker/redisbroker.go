@@ -429,8 +429,9 @@ local lost = 1 - redis.call('EXISTS', ak)
 redis.call('SET', ak, '1', 'PX', ARGV[3])
 redis.call('SADD', p .. 'nodes', node)
 local gone = {}
+local reap = ARGV[4] == '1'
 for _, n in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
-  if n ~= node and redis.call('EXISTS', p .. 'alive:' .. n) == 0 then
+  if reap and n ~= node and redis.call('EXISTS', p .. 'alive:' .. n) == 0 then
     for _, uid in ipairs(redis.call('SMEMBERS', p .. 'nu:' .. n)) do
       if drop(p, n, uid) == 1 then table.insert(gone, uid) end
     end
@@ -562,8 +563,12 @@ func (b *Broker) uids(key string) ([]uint64, error) {
 }
 
 // Heartbeat refreshes the node's TTL and reaps dead nodes.
-func (b *Broker) Heartbeat() (gone []uint64, lost bool, err error) {
-	v, err := b.run(heartbeatScript, b.opt.Prefix, b.opt.NodeID, b.opt.TTL.Milliseconds())
+func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
+	r := 0
+	if reap {
+		r = 1
+	}
+	v, err := b.run(heartbeatScript, b.opt.Prefix, b.opt.NodeID, b.opt.TTL.Milliseconds(), r)
 	if err != nil {
 		return nil, false, err
 	}
