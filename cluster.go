@@ -705,6 +705,10 @@ func (cl *cluster) subscribe(t topic, have bool) bool {
 	if want == have || h.killed.Load() {
 		return have
 	}
+	// The order this node kept for t is stale either way: gone with its
+	// subscribers, or from before them (what the stream got meanwhile
+	// must not reach the new subscribers as if live).
+	h.seq.forget(t)
 	var err error
 	if want {
 		err = cl.b.Subscribe(t.name())

@@ -342,3 +342,26 @@ func TestLongOutageReapsNobody(t *testing.T) {
 		}
 	}
 }
+
+// TestNewSubscriberGetsLiveOnly: node A follows a channel's order while it
+// has a member there; the member leaves, the channel goes on on node B,
+// and a new member on A gets live messages only: not, as if live, what
+// the channel got while A had nobody in it.
+func TestNewSubscriberGetsLiveOnly(t *testing.T) {
+	c := charttest.StartCluster(t, 2, chart.NewMemoryBus().Broker)
+	a, b := c.Nodes[0], c.Nodes[1]
+	s1 := a.Login(t, c.Rec, 1)
+	a.Hub.JoinChannelIds(1, "room")
+	charttest.AwaitRoute(t, b, "room", s1)
+	a.Hub.UnJoinChannelIds(1, "room")
+	for i := 0; i < 5; i++ {
+		b.Hub.Publish("room", chart.Message{Content: fmt.Sprint("while nobody was here ", i)})
+	}
+	s2 := a.Login(t, c.Rec, 2)
+	a.Hub.JoinChannelIds(2, "room")
+	// On the memory bus the subscription is made when the join returns.
+	b.Hub.Publish("room", chart.Message{Content: "live"})
+	if m := s2.NextMsg(); m.Content != "live" {
+		t.Fatalf("new member got %q first, want the live message", m.Content)
+	}
+}

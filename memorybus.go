@@ -16,9 +16,10 @@ type MemoryBus struct {
 	// reap it. Set it before the first Broker call; default
 	// DefaultNodeTTL.
 	TTL time.Duration
-	// StreamSize is how many messages each stream (channel, inbox)
-	// keeps. Set it before the first Broker call; default the default
-	// Config.HistorySize (100).
+	// StreamSize is how many messages each channel's stream keeps (the
+	// inboxes keep the default Config.InboxSize, 1000, for the default
+	// Config.InboxTTL). Set it before the first Broker call; default the
+	// default Config.HistorySize (100), for the default HistoryTTL.
 	StreamSize int
 
 	mu        sync.Mutex

@@ -290,14 +290,21 @@ func (c *Conn) throttle(n int) {
 func (c *Conn) dispatch(data []byte) {
 	in, err := decodeFrame(c.uid, data)
 	switch {
+	// The protocol's own frames count against the rate limit as messages
+	// do (over it: ignored, no pong; RateBurst in a row close with 4029).
 	case err == nil && c.v1 && in.Hello != nil:
-		c.recover(in.Hello)
+		c.overRate()
+		c.recover(in.Hello) // the first only: later hellos are ignored
 		return
 	case err == nil && c.v1 && in.Ack != nil:
-		c.acknowledge(in.Ack)
+		if !c.overRate() {
+			c.acknowledge(in.Ack)
+		}
 		return
 	case err == nil && c.v1 && in.Ping != nil:
-		c.enqueue(encodePong(*in.Ping)) // a heartbeat a browser can see
+		if !c.overRate() {
+			c.enqueue(encodePong(*in.Ping)) // a heartbeat a browser can see
+		}
 		return
 	case err != nil:
 		if !c.limited("") {

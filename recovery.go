@@ -139,37 +139,69 @@ func (c *Conn) recover(hello *positions) {
 
 // replays reads history for the streams the connection recovers: its
 // user's channels now, from the client's positions, and its inbox, from
-// the client's position or else from what the user acknowledged. At most
-// half a send queue is replayed; the streams past that are not recovered.
+// the client's position or else from what the user acknowledged. What is
+// replayed is bounded by half a send queue, in messages and in bytes, so
+// that a recovery cannot overflow the queue (and close the connection as a
+// slow consumer, again at every reconnect): the inbox takes its oldest
+// messages up to that, the channels share what is left, and a stream cut
+// short or left out is recovered: false.
 func (c *Conn) replays(hello *positions) []replay {
 	hub := c.hub
-	// The inbox first, in full as kept: direct messages waiting for the
-	// user must not lose to busy channels. From the client's position when
-	// it is of the current epoch, else from what the user acknowledged.
+	b := budget{n: hub.cfg.SendQueueLen / 2, bytes: hub.cfg.SendQueueBytes / 2}
+	// The inbox first: direct messages waiting for the user must not lose
+	// to busy channels. From the client's position when it is of the
+	// current epoch, else from what the user acknowledged; a client whose
+	// position is of another epoch (a restart) is told recovered: false.
 	inbox := topic{uid: c.uid}
 	var p position
 	p.Offset, p.Epoch = hub.streams.acked(inbox, c.uid)
-	fromAcked := true
-	if hello != nil && hello.Inbox != nil && hello.Inbox.Epoch == p.Epoch {
-		p, fromAcked = *hello.Inbox, false
+	fromAcked, stale := true, false
+	if hello != nil && hello.Inbox != nil {
+		if hello.Inbox.Epoch == p.Epoch || hello.Inbox.Epoch == "" && hello.Inbox.Offset == 0 {
+			p, fromAcked = *hello.Inbox, false
+		} else {
+			stale = true
+		}
 	}
-	unlimited := max(hub.cfg.InboxSize, 0) + 1
-	r := hub.replay(inbox, p, p.Epoch != "", &unlimited)
+	r := hub.replay(inbox, p, p.Epoch != "" || !fromAcked, &b, true)
 	r.acked = fromAcked && !r.live
+	if stale {
+		f := false
+		r.pos.Recovered = &f
+	}
 	out := []replay{r}
 	if hello != nil {
-		budget := hub.cfg.SendQueueLen / 2
 		chans, _ := hub.localChannels(c.uid)
 		for _, id := range chans {
 			p, ok := hello.Channels[id]
-			out = append(out, hub.replay(topic{ch: id}, p, ok, &budget))
+			out = append(out, hub.replay(topic{ch: id}, p, ok, &b, false))
 		}
 	}
 	return out
 }
 
-// replay reads stream t after position p (when known) within budget.
-func (h *Hub) replay(t topic, p position, known bool, budget *int) replay {
+// budget is what a recovery may still replay.
+type budget struct{ n, bytes int }
+
+// take reports how many of entries fit in b, oldest first, and takes them.
+func (b *budget) take(entries []entry) int {
+	k := 0
+	for _, e := range entries {
+		size := len(e.data) + 64
+		if b.n < 1 || b.bytes < size {
+			break
+		}
+		b.n--
+		b.bytes -= size
+		k++
+	}
+	return k
+}
+
+// replay reads stream t after position p (when known), within b. A stream
+// that does not fit gets live messages only, or with partial its oldest
+// messages up to b; either way it is not recovered.
+func (h *Hub) replay(t topic, p position, known bool, b *budget, partial bool) replay {
 	r := replay{t: t}
 	limit := 0
 	if !known {
@@ -177,28 +209,41 @@ func (h *Hub) replay(t topic, p position, known bool, budget *int) replay {
 	}
 	entries, epoch, complete, last := h.streams.read(t, p.Offset, limit)
 	// A client that saw the stream empty (epoch "", offset 0) missed all
-	// of it, from its start, in whatever epoch it has now.
+	// of it, from its start. Whether the stream was empty all along or
+	// lost messages since (a restart, an eviction) cannot be told: what it
+	// has now is replayed, as not recovered.
 	empty := known && p.Epoch == "" && p.Offset == 0
-	if empty && epoch != "" {
-		p.Epoch = epoch
-	}
 	recovered := false
 	switch {
 	case empty && epoch == "":
 		// Still empty: nothing missed.
 		r.live, r.pos.Offset, recovered = true, 0, true
-	case !known || epoch == "" || p.Epoch != epoch || p.Offset > last || len(entries) > *budget:
-		// Live only: the position is unknown, of another epoch, or too far
-		// behind. The client learns where the stream is.
-		r.live, r.pos.Offset = true, last
+	case empty:
+		p.Epoch, complete = epoch, false
+		fallthrough
 	default:
-		recovered = complete
-		*budget -= len(entries)
+		if !known || epoch == "" || p.Epoch != epoch || p.Offset > last {
+			// Live only: the position is unknown, of another epoch, or
+			// past the end. The client learns where the stream is.
+			r.live, r.pos.Offset = true, last
+			break
+		}
+		snapshot := *b
+		k := b.take(entries)
+		if k < len(entries) && !partial {
+			*b = snapshot // too far behind: live only
+			r.live, r.pos.Offset = true, last
+			break
+		}
+		recovered = complete && k == len(entries)
 		r.pos.Offset = p.Offset
-		for _, e := range entries {
+		for _, e := range entries[:k] {
 			r.frames = append(r.frames, framePrefix(e.data, e.off, epoch))
 			r.offs = append(r.offs, e.off)
 			r.pos.Offset = e.off
+		}
+		if k == 0 && len(entries) > 0 {
+			r.live, r.pos.Offset = true, last
 		}
 	}
 	r.pos.Epoch = epoch

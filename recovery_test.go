@@ -1,6 +1,7 @@
 package chart_test
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -487,8 +488,10 @@ func TestStreamHoleAfterOutage(t *testing.T) {
 
 // TestEmptyChannelRecovered: a channel that had no message yet is in the
 // welcome as an empty stream (epoch "", offset 0); a client that kept that
-// position and reconnects after messages came recovers them all, from the
-// first, and a still-empty stream counts as recovered.
+// position and reconnects after messages came gets them all, from the
+// first, as not recovered (a restart or an eviction in between cannot be
+// told apart from an empty stream); a still-empty stream, and an empty
+// inbox, count as recovered.
 func TestEmptyChannelRecovered(t *testing.T) {
 	hub := chart.New(chart.Config{Logger: quiet})
 	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
@@ -502,11 +505,15 @@ func TestEmptyChannelRecovered(t *testing.T) {
 	ws.Close()
 	charttest.Recv(t, j.Logouts, "logout")
 
-	// Still empty: recovered.
-	const hello = `{"hello":{"channels":{"room":{"epoch":"","offset":0}}}}`
+	// Still empty: recovered; the empty inbox too.
+	const hello = `{"hello":{"channels":{"room":{"epoch":"","offset":0}},"inbox":{"epoch":"","offset":0}}}`
 	ws = dialV1(t, s.URL+"?id=1", hello)
-	if room := nextFrame(t, ws)["welcome"].(map[string]any)["channels"].(map[string]any)["room"]; fmt.Sprint(room) != "map[epoch: offset:0 recovered:true]" {
+	w := nextFrame(t, ws)["welcome"].(map[string]any)
+	if room := w["channels"].(map[string]any)["room"]; fmt.Sprint(room) != "map[epoch: offset:0 recovered:true]" {
 		t.Fatalf("welcome's room: %v, want an empty stream, recovered", room)
+	}
+	if inbox := w["inbox"]; fmt.Sprint(inbox) != "map[epoch: offset:0 recovered:true]" {
+		t.Fatalf("welcome's inbox: %v, want an empty stream, recovered", inbox)
 	}
 	ws.Close()
 	charttest.Recv(t, j.Logouts, "logout")
@@ -520,7 +527,105 @@ func TestEmptyChannelRecovered(t *testing.T) {
 			t.Fatalf("frame %v, want message %d at offset %d", f, i, i+1)
 		}
 	}
-	if room := nextFrame(t, ws)["welcome"].(map[string]any)["channels"].(map[string]any)["room"].(map[string]any); room["recovered"] != true || room["offset"] != float64(3) {
-		t.Fatalf("welcome's room: %v, want recovered up to 3", room)
+	if room := nextFrame(t, ws)["welcome"].(map[string]any)["channels"].(map[string]any)["room"].(map[string]any); room["recovered"] != false || room["offset"] != float64(3) {
+		t.Fatalf("welcome's room: %v, want offset 3, not recovered", room)
 	}
+}
+
+// TestBigInboxNoLockout: 1,000 direct messages of 1 KiB wait for an
+// offline user, more than a send queue holds (SendQueueBytes, 1 MiB). Its
+// connections, chart.v1 and plain, are not closed as slow consumers: each
+// gets the oldest messages up to half a queue, the chart.v1 one is told
+// its inbox is not recovered, and both stay open for live messages.
+func TestBigInboxNoLockout(t *testing.T) {
+	hub := chart.New(chart.Config{Logger: quiet})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	big := strings.Repeat("x", 1024)
+	for i := 0; i < 1000; i++ {
+		if err := hub.SendMessageToUid(9, 5, fmt.Sprint(i, " ", big)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ws := dialV1(t, s.URL+"?id=5", `{"hello":{}}`)
+	j.WantLogin(t, 5)
+	n := 0
+	for {
+		f := nextFrame(t, ws)
+		if w, ok := f["welcome"].(map[string]any); ok {
+			if inbox := w["inbox"].(map[string]any); inbox["recovered"] != false || inbox["offset"] != float64(n) {
+				t.Fatalf("welcome's inbox %v after %d messages, want not recovered at offset %d", inbox, n, n)
+			}
+			break
+		}
+		if want := fmt.Sprint(n, " ", big); f["content"] != want {
+			t.Fatalf("message %d: %.20v", n, f["content"])
+		}
+		n++
+	}
+	if n < 100 || n >= 1000 {
+		t.Fatalf("%d of 1000 messages replayed, want the oldest up to half a queue", n)
+	}
+	hub.SendMessageToUid(9, 5, "live")
+	for f := nextFrame(t, ws); f["content"] != "live"; f = nextFrame(t, ws) {
+	}
+	ws.Close()
+	charttest.Recv(t, j.Logouts, "logout")
+
+	// A plain connection gets the unacknowledged inbox from the oldest
+	// kept (the inbox keeps 1,000: "live" pushed out message 0), up to
+	// half a queue too (acknowledged by being written), then live.
+	plain := s.Dial(t, 5)
+	hub.SendMessageToUid(9, 5, "live again")
+	for k := 0; ; k++ {
+		m := plain.NextMsg()
+		if m.Content == "live again" {
+			if k < 100 || k >= 1000 {
+				t.Fatalf("%d messages before the live one", k)
+			}
+			break
+		}
+		if want := fmt.Sprint(k+1, " ", big); m.Content != want {
+			t.Fatalf("plain connection, message %d: %.20v", k, m.Content)
+		}
+	}
+}
+
+// TestJSONPingFlood: chart.v1 pings count against the rate limit as messages
+// do: a flood gets RateBurst pongs and then no more, and is closed with
+// 4029, while another user is not disturbed.
+func TestJSONPingFlood(t *testing.T) {
+	hub := chart.New(chart.Config{Logger: quiet, RateLimit: 10, RateBurst: 20})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	other := s.Login(t, j.Recorder, 2)
+	ws := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	j.WantLogin(t, 1)
+	nextFrame(t, ws) // the welcome
+	for i := 0; i < 1000; i++ {
+		if ws.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"ping":%d}`, i))) != nil {
+			break // closed by the server
+		}
+	}
+	pongs := 0
+	ws.SetReadDeadline(time.Now().Add(charttest.Wait))
+	var err error
+	for {
+		var f map[string]any
+		if err = ws.ReadJSON(&f); err != nil {
+			break
+		}
+		if f["pong"] != nil {
+			pongs++
+		}
+	}
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != chart.CloseRateLimited {
+		t.Fatalf("after the flood: %v, want close %d", err, chart.CloseRateLimited)
+	}
+	if pongs > 25 {
+		t.Fatalf("%d pongs for a flood, want about RateBurst (20)", pongs)
+	}
+	hub.Publish("room", chart.Message{Content: "still here"})
+	other.WantContent("still here")
 }

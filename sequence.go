@@ -132,13 +132,18 @@ func (s *sequencer) wait(t topic, q *sequence) {
 	}
 }
 
-// lookup returns t's sequence, locked, making it if needed.
-func (s *sequencer) lookup(t topic) *sequence {
+// shard is t's shard.
+func (s *sequencer) shard(t topic) *seqShard {
 	x := t.uid
 	if t.ch != "" {
 		x = uint64(fnv(t.ch))
 	}
-	sh := &s.shards[(x*0x9E3779B97F4A7C15)>>60]
+	return &s.shards[(x*0x9E3779B97F4A7C15)>>60]
+}
+
+// lookup returns t's sequence, locked, making it if needed.
+func (s *sequencer) lookup(t topic) *sequence {
+	sh := s.shard(t)
 	for {
 		sh.mu.Lock()
 		q := sh.m[t]
@@ -325,6 +330,24 @@ func (s *sequencer) catchUp() {
 			s.wait(f.t, f.q)
 		}
 		f.q.mu.Unlock()
+	}
+}
+
+// forget stops following t: what it holds is dropped.
+func (s *sequencer) forget(t topic) {
+	if s == nil {
+		return
+	}
+	sh := s.shard(t)
+	sh.mu.Lock()
+	q := sh.m[t]
+	delete(sh.m, t)
+	sh.mu.Unlock()
+	if q != nil {
+		q.mu.Lock()
+		q.gone = true
+		q.release(len(q.held))
+		q.mu.Unlock()
 	}
 }
 

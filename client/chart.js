@@ -467,8 +467,11 @@ export class Chart {
   }
 
   // _pause stops sending after a rate_limited refusal: a random time below
-  // min(maxDelay, retryDelay * 2^n), at least half of it.
+  // min(maxDelay, retryDelay * 2^n), at least half of it. The refusals of
+  // the sends in flight together (the window) make one pause, not one step
+  // each: while paused, a refusal does not escalate.
   _pause() {
+    if (Date.now() < this._pauseUntil) return;
     const cap = Math.min(this.options.maxDelay, this.options.retryDelay * 2 ** this._retries);
     this._retries = Math.min(this._retries + 1, 30);
     const until = Date.now() + cap * (0.5 + Math.random() / 2);

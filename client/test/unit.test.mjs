@@ -301,3 +301,22 @@ test("an empty channel in the welcome is kept as an empty stream and said in the
     c.close();
   }
 });
+
+test("the refusals of a window's sends make one rate_limited pause, not one doubling each", async () => {
+  const { c, ws } = await start({ retryDelay: 40, maxDelay: 100000, maxInFlight: 16 });
+  try {
+    const ps = Array.from({ length: 16 }, (_, i) => c.send({ channel_id: "a", content: "s" + i }));
+    const sent = ws.sends();
+    assert.equal(sent.length, 16);
+    const t0 = Date.now();
+    for (const f of sent) ws.recv({ error: "rate_limited", id: f.id });
+    // One pause of at most retryDelay (40 ms), not 40·2^15 ms.
+    for (let i = 0; i < 200 && ws.sends().length === 16; i++) await tick(5);
+    assert.ok(ws.sends().length > 16, "sending again");
+    assert.ok(Date.now() - t0 < 1000, `paused ${Date.now() - t0} ms`);
+    for (const f of ws.sends().slice(16)) ws.recv({ ack: { id: f.id, offset: 1, epoch: "e" } });
+    await Promise.all(ps);
+  } finally {
+    c.close();
+  }
+});
