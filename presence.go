@@ -157,8 +157,8 @@ func (p localPresence) Channels(uid uint64) ([]string, error) {
 func (p localPresence) Members(channelId string) ([]uint64, error) {
 	return p.h.localMembers(channelId), nil
 }
-func (p localPresence) Online() ([]uint64, error)          { return p.h.localUids(), nil }
-func (p localPresence) IsOnline(uid uint64) (bool, error)  { return p.h.lookupUser(uid) != nil, nil }
-func (p localPresence) NodeUids() ([]uint64, error)        { return p.h.localUids(), nil }
+func (p localPresence) Online() ([]uint64, error)            { return p.h.localUids(), nil }
+func (p localPresence) IsOnline(uid uint64) (bool, error)    { return p.h.lookupUser(uid) != nil, nil }
+func (p localPresence) NodeUids() ([]uint64, error)          { return p.h.localUids(), nil }
 func (localPresence) Heartbeat(bool) ([]uint64, bool, error) { return nil, false, nil }
-func (localPresence) HeartbeatInterval() (d time.Duration) { return 0 }
+func (localPresence) HeartbeatInterval() (d time.Duration)   { return 0 }

@@ -287,7 +287,7 @@ func TestPongTimeout(t *testing.T) {
 		return alive.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(charttest.Wait))
 	})
 	s.Attach(t, alive, 1) // its reader answers pings until the test ends
-	start := time.Now() // before its read deadline is set
+	start := time.Now()   // before its read deadline is set
 	silent := s.Open(t, 2, nil)
 	rec.WantLogin(t, 2)
 	if uid := charttest.Recv(t, rec.Logouts, "logout of the silent client"); uid != 2 {
