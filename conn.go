@@ -42,18 +42,19 @@ type Conn struct {
 	mu         sync.Mutex
 	queue      *sendQueue // frames waiting for the writer; nil when empty
 	qbytes     int
-	bufs       net.Buffers      // the writer's current batch
-	writing    bool             // a writer goroutine runs
-	closeFrame []byte           // the close frame the writer sends after the queue; nil once sent
-	hangUp     bool             // drop the socket right after the close frame
-	hold       []held           // message frames waiting until the connection recovered; nil after
-	replayed   map[topic]uint64 // the offset recovery replayed each stream to: later deliveries up to it are doubles
-	helloTimer *time.Timer      // chart.v1: recovery without positions if no hello comes
-	recovering atomic.Bool      // recovery began: only the first call runs (recovery.go)
-	reason     error            // why the connection ended, once known
-	expiry     *time.Timer      // SetExpiry
-	registered bool             // register ran; before it, an expiry in the past refuses
-	expired    bool             // SetExpiry in the past before registration
+	bufs       net.Buffers        // the writer's current batch
+	writing    bool               // a writer goroutine runs
+	closeFrame []byte             // the close frame the writer sends after the queue; nil once sent
+	hangUp     bool               // drop the socket right after the close frame
+	hold       []held             // message frames waiting until the connection recovered; nil after
+	replayed   map[topic]uint64   // the offset recovery replayed each stream to: later deliveries up to it are doubles
+	acked      map[topic]position // what this connection acknowledged (the reader's): a repeated ack is not stored again
+	helloTimer *time.Timer        // chart.v1: recovery without positions if no hello comes
+	recovering atomic.Bool        // recovery began: only the first call runs (recovery.go)
+	reason     error              // why the connection ended, once known
+	expiry     *time.Timer        // SetExpiry
+	registered bool               // register ran; before it, an expiry in the past refuses
+	expired    bool               // SetExpiry in the past before registration
 	writer     sync.WaitGroup
 }
 

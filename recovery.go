@@ -293,9 +293,8 @@ func appendPos(b []byte, p position) []byte {
 // acknowledge records a chart.v1 client's acknowledgement: the positions
 // up to which it has its inbox and channels.
 func (c *Conn) acknowledge(a *positions) {
-	hs := c.hub.streams
 	if a.Inbox != nil && a.Inbox.Epoch != "" {
-		hs.ackStream(topic{uid: c.uid}, c.uid, a.Inbox.Epoch, a.Inbox.Offset)
+		c.ack(topic{uid: c.uid}, *a.Inbox)
 	}
 	if len(a.Channels) == 0 {
 		return
@@ -303,9 +302,23 @@ func (c *Conn) acknowledge(a *positions) {
 	chans, _ := c.hub.localChannels(c.uid)
 	for _, id := range chans { // only channels the user is in
 		if p, ok := a.Channels[id]; ok && p.Epoch != "" {
-			hs.ackStream(topic{ch: id}, c.uid, p.Epoch, p.Offset)
+			c.ack(topic{ch: id}, p)
 		}
 	}
+}
+
+// ack records the connection's acknowledgement of stream t, unless it
+// acknowledged as much already: repeated acks cost no store (broker) call.
+// Only the reader calls it.
+func (c *Conn) ack(t topic, p position) {
+	if last, ok := c.acked[t]; ok && last.Epoch == p.Epoch && last.Offset >= p.Offset {
+		return
+	}
+	if c.acked == nil {
+		c.acked = make(map[topic]position)
+	}
+	c.acked[t] = position{Epoch: p.Epoch, Offset: p.Offset}
+	c.hub.streams.ackStream(t, c.uid, p.Epoch, p.Offset)
 }
 
 // Acked returns the offset up to which uid acknowledged a channel (a

@@ -1,10 +1,12 @@
 package chart_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -628,4 +630,59 @@ func TestJSONPingFlood(t *testing.T) {
 	}
 	hub.Publish("room", chart.Message{Content: "still here"})
 	other.WantContent("still here")
+}
+
+// fullBroker is a broker with presence and streams, as MemoryBus makes.
+type fullBroker interface {
+	chart.Broker
+	chart.Presence
+	chart.Streams
+}
+
+// ackCounter counts the Ack calls that reach the broker.
+type ackCounter struct {
+	fullBroker
+	acks atomic.Int64
+}
+
+func (a *ackCounter) Ack(stream string, uid uint64, epoch string, offset uint64) error {
+	a.acks.Add(1)
+	return a.fullBroker.Ack(stream, uid, epoch, offset)
+}
+
+// TestRepeatedAcksStayLocal: a client that repeats the same
+// acknowledgement (here 200 frames naming 20 channels) costs one broker
+// call per stream and position, not one per frame.
+func TestRepeatedAcksStayLocal(t *testing.T) {
+	br := &ackCounter{fullBroker: chart.NewMemoryBus().Broker().(fullBroker)}
+	hub := chart.New(chart.Config{Logger: quiet, Broker: br, RateLimit: -1})
+	rec := charttest.NewRecorder()
+	s := charttest.Serve(t, hub, rec)
+	ws := dialV1(t, s.URL+"?id=1", `{"hello":{}}`)
+	rec.WantLogin(t, 1)
+	var ids []string
+	for i := 0; i < 20; i++ {
+		ids = append(ids, fmt.Sprint("c", i))
+	}
+	hub.JoinChannelIds(1, ids...)
+	acks := map[string]any{}
+	for _, id := range ids {
+		hub.Publish(id, chart.Message{Content: "m"})
+		msgs, _, _ := hub.History(id, 0, 1)
+		acks[id] = map[string]any{"epoch": msgs[0].Epoch, "offset": msgs[0].Offset}
+	}
+	frame, _ := json.Marshal(map[string]any{"ack": map[string]any{"channels": acks}})
+	for i := 0; i < 200; i++ {
+		ws.WriteMessage(websocket.TextMessage, frame)
+	}
+	charttest.Eventually(t, "the acks recorded", func() bool {
+		off, _ := hub.Acked(1, "c19")
+		return off == 1
+	})
+	ws.WriteMessage(websocket.TextMessage, []byte(`{"ping":1}`)) // the reader has handled every ack before it
+	for f := nextFrame(t, ws); f["pong"] == nil; f = nextFrame(t, ws) {
+	}
+	if n := br.acks.Load(); n != 20 {
+		t.Fatalf("%d Ack calls reached the broker, want 20", n)
+	}
 }
