@@ -340,10 +340,11 @@ type sends struct {
 }
 
 type sendShard struct {
-	mu   sync.Mutex
-	ids  map[sendKey]*sent
-	fifo []sendKey // in the order claimed, for expiry
-	_    [64]byte
+	mu     sync.Mutex
+	ids    map[sendKey]*sent
+	perUid map[uint64]int // ids remembered per uid
+	fifo   []sendKey      // in the order claimed, for expiry (ids dropped before stay until they reach the front)
+	_      [64]byte
 }
 
 type sendKey struct {
@@ -367,8 +368,12 @@ const dedupWindow = 2 * time.Minute
 const maxIdLen = 64
 
 // maxSendsPerShard bounds the ids remembered: 64 shards of it, about 25
-// MiB at most.
-const maxSendsPerShard = 1024
+// MiB at most. maxSendsPerUid bounds one uid's share of its shard, so that
+// a sender cannot push another user's ids out alone.
+const (
+	maxSendsPerShard = 1024
+	maxSendsPerUid   = 128
+)
 
 // claim returns the earlier send of (uid, id), or records this one.
 func (ss *sends) claim(uid uint64, id string) (prev *sent, fresh *sent) {
@@ -376,16 +381,13 @@ func (ss *sends) claim(uid uint64, id string) (prev *sent, fresh *sent) {
 	now := time.Now().UnixNano()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	// Expired ids go, and ids dropped before (nil here) leave the queue.
 	for len(sh.fifo) > 0 {
 		k := sh.fifo[0]
 		if s := sh.ids[k]; s != nil && now-s.at < int64(dedupWindow) {
 			break
 		}
-		delete(sh.ids, k)
-		sh.fifo = sh.fifo[1:]
-	}
-	for len(sh.fifo) >= maxSendsPerShard { // bounded memory, whatever the senders
-		delete(sh.ids, sh.fifo[0])
+		sh.drop(k)
 		sh.fifo = sh.fifo[1:]
 	}
 	k := sendKey{uid, id}
@@ -393,13 +395,38 @@ func (ss *sends) claim(uid uint64, id string) (prev *sent, fresh *sent) {
 		c := *s
 		return &c, nil
 	}
+	if sh.perUid[uid] >= maxSendsPerUid { // this uid's oldest goes
+		for _, old := range sh.fifo {
+			if old.uid == uid && sh.ids[old] != nil {
+				sh.drop(old)
+				break
+			}
+		}
+	}
+	for len(sh.ids) >= maxSendsPerShard { // bounded memory, whatever the senders
+		sh.drop(sh.fifo[0])
+		sh.fifo = sh.fifo[1:]
+	}
 	if sh.ids == nil {
 		sh.ids = make(map[sendKey]*sent)
+		sh.perUid = make(map[uint64]int)
 	}
 	s := &sent{at: now}
 	sh.ids[k] = s
+	sh.perUid[uid]++
 	sh.fifo = append(sh.fifo, k)
 	return nil, s
+}
+
+// drop forgets k, if it is still remembered. The caller holds sh.mu.
+func (sh *sendShard) drop(k sendKey) {
+	if _, ok := sh.ids[k]; !ok {
+		return
+	}
+	delete(sh.ids, k)
+	if sh.perUid[k.uid]--; sh.perUid[k.uid] <= 0 {
+		delete(sh.perUid, k.uid)
+	}
 }
 
 // dedup remembers the ids of clients' messages: this node's sends, or the
