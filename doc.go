@@ -57,13 +57,18 @@
 //   - A message is encoded into its WebSocket frame once per fan-out; every
 //     recipient's queue shares the same bytes, and with a Broker the other
 //     nodes queue those same bytes too.
-//   - Each connection receives messages in the order they were published.
+//   - Each connection receives a stream's messages (a channel's, a user's
+//     inbox) in the order of their offsets, on one node and across nodes
+//     (where the broker assigns them: a node holds a message briefly until
+//     the ones before it arrived).
 //   - One node and many share one path: the hub reaches presence and the
 //     other nodes only through interfaces (Presence, and an internal link
 //     to its peers), which on a single node are its own registry and
 //     nobody. Without a Broker it makes no broker call and runs no
-//     goroutine of its own; with one it runs a heartbeat, plus the
-//     broker's own goroutines.
+//     goroutine of its own (timers aside: pings, and while it has
+//     connections a pause watchdog); with one it runs a heartbeat, plus the
+//     broker's own goroutines. Broker calls made for callers fail fast when
+//     the broker is down or frozen (Config.BrokerWait).
 //
 // See Handler for the goroutine each callback runs on.
 //
