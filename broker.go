@@ -67,7 +67,7 @@ type Presence interface {
 	Disconnect(uid uint64) (last bool, err error)
 	// Restore marks uid online on this node with exactly the channels
 	// given; the hub calls it to re-publish its presence after an outage.
-	Restore(uid uint64, channelIds []string) error
+	Restore(uid uint64, channelIds []string) (first bool, err error)
 	// Join adds uid to the channels. It fails with ErrUserOffline when uid
 	// is online nowhere.
 	Join(uid uint64, channelIds []string) error
@@ -91,10 +91,14 @@ type Presence interface {
 	// node in the cluster, which runs their LogoutServer. lost reports that
 	// this node's own record had expired or vanished (an outage longer
 	// than the TTL, a restarted backend): the hub then re-publishes its
-	// presence with Restore. With reap false it only refreshes this node's
-	// TTL: the hub asks so for a TTL after an outage it saw, so that every
-	// node has had a full TTL to heartbeat again before any is reaped.
-	Heartbeat(reap bool) (gone []uint64, lost bool, err error)
+	// presence with Restore. reaped reports, with lost, that another node
+	// reaped this one (and ran LogoutServer for the uids only here): the
+	// reaper leaves a mark for it. The hub then runs LoginServer for the
+	// uids its Restore finds offline everywhere. With reap false Heartbeat
+	// only refreshes this node's TTL: the hub asks so for a TTL after an
+	// outage it saw, so that every node has had a full TTL to heartbeat
+	// again before any is reaped.
+	Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err error)
 	// HeartbeatInterval is how often the hub calls Heartbeat, well below
 	// the TTL; zero or negative: never.
 	HeartbeatInterval() time.Duration

@@ -131,6 +131,7 @@ type cluster struct {
 	goMu     sync.Mutex // guards starting goroutines (spawn) against stop
 	stopped  bool
 	catching atomic.Bool // a catch-up runs
+	relogin  atomic.Bool // this node was reaped: the next republish logs its uids in again
 	again    atomic.Bool // the broker resumed again while it ran
 }
 
@@ -233,7 +234,7 @@ func (cl *cluster) heartbeat(first bool) {
 	cl.beatMu.Lock()
 	reap := !cl.beatFailed && (cl.backAt.IsZero() || now.Sub(cl.backAt) >= 3*h.presence.HeartbeatInterval())
 	cl.beatMu.Unlock()
-	gone, lost, err := h.presence.Heartbeat(reap)
+	gone, lost, reaped, err := h.presence.Heartbeat(reap)
 	if err != nil {
 		cl.beatMu.Lock()
 		cl.beatFailed = true
@@ -252,6 +253,9 @@ func (cl *cluster) heartbeat(first bool) {
 		if h.queueEvent(uid, func() { h.gone(uid) }) {
 			drain = append(drain, uid)
 		}
+	}
+	if reaped {
+		cl.relogin.Store(true) // the next republish logs the reaped uids in again
 	}
 	republish := cl.stale.Swap(false) || (lost && !first)
 	if republish && !cl.working.CompareAndSwap(false, true) {
@@ -296,9 +300,10 @@ func (h *Hub) gone(uid uint64) {
 // cannot overtake a connect or disconnect.
 func (cl *cluster) republish() {
 	h := cl.hub
+	relogin := cl.relogin.Swap(false)
 	var drain []uint64
 	for _, uid := range h.localUids() {
-		if h.queueEvent(uid, func() { cl.restore(uid) }) {
+		if h.queueEvent(uid, func() { cl.restore(uid, relogin) }) {
 			drain = append(drain, uid)
 		}
 	}
@@ -317,16 +322,30 @@ func (cl *cluster) republish() {
 }
 
 // restore re-publishes the presence of uid, if it is still connected here.
-func (cl *cluster) restore(uid uint64) {
-	if cl.hub.killed.Load() {
+//
+// With relogin (another node reaped this one and ran LogoutServer for the
+// uids that were only here), a uid that the restore finds offline
+// everywhere gets its LoginServer again: its callbacks stay paired.
+func (cl *cluster) restore(uid uint64, relogin bool) {
+	h := cl.hub
+	if h.killed.Load() {
 		return
 	}
-	chans, ok := cl.hub.localChannels(uid)
+	chans, ok := h.localChannels(uid)
 	if !ok {
 		return
 	}
-	if err := cl.hub.presence.Restore(uid, chans); err != nil {
-		cl.hub.brokerFailed(err)
+	first, err := h.presence.Restore(uid, chans)
+	if err != nil {
+		h.brokerFailed(err)
+		return
+	}
+	if relogin && first {
+		handler := h.fallbackHandler()
+		if handler == nil {
+			handler = nopHandler{}
+		}
+		h.call(handler, uid, "LoginServer", func() { handler.LoginServer(uid) })
 	}
 }
 

@@ -123,9 +123,8 @@ func (gp guardedPresence) Disconnect(uid uint64) (bool, error) {
 	return guarded(gp.g, func() (bool, error) { return gp.p.Disconnect(uid) })
 }
 
-func (gp guardedPresence) Restore(uid uint64, channelIds []string) error {
-	_, err := guarded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Restore(uid, channelIds) })
-	return err
+func (gp guardedPresence) Restore(uid uint64, channelIds []string) (bool, error) {
+	return guarded(gp.g, func() (bool, error) { return gp.p.Restore(uid, channelIds) })
 }
 
 func (gp guardedPresence) Join(uid uint64, channelIds []string) error {
@@ -158,10 +157,10 @@ func (gp guardedPresence) NodeUids() ([]uint64, error) {
 	return guarded(gp.g, gp.p.NodeUids)
 }
 
-func (gp guardedPresence) Heartbeat(reap bool) ([]uint64, bool, error) {
-	gone, lost, err := gp.p.Heartbeat(reap)
+func (gp guardedPresence) Heartbeat(reap bool) ([]uint64, bool, bool, error) {
+	gone, lost, reaped, err := gp.p.Heartbeat(reap)
 	gp.g.done(err)
-	return gone, lost, err
+	return gone, lost, reaped, err
 }
 
 func (gp guardedPresence) HeartbeatInterval() time.Duration { return gp.p.HeartbeatInterval() }

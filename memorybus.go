@@ -31,10 +31,11 @@ type MemoryBus struct {
 	users     map[uint64]*memUser
 	members   map[string]map[uint64]struct{}
 	nodeUsers map[string]map[uint64]struct{}
-	streams   *history      // the cluster's streams: made by the first Broker call
-	frozen    chan struct{} // closed to thaw; nil: not frozen
-	waiting   int           // calls waiting for the thaw
-	ids       sends         // the cluster's client message ids
+	reaped    map[string]bool // nodes reaped by another, until they return
+	streams   *history        // the cluster's streams: made by the first Broker call
+	frozen    chan struct{}   // closed to thaw; nil: not frozen
+	waiting   int             // calls waiting for the thaw
+	ids       sends           // the cluster's client message ids
 }
 
 type memUser struct {
@@ -95,6 +96,7 @@ func (b *MemoryBus) SetDown(down bool) {
 		clear(b.users)
 		clear(b.members)
 		clear(b.nodeUsers)
+		clear(b.reaped)
 	}
 	b.mu.Unlock()
 	for _, n := range nodes {
@@ -330,12 +332,12 @@ func (b *MemoryBus) member(id string, uid uint64, on bool) {
 	}
 }
 
-func (m *memoryBroker) Restore(uid uint64, channelIds []string) error {
+func (m *memoryBroker) Restore(uid uint64, channelIds []string) (first bool, err error) {
 	if err := m.lock(); err != nil {
-		return err
+		return false, err
 	}
 	defer m.bus.mu.Unlock()
-	m.bus.connect(m.id, uid)
+	first = m.bus.connect(m.id, uid)
 	u := m.bus.users[uid]
 	for id := range u.chans {
 		m.bus.member(id, uid, false)
@@ -345,7 +347,7 @@ func (m *memoryBroker) Restore(uid uint64, channelIds []string) error {
 		u.chans[id] = struct{}{}
 		m.bus.member(id, uid, true)
 	}
-	return nil
+	return first, nil
 }
 
 func (m *memoryBroker) Join(uid uint64, channelIds []string) error {
@@ -434,15 +436,19 @@ func (m *memoryBroker) NodeUids() ([]uint64, error) {
 	return ids, nil
 }
 
-func (m *memoryBroker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
+func (m *memoryBroker) Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err error) {
 	if err := m.lock(); err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
 	b := m.bus
 	defer b.mu.Unlock()
 	now := time.Now()
 	_, ok := b.alive[m.id]
 	lost = !ok
+	if lost && b.reaped[m.id] {
+		reaped = true
+		delete(b.reaped, m.id)
+	}
 	b.alive[m.id] = now
 	for node, seen := range b.alive {
 		if !reap || now.Sub(seen) <= b.ttl() {
@@ -455,8 +461,12 @@ func (m *memoryBroker) Heartbeat(reap bool) (gone []uint64, lost bool, err error
 		}
 		delete(b.nodeUsers, node)
 		delete(b.alive, node)
+		if b.reaped == nil {
+			b.reaped = make(map[string]bool)
+		}
+		b.reaped[node] = true
 	}
-	return gone, lost, nil
+	return gone, lost, reaped, nil
 }
 
 var _ Streams = (*memoryBroker)(nil)

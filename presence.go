@@ -135,9 +135,9 @@ func (h *Hub) brokerFailed(err error) {
 // last.
 type localPresence struct{ h *Hub }
 
-func (localPresence) Connect(uint64) (bool, error)    { return true, nil }
-func (localPresence) Disconnect(uint64) (bool, error) { return true, nil }
-func (localPresence) Restore(uint64, []string) error  { return nil }
+func (localPresence) Connect(uint64) (bool, error)           { return true, nil }
+func (localPresence) Disconnect(uint64) (bool, error)        { return true, nil }
+func (localPresence) Restore(uint64, []string) (bool, error) { return false, nil }
 func (p localPresence) Join(uid uint64, _ []string) error {
 	return p.online(uid)
 }
@@ -157,8 +157,8 @@ func (p localPresence) Channels(uid uint64) ([]string, error) {
 func (p localPresence) Members(channelId string) ([]uint64, error) {
 	return p.h.localMembers(channelId), nil
 }
-func (p localPresence) Online() ([]uint64, error)            { return p.h.localUids(), nil }
-func (p localPresence) IsOnline(uid uint64) (bool, error)    { return p.h.lookupUser(uid) != nil, nil }
-func (p localPresence) NodeUids() ([]uint64, error)          { return p.h.localUids(), nil }
-func (localPresence) Heartbeat(bool) ([]uint64, bool, error) { return nil, false, nil }
-func (localPresence) HeartbeatInterval() (d time.Duration)   { return 0 }
+func (p localPresence) Online() ([]uint64, error)                  { return p.h.localUids(), nil }
+func (p localPresence) IsOnline(uid uint64) (bool, error)          { return p.h.lookupUser(uid) != nil, nil }
+func (p localPresence) NodeUids() ([]uint64, error)                { return p.h.localUids(), nil }
+func (localPresence) Heartbeat(bool) ([]uint64, bool, bool, error) { return nil, false, false, nil }
+func (localPresence) HeartbeatInterval() (d time.Duration)         { return 0 }

@@ -509,7 +509,7 @@ func (b *Broker) Disconnect(uid uint64) (bool, error) {
 }
 
 // Restore marks uid online here with exactly channelIds.
-func (b *Broker) Restore(uid uint64, channelIds []string) error {
+func (b *Broker) Restore(uid uint64, channelIds []string) (first bool, err error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
 	before, _, err := b.update(ctx, uid, func(r *record) (*record, error) {
@@ -521,18 +521,19 @@ func (b *Broker) Restore(uid uint64, channelIds []string) error {
 		return r, nil
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
+	first = before == nil || len(before.Nodes) == 0
 	if before != nil {
 		if err := b.members(ctx, uid, removeAll(before.Channels, channelIds...), false); err != nil {
-			return err
+			return first, err
 		}
 	}
 	kv, _ := b.buckets()
 	if _, err := kv.Put(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid), nil); err != nil {
-		return err
+		return first, err
 	}
-	return b.members(ctx, uid, channelIds, true)
+	return first, b.members(ctx, uid, channelIds, true)
 }
 
 func (b *Broker) membership(uid uint64, channelIds []string, on bool) error {
@@ -658,9 +659,9 @@ func (b *Broker) NodeUids() ([]uint64, error) {
 // Heartbeat refreshes the node's liveness key and reaps dead nodes. After
 // a server restart that lost the buckets it creates them again and reports
 // lost.
-func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
+func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err error) {
 	if !b.nc.IsConnected() {
-		return nil, false, errDisconnected
+		return nil, false, false, errDisconnected
 	}
 	ctx, cancel := b.ctx()
 	defer cancel()
@@ -670,25 +671,30 @@ func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
 	}
 	if _, err := alive.Put(ctx, b.opt.NodeID, nil); err != nil {
 		if err := b.ensureBuckets(ctx); err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		kv, alive = b.buckets()
 		if _, err := alive.Put(ctx, b.opt.NodeID, nil); err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		lost = true
 	}
 	if lost {
 		if _, err := kv.Put(ctx, "node."+b.opt.NodeID, nil); err != nil {
-			return nil, lost, err
+			return nil, lost, false, err
+		}
+		// Reaped by another node, which left this mark.
+		if _, err := kv.Get(ctx, "reaped."+b.opt.NodeID); err == nil {
+			reaped = true
+			kv.Delete(ctx, "reaped."+b.opt.NodeID)
 		}
 	}
 	if !reap {
-		return nil, lost, nil
+		return nil, lost, reaped, nil
 	}
 	nodes, err := b.keys(ctx, kv, "node.*")
 	if err != nil {
-		return nil, lost, err
+		return nil, lost, reaped, err
 	}
 	for _, k := range nodes {
 		node := strings.TrimPrefix(k, "node.")
@@ -700,12 +706,12 @@ func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
 		}
 		uids, err := lastUids(b.keys(ctx, kv, "nu."+node+".*"))
 		if err != nil {
-			return gone, lost, err
+			return gone, lost, reaped, err
 		}
 		for _, uid := range uids {
 			last, err := b.drop(ctx, node, uid)
 			if err != nil {
-				return gone, lost, err
+				return gone, lost, reaped, err
 			}
 			if last {
 				gone = append(gone, uid)
@@ -713,6 +719,7 @@ func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
 			kv.Delete(ctx, "nu."+node+"."+uidStr(uid))
 		}
 		kv.Delete(ctx, k)
+		kv.Put(ctx, "reaped."+node, nil) // for the node, should it come back
 	}
-	return gone, lost, nil
+	return gone, lost, reaped, nil
 }

@@ -185,3 +185,45 @@ type recvNode struct{ ch chan string }
 func (n *recvNode) Receive(data []byte) { n.ch <- string(data) }
 func (n *recvNode) BrokerError(error)   {}
 func (n *recvNode) Resumed()            {}
+
+// TestReapedMark: a node reaped by another learns it on its next
+// heartbeat (lost and reaped), once, and its Restore finds the uid offline
+// everywhere (first).
+func TestReapedMark(t *testing.T) {
+	srv := startNATS(t)
+	opt := Options{Prefix: "reap", Bucket: "reap", TTL: 600 * time.Millisecond, Timeout: time.Second}
+	a, err := Connect(srv.url(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Connect(srv.url(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, _, _, err := b.Heartbeat(true); err != nil {
+		t.Fatal(err)
+	}
+	if first, err := b.Connect(7); err != nil || !first {
+		t.Fatalf("Connect = %v, %v", first, err)
+	}
+	var gone []uint64
+	charttest.Eventually(t, "b reaped by a", func() bool {
+		gone, _, _, err = a.Heartbeat(true)
+		return err == nil && len(gone) == 1
+	})
+	if gone[0] != 7 {
+		t.Fatalf("gone %v, want [7]", gone)
+	}
+	_, lost, reaped, err := b.Heartbeat(true)
+	if err != nil || !lost || !reaped {
+		t.Fatalf("b's heartbeat after being reaped: lost %v reaped %v err %v", lost, reaped, err)
+	}
+	if first, err := b.Restore(7, nil); err != nil || !first {
+		t.Fatalf("Restore = %v, %v; want first", first, err)
+	}
+	if _, lost, reaped, _ := b.Heartbeat(true); lost || reaped {
+		t.Fatalf("the mark is told once: lost %v reaped %v", lost, reaped)
+	}
+}

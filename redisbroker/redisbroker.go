@@ -394,7 +394,7 @@ return drop(p, node, ARGV[3])`)
 	restoreScript = redis.NewScript(drop + `
 local uid = ARGV[3]
 local uk = p .. 'u:' .. uid
-connect(p, node, uid)
+local first = connect(p, node, uid)
 for _, f in ipairs(redis.call('HKEYS', uk)) do
   if string.sub(f, 1, 2) == 'c:' then
     redis.call('HDEL', uk, f)
@@ -405,7 +405,7 @@ for i = 4, #ARGV do
   redis.call('HSET', uk, 'c:' .. ARGV[i], '1')
   redis.call('SADD', p .. 'c:' .. ARGV[i], uid)
 end
-return 1`)
+return first`)
 
 	// membership: ARGV[2] is 'join' or 'leave'; -1 when uid is offline.
 	membershipScript = redis.NewScript(`
@@ -426,6 +426,8 @@ return 1`)
 	heartbeatScript = redis.NewScript(drop + `
 local ak = p .. 'alive:' .. node
 local lost = 1 - redis.call('EXISTS', ak)
+local reaped = 0
+if lost == 1 then reaped = redis.call('DEL', p .. 'reaped:' .. node) end
 redis.call('SET', ak, '1', 'PX', ARGV[3])
 redis.call('SADD', p .. 'nodes', node)
 local gone = {}
@@ -437,9 +439,10 @@ for _, n in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
     end
     redis.call('DEL', p .. 'nu:' .. n)
     redis.call('SREM', p .. 'nodes', n)
+    redis.call('SET', p .. 'reaped:' .. n, '1', 'PX', 86400000)
   end
 end
-return {lost, gone}`)
+return {lost, gone, reaped}`)
 )
 
 func (b *Broker) run(s *redis.Script, args ...any) (any, error) {
@@ -461,13 +464,13 @@ func (b *Broker) Disconnect(uid uint64) (bool, error) {
 }
 
 // Restore marks uid online here with exactly channelIds.
-func (b *Broker) Restore(uid uint64, channelIds []string) error {
+func (b *Broker) Restore(uid uint64, channelIds []string) (first bool, err error) {
 	args := []any{b.opt.Prefix, b.opt.NodeID, uidArg(uid)}
 	for _, id := range channelIds {
 		args = append(args, id)
 	}
-	_, err := b.run(restoreScript, args...)
-	return err
+	v, err := b.run(restoreScript, args...)
+	return v == int64(1), err
 }
 
 func (b *Broker) membership(op string, uid uint64, channelIds []string) error {
@@ -563,20 +566,20 @@ func (b *Broker) uids(key string) ([]uint64, error) {
 }
 
 // Heartbeat refreshes the node's TTL and reaps dead nodes.
-func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
+func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err error) {
 	r := 0
 	if reap {
 		r = 1
 	}
 	v, err := b.run(heartbeatScript, b.opt.Prefix, b.opt.NodeID, b.opt.TTL.Milliseconds(), r)
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
 	res, ok := v.([]any)
-	if !ok || len(res) != 2 {
-		return nil, false, fmt.Errorf("redisbroker: unexpected heartbeat reply %v", v)
+	if !ok || len(res) != 3 {
+		return nil, false, false, fmt.Errorf("redisbroker: unexpected heartbeat reply %v", v)
 	}
-	lost = res[0] == int64(1)
+	lost, reaped = res[0] == int64(1), res[2] == int64(1)
 	list, _ := res[1].([]any)
 	for _, x := range list {
 		if s, ok := x.(string); ok {
@@ -585,5 +588,5 @@ func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost bool, err error) {
 			}
 		}
 	}
-	return gone, lost, nil
+	return gone, lost, reaped, nil
 }

@@ -162,3 +162,55 @@ func TestDialUnreachable(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestReapedMark: a node reaped by another learns it on its next
+// heartbeat (lost and reaped), once, and its Restore finds the uid offline
+// everywhere (first); a node that merely lost its record (a restarted
+// Redis) is not told reaped.
+func TestReapedMark(t *testing.T) {
+	srv := startRedis(t)
+	opt := Options{Prefix: "reap:", TTL: 300 * time.Millisecond, Timeout: time.Second}
+	a, err := Dial(srv.url(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Dial(srv.url(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, _, _, err := b.Heartbeat(true); err != nil {
+		t.Fatal(err)
+	}
+	if first, err := b.Connect(7); err != nil || !first {
+		t.Fatalf("Connect = %v, %v", first, err)
+	}
+	var gone []uint64
+	charttest.Eventually(t, "b reaped by a", func() bool {
+		gone, _, _, err = a.Heartbeat(true)
+		return err == nil && len(gone) == 1
+	})
+	if gone[0] != 7 {
+		t.Fatalf("gone %v, want [7]", gone)
+	}
+	_, lost, reaped, err := b.Heartbeat(true)
+	if err != nil || !lost || !reaped {
+		t.Fatalf("b's heartbeat after being reaped: lost %v reaped %v err %v", lost, reaped, err)
+	}
+	if first, err := b.Restore(7, nil); err != nil || !first {
+		t.Fatalf("Restore = %v, %v; want first", first, err)
+	}
+	if _, lost, reaped, _ := b.Heartbeat(true); lost || reaped {
+		t.Fatalf("the mark is told once: lost %v reaped %v", lost, reaped)
+	}
+	srv.stop()
+	srv.start()
+	charttest.Eventually(t, "a heartbeat after the restart", func() bool {
+		_, lost, reaped, err := b.Heartbeat(true)
+		if err == nil && reaped {
+			t.Fatal("a restarted Redis told b it was reaped")
+		}
+		return err == nil && lost
+	})
+}
