@@ -16,8 +16,10 @@ import (
 // connections: a message beyond the next expected offset waits, at most
 // reorderWait, for the ones before it. A hole that does not fill in that
 // time (its publisher died between the append and the publish, or the
-// publish failed) is skipped, and a message that comes after its turn was
-// skipped goes out at once. A node starts following a stream at the first
+// publish failed, or is slow) is read from the stream, or skipped if the
+// stream no longer has it; a message that comes after its turn is dropped:
+// it went out from the stream already, or the connections went on. A node
+// starts following a stream at the first
 // message it delivers from it, and forgets it after reorderIdle without
 // traffic, so what it holds is bounded by the streams with local
 // subscribers.
@@ -59,7 +61,39 @@ type sequence struct {
 	timer *time.Timer
 	round uint64 // the timer's: a stopped timer's late call is ignored
 	used  time.Time
-	gone  bool // removed from its shard; look it up again
+	gone  bool        // removed from its shard; look it up again
+	skips [][2]uint64 // the last holes skipped: [from, to)
+}
+
+// maxSkips bounds the holes a sequence remembers.
+const maxSkips = 16
+
+// skip remembers that offsets [from, to) were skipped. q.mu is held.
+func (q *sequence) skip(from, to uint64) {
+	if len(q.skips) == maxSkips {
+		copy(q.skips, q.skips[1:])
+		q.skips = q.skips[:maxSkips-1]
+	}
+	q.skips = append(q.skips, [2]uint64{from, to})
+}
+
+// wasSkipped reports whether off was in a hole skipped, and forgets it
+// there. q.mu is held.
+func (q *sequence) wasSkipped(off uint64) bool {
+	for i, r := range q.skips {
+		if off >= r[0] && off < r[1] {
+			switch {
+			case r[1]-r[0] == 1:
+				q.skips = append(q.skips[:i], q.skips[i+1:]...)
+			case off == r[0]:
+				q.skips[i][0]++
+			case off == r[1]-1:
+				q.skips[i][1]--
+			}
+			return true
+		}
+	}
+	return false
 }
 
 func newSequencer(h *Hub) *sequencer {
@@ -97,8 +131,13 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 		s.hub.deliverTo(t, f, off)
 		q.next = off + 1
 		s.drain(t, q)
-	case off < q.next: // its turn was skipped: late, not dropped
-		s.hub.deliverTo(t, f, off)
+	case off < q.next:
+		// Late: its turn passed. It went out then, read from the stream
+		// (delivering it again would double it), unless it was skipped:
+		// then it goes out now, late rather than never.
+		if q.wasSkipped(off) {
+			s.hub.deliverTo(t, f, off)
+		}
 	default:
 		q.insert(held{f, t, off})
 		s.wait(t, q)
@@ -110,6 +149,7 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 // q.mu is held.
 func (s *sequencer) reset(t topic, q *sequence, epoch string) {
 	s.flush(t, q)
+	q.skips = nil
 	if q.epoch == "" {
 		q.next = 0 // new here: the first message sets the order
 	} else {
@@ -212,6 +252,7 @@ func (s *sequencer) flush(t topic, q *sequence) {
 	for _, m := range q.held {
 		if q.next != 0 && m.off != q.next {
 			s.hub.stats.holes.Add(1)
+			q.skip(q.next, m.off)
 		}
 		s.hub.deliverTo(t, m.f, m.off)
 		q.next = m.off + 1

@@ -52,7 +52,9 @@ type Options struct {
 	// TTL is how long the node stays alive in presence without heartbeat;
 	// it heartbeats every TTL/3. Default chart.DefaultNodeTTL.
 	TTL time.Duration
-	// Timeout bounds each call. Default 1 s.
+	// Timeout bounds each call. Default 5 s (a loaded broker is slow, not
+	// down; calls made while one hangs fail fast anyway, see
+	// chart.Config.BrokerWait).
 	Timeout time.Duration
 	// FileStorage keeps the buckets on disk. By default they are in
 	// memory: presence is re-published by every node after a server
@@ -116,7 +118,7 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 		opt.TTL = chart.DefaultNodeTTL
 	}
 	if opt.Timeout <= 0 {
-		opt.Timeout = time.Second
+		opt.Timeout = 5 * time.Second
 	}
 	auto := opt.Replicas <= 0
 	if auto {

@@ -54,7 +54,9 @@ type Options struct {
 	// TTL is how long the node stays alive in presence without heartbeat;
 	// it heartbeats every TTL/3. Default chart.DefaultNodeTTL.
 	TTL time.Duration
-	// Timeout bounds each Redis call. Default 1 s.
+	// Timeout bounds each Redis call. Default 5 s (a loaded broker is
+	// slow, not down; calls made while one hangs fail fast anyway, see
+	// chart.Config.BrokerWait).
 	Timeout time.Duration
 	// NodeID names the node; default a random id.
 	NodeID string
@@ -149,7 +151,7 @@ func New(rdb redis.UniversalClient, opt Options) *Broker {
 		opt.TTL = chart.DefaultNodeTTL
 	}
 	if opt.Timeout <= 0 {
-		opt.Timeout = time.Second
+		opt.Timeout = 5 * time.Second
 	}
 	if opt.StreamSize <= 0 {
 		opt.StreamSize = DefaultStreamSize
