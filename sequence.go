@@ -63,6 +63,7 @@ type sequence struct {
 	used  time.Time
 	gone  bool        // removed from its shard; look it up again
 	skips [][2]uint64 // the last holes skipped: [from, to)
+	first uint64      // the first offset delivered since following the stream
 }
 
 // maxSkips bounds the holes a sequence remembers.
@@ -128,14 +129,19 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 	}
 	switch {
 	case q.next == 0 || off == q.next:
+		if q.next == 0 {
+			q.first = off
+		}
 		s.hub.deliverTo(t, f, off)
 		q.next = off + 1
 		s.drain(t, q)
 	case off < q.next:
 		// Late: its turn passed. It went out then, read from the stream
-		// (delivering it again would double it), unless it was skipped:
-		// then it goes out now, late rather than never.
-		if q.wasSkipped(off) {
+		// (delivering it again would double it), unless it was skipped or
+		// comes from before this node followed the stream (the first
+		// message it saw may have overtaken it): then it goes out now,
+		// late rather than never.
+		if off < q.first || q.wasSkipped(off) {
 			s.hub.deliverTo(t, f, off)
 		}
 	default:
@@ -153,7 +159,7 @@ func (s *sequencer) reset(t topic, q *sequence, epoch string) {
 	if q.epoch == "" {
 		q.next = 0 // new here: the first message sets the order
 	} else {
-		q.next = 1
+		q.next, q.first = 1, 1
 	}
 	q.epoch = epoch
 }
