@@ -54,12 +54,7 @@ func TestCloseIsAbrupt(t *testing.T) {
 func TestPartition(t *testing.T) {
 	bus := chart.NewMemoryBus()
 	bus.TTL = 1500 * time.Millisecond
-	var brokers []chart.Broker
-	c := charttest.StartCluster(t, 2, func() chart.Broker {
-		b := bus.Broker()
-		brokers = append(brokers, b)
-		return b
-	})
+	c, brokers := startBus(t, bus, 2)
 	a, b := c.Nodes[0], c.Nodes[1]
 	a.Login(t, c.Rec, 1)
 	three := a.Login(t, c.Rec, 3)
@@ -212,12 +207,7 @@ func TestHole(t *testing.T) {
 // delivers them, in order, without waiting for a later message.
 func TestCatchUpAfterCut(t *testing.T) {
 	bus := chart.NewMemoryBus()
-	var brokers []chart.Broker
-	c := charttest.StartCluster(t, 2, func() chart.Broker {
-		b := bus.Broker()
-		brokers = append(brokers, b)
-		return b
-	})
+	c, brokers := startBus(t, bus, 2)
 	a, b := c.Nodes[0], c.Nodes[1]
 	ca := a.Login(t, c.Rec, 1)
 	a.Hub.JoinChannelIds(1, "room")
@@ -315,12 +305,7 @@ func TestLongOutageReapsNobody(t *testing.T) {
 	bus := chart.NewMemoryBus()
 	const ttl = 600 * time.Millisecond
 	bus.TTL = ttl
-	var brokers []chart.Broker
-	c := charttest.StartCluster(t, 2, func() chart.Broker {
-		b := bus.Broker()
-		brokers = append(brokers, b)
-		return b
-	})
+	c, brokers := startBus(t, bus, 2)
 	a, b := c.Nodes[0], c.Nodes[1]
 	a.Login(t, c.Rec, 1)
 	b.Login(t, c.Rec, 2)
@@ -370,4 +355,17 @@ func TestNewSubscriberGetsLiveOnly(t *testing.T) {
 	if m := s2.NextMsg(); m.Content != "live" {
 		t.Fatalf("new member got %q first, want the live message", m.Content)
 	}
+}
+
+// startBus starts a cluster of n nodes on bus and returns it with the
+// nodes' brokers, in order, for MemoryBus.Cut.
+func startBus(t *testing.T, bus *chart.MemoryBus, n int) (*charttest.Cluster, []chart.Broker) {
+	t.Helper()
+	var brokers []chart.Broker
+	c := charttest.StartCluster(t, n, func() chart.Broker {
+		b := bus.Broker()
+		brokers = append(brokers, b)
+		return b
+	})
+	return c, brokers
 }

@@ -50,6 +50,7 @@ func (s Suite) Run(t *testing.T) {
 	for _, cut := range []string{"reset", "blackhole", "kill"} {
 		t.Run("Tunnel/"+cut, func(t *testing.T) { s.tunnel(t, cut) })
 	}
+	t.Run("ReapedMark", s.reapedMark)
 	if s.Outage != nil {
 		t.Run("Outage", s.outage)
 		t.Run("NothingLostAfterOutage", s.resume)
@@ -793,4 +794,57 @@ func (s Suite) resume(t *testing.T) {
 			m = ca.NextMsg()
 		}
 	}
+}
+
+// reapedMark: on the broker's Presence (skipped without one), a node
+// reaped by another learns it on its next heartbeat (lost and reaped),
+// once, and its Restore finds the uid offline everywhere (first), so that
+// the hub logs it in again; with Outage set, a node that merely lost its
+// record with the backend is not told reaped.
+func (s Suite) reapedMark(t *testing.T) {
+	newNode := s.NewCluster(t)
+	ba, bb := newNode(), newNode()
+	defer ba.Close()
+	defer bb.Close()
+	a, ok := ba.(chart.Presence)
+	b, _ := bb.(chart.Presence)
+	if !ok {
+		t.Skip("the broker keeps no presence (chart.Presence)")
+	}
+	if _, _, _, err := b.Heartbeat(true); err != nil {
+		t.Fatal(err)
+	}
+	if first, err := b.Connect(7); err != nil || !first {
+		t.Fatalf("Connect = %v, %v", first, err)
+	}
+	var gone []uint64
+	Eventually(t, "b reaped by a", func() bool {
+		var err error
+		gone, _, _, err = a.Heartbeat(true)
+		return err == nil && len(gone) == 1
+	})
+	if gone[0] != 7 {
+		t.Fatalf("gone %v, want [7]", gone)
+	}
+	_, lost, reaped, err := b.Heartbeat(true)
+	if err != nil || !lost || !reaped {
+		t.Fatalf("b's heartbeat after being reaped: lost %v reaped %v err %v", lost, reaped, err)
+	}
+	if first, err := b.Restore(7, nil); err != nil || !first {
+		t.Fatalf("Restore = %v, %v; want first", first, err)
+	}
+	if _, lost, reaped, _ := b.Heartbeat(true); lost || reaped {
+		t.Fatalf("the mark is told once: lost %v reaped %v", lost, reaped)
+	}
+	if s.Outage == nil {
+		return
+	}
+	s.Outage(t)()
+	Eventually(t, "a heartbeat after the outage", func() bool {
+		_, lost, reaped, err := b.Heartbeat(true)
+		if err == nil && reaped {
+			t.Fatal("a backend that lost its data told b it was reaped")
+		}
+		return err == nil && lost
+	})
 }
