@@ -556,3 +556,32 @@ func TestShutdownFlushes(t *testing.T) {
 	}
 	rec.WantErr(t, chart.ErrHubClosed)
 }
+
+// TestDropOldestBeforeReady: messages published to a connection before it
+// is ready (here from LoginServer, before the reader starts and recovery
+// releases what waits) follow SlowConsumerDropOldest too: the oldest go,
+// the connection stays.
+func TestDropOldestBeforeReady(t *testing.T) {
+	rec := charttest.NewRecorder()
+	var hub *chart.Hub
+	rec.OnLogin = func(uid uint64) {
+		hub.JoinChannelIds(uid, "room")
+		for i := 0; i < 20; i++ {
+			hub.Publish("room", chart.Message{Content: strconv.Itoa(i)})
+		}
+	}
+	s := start(t, chart.Config{SlowConsumer: chart.SlowConsumerDropOldest, SendQueueLen: 8}, rec)
+	hub = s.Hub
+	c := s.Login(t, rec, 1)
+	last := -1
+	for last != 19 {
+		seq, _ := strconv.Atoi(c.NextMsg().Content)
+		if seq <= last {
+			t.Fatalf("message %d after %d", seq, last)
+		}
+		last = seq
+	}
+	if !s.Hub.IsOnline(1) || s.Hub.Stats().Dropped == 0 {
+		t.Fatalf("online %v, stats %+v: want the connection kept and drops", s.Hub.IsOnline(1), s.Hub.Stats())
+	}
+}

@@ -24,8 +24,14 @@ func (c *Conn) enqueueAt(f []byte, t topic, off uint64) bool {
 	defer c.mu.Unlock()
 	if c.hold != nil && c.state.Load() == connOpen {
 		if len(c.hold) >= c.hub.cfg.SendQueueLen {
-			c.slowLocked()
-			return false
+			if c.hub.cfg.SlowConsumer != SlowConsumerDropOldest {
+				c.slowLocked()
+				return false
+			}
+			// As the send queue would: the oldest held message goes.
+			c.hold[0] = held{}
+			c.hold = c.hold[1:]
+			c.hub.stats.dropped.Add(1)
 		}
 		c.hold = append(c.hold, held{f, t, off})
 		return true
