@@ -142,6 +142,30 @@ type Streams interface {
 	Settle(uid uint64, id string, ok bool, offset uint64, epoch string) error
 }
 
+// BatchStreams is implemented by Streams that append many entries in one
+// round trip to the backend (redisbroker, natsbroker and MemoryBus do).
+// With it the hub pipelines its appends: the messages that concurrent
+// publishers (and a business-code loop calling Publish) send while an
+// append is on its way go to the broker together, in the next batch.
+type BatchStreams interface {
+	Streams
+	// AppendBatch appends each entry's Data to its Stream and sets its
+	// Offset and Epoch, or its Err. Entries of one stream get increasing
+	// offsets in the order given. It must not keep the Data by reference.
+	AppendBatch(batch []StreamAppend)
+}
+
+// StreamAppend is one entry of an AppendBatch: what to append, and what
+// became of it.
+type StreamAppend struct {
+	Stream string
+	Data   []byte
+
+	Offset uint64
+	Epoch  string
+	Err    error
+}
+
 // StreamEntry is one entry of a stream.
 type StreamEntry struct {
 	Offset uint64

@@ -85,6 +85,9 @@ func (h *Hub) connectBackends() {
 	if st, ok := b.(Streams); ok {
 		gs := guardedStreams{st, g}
 		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]struct{})}
+		if bs, ok := st.(BatchStreams); ok {
+			cl.streams.pipe = newPipeline(guardedBatch{gs, bs}, cl.spawn)
+		}
 		h.streams, h.ids = cl.streams, brokerIds{h, gs}
 		h.seq = newSequencer(h)
 		if g.probe == nil {
@@ -517,34 +520,69 @@ func (cl *cluster) receiveMessage(t topic, body []byte) {
 			mu.Lock() // this node's offsets reach its connections in order
 			defer mu.Unlock()
 		}
-		off, epoch = h.stamp(t, prefix, transient)
+		if !transient {
+			off, epoch = h.streams.append(t, prefix)
+		}
 	}
 	h.deliverAt(t, framePrefix(prefix, off, epoch), off, epoch)
 }
 
 // brokerStreams is the store of a hub whose Broker keeps streams: the
-// cluster's offsets. A failed append is a broker failure: the message goes
-// on to local connections without a position, and the stream has a hole,
-// which heal resets once the broker answers, so that clients learn
-// recovered:false instead of trusting the history.
+// cluster's offsets. Appends go through the pipeline (pipeline.go) when
+// the broker takes batches. A failed append is a broker failure: the
+// message goes on to local connections without a position, and the stream
+// has a hole, which heal resets once the broker answers, so that clients
+// learn recovered:false instead of trusting the history.
 type brokerStreams struct {
-	hub *Hub
-	s   Streams
+	hub  *Hub
+	s    Streams
+	pipe *pipeline // nil: one append per round trip
 
 	mu   sync.Mutex
 	gaps map[topic]struct{}
 }
 
 func (b *brokerStreams) append(t topic, data []byte) (uint64, string) {
-	off, epoch, err := b.s.Append(t.name(), data)
-	if err != nil {
-		b.hub.brokerFailed(err)
-		b.mu.Lock()
-		b.gaps[t] = struct{}{}
-		b.mu.Unlock()
-		return 0, ""
-	}
+	off, epoch, err := b.appendWait(t, data)
+	off, epoch, _ = b.settle(t, off, epoch, err)
 	return off, epoch
+}
+
+func (b *brokerStreams) appendWait(t topic, data []byte) (uint64, string, error) {
+	if b.pipe != nil {
+		return b.pipe.wait(t, data)
+	}
+	return b.s.Append(t.name(), data)
+}
+
+func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, then func(data []byte, off uint64, epoch string, share bool)) {
+	if b.pipe != nil && !wait {
+		b.pipe.submit(t, data, func(data []byte, off uint64, epoch string, err error) {
+			off, epoch, share := b.settle(t, off, epoch, err)
+			then(data, off, epoch, share)
+		})
+		return
+	}
+	off, epoch, err := b.appendWait(t, data)
+	off, epoch, share := b.settle(t, off, epoch, err)
+	then(data, off, epoch, share)
+}
+
+// settle takes an append's outcome: a failure is reported and leaves a
+// hole; share is false when the other nodes must not be sent the message
+// (the broker may have stored it: they will read it from the stream).
+func (b *brokerStreams) settle(t topic, off uint64, epoch string, err error) (uint64, string, bool) {
+	if err == nil {
+		return off, epoch, true
+	}
+	if errors.Is(err, errPipeStopped) {
+		return 0, "", false
+	}
+	b.hub.brokerFailed(err)
+	b.mu.Lock()
+	b.gaps[t] = struct{}{}
+	b.mu.Unlock()
+	return 0, "", !ambiguous(err)
 }
 
 // brokerIds keeps clients' message ids in the broker, so that a retry on

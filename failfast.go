@@ -223,3 +223,35 @@ func (gs guardedStreams) Settle(uid uint64, id string, ok bool, offset uint64, e
 	_, err := guarded(gs.g, func() (struct{}, error) { return struct{}{}, gs.s.Settle(uid, id, ok, offset, epoch) })
 	return err
 }
+
+// guardedBatch is guardedStreams for Streams that append in batches: a
+// batch counts as one call.
+type guardedBatch struct {
+	guardedStreams
+	b BatchStreams
+}
+
+func (gb guardedBatch) AppendBatch(batch []StreamAppend) {
+	if err := gb.g.enter(true); err != nil {
+		for i := range batch {
+			batch[i].Err = err
+		}
+		return
+	}
+	gb.b.AppendBatch(batch)
+	gb.g.exit(batchErr(batch))
+}
+
+// batchErr is a batch's outcome for the guard: nil when one append
+// succeeded (the broker answers), else the first error.
+func batchErr(batch []StreamAppend) error {
+	for i := range batch {
+		if batch[i].Err == nil {
+			return nil
+		}
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	return batch[0].Err
+}

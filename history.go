@@ -16,6 +16,12 @@ import (
 // node, or the Broker's Streams (brokerStreams, cluster.go).
 type store interface {
 	append(t topic, data []byte) (offset uint64, epoch string)
+	// appendThen appends data to t and calls then with the position and
+	// whether the other nodes are to be sent the message: at once, or
+	// later on another goroutine when the store pipelines its appends
+	// and the caller does not wait (then sees data, or a copy; calls for
+	// one stream keep their order).
+	appendThen(t topic, data []byte, wait bool, then func(data []byte, off uint64, epoch string, share bool))
 	read(t topic, after uint64, limit int) (entries []entry, epoch string, complete bool, last uint64)
 	ackStream(t topic, uid uint64, epoch string, offset uint64)
 	acked(t topic, uid uint64) (offset uint64, epoch string)
@@ -170,6 +176,17 @@ func (hs *history) append(name topic, data []byte) (uint64, string) {
 	sh.expire(st, size, cutoff(now, ttl))
 	hs.trim(sh, st)
 	return st.last, st.epoch
+}
+
+// appendThen appends under the stream's ordering lock, so that whatever
+// then queues reaches connections in offset order.
+func (hs *history) appendThen(t topic, data []byte, _ bool, then func(data []byte, off uint64, epoch string, share bool)) {
+	if mu := hs.order(t); mu != nil {
+		mu.Lock()
+		defer mu.Unlock()
+	}
+	off, epoch := hs.append(t, data)
+	then(data, off, epoch, true)
 }
 
 // cutoff is the oldest time an entry with ttl may have; ttl <= 0: any.

@@ -469,7 +469,7 @@ func (m *memoryBroker) Heartbeat(reap bool) (gone []uint64, lost, reaped bool, e
 	return gone, lost, reaped, nil
 }
 
-var _ Streams = (*memoryBroker)(nil)
+var _ BatchStreams = (*memoryBroker)(nil)
 
 // topicOf parses a stream name.
 func topicOf(stream string) (topic, bool) {
@@ -508,6 +508,14 @@ func (m *memoryBroker) Append(stream string, data []byte) (uint64, string, error
 	}
 	off, epoch := st.append(t, data)
 	return off, epoch, nil
+}
+
+// AppendBatch appends each entry in turn.
+func (m *memoryBroker) AppendBatch(batch []StreamAppend) {
+	for i := range batch {
+		a := &batch[i]
+		a.Offset, a.Epoch, a.Err = m.Append(a.Stream, a.Data)
+	}
 }
 
 // Read returns the stream's entries above after.

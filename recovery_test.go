@@ -469,9 +469,12 @@ func TestStreamHoleAfterOutage(t *testing.T) {
 	old, _, _ := b.Hub.History("room", 0, 0)
 
 	bus.Cut(brokers[0], true)
+	errs := a.Hub.Stats().BrokerErrors
 	if err := a.Hub.Publish("room", chart.Message{Content: "lost"}); err != nil {
 		t.Fatal(err) // served locally: nobody there
 	}
+	// Publish returns before the append: the cut must last until it failed.
+	charttest.Eventually(t, "the append failed", func() bool { return a.Hub.Stats().BrokerErrors > errs })
 	bus.Cut(brokers[0], false)
 	charttest.Eventually(t, "the stream reset after the outage", func() bool {
 		msgs, _, _ := b.Hub.History("room", 0, 0)

@@ -21,7 +21,7 @@ func (h *Hub) route(c *Conn, m *Message) error {
 	if !joined {
 		return newError(ErrNotJoined, c.uid, m.ChannelId, nil)
 	}
-	h.publishChannel(m)
+	h.publishChannel(m, true)
 	return nil
 }
 
@@ -52,7 +52,7 @@ func (h *Hub) SendMessageToChannelIds(uid uint64, msg string, channelIds ...stri
 	for _, id := range channelIds {
 		if res[id] {
 			m := Message{ChannelId: id, UserId: uid, Type: TypeText, Content: msg, SendTime: t}
-			h.publishChannel(&m)
+			h.publishChannel(&m, false)
 		}
 	}
 	return res
@@ -142,7 +142,7 @@ func (h *Hub) Publish(channelId string, m Message) error {
 	if m.SendTime == "" {
 		m.SendTime = now()
 	}
-	h.publishChannel(&m)
+	h.publishChannel(&m, false)
 	return nil
 }
 
@@ -170,23 +170,15 @@ func (h *Hub) Broadcast(m Message) error {
 	return nil
 }
 
-// publishChannel stamps m with its place in the channel's stream (unless
-// it is transient), frames it once, and sends it to the local subscribers,
-// then to the other nodes.
-func (h *Hub) publishChannel(m *Message) {
+// publishChannel frames m once and publishes it on its channel's stream.
+// wait: m ends with its position, and the message is queued on the local
+// connections when publishChannel returns; otherwise (business code's
+// Publish) it may be on its way to the broker still, which assigns it a
+// position before anyone receives it.
+func (h *Hub) publishChannel(m *Message, wait bool) {
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], m)
-	t := topic{ch: m.ChannelId}
-	mu := h.streams.order(t)
-	if mu != nil && !m.Transient {
-		mu.Lock() // offsets reach local connections in the order given
-	}
-	m.Offset, m.Epoch = h.stamp(t, prefix, m.Transient)
-	h.deliverAt(t, framePrefix(prefix, m.Offset, m.Epoch), m.Offset, m.Epoch)
-	if mu != nil && !m.Transient {
-		mu.Unlock()
-	}
-	h.peers.publish(t, prefix, m.Transient, m.Offset, m.Epoch)
+	m.Offset, m.Epoch = h.publishOn(topic{ch: m.ChannelId}, prefix, m.Transient, wait)
 	putScratch(bp, prefix)
 }
 
@@ -196,37 +188,44 @@ func (h *Hub) publishChannel(m *Message) {
 func (h *Hub) publishDirect(m *Message) {
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], m)
-	m.Offset, m.Epoch = h.publishUser(m.ToUserId, prefix, m.Transient)
+	m.Offset, m.Epoch = h.publishOn(topic{uid: m.ToUserId}, prefix, m.Transient, true)
 	if m.UserId != m.ToUserId && m.UserId != 0 {
-		m.Offset, m.Epoch = h.publishUser(m.UserId, prefix, m.Transient)
+		m.Offset, m.Epoch = h.publishOn(topic{uid: m.UserId}, prefix, m.Transient, true)
 	}
 	putScratch(bp, prefix)
 }
 
-// publishUser stamps a message's prefix with its place in uid's inbox and
-// sends it to uid's connections here and on the other nodes.
-func (h *Hub) publishUser(uid uint64, prefix []byte, transient bool) (uint64, string) {
-	t := topic{uid: uid}
-	mu := h.streams.order(t)
-	if mu != nil && !transient {
-		mu.Lock() // offsets reach local connections in the order given
+// publishOn sends prefix, a message framed up to its position, on stream
+// t: it appends it to the stream (unless transient), queues it on the
+// local connections subscribed to t at its position, and hands it to the
+// other nodes. wait: it returns the position once the message is queued
+// here; otherwise at once, with none.
+func (h *Hub) publishOn(t topic, prefix []byte, transient, wait bool) (off uint64, epoch string) {
+	if transient {
+		h.deliverAt(t, framePrefix(prefix, 0, ""), 0, "")
+		h.peers.publish(t, prefix, true, 0, "")
+		return 0, ""
 	}
-	off, epoch := h.stamp(t, prefix, transient)
-	h.deliverAt(t, framePrefix(prefix, off, epoch), off, epoch)
-	if mu != nil && !transient {
-		mu.Unlock()
+	if !wait {
+		h.streams.appendThen(t, prefix, false, func(data []byte, off uint64, epoch string, share bool) {
+			h.publishAt(t, data, off, epoch, share)
+		})
+		return 0, ""
 	}
-	h.peers.publish(t, prefix, transient, off, epoch)
+	h.streams.appendThen(t, prefix, true, func(data []byte, o uint64, e string, share bool) {
+		off, epoch = o, e
+		h.publishAt(t, data, o, e, share)
+	})
 	return off, epoch
 }
 
-// stamp appends a message's prefix to its stream and returns its position;
-// none for a transient message.
-func (h *Hub) stamp(t topic, prefix []byte, transient bool) (uint64, string) {
-	if transient {
-		return 0, ""
+// publishAt queues a message of stream t, appended at offset off, on the
+// local connections, and hands it to the other nodes when share.
+func (h *Hub) publishAt(t topic, prefix []byte, off uint64, epoch string, share bool) {
+	h.deliverAt(t, framePrefix(prefix, off, epoch), off, epoch)
+	if share {
+		h.peers.publish(t, prefix, false, off, epoch)
 	}
-	return h.streams.append(t, prefix)
 }
 
 // deliverTo queues f, at offset off of stream t, on every local connection
