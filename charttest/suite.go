@@ -51,6 +51,7 @@ func (s Suite) Run(t *testing.T) {
 		t.Run("Tunnel/"+cut, func(t *testing.T) { s.tunnel(t, cut) })
 	}
 	t.Run("ReapedMark", s.reapedMark)
+	t.Run("AppendBatch", s.appendBatch)
 	if s.Outage != nil {
 		t.Run("Outage", s.outage)
 		t.Run("NothingLostAfterOutage", s.resume)
@@ -426,14 +427,14 @@ func (s Suite) recovery(t *testing.T) {
 	v1 := NewV1Client(t, a.URL+"?id=1")
 	v1.Connect()
 	b.Hub.Publish("room", chart.Message{Content: "before"})
+	v1.WaitFor("before") // Publish returns before the broker appended: no order across streams
 	b.Hub.SendMessageToUid(9, 1, "dm before") // so that v1 has an inbox position
-	v1.WaitFor("before")
 	v1.WaitFor("dm before")
 	v1.Drop()
+	b.Hub.SendMessageToUid(9, 1, "dm while away")
 	for i := 0; i < 5; i++ {
 		b.Hub.Publish("room", chart.Message{Content: "missed " + strconv.Itoa(i)})
 	}
-	b.Hub.SendMessageToUid(9, 1, "dm while away")
 	v1.URL = b.URL + "?id=1"
 	v1.Connect()
 	v1.WaitFor("missed 4")
@@ -847,4 +848,93 @@ func (s Suite) reapedMark(t *testing.T) {
 		}
 		return err == nil && lost
 	})
+}
+
+// appendBatch: a broker whose Streams take batches (chart.BatchStreams)
+// appends a batch's entries at consecutive offsets per stream in the order
+// given, entries of several streams mixed; a bad stream name fails alone;
+// two nodes appending batches to one stream at once get distinct,
+// consecutive offsets; Read returns exactly what was appended. Skipped for
+// a broker without batches.
+func (s Suite) appendBatch(t *testing.T) {
+	newNode := s.NewCluster(t)
+	ba, bb := newNode(), newNode()
+	defer ba.Close()
+	defer bb.Close()
+	a, ok := ba.(chart.BatchStreams)
+	b, _ := bb.(chart.BatchStreams)
+	if !ok {
+		t.Skip("the broker appends no batches (chart.BatchStreams)")
+	}
+	batch := []chart.StreamAppend{
+		{Stream: "c:batch-x", Data: []byte("x1")},
+		{Stream: "u:99", Data: []byte("u1")},
+		{Stream: "c:batch-x", Data: []byte("x2")},
+		{Stream: "bad", Data: []byte("no")},
+		{Stream: "c:batch-x", Data: []byte("x3")},
+	}
+	a.AppendBatch(batch)
+	for i, want := range []uint64{1, 1, 2, 0, 3} {
+		e := batch[i]
+		if (e.Err != nil) != (want == 0) || e.Offset != want {
+			t.Fatalf("entry %d (%s %q): offset %d, err %v; want offset %d", i, e.Stream, e.Data, e.Offset, e.Err, want)
+		}
+	}
+	if batch[0].Epoch == "" || batch[2].Epoch != batch[0].Epoch || batch[4].Epoch != batch[0].Epoch {
+		t.Fatalf("epochs of one stream differ: %q %q %q", batch[0].Epoch, batch[2].Epoch, batch[4].Epoch)
+	}
+
+	// Two nodes, 4 batches of 10 each, concurrently, to one stream.
+	const batches, per = 4, 10 // 80 entries: within every broker's default stream size
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*batches)
+	offs := make(chan map[uint64]string, 2)
+	for n, st := range []chart.BatchStreams{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got := make(map[uint64]string)
+			for k := 0; k < batches; k++ {
+				bt := make([]chart.StreamAppend, per)
+				for i := range bt {
+					bt[i] = chart.StreamAppend{Stream: "c:batch-y", Data: []byte(fmt.Sprintf("n%d-%d", n, k*per+i))}
+				}
+				st.AppendBatch(bt)
+				for i, e := range bt {
+					if e.Err != nil {
+						errs <- e.Err
+						return
+					}
+					if i > 0 && e.Offset <= bt[i-1].Offset {
+						errs <- fmt.Errorf("node %d batch %d: offset %d after %d", n, k, e.Offset, bt[i-1].Offset)
+					}
+					got[e.Offset] = string(e.Data)
+				}
+			}
+			offs <- got
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	all := make(map[uint64]string)
+	for i := 0; i < 2; i++ {
+		for off, d := range <-offs {
+			if prev, dup := all[off]; dup {
+				t.Fatalf("offset %d given to %q and %q", off, prev, d)
+			}
+			all[off] = d
+		}
+	}
+	entries, _, complete, last, err := a.Read("c:batch-y", 0, 0)
+	if err != nil || !complete || last != 2*batches*per || len(entries) != 2*batches*per {
+		t.Fatalf("Read: %d entries, complete %v, last %d, err %v; want %d, true", len(entries), complete, last, err, 2*batches*per)
+	}
+	for i, e := range entries {
+		if e.Offset != uint64(i+1) || string(e.Data) != all[e.Offset] {
+			t.Fatalf("entry %d: offset %d %q, want offset %d %q", i, e.Offset, e.Data, i+1, all[uint64(i+1)])
+		}
+	}
 }

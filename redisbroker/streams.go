@@ -20,6 +20,13 @@ import (
 //	PREFIX sm:STREAM  hash: epoch (random, made with the stream), last (newest offset)
 //	PREFIX se:STREAM  list of the kept entries, oldest first, each "OFFSET:UNIXMS:DATA"
 //	PREFIX sa:STREAM  hash: uid -> acknowledged offset
+//	PREFIX sb:TOKEN   an append batch's result, for 2 x Options.Timeout
+//
+// The hub appends in batches (chart.BatchStreams): one script call, one
+// round trip, appends a batch's entries to their streams. go-redis sends a
+// command again when its connection failed after it was written; the
+// batch's random token then finds the first run's result, so that a batch
+// is never appended twice.
 //
 // STREAM is the hub's stream name ("c:" + channel id or "u:" + uid). The
 // kinds come first (sm:, se:, sa:), so that no stream's keys collide with
@@ -41,7 +48,7 @@ const (
 	DefaultStreamTTL  = 24 * time.Hour
 )
 
-var _ chart.Streams = (*Broker)(nil)
+var _ chart.BatchStreams = (*Broker)(nil)
 
 // streamHead parses an entry's "OFFSET:UNIXMS:" head. Shared by the scripts.
 const streamHead = `
@@ -57,33 +64,44 @@ end
 `
 
 var (
-	// append: KEYS sm, se, sa; ARGV new epoch, size, ttl ms, data.
-	// Returns {offset, epoch}.
+	// append: KEYS token, then sm, se, sa of each entry; ARGV size, ttl
+	// ms, new epoch, token ttl ms, then each entry's data. Returns {offset,
+	// epoch} of each entry, flat. The result is kept under the batch's
+	// token for a while, so that a batch the client retries (the reply
+	// was lost with the connection) is not appended twice.
 	appendScript = redis.NewScript(streamHead + `
-local m, e, a = KEYS[1], KEYS[2], KEYS[3]
-local size, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local kept = redis.call('GET', KEYS[1])
+if kept then return cjson.decode(kept) end
+local size, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = nowms()
-local epoch = redis.call('HGET', m, 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', m, e, a)
-  redis.call('HSET', m, 'epoch', epoch)
-end
-local off = redis.call('HINCRBY', m, 'last', 1)
-redis.call('RPUSH', e, string.format('%d:%d:', off, now) .. ARGV[4])
-redis.call('LTRIM', e, -size, -1)
 local cut = now - ttl
-while true do
-  local h = redis.call('LINDEX', e, 0)
-  if not h then break end
-  local _, at = head(h)
-  if at >= cut then break end
-  redis.call('LPOP', e)
+local out = {}
+for i = 0, (#KEYS - 1) / 3 - 1 do
+  local m, e, a = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
+  local epoch = redis.call('HGET', m, 'epoch')
+  if not epoch then
+    epoch = ARGV[3]
+    redis.call('DEL', m, e, a)
+    redis.call('HSET', m, 'epoch', epoch)
+  end
+  local off = redis.call('HINCRBY', m, 'last', 1)
+  redis.call('RPUSH', e, string.format('%d:%d:', off, now) .. ARGV[5 + i])
+  redis.call('LTRIM', e, -size, -1)
+  while true do
+    local h = redis.call('LINDEX', e, 0)
+    if not h then break end
+    local _, at = head(h)
+    if at >= cut then break end
+    redis.call('LPOP', e)
+  end
+  redis.call('PEXPIRE', m, ttl)
+  redis.call('PEXPIRE', e, ttl)
+  redis.call('PEXPIRE', a, ttl)
+  out[#out + 1] = off
+  out[#out + 1] = epoch
 end
-redis.call('PEXPIRE', m, ttl)
-redis.call('PEXPIRE', e, ttl)
-redis.call('PEXPIRE', a, ttl)
-return {off, epoch}`)
+redis.call('SET', KEYS[1], cjson.encode(out), 'PX', ARGV[4])
+return out`)
 
 	// read: KEYS sm, se; ARGV after, limit (0: all), ttl ms.
 	// Returns {} for no stream, else {epoch, complete (0/1), last, entries...}.
@@ -177,24 +195,53 @@ func badReply(what string, v any) error {
 
 // Append adds data to stream and returns its offset and epoch.
 func (b *Broker) Append(stream string, data []byte) (uint64, string, error) {
-	keys, err := b.streamKeys(stream)
-	if err != nil {
-		return 0, "", err
+	batch := []chart.StreamAppend{{Stream: stream, Data: data}}
+	b.AppendBatch(batch)
+	return batch[0].Offset, batch[0].Epoch, batch[0].Err
+}
+
+// AppendBatch appends every entry in one script call, one round trip:
+// atomic, entries of one stream at consecutive offsets in the order given.
+// An entry with a bad stream name fails alone.
+func (b *Broker) AppendBatch(batch []chart.StreamAppend) {
+	token := newEpoch()
+	keys := []string{b.opt.Prefix + "sb:" + token}
+	args := []any{b.opt.StreamSize, b.opt.StreamTTL.Milliseconds(), token, (2 * b.opt.Timeout).Milliseconds()}
+	idx := make([]int, 0, len(batch))
+	for i := range batch {
+		a := &batch[i]
+		a.Offset, a.Epoch, a.Err = 0, "", nil
+		k, err := b.streamKeys(a.Stream)
+		if err != nil {
+			a.Err = err
+			continue
+		}
+		keys = append(keys, k...)
+		args = append(args, a.Data)
+		idx = append(idx, i)
 	}
-	v, err := b.runKeys(appendScript, keys, newEpoch(), b.opt.StreamSize, b.opt.StreamTTL.Milliseconds(), data)
-	if err != nil {
-		return 0, "", err
+	if len(idx) == 0 {
+		return
 	}
+	v, err := b.runKeys(appendScript, keys, args...)
 	res, ok := v.([]any)
-	if !ok || len(res) != 2 {
-		return 0, "", badReply("append", v)
+	if err == nil && (!ok || len(res) != 2*len(idx)) {
+		err = badReply("append", v)
 	}
-	off, ok1 := res[0].(int64)
-	epoch, ok2 := res[1].(string)
-	if !ok1 || !ok2 || off <= 0 {
-		return 0, "", badReply("append", v)
+	for k, i := range idx {
+		a := &batch[i]
+		if err != nil {
+			a.Err = err
+			continue
+		}
+		off, ok1 := res[2*k].(int64)
+		epoch, ok2 := res[2*k+1].(string)
+		if !ok1 || !ok2 || off <= 0 {
+			a.Err = badReply("append", v)
+			continue
+		}
+		a.Offset, a.Epoch = uint64(off), epoch
 	}
-	return uint64(off), epoch, nil
 }
 
 // Read returns stream's entries with offsets above after, oldest first, at

@@ -385,3 +385,33 @@ func TestStreamReset(t *testing.T) {
 		t.Fatalf("Acked after Reset = %d, %v", off, err)
 	}
 }
+
+// TestAppendRetriedOnce: a batch sent again under the same token (go-redis
+// retries a command whose connection failed after it was written) is not
+// appended twice: the second run returns the first's offsets.
+func TestAppendRetriedOnce(t *testing.T) {
+	srv := startRedis(t)
+	b := streamBroker(t, srv, Options{})
+	keys, err := b.streamKeys("c:retry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys = append([]string{b.opt.Prefix + "sb:token1"}, keys...)
+	args := []any{b.opt.StreamSize, b.opt.StreamTTL.Milliseconds(), "epoch1", int64(10000), []byte("m1")}
+	first, err := b.runKeys(appendScript, keys, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := b.runKeys(appendScript, keys, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(first) != "[1 epoch1]" || fmt.Sprint(again) != fmt.Sprint(first) {
+		t.Fatalf("first run %v, retry %v; want [1 epoch1] twice", first, again)
+	}
+	r := mustRead(t, b, "c:retry", 0, 0)
+	wantEntries(t, r, 1)
+	if off, _ := mustAppend(t, b, "c:retry", "m2"); off != 2 {
+		t.Fatalf("next append at offset %d, want 2", off)
+	}
+}
