@@ -427,7 +427,7 @@ func (s Suite) recovery(t *testing.T) {
 	v1 := NewV1Client(t, a.URL+"?id=1")
 	v1.Connect()
 	b.Hub.Publish("room", chart.Message{Content: "before"})
-	v1.WaitFor("before") // Publish returns before the broker appended: no order across streams
+	v1.WaitFor("before")                      // Publish returns before the broker appended: no order across streams
 	b.Hub.SendMessageToUid(9, 1, "dm before") // so that v1 has an inbox position
 	v1.WaitFor("dm before")
 	v1.Drop()
