@@ -122,8 +122,9 @@ type cluster struct {
 	stopOnce sync.Once
 	working  atomic.Bool // a republish worker runs
 
-	down  atomic.Bool // a failure was reported and no heartbeat succeeded since
-	stale atomic.Bool // presence must be re-published after the next good heartbeat
+	down  atomic.Bool  // a failure was reported and no heartbeat succeeded since
+	pubAt atomic.Int64 // when a failed publish was last reported (unix ns)
+	stale atomic.Bool  // presence must be re-published after the next good heartbeat
 
 	streams *brokerStreams // the broker's streams, when it keeps them
 
@@ -431,7 +432,20 @@ func (cl *cluster) publish(t topic, prefix []byte, transient bool, offset uint64
 		}
 	}
 	if err := cl.b.Publish(t.name(), append(b, prefix...)); err != nil {
-		cl.hub.brokerFailed(err)
+		cl.publishFailed(err)
+	}
+}
+
+// publishFailed counts a publish the broker refused and reports one a
+// second. It does not mark the broker failing: a publish queue overflows
+// on a busy broker that answers all the same (the others then read what
+// they missed from the streams), and a broker that is down fails the
+// calls that do.
+func (cl *cluster) publishFailed(err error) {
+	cl.hub.stats.brokerErrs.Add(1)
+	now, last := time.Now().UnixNano(), cl.pubAt.Load()
+	if now-last >= int64(time.Second) && cl.pubAt.CompareAndSwap(last, now) {
+		cl.hub.report(nil, &Error{Kind: ErrBroker, Err: err})
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // TestReceiveMalformed: envelopes that are cut short or unknown are
@@ -75,4 +76,54 @@ func FuzzEnvelope(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cl.Receive(data)
 	})
+}
+
+// TestSequencerRearmsAfterStaleRead: a hole's wait expires and the stream
+// is read; while the read runs, the hole fills, but the messages still
+// held wait for a second hole, whose publish was lost. They get a wait of
+// their own and are read from the stream, not held forever (they were,
+// under load, when the stale read left the fired timer in place).
+func TestSequencerRearmsAfterStaleRead(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	s := startServer(t, Config{Broker: bus.Broker()}, rec)
+	c := s.login(t, rec, 1)
+	if err := s.hub.JoinChannelIds(1, "r"); err != nil {
+		t.Fatal(err)
+	}
+	h, r := s.hub, topic{ch: "r"}
+	var frames [6][]byte
+	var epoch string
+	for off := uint64(1); off <= 5; off++ {
+		m := Message{ChannelId: "r", Type: TypeText, Content: "m" + strconv.FormatUint(off, 10)}
+		prefix := appendPrefix(nil, &m)
+		got, e := h.streams.append(r, prefix) // appended, never published
+		if got != off {
+			t.Fatalf("appended at %d, want %d", got, off)
+		}
+		frames[off], epoch = framePrefix(prefix, off, e), e
+	}
+	h.seq.deliver(r, frames[1], 1, epoch)
+	h.seq.deliver(r, frames[3], 3, epoch) // waits for 2
+	h.seq.deliver(r, frames[5], 5, epoch) // waits for 2 and 4
+	bus.Freeze(true)                      // the expiry's read waits here
+	deadline := time.Now().Add(wait)
+	for bus.Waiting() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the wait for offset 2 never read the stream")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	h.seq.deliver(r, frames[2], 2, epoch) // the hole fills: 2 and 3 go out, 5 waits for 4
+	bus.Freeze(false)
+	for off := 1; off <= 5; off++ {
+		c.ws.SetReadDeadline(time.Now().Add(wait))
+		var f frameIn
+		if err := c.ws.ReadJSON(&f); err != nil {
+			t.Fatalf("reading m%d: %v", off, err)
+		}
+		if want := "m" + strconv.Itoa(off); f.Content != want || f.Offset != uint64(off) {
+			t.Fatalf("got %q at offset %d, want %q at %d", f.Content, f.Offset, want, off)
+		}
+	}
 }

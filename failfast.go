@@ -20,8 +20,9 @@ import (
 //     for Config.BrokerWait (50 ms by default). The calls already in
 //     flight then wait for their own timeouts (the broker's options).
 //
-// Stream reads (recovery) are refused while the broker is failing, but do
-// not count as calls in flight: a long read is not a frozen broker.
+// Stream reads (recovery) and batched appends (pipeline.go) are refused
+// while the broker is failing, but do not count as calls in flight: a long
+// read is not a frozen broker.
 
 // ErrBrokerDown is the error of a broker call refused at once because the
 // broker is failing or has stopped answering; it reaches callers wrapped
@@ -224,22 +225,25 @@ func (gs guardedStreams) Settle(uid uint64, id string, ok bool, offset uint64, e
 	return err
 }
 
-// guardedBatch is guardedStreams for Streams that append in batches: a
-// batch counts as one call.
+// guardedBatch is guardedStreams for Streams that append in batches.
+// Like a read, a batch is refused while the broker is failing but does not
+// count as a call in flight: batches are sent by the pipeline's flushers,
+// not by callers that must not wait, and a big batch on a busy broker is
+// not a frozen one (refusing appends leaves holes in the streams).
 type guardedBatch struct {
 	guardedStreams
 	b BatchStreams
 }
 
 func (gb guardedBatch) AppendBatch(batch []StreamAppend) {
-	if err := gb.g.enter(true); err != nil {
+	if err := gb.g.enter(false); err != nil {
 		for i := range batch {
 			batch[i].Err = err
 		}
 		return
 	}
 	gb.b.AppendBatch(batch)
-	gb.g.exit(batchErr(batch))
+	gb.g.done(batchErr(batch))
 }
 
 // batchErr is a batch's outcome for the guard: nil when one append

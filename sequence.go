@@ -306,10 +306,16 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.round != round || q.timer == nil || q.next != from || q.epoch != epoch {
-		return
+	if q.round != round || q.timer == nil {
+		return // a new wait began meanwhile: its timer decides
 	}
 	q.timer = nil
+	if q.next != from || q.epoch != epoch {
+		// The hole filled while the read ran, and what is held now may
+		// wait for another: it gets a wait of its own.
+		s.wait(t, q)
+		return
+	}
 	s.fill(t, q, entries, got)
 	s.flush(t, q)
 }

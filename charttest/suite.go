@@ -52,6 +52,7 @@ func (s Suite) Run(t *testing.T) {
 	}
 	t.Run("ReapedMark", s.reapedMark)
 	t.Run("AppendBatch", s.appendBatch)
+	t.Run("RoomsUnderLoad", s.roomsUnderLoad)
 	if s.Outage != nil {
 		t.Run("Outage", s.outage)
 		t.Run("NothingLostAfterOutage", s.resume)
@@ -937,4 +938,75 @@ func (s Suite) appendBatch(t *testing.T) {
 			t.Fatalf("entry %d: offset %d %q, want offset %d %q", i, e.Offset, e.Data, i+1, all[uint64(i+1)])
 		}
 	}
+}
+
+// roomsUnderLoad: 4 rooms of 10 users, 5 of each room on each of 2 nodes,
+// every user sending 30 messages as fast as it can, all at once: every
+// member receives every message of its room once, each sender's in order.
+func (s Suite) roomsUnderLoad(t *testing.T) {
+	c := s.start(t, 2)
+	const rooms, size, per = 4, 10, 30
+	clients := make([]*Client, rooms*size)
+	room := func(i int) string { return "load" + strconv.Itoa(i/size) }
+	for i := range clients {
+		uid, node := uint64(i+1), c.Nodes[i%2]
+		clients[i] = node.Login(t, c.Rec, uid)
+		if err := node.Hub.JoinChannelIds(uid, room(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for r := 0; r < rooms; r++ {
+		for _, node := range c.Nodes {
+			AwaitRoute(t, node, room(r*size), clients[r*size:(r+1)*size]...)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(clients))
+	for i, cl := range clients {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for k := 0; k < per; k++ {
+				cl.SendTo(room(i), fmt.Sprintf("%d:%d", cl.Uid, k))
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			errs <- receiveRoom(cl, room(i), size*per)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("%v (node stats: %+v / %+v)", err, c.Nodes[0].Hub.Stats(), c.Nodes[1].Hub.Stats())
+			return
+		}
+	}
+}
+
+// receiveRoom reads n messages "uid:k" of channel from cl and checks that
+// each sender's come once and in order.
+func receiveRoom(cl *Client, channel string, n int) error {
+	next := make(map[uint64]int)
+	for got := 0; got < n; got++ {
+		f, ok := cl.next(Wait)
+		if !ok {
+			return fmt.Errorf("uid %d: %d of %d messages, then nothing for %v (next per sender: %v)", cl.Uid, got, n, Wait, next)
+		}
+		if f.Error != "" || f.ChannelId != channel {
+			return fmt.Errorf("uid %d: unexpected frame %+v", cl.Uid, f)
+		}
+		m := f.Message
+		var uid uint64
+		var k int
+		if _, err := fmt.Sscanf(m.Content, "%d:%d", &uid, &k); err != nil || uid != m.UserId {
+			return fmt.Errorf("uid %d: unexpected message %+v", cl.Uid, m)
+		}
+		if k != next[uid] {
+			return fmt.Errorf("uid %d: from uid %d got message %d, want %d", cl.Uid, uid, k, next[uid])
+		}
+		next[uid]++
+	}
+	return nil
 }
