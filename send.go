@@ -184,12 +184,14 @@ func (h *Hub) publishChannel(m *Message, wait bool) {
 
 // publishDirect sends a direct message to every connection of its
 // recipient and of its sender, each stamped with its place in that user's
-// inbox; m ends with the sender's.
+// inbox; m ends with the sender's. The two appends go out together: the
+// recipient's is not waited for when the sender's is.
 func (h *Hub) publishDirect(m *Message) {
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], m)
-	m.Offset, m.Epoch = h.publishOn(topic{uid: m.ToUserId}, prefix, m.Transient, true)
-	if m.UserId != m.ToUserId && m.UserId != 0 {
+	both := m.UserId != m.ToUserId && m.UserId != 0
+	m.Offset, m.Epoch = h.publishOn(topic{uid: m.ToUserId}, prefix, m.Transient, !both)
+	if both {
 		m.Offset, m.Epoch = h.publishOn(topic{uid: m.UserId}, prefix, m.Transient, true)
 	}
 	putScratch(bp, prefix)

@@ -96,8 +96,13 @@ type pubMsg struct {
 
 // publishQueue bounds the messages waiting to be published: what a node
 // sends in a few milliseconds at full speed. When it is full, a publish
-// fails at once instead of buffering without bound.
-const publishQueue = 4096
+// waits for room at most publishWait (a busy Redis slows publishers down
+// rather than losing their messages), then fails instead of buffering
+// without bound.
+const (
+	publishQueue = 4096
+	publishWait  = 100 * time.Millisecond
+)
 
 // ErrPublishQueueFull is returned when messages are published faster than
 // Redis takes them.
@@ -220,12 +225,21 @@ func (b *Broker) Publish(topic string, data []byte) error {
 	if err := b.allow(); err != nil {
 		return err
 	}
+	m := pubMsg{b.opt.Prefix + topic, bytes.Clone(data)}
 	select {
-	case b.pubq <- pubMsg{b.opt.Prefix + topic, bytes.Clone(data)}:
+	case b.pubq <- m:
 		return nil
 	default:
-		return ErrPublishQueueFull
 	}
+	t := time.NewTimer(publishWait)
+	defer t.Stop()
+	select {
+	case b.pubq <- m:
+		return nil
+	case <-t.C:
+	case <-b.closed:
+	}
+	return ErrPublishQueueFull
 }
 
 // publishLoop sends the queued messages, all that are waiting in one

@@ -111,8 +111,9 @@ func TestRedisBroker(t *testing.T) {
 
 // TestPublishQueueBounded: when messages are published faster than they
 // are sent (here nothing sends: the broker is not attached), the queue
-// stops at publishQueue and further publishes fail at once with
-// ErrPublishQueueFull instead of buffering without bound.
+// stops at publishQueue and further publishes fail, after waiting
+// publishWait for room, with ErrPublishQueueFull instead of buffering
+// without bound.
 func TestPublishQueueBounded(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer rdb.Close()
@@ -122,8 +123,12 @@ func TestPublishQueueBounded(t *testing.T) {
 			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
+	start := time.Now()
 	if err := b.Publish("u:7", []byte("x")); !errors.Is(err, ErrPublishQueueFull) {
 		t.Fatalf("publish past the queue: %v, want ErrPublishQueueFull", err)
+	}
+	if waited := time.Since(start); waited < publishWait {
+		t.Fatalf("publish past the queue failed after %v, want a wait of %v for room", waited, publishWait)
 	}
 	if len(b.pubq) != publishQueue {
 		t.Fatalf("queue holds %d, want %d", len(b.pubq), publishQueue)
