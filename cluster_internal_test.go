@@ -117,13 +117,73 @@ func TestSequencerRearmsAfterStaleRead(t *testing.T) {
 	h.seq.deliver(r, frames[2], 2, epoch) // the hole fills: 2 and 3 go out, 5 waits for 4
 	bus.Freeze(false)
 	for off := 1; off <= 5; off++ {
-		c.ws.SetReadDeadline(time.Now().Add(wait))
-		var f frameIn
-		if err := c.ws.ReadJSON(&f); err != nil {
-			t.Fatalf("reading m%d: %v", off, err)
+		want(t, c, off)
+	}
+}
+
+// TestSequencerWaitsBeyondTheRead: a hole's wait reads the stream; a
+// message beyond the stream's newest offset at the time of the read
+// arrives meanwhile. The read fills the hole, and that message waits for
+// the one before it, still on its way, instead of going out past a hole
+// (which left the late one out of order).
+func TestSequencerWaitsBeyondTheRead(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	s := startServer(t, Config{Broker: bus.Broker()}, rec)
+	c := s.login(t, rec, 1)
+	if err := s.hub.JoinChannelIds(1, "r"); err != nil {
+		t.Fatal(err)
+	}
+	h, r := s.hub, topic{ch: "r"}
+	var prefixes [6][]byte
+	var epoch string
+	for off := uint64(1); off <= 5; off++ {
+		m := Message{ChannelId: "r", Type: TypeText, Content: "m" + strconv.FormatUint(off, 10)}
+		prefixes[off] = appendPrefix(nil, &m)
+	}
+	for off := uint64(1); off <= 3; off++ {
+		_, epoch = h.streams.append(r, prefixes[off])
+	}
+	frame := func(off uint64) []byte { return framePrefix(prefixes[off], off, epoch) }
+	h.seq.deliver(r, frame(1), 1, epoch)
+	h.seq.deliver(r, frame(3), 3, epoch) // waits for 2
+	bus.Freeze(true)                     // the expiry's read waits here
+	deadline := time.Now().Add(wait)
+	for bus.Waiting() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the wait for offset 2 never read the stream")
 		}
-		if want := "m" + strconv.Itoa(off); f.Content != want || f.Offset != uint64(off) {
-			t.Fatalf("got %q at offset %d, want %q at %d", f.Content, f.Offset, want, off)
+		time.Sleep(time.Millisecond)
+	}
+	h.seq.deliver(r, frame(5), 5, epoch) // 4 and 5 are appended after the read
+	bus.Freeze(false)
+	for off := 1; off <= 3; off++ {
+		want(t, c, off)
+	}
+	for off := uint64(4); off <= 5; off++ {
+		if got, _ := h.streams.append(r, prefixes[off]); got != off {
+			t.Fatalf("appended at %d, want %d", got, off)
 		}
+	}
+	h.seq.deliver(r, frame(4), 4, epoch)
+	for off := 4; off <= 5; off++ {
+		want(t, c, off)
+	}
+	if holes := h.Stats().Holes; holes != 0 {
+		t.Fatalf("%d holes skipped, want none", holes)
+	}
+}
+
+// want reads c's next frame and checks that it is message "m<off>" at
+// offset off.
+func want(t *testing.T, c *client, off int) {
+	t.Helper()
+	c.ws.SetReadDeadline(time.Now().Add(wait))
+	var f frameIn
+	if err := c.ws.ReadJSON(&f); err != nil {
+		t.Fatalf("reading m%d: %v", off, err)
+	}
+	if w := "m" + strconv.Itoa(off); f.Content != w || f.Offset != uint64(off) {
+		t.Fatalf("got %q at offset %d, want %q at %d", f.Content, f.Offset, w, off)
 	}
 }

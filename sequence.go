@@ -266,6 +266,27 @@ func (s *sequencer) flush(t topic, q *sequence) {
 	q.release(len(q.held))
 }
 
+// flushTo delivers the held messages up to offset upTo in order, and
+// skips (and counts) the holes up to it. q.mu is held.
+func (s *sequencer) flushTo(t topic, q *sequence, upTo uint64) {
+	k := 0
+	for ; k < len(q.held) && q.held[k].off <= upTo; k++ {
+		m := q.held[k]
+		if q.next != 0 && m.off != q.next {
+			s.hub.stats.holes.Add(1)
+			q.skip(q.next, m.off)
+		}
+		s.hub.deliverTo(t, m.f, m.off)
+		q.next = m.off + 1
+	}
+	q.release(k)
+	if q.next != 0 && q.next <= upTo {
+		s.hub.stats.holes.Add(1)
+		q.skip(q.next, upTo+1)
+		q.next = upTo + 1
+	}
+}
+
 // release drops the first k held messages and stops the timer when none
 // waits any more.
 func (q *sequence) release(k int) {
@@ -302,7 +323,7 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 	from, epoch := q.next, q.epoch
 	q.mu.Unlock()
 
-	entries, got := s.read(t, from)
+	entries, got, last := s.read(t, from)
 
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -310,22 +331,31 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 		return // a new wait began meanwhile: its timer decides
 	}
 	q.timer = nil
-	if q.next != from || q.epoch != epoch {
+	switch {
+	case q.next != from || q.epoch != epoch:
 		// The hole filled while the read ran, and what is held now may
 		// wait for another: it gets a wait of its own.
-		s.wait(t, q)
+	case got == "":
+		s.flush(t, q) // the broker fails: no telling what is missing
 		return
+	default:
+		// What the stream has up to its newest offset goes out, its
+		// holes skipped: gone from the stream. Messages that arrived
+		// during the read beyond that offset wait for those before them,
+		// still on their way.
+		s.fill(t, q, entries, got)
+		s.flushTo(t, q, last)
+		s.drain(t, q)
 	}
-	s.fill(t, q, entries, got)
-	s.flush(t, q)
+	s.wait(t, q)
 }
 
 // read returns what stream t has from offset from on (all of it: read
-// keeps the newest when limited; the stream's size bounds it) and its
-// epoch; none when the broker fails.
-func (s *sequencer) read(t topic, from uint64) ([]entry, string) {
-	entries, epoch, _, _ := s.hub.streams.read(t, max(from, 1)-1, 0)
-	return entries, epoch
+// keeps the newest when limited; the stream's size bounds it), its epoch
+// and its newest offset; no epoch when the broker fails.
+func (s *sequencer) read(t topic, from uint64) ([]entry, string, uint64) {
+	entries, epoch, _, last := s.hub.streams.read(t, max(from, 1)-1, 0)
+	return entries, epoch, last
 }
 
 // fill adds to what q holds the entries read from its stream, in their
@@ -375,7 +405,7 @@ func (s *sequencer) catchUp() {
 		if gone || from == 0 {
 			continue
 		}
-		entries, got := s.read(f.t, from)
+		entries, got, _ := s.read(f.t, from)
 		f.q.mu.Lock()
 		if !f.q.gone && f.q.next == from && f.q.epoch == epoch {
 			s.fill(f.t, f.q, entries, got)
