@@ -244,6 +244,20 @@ func newBrowser(t *testing.T, parent context.Context, width, height int) context
 	return ctx
 }
 
+// newTab opens another tab in the browser of ctx (same profile, same
+// cookies) and returns its context; it is closed in t.Cleanup. A new tab
+// waits for a debugger before it runs any script or timer: chromedp does
+// not release it, so this does.
+func newTab(t *testing.T, browser context.Context) context.Context {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(browser)
+	t.Cleanup(cancel)
+	if err := chromedp.Run(ctx, runtime.RunIfWaitingForDebugger()); err != nil {
+		t.Fatalf("open a tab: %v", err)
+	}
+	return ctx
+}
+
 // page is one signed-in user's tab.
 type page struct {
 	t    *testing.T
