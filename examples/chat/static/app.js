@@ -31,8 +31,10 @@
 // conversation, then what arrived meanwhile, each message once. Signing out
 // forgets all of it.
 //
-// What it keeps of presence is bounded: MAX_ONLINE_SHOWN people in the
-// online list, MAX_NAMES display names.
+// What it keeps is bounded, so that a flood (thousands of direct messages
+// from many senders) cannot freeze the tab: MAX_KEPT messages per
+// conversation, MAX_SHOWN in the page at once (the oldest go first),
+// MAX_ONLINE_SHOWN people in the online list, MAX_NAMES display names.
 //
 // The connection's state is always shown in #connection (data-testid
 // "connection"): its text and data-state are chart.js's state, "connecting",
@@ -45,7 +47,8 @@ import { Chart } from '/chart.js';
 const PRESENCE_CHANNEL = 'presence';
 const PRESENCE_TYPE = 1;
 const TEXT_TYPE = 3;
-const MAX_KEPT = 500; // messages kept per conversation
+const MAX_KEPT = 300; // messages kept per conversation
+const MAX_SHOWN = 300; // message elements in the page at once
 const MAX_SAVED = 200; // messages per conversation kept across a reload
 const MAX_ONLINE_SHOWN = 200; // people listed; the rest are counted
 const MAX_NAMES = 2000; // display names remembered
@@ -731,7 +734,7 @@ function restoreView(uid) {
   if (!v || typeof v !== 'object') return;
   const isEntry = (e) => e && Number.isSafeInteger(e.seq) &&
     (e.gap === true || (e.m && typeof e.m === 'object' && typeof e.m.content === 'string'));
-  const entries = (list) => (Array.isArray(list) ? list.filter(isEntry).map((e) => (e.gap ? { seq: e.seq, gap: true } : { seq: e.seq, m: slim(e.m) })) : []);
+  const entries = (list) => (Array.isArray(list) ? list.slice(-MAX_KEPT).filter(isEntry).map((e) => (e.gap ? { seq: e.seq, gap: true } : { seq: e.seq, m: slim(e.m) })) : []);
   const strings = (list) => (Array.isArray(list) ? list.filter((s) => typeof s === 'string') : []);
   const pairs = (list) => (Array.isArray(list) ? list.filter((p) => Array.isArray(p) && p.length === 2) : []);
   state.channels = strings(v.channels).filter((c) => c !== PRESENCE_CHANNEL).sort();
@@ -816,9 +819,11 @@ function renderOnline() {
   }
 }
 
+// viewEntries is what the selected conversation shows: its channel's
+// messages and the direct messages, in arrival order, the last MAX_SHOWN.
 function viewEntries() {
   const channel = state.selected ? state.history.get(state.selected) || [] : [];
-  return channel.concat(state.direct).sort((a, b) => a.seq - b.seq);
+  return channel.concat(state.direct).sort((a, b) => a.seq - b.seq).slice(-MAX_SHOWN);
 }
 
 function renderView() {
@@ -844,6 +849,8 @@ function appendToView(entry) {
   const nearEnd = el.messages.scrollHeight - el.messages.scrollTop - el.messages.clientHeight < 80;
   const last = el.messages.lastElementChild;
   el.messages.append(renderMessage(entry.m, last ? last._msg : null));
+  // At most MAX_SHOWN elements: the oldest go.
+  while (el.messages.children.length > MAX_SHOWN) el.messages.firstElementChild.remove();
   updateEmpty();
   const mine = entry.m.user_id === state.uid;
   if (nearEnd || mine) scrollToEnd(false);
