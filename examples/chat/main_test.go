@@ -730,6 +730,10 @@ func TestSignOut(t *testing.T) {
 	c1 := dial(t, e.base(), ann, "", nil)
 	c1.nextDelta("join", ann.UID)
 	c2 := dial(t, e.base(), ann, "", nil)
+	// The dial returns at the handshake's answer; the hub registers the
+	// connection right after. (One that registers after the sign-out lives
+	// on: a stateless session cannot be revoked, see session.go.)
+	waitFor(t, "both connections registered", func() bool { return e.a.hub.Stats().Connections == 2 })
 	res, b := call(t, e.base(), "POST", "/api/signout", `{}`, ann.header())
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("sign out: HTTP %d %s", res.StatusCode, b)

@@ -32,7 +32,8 @@ import (
 //
 // What this does not do: a cookie cannot be revoked before it expires.
 // Signing out clears it in the browser and closes the user's connections,
-// but a copy taken earlier stays valid until sessionTTL has passed. A real
+// but a copy taken earlier stays valid until sessionTTL has passed (as does
+// a connection whose handshake was under way at that moment). A real
 // application keeps its sessions in a store so that it can end them.
 
 const (
