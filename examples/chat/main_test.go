@@ -1,10 +1,13 @@
 package main
 
 import (
+	"cmp"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -17,18 +20,31 @@ import (
 	"go.uber.org/goleak"
 )
 
-// The browser test in e2e/ drives the page; these tests check the server's
-// side of the contract over real sockets: uid validation, presence pushes,
-// the join/leave API and chat messages between two clients.
+// The browser tests in e2e/ drive the page; these tests check the server's
+// side of the contract over real sockets: sessions, the API's checks,
+// presence deltas, display names, and chat messages between clients.
 
-func newTestServer(t *testing.T) *httptest.Server {
-	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	return startDemo(t, newApp(log).routes())
+// testEnv is one demo (its own hub) served on a free loopback port with the
+// demo's own http.Server settings (newHTTPServer), timeouts included.
+type testEnv struct {
+	t   *testing.T
+	a   *app
+	srv *httptest.Server
 }
 
-// startDemo serves h on a free loopback port with the demo's own
-// http.Server settings (newHTTPServer), timeouts included.
+func newEnv(t *testing.T, configure ...func(*options)) *testEnv {
+	t.Helper()
+	var o options
+	for _, f := range configure {
+		f(&o)
+	}
+	a := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)), o)
+	e := &testEnv{t: t, a: a, srv: startDemo(t, a.routes())}
+	t.Cleanup(e.close)
+	return e
+}
+
+// startDemo serves h on a free loopback port with newHTTPServer's settings.
 func startDemo(t *testing.T, h http.Handler) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
@@ -38,53 +54,120 @@ func startDemo(t *testing.T, h http.Handler) *httptest.Server {
 	return srv
 }
 
-func TestRejectsBadUID(t *testing.T) {
-	srv := newTestServer(t)
-	for _, id := range []string{"", "0", "abc", "-3", "1.5"} {
-		res, err := http.Get(srv.URL + "/ws?id=" + id)
-		if err != nil {
-			t.Fatal(err)
+// close stops the server and the hub and waits for every connection's
+// goroutines; tests that check for leaks call it before they return.
+func (e *testEnv) close() {
+	e.srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.a.hub.Shutdown(ctx); err != nil {
+		e.t.Errorf("hub shutdown: %v", err)
+	}
+}
+
+func (e *testEnv) base() string { return e.srv.URL }
+
+// member is a signed-in user as a client sees it: its uid and cookie.
+type member struct {
+	UID    uint64 `json:"uid"`
+	Name   string `json:"name"`
+	cookie *http.Cookie
+}
+
+func (m member) header() http.Header {
+	return http.Header{"Cookie": {m.cookie.String()}}
+}
+
+// call makes an API request and returns its status and body. body "" sends
+// none; header adds to the request's headers.
+func call(t *testing.T, base, method, path, body string, header http.Header) (*http.Response, []byte) {
+	t.Helper()
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, base+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, b
+}
+
+// signIn signs name in at base and returns the session.
+func signIn(t *testing.T, base, name string) member {
+	t.Helper()
+	body, _ := json.Marshal(nameRequest{Name: name})
+	res, b := call(t, base, "POST", "/api/signin", string(body), nil)
+	var m member
+	if err := json.Unmarshal(b, &m); err != nil || res.StatusCode != http.StatusOK || m.UID == 0 {
+		t.Fatalf("sign in %q: HTTP %d %s (%v)", name, res.StatusCode, b, err)
+	}
+	for _, c := range res.Cookies() {
+		if c.Name == sessionCookie {
+			m.cookie = c
 		}
-		res.Body.Close()
-		if res.StatusCode != http.StatusBadRequest {
-			t.Errorf("/ws?id=%q: status %d, want 400", id, res.StatusCode)
+	}
+	if m.cookie == nil {
+		t.Fatalf("sign in %q: no %s cookie in %q", name, sessionCookie, res.Header["Set-Cookie"])
+	}
+	return m
+}
+
+// apiJSON makes an API request as m that must succeed, decoding the answer
+// into out.
+func apiJSON(t *testing.T, base string, m member, method, path string, in, out any) {
+	t.Helper()
+	body := ""
+	if in != nil {
+		b, _ := json.Marshal(in)
+		body = string(b)
+	}
+	res, b := call(t, base, method, path, body, m.header())
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("%s %s as %d: HTTP %d %s", method, path, m.UID, res.StatusCode, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v in %s", method, path, err, b)
 		}
 	}
 }
 
-func TestAPIRejectsBadRequests(t *testing.T) {
-	srv := newTestServer(t)
-	for _, tc := range []struct {
-		body string
-		code int
-		want string
-	}{
-		{`{"uid":5,"channels":["go"]}`, http.StatusConflict, "user_offline"},
-		{`{"uid":5,"channels":["presence"]}`, http.StatusBadRequest, "invalid_channel"},
-		{`{"uid":5,"channels":["  "]}`, http.StatusBadRequest, "invalid_channel"},
-		{`{"uid":5,"channels":[]}`, http.StatusBadRequest, "invalid_channel"},
-		{`{"uid":0,"channels":["go"]}`, http.StatusBadRequest, "bad_request"},
-		{`not json`, http.StatusBadRequest, "bad_request"},
-	} {
-		res, err := http.Post(srv.URL+"/api/join", "application/json", strings.NewReader(tc.body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got apiError
-		err = json.NewDecoder(res.Body).Decode(&got)
-		res.Body.Close()
-		if err != nil || res.StatusCode != tc.code || got.Error != tc.want {
-			t.Errorf("join %s: status %d, body %+v (%v); want %d %q", tc.body, res.StatusCode, got, err, tc.code, tc.want)
-		}
-	}
-	res, err := http.Get(srv.URL + "/api/channels?uid=x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != http.StatusBadRequest {
-		t.Errorf("/api/channels?uid=x: status %d, want 400", res.StatusCode)
-	}
+// postChannels joins or leaves channels as m and returns m's channels.
+func postChannels(t *testing.T, base string, m member, op string, channels ...string) []string {
+	t.Helper()
+	var got channelsResponse
+	apiJSON(t, base, m, "POST", "/api/"+op, channelsRequest{Channels: channels}, &got)
+	return got.Channels
+}
+
+func channelsOf(t *testing.T, base string, m member) []string {
+	t.Helper()
+	var got channelsResponse
+	apiJSON(t, base, m, "GET", "/api/channels", nil, &got)
+	return got.Channels
+}
+
+func onlineAt(t *testing.T, base string, m member) snapshot {
+	t.Helper()
+	var got snapshot
+	apiJSON(t, base, m, "GET", "/api/online", nil, &got)
+	return got
 }
 
 // client is a WebSocket client of the demo, as the page is.
@@ -93,24 +176,24 @@ type client struct {
 	ws *websocket.Conn
 }
 
-func dial(t *testing.T, srv *httptest.Server, query string) *client {
-	t.Helper()
-	return dialURL(t, "ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?"+query, nil)
-}
-
 // dialer bounds the handshake and never goes through an HTTP proxy.
 var dialer = websocket.Dialer{HandshakeTimeout: 5 * time.Second}
 
-// dialURL opens a WebSocket to url with the given request headers.
-func dialURL(t *testing.T, url string, header http.Header) *client {
+// dial opens a WebSocket to base's /ws (plus query) as m.
+func dial(t *testing.T, base string, m member, query string, header http.Header) *client {
 	t.Helper()
-	ws, res, err := dialer.Dial(url, header)
+	h := m.header()
+	for k, v := range header {
+		h[k] = v
+	}
+	url := "ws" + strings.TrimPrefix(base, "http") + "/ws" + query
+	ws, res, err := dialer.Dial(url, h)
 	if err != nil {
 		status := 0
 		if res != nil {
 			status = res.StatusCode
 		}
-		t.Fatalf("dial %s: %v (HTTP %d)", url, err, status)
+		t.Fatalf("dial %s as %d: %v (HTTP %d)", url, m.UID, err, status)
 	}
 	res.Body.Close()
 	c := &client{t: t, ws: ws}
@@ -121,7 +204,7 @@ func dialURL(t *testing.T, url string, header http.Header) *client {
 // next reads frames until one matches, failing after a deadline.
 func (c *client) next(what string, match func(chart.Message) bool) chart.Message {
 	c.t.Helper()
-	if err := c.ws.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+	if err := c.ws.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
 		c.t.Fatal(err)
 	}
 	for {
@@ -135,128 +218,616 @@ func (c *client) next(what string, match func(chart.Message) bool) chart.Message
 	}
 }
 
-// nextPresence reads until a presence push whose online uids are want.
-func (c *client) nextPresence(want ...uint64) presence {
-	c.t.Helper()
-	var p presence
-	c.next("presence", func(m chart.Message) bool {
-		if m.ChannelId != presenceChannel || m.UserId != 0 || m.Type != presenceType {
-			return false
-		}
-		p = presence{}
-		if err := json.Unmarshal([]byte(m.Content), &p); err != nil {
-			c.t.Fatalf("presence content %q: %v", m.Content, err)
-		}
-		var got []uint64
-		for _, u := range p.Users {
-			got = append(got, u.UID)
-		}
-		return slices.Equal(got, want)
-	})
-	return p
-}
-
-// postChannels calls /api/join or /api/leave on the server at base
-// ("http://host:port").
-func postChannels(t *testing.T, base string, op string, uid uint64, channels ...string) []string {
+// asDelta decodes a presence delta; ok is false for any other message.
+func asDelta(t *testing.T, m chart.Message) (d delta, ok bool) {
 	t.Helper()
-	body, _ := json.Marshal(channelsRequest{UID: uid, Channels: channels})
-	res, err := http.Post(base+"/api/"+op, "application/json", strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatal(err)
+	if m.ChannelId != presenceChannel || m.UserId != 0 || m.Type != presenceType {
+		return delta{}, false
 	}
-	defer res.Body.Close()
-	var got channelsResponse
-	if err := json.NewDecoder(res.Body).Decode(&got); err != nil || res.StatusCode != http.StatusOK {
-		t.Fatalf("%s %v for %d: status %d, %v", op, channels, uid, res.StatusCode, err)
+	if err := json.Unmarshal([]byte(m.Content), &d); err != nil {
+		t.Fatalf("presence content %q: %v", m.Content, err)
 	}
-	return got.Channels
+	return d, true
 }
 
-func TestPresenceChannelsAndMessages(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	srv := newTestServer(t)
+// nextDelta reads until the presence delta kind ("join", "leave") of uid.
+func (c *client) nextDelta(kind string, uid uint64) delta {
+	c.t.Helper()
+	var d delta
+	c.next(kind+" of "+fmt.Sprint(uid), func(m chart.Message) bool {
+		var ok bool
+		d, ok = asDelta(c.t, m)
+		return ok && d.Presence == kind && d.UID == uid
+	})
+	return d
+}
 
-	ann := dial(t, srv, "id=7&name=%20Ann%0A")
-	p := ann.nextPresence(7)
-	if p.Event != "online" || p.UID != 7 || p.Users[0].Name != "Ann" {
-		t.Errorf("first push = %+v, want Ann (7) online with a cleaned name", p)
+// closeCode reads until the connection closes and returns its close code.
+func (c *client) closeCode() int {
+	c.t.Helper()
+	c.ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, _, err := c.ws.ReadMessage(); err != nil {
+			if ce, ok := err.(*websocket.CloseError); ok {
+				return ce.Code
+			}
+			c.t.Fatalf("connection ended without a close frame: %v", err)
+		}
 	}
-	bob := dial(t, srv, "id=8&name=Bob")
-	bob.nextPresence(7, 8)
-	pushed := ann.nextPresence(7, 8)
+}
 
-	// /api/online agrees with the last push and is never older.
-	res, err := http.Get(srv.URL + "/api/online")
+// waitFor polls cond every few milliseconds for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5 s", what)
+		}
+		<-tick.C
+	}
+}
+
+// waitOffline waits until the hub has logged every uid out.
+func (e *testEnv) waitOffline(uids ...uint64) {
+	e.t.Helper()
+	for _, uid := range uids {
+		waitFor(e.t, fmt.Sprintf("uid %d offline", uid), func() bool { return !e.a.hub.IsOnline(uid) })
+	}
+}
+
+// users returns how many users the demo keeps a display name for.
+func (e *testEnv) users() int {
+	e.a.mu.Lock()
+	defer e.a.mu.Unlock()
+	return len(e.a.users)
+}
+
+func TestSignIn(t *testing.T) {
+	e := newEnv(t)
+	ann := signIn(t, e.base(), "  Ann \n Lee ")
+	if ann.Name != "Ann Lee" || ann.UID == 0 || ann.UID > maxUID {
+		t.Errorf("signed in as %+v, want the name tidied and a uid from 1 to 2^53-1", ann)
+	}
+	c := ann.cookie
+	if !c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Path != "/" || c.Secure ||
+		c.MaxAge != int(sessionTTL/time.Second) {
+		t.Errorf("cookie %+v: want HttpOnly, SameSite=Lax, Path=/, not Secure over HTTP, Max-Age %v", c, sessionTTL)
+	}
+	var who sessionResponse
+	apiJSON(t, e.base(), ann, "GET", "/api/session", nil, &who)
+	if who.UID != ann.UID || who.Name != "Ann Lee" {
+		t.Errorf("/api/session = %+v, want %+v", who, ann)
+	}
+	if again := signIn(t, e.base(), "Ann Lee"); again.UID == ann.UID {
+		t.Errorf("two sign-ins as %q got the same uid %d", "Ann Lee", ann.UID)
+	}
+
+	for _, name := range []string{"", "   ", strings.Repeat("a", maxNameRunes+1), "Ann\x00Lee", "Ann\x1bLee", "Ann\u202eeeL",
+		"zero\u200bwidth", "<b>", "a\u0301\u0301\u0301", "Ann@home"} {
+		body, _ := json.Marshal(nameRequest{Name: name})
+		res, b := call(t, e.base(), "POST", "/api/signin", string(body), nil)
+		if res.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "invalid_name") || len(res.Cookies()) != 0 {
+			t.Errorf("sign in as %q: HTTP %d %s, cookies %v; want 400 invalid_name and no cookie", name, res.StatusCode, b, res.Cookies())
+		}
+	}
+	for _, name := range []string{"Zoë", "Zoe\u0308", "李雷", "O'Brien-Smith", "ann_2.0", strings.Repeat("é", maxNameRunes)} {
+		if err := validName(name); err != nil {
+			t.Errorf("validName(%q) = %v, want it accepted", name, err)
+		}
+	}
+}
+
+// TestSecureCookie: over TLS, or with -secure-cookie, the cookie is Secure.
+func TestSecureCookie(t *testing.T) {
+	a := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)), options{})
+	srv := httptest.NewTLSServer(a.routes())
+	t.Cleanup(srv.Close)
+	res, err := srv.Client().Post(srv.URL+"/api/signin", "application/json", strings.NewReader(`{"name":"Ann"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var online presence
-	err = json.NewDecoder(res.Body).Decode(&online)
 	res.Body.Close()
-	if err != nil || online.Version < pushed.Version || len(online.Users) != 2 || online.Users[1].Name != "Bob" {
-		t.Errorf("/api/online = %+v (%v), want Ann and Bob at version >= %d", online, err, pushed.Version)
+	if cs := res.Cookies(); len(cs) != 1 || !cs[0].Secure || !cs[0].HttpOnly {
+		t.Errorf("over TLS: cookies %+v, want one Secure HttpOnly cookie", cs)
 	}
 
-	// Everyone starts in the lobby; presence is not listed.
-	if got := postChannels(t, srv.URL, "join", 7, "go"); !slices.Equal(got, []string{"go", "lobby"}) {
-		t.Errorf("ann's channels after join = %q, want [go lobby]", got)
+	e := newEnv(t, func(o *options) { o.secureCookie = true })
+	if m := signIn(t, e.base(), "Bob"); !m.cookie.Secure {
+		t.Errorf("with -secure-cookie over HTTP: cookie %+v, want Secure", m.cookie)
 	}
-	postChannels(t, srv.URL, "join", 8, "go")
+}
 
-	if err := ann.ws.WriteJSON(map[string]any{"channel_id": "go", "content": "hi <b>Bob</b>", "type": 3}); err != nil {
+// TestSessionCookieChecked: a cookie that was altered, expired, or signed
+// with another key is no session, for the API and the socket alike.
+func TestSessionCookieChecked(t *testing.T) {
+	e := newEnv(t)
+	ann := signIn(t, e.base(), "Ann")
+	other := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)), options{})
+	forged := other.sessions.encode(session{UID: ann.UID, Name: "Ann", Expires: time.Now().Add(time.Hour)})
+	payload, sig, _ := strings.Cut(ann.cookie.Value, ".")
+	flipped := []byte(sig)
+	flipped[3] ^= 1
+	// A payload naming uid 7, with Ann's signature.
+	seven := e.a.sessions.encode(session{UID: 7, Name: "Ann", Expires: time.Now().Add(time.Hour)})
+	sevenPayload, _, _ := strings.Cut(seven, ".")
+
+	for name, value := range map[string]string{
+		"other key":        forged,
+		"altered mac":      payload + "." + string(flipped),
+		"swapped payload":  sevenPayload + "." + sig,
+		"no signature":     payload,
+		"empty":            "",
+		"garbage":          "x.y",
+		"trailing byte":    e.a.sessions.encode(session{UID: 7, Name: "Ann", Expires: time.Now().Add(time.Hour)}) + "x",
+		"expired (signed)": e.a.sessions.encode(session{UID: ann.UID, Name: "Ann", Expires: time.Now().Add(-time.Second)}),
+	} {
+		h := http.Header{"Cookie": {(&http.Cookie{Name: sessionCookie, Value: value}).String()}}
+		if res, b := call(t, e.base(), "GET", "/api/session", "", h); res.StatusCode != http.StatusUnauthorized {
+			t.Errorf("%s: /api/session answered HTTP %d %s, want 401", name, res.StatusCode, b)
+		}
+		url := "ws" + strings.TrimPrefix(e.base(), "http") + "/ws"
+		ws, res, err := dialer.Dial(url, h)
+		if err == nil {
+			ws.Close()
+			t.Errorf("%s: the socket accepted the cookie", name)
+		} else if res == nil || res.StatusCode != http.StatusUnauthorized {
+			t.Errorf("%s: dial %v, want 401", name, err)
+		}
+	}
+
+	// The session's own expiry, as the server's clock sees it.
+	e.a.sessions.now = func() time.Time { return time.Now().Add(sessionTTL + time.Minute) }
+	if res, _ := call(t, e.base(), "GET", "/api/session", "", ann.header()); res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("after sessionTTL: HTTP %d, want 401", res.StatusCode)
+	}
+}
+
+func TestSessionKey(t *testing.T) {
+	if k, err := sessionKey(""); err != nil || len(k) != minKeyLen {
+		t.Errorf("random key: %d bytes, %v", len(k), err)
+	}
+	if k, err := sessionKey("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="); err != nil || string(k) != "0123456789abcdef0123456789abcdef" {
+		t.Errorf("base64 key: %q, %v", k, err)
+	}
+	for _, bad := range []string{"not base64!", "c2hvcnQ="} {
+		if _, err := sessionKey(bad); err == nil {
+			t.Errorf("sessionKey(%q) accepted", bad)
+		}
+	}
+}
+
+// TestSocketTakesUidFromSession: without a session the socket is refused;
+// with one, a uid or a name in the URL is ignored.
+func TestSocketTakesUidFromSession(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	e := newEnv(t)
+	url := "ws" + strings.TrimPrefix(e.base(), "http") + "/ws?id=7&name=Mallory"
+	if ws, res, err := dialer.Dial(url, nil); err == nil {
+		ws.Close()
+		t.Error("a socket without a session was accepted")
+	} else if res == nil || res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a socket without a session: %v, want 401", err)
+	}
+
+	ann := signIn(t, e.base(), "Ann")
+	c := dial(t, e.base(), ann, "?id=7&name=Mallory", nil)
+	if d := c.nextDelta("join", ann.UID); d.Name != "Ann" {
+		t.Errorf("join delta %+v, want Ann's uid and name from her session", d)
+	}
+	if got := onlineAt(t, e.base(), ann); len(got.Users) != 1 || got.Users[0] != (onlineUser{UID: ann.UID, Name: "Ann"}) {
+		t.Errorf("online = %+v, want only Ann, as signed in", got)
+	}
+	if e.a.hub.IsOnline(7) {
+		t.Error("uid 7, from the URL, is online")
+	}
+	c.ws.Close()
+	e.waitOffline(ann.UID)
+	e.close()
+}
+
+// TestAPIRefusesForeignRequests: what a page of another origin can make a
+// browser send, and what else the API does not accept, is refused and
+// changes nothing.
+func TestAPIRefusesForeignRequests(t *testing.T) {
+	e := newEnv(t, func(o *options) { o.origins = []string{"http://friend.example"} })
+	ann := signIn(t, e.base(), "Ann")
+	c := dial(t, e.base(), ann, "", nil)
+	c.nextDelta("join", ann.UID)
+	before := channelsOf(t, e.base(), ann)
+
+	own := e.base()
+	withCookie := func(h http.Header) http.Header {
+		h = h.Clone()
+		if h == nil {
+			h = http.Header{}
+		}
+		h.Set("Cookie", ann.cookie.String())
+		return h
+	}
+	for _, tc := range []struct {
+		name         string
+		method, path string
+		body         string
+		header       http.Header
+		status       int
+		code         string
+	}{
+		{"foreign origin, JSON", "POST", "/api/leave", `{"channels":["lobby"]}`,
+			http.Header{"Origin": {"http://evil.example"}}, 403, "forbidden_origin"},
+		{"foreign origin, no-cors text/plain", "POST", "/api/join", `{"channels":["evil"]}`,
+			http.Header{"Origin": {"http://evil.example"}, "Content-Type": {"text/plain;charset=UTF-8"}, "Sec-Fetch-Mode": {"no-cors"}}, 403, "forbidden_origin"},
+		{"same site, other port", "POST", "/api/leave", `{"channels":["lobby"]}`,
+			http.Header{"Origin": {"http://127.0.0.1:1"}}, 403, "forbidden_origin"},
+		{"null origin", "POST", "/api/leave", `{"channels":["lobby"]}`,
+			http.Header{"Origin": {"null"}}, 403, "forbidden_origin"},
+		{"foreign sign-out", "POST", "/api/signout", `{}`,
+			http.Header{"Origin": {"http://evil.example"}}, 403, "forbidden_origin"},
+		{"foreign sign-in", "POST", "/api/signin", `{"name":"Mallory"}`,
+			http.Header{"Origin": {"http://evil.example"}}, 403, "forbidden_origin"},
+		{"cross-site GET without Origin (an <img>)", "GET", "/api/channels", "",
+			http.Header{"Sec-Fetch-Site": {"cross-site"}}, 403, "forbidden_origin"},
+		{"same-site GET without Origin", "GET", "/api/online", "",
+			http.Header{"Sec-Fetch-Site": {"same-site"}}, 403, "forbidden_origin"},
+		{"own origin, text/plain", "POST", "/api/leave", `{"channels":["lobby"]}`,
+			http.Header{"Origin": {own}, "Content-Type": {"text/plain"}}, 415, "unsupported_media_type"},
+		{"own origin, a form", "POST", "/api/leave", `channels=lobby`,
+			http.Header{"Origin": {own}, "Content-Type": {"application/x-www-form-urlencoded"}}, 415, "unsupported_media_type"},
+		{"no content type", "POST", "/api/leave", `{"channels":["lobby"]}`,
+			http.Header{"Content-Type": {""}}, 415, "unsupported_media_type"},
+		{"a uid in the body", "POST", "/api/leave", `{"uid":7,"channels":["lobby"]}`, nil, 400, "bad_request"},
+		{"two objects", "POST", "/api/leave", `{"channels":["lobby"]}{"channels":["x"]}`, nil, 400, "bad_request"},
+		{"too large", "POST", "/api/join", `{"channels":["` + strings.Repeat("a", maxBody) + `"]}`, nil, 413, "too_large"},
+		{"presence", "POST", "/api/leave", `{"channels":["presence"]}`, nil, 400, "invalid_channel"},
+		{"control character", "POST", "/api/join", `{"channels":["a\u0007b"]}`, nil, 400, "invalid_channel"},
+		{"too many", "POST", "/api/join", `{"channels":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}`, nil, 400, "invalid_channel"},
+		{"none", "POST", "/api/join", `{"channels":[]}`, nil, 400, "invalid_channel"},
+	} {
+		res, b := call(t, e.base(), tc.method, tc.path, tc.body, withCookie(tc.header))
+		var got apiError
+		json.Unmarshal(b, &got)
+		if res.StatusCode != tc.status || got.Error != tc.code {
+			t.Errorf("%s: HTTP %d %s, want %d %q", tc.name, res.StatusCode, b, tc.status, tc.code)
+		}
+		if res.Header.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("%s: answered with CORS headers", tc.name)
+		}
+	}
+	if after := channelsOf(t, e.base(), ann); !slices.Equal(after, before) {
+		t.Errorf("Ann's channels went from %q to %q", before, after)
+	}
+	if !e.a.hub.IsOnline(ann.UID) {
+		t.Error("a refused sign-out closed Ann's connection")
+	}
+	if res, _ := call(t, e.base(), "GET", "/api/channels", "", nil); res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/api/channels without a session: HTTP %d, want 401", res.StatusCode)
+	}
+
+	// A CORS preflight from a foreign origin is refused, so the browser
+	// never sends the request itself; from an allowed origin it passes.
+	res, _ := call(t, e.base(), "OPTIONS", "/api/join", "", http.Header{"Origin": {"http://evil.example"}, "Access-Control-Request-Method": {"POST"}})
+	if res.StatusCode != http.StatusForbidden || res.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("foreign preflight: HTTP %d, %q", res.StatusCode, res.Header.Get("Access-Control-Allow-Origin"))
+	}
+	res, _ = call(t, e.base(), "OPTIONS", "/api/join", "", http.Header{"Origin": {"http://friend.example"}, "Access-Control-Request-Method": {"POST"}})
+	if res.StatusCode != http.StatusNoContent || res.Header.Get("Access-Control-Allow-Origin") != "http://friend.example" ||
+		res.Header.Get("Access-Control-Allow-Credentials") != "true" {
+		t.Errorf("allowed preflight: HTTP %d, headers %v", res.StatusCode, res.Header)
+	}
+	res, b := call(t, e.base(), "POST", "/api/join", `{"channels":["friends"]}`, withCookie(http.Header{"Origin": {"http://friend.example"}}))
+	if res.StatusCode != http.StatusOK || res.Header.Get("Access-Control-Allow-Origin") != "http://friend.example" {
+		t.Errorf("join from an allowed origin: HTTP %d %s, headers %v", res.StatusCode, b, res.Header)
+	}
+	// The socket follows the same list.
+	dial(t, e.base(), ann, "", http.Header{"Origin": {"http://friend.example"}}).ws.Close()
+	ws, res, err := dialer.Dial("ws"+strings.TrimPrefix(e.base(), "http")+"/ws", withCookie(http.Header{"Origin": {"http://evil.example"}}))
+	if err == nil {
+		ws.Close()
+		t.Error("a socket from a foreign origin was accepted")
+	} else if res == nil || res.StatusCode != http.StatusForbidden {
+		t.Errorf("a socket from a foreign origin: %v, want 403", err)
+	}
+}
+
+// TestPresenceDeltasChannelsAndMessages: presence comes as deltas, channels
+// change for the signed-in user only, messages go both ways, and clients
+// cannot post to the presence channel.
+func TestPresenceDeltasChannelsAndMessages(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	e := newEnv(t)
+	base := e.base()
+
+	ann := signIn(t, base, "Ann")
+	bob := signIn(t, base, "Bob")
+	annC := dial(t, base, ann, "", nil)
+	first := annC.nextDelta("join", ann.UID)
+	bobC := dial(t, base, bob, "", nil)
+	bobJoin := annC.nextDelta("join", bob.UID)
+	if bobJoin.Name != "Bob" || bobJoin.Version != first.Version+1 {
+		t.Errorf("Bob's join delta %+v, want name Bob, version %d", bobJoin, first.Version+1)
+	}
+	// The snapshot includes every delta up to its version.
+	snap := onlineAt(t, base, bob)
+	want := []onlineUser{{ann.UID, "Ann"}, {bob.UID, "Bob"}}
+	slices.SortFunc(want, func(a, b onlineUser) int { return cmp.Compare(a.UID, b.UID) })
+	if snap.Version < bobJoin.Version || !slices.Equal(snap.Users, want) {
+		t.Errorf("/api/online = %+v, want %+v at version >= %d", snap, want, bobJoin.Version)
+	}
+
+	// Channels: everyone starts in the lobby; presence is not listed; a
+	// join acts on the signed-in user.
+	if got := postChannels(t, base, ann, "join", "go"); !slices.Equal(got, []string{"go", "lobby"}) {
+		t.Errorf("Ann's channels after joining go = %q, want [go lobby]", got)
+	}
+	if got := channelsOf(t, base, bob); !slices.Equal(got, []string{"lobby"}) {
+		t.Errorf("Bob's channels = %q, want [lobby]: Ann's join is hers", got)
+	}
+	postChannels(t, base, bob, "join", "go")
+
+	if err := annC.ws.WriteJSON(map[string]any{"channel_id": "go", "content": "hi <b>Bob</b>", "type": 3}); err != nil {
 		t.Fatal(err)
 	}
-	got := bob.next("ann's message", func(m chart.Message) bool { return m.ChannelId == "go" })
-	if got.UserId != 7 || got.Content != "hi <b>Bob</b>" || got.SendTime == "" {
-		t.Errorf("bob got %+v, want Ann's message as sent", got)
+	got := bobC.next("Ann's message", func(m chart.Message) bool { return m.ChannelId == "go" })
+	if got.UserId != ann.UID || got.Content != "hi <b>Bob</b>" || got.SendTime == "" {
+		t.Errorf("Bob got %+v, want Ann's message as sent", got)
 	}
 
-	// A client's fake presence push is refused, not delivered.
-	if err := ann.ws.WriteJSON(map[string]any{"channel_id": presenceChannel, "content": `{"users":[]}`, "type": presenceType}); err != nil {
+	// A client's fake presence delta is refused, not delivered.
+	fake := `{"presence":"join","uid":7,"name":"Mallory","version":999}`
+	if err := annC.ws.WriteJSON(map[string]any{"channel_id": presenceChannel, "content": fake, "type": presenceType}); err != nil {
 		t.Fatal(err)
 	}
 	var refusal struct{ Error, Message, ChannelId string }
-	ann.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	annC.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for refusal.Error == "" {
-		if err := ann.ws.ReadJSON(&refusal); err != nil {
+		if err := annC.ws.ReadJSON(&refusal); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if refusal.Error != "read_only" {
-		t.Errorf("fake presence push answered with %+v, want read_only", refusal)
+		t.Errorf("fake presence delta answered with %+v, want read_only", refusal)
 	}
-	ann.ws.WriteJSON(map[string]any{"channel_id": "go", "content": "after the fake", "type": 3})
-	if m := bob.next("the next message", func(m chart.Message) bool { return m.ChannelId != lobbyChannel }); m.Content != "after the fake" {
-		t.Errorf("bob got %+v, want the message after the refused fake", m)
-	}
-
-	if got := postChannels(t, srv.URL, "leave", 8, "go", "lobby"); len(got) != 0 {
-		t.Errorf("bob's channels after leaving both = %q, want none", got)
+	annC.ws.WriteJSON(map[string]any{"channel_id": "go", "content": "after the fake", "type": 3})
+	m := bobC.next("the next message", func(m chart.Message) bool { return m.ChannelId != lobbyChannel })
+	if m.Content != "after the fake" {
+		t.Errorf("Bob got %+v, want the message after the refused fake", m)
 	}
 
-	bob.ws.Close()
-	if p := ann.nextPresence(7); p.Event != "offline" || p.UID != 8 {
-		t.Errorf("push after Bob left = %+v, want Bob (8) offline", p)
+	if got := postChannels(t, base, bob, "leave", "go", "lobby"); len(got) != 0 {
+		t.Errorf("Bob's channels after leaving both = %q, want none", got)
 	}
-	// Close everything before the deferred leak check, which retries while
-	// the hub logs Ann out.
-	ann.ws.Close()
-	srv.Close()
+	if got := channelsOf(t, base, ann); !slices.Equal(got, []string{"go", "lobby"}) {
+		t.Errorf("Ann's channels = %q after Bob left his, want [go lobby]", got)
+	}
+
+	bobC.ws.Close()
+	if d := annC.nextDelta("leave", bob.UID); d.Name != "" || d.Version <= bobJoin.Version {
+		t.Errorf("leave delta %+v, want Bob's uid only, a later version", d)
+	}
+	annC.ws.Close()
+	e.waitOffline(ann.UID, bob.UID)
+	if n := e.users(); n != 0 {
+		t.Errorf("%d display names kept after everyone left, want 0", n)
+	}
+	e.close()
 }
 
-func TestCleanName(t *testing.T) {
-	for in, want := range map[string]string{
-		"  Ann  ":                   "Ann",
-		"Bob\n\t":                   "Bob",
-		"Zo\u0000ë":                 "Zoë",
-		strings.Repeat("é", 40):     strings.Repeat("é", maxNameRunes),
-		"":                          "",
-		"<img src=x onerror=alert>": "<img src=x onerror=alert>", // text, rendered as text
-	} {
-		if got := cleanName(in); got != want {
-			t.Errorf("cleanName(%q) = %q, want %q", in, got, want)
+// TestNamesNeverFromURL: plain GETs of /ws with names in the URL, signed in
+// or not, change no name and keep nothing (the review grew the old demo's
+// name map by 73 MB with 200,000 of them).
+func TestNamesNeverFromURL(t *testing.T) {
+	e := newEnv(t)
+	ann := signIn(t, e.base(), "Ann")
+	annC := dial(t, e.base(), ann, "", nil)
+	annC.nextDelta("join", ann.UID)
+	for i := range 500 {
+		h := http.Header(nil)
+		if i%2 == 0 {
+			h = ann.header()
 		}
+		res, _ := call(t, e.base(), "GET", fmt.Sprintf("/ws?id=%d&name=Mallory%d", ann.UID, i), "", h)
+		if res.StatusCode == http.StatusOK || res.StatusCode == http.StatusSwitchingProtocols {
+			t.Fatalf("plain GET of /ws: HTTP %d", res.StatusCode)
+		}
+	}
+	if n := e.users(); n != 1 {
+		t.Errorf("%d users kept, want 1 (Ann)", n)
+	}
+	if got := onlineAt(t, e.base(), ann).Users; len(got) != 1 || got[0].Name != "Ann" {
+		t.Errorf("online = %+v, want Ann as signed in", got)
+	}
+}
+
+// TestNamesDroppedAtLogout: a display name is kept while its user has a
+// connection; many users coming and going leave nothing behind.
+func TestNamesDroppedAtLogout(t *testing.T) {
+	e := newEnv(t)
+	var uids []uint64
+	for i := range 50 {
+		m := signIn(t, e.base(), fmt.Sprintf("user %d", i))
+		c := dial(t, e.base(), m, "", nil)
+		c.nextDelta("join", m.UID)
+		if i%2 == 0 {
+			dial(t, e.base(), m, "", nil).ws.Close() // a second connection, closed first
+		}
+		c.ws.Close()
+		uids = append(uids, m.UID)
+	}
+	e.waitOffline(uids...)
+	waitFor(t, "no display name kept", func() bool { return e.users() == 0 })
+}
+
+// TestManyLoginsStayLinear: 300 users log in while none of them reads. With
+// the whole online list pushed on every login (the old demo), the first of
+// them would be sent 1.6 MB for it, n² in all (the review's 500 users
+// logging in at 50/s were all closed as slow consumers); deltas cost each
+// user a frame of a few dozen bytes per login. Every connection stays open
+// and gets every later login, in version order.
+func TestManyLoginsStayLinear(t *testing.T) {
+	const n = 300
+	e := newEnv(t)
+	url := "ws" + strings.TrimPrefix(e.base(), "http") + "/ws"
+	conns := make([]*websocket.Conn, n)
+	uids := make([]uint64, n)
+	for i := range conns {
+		uids[i] = uint64(1000 + i)
+		value := e.a.sessions.encode(session{UID: uids[i], Name: fmt.Sprintf("user %d", i), Expires: time.Now().Add(time.Hour)})
+		ws, _, err := dialer.Dial(url, http.Header{"Cookie": {sessionCookie + "=" + value}})
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		conns[i] = ws
+		t.Cleanup(func() { ws.Close() })
+	}
+	waitFor(t, "everyone logged in", func() bool { return len(e.a.online().Users) == n })
+	st := e.a.hub.Stats()
+	if st.Disconnects.SlowConsumer != 0 || st.Connections != n {
+		t.Fatalf("after %d logins: %d connections, %d closed as slow consumers; want %d, 0", n, st.Connections, st.Disconnects.SlowConsumer, n)
+	}
+
+	// The first user gets every login from (about) its own on, in order,
+	// each small. (Logins run in any order: its own delta may come after
+	// another one published once it was in the presence channel.)
+	final := e.a.online().Version
+	conns[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	var first, last uint64
+	own := false
+	for last < final {
+		_, data, err := conns[0].ReadMessage()
+		if err != nil {
+			t.Fatalf("reading deltas (version %d of %d): %v", last, final, err)
+		}
+		var m chart.Message
+		json.Unmarshal(data, &m)
+		d, ok := asDelta(t, m)
+		if !ok {
+			continue
+		}
+		if d.Presence != "join" || (last != 0 && d.Version != last+1) {
+			t.Fatalf("delta %+v after version %d, want a join, version %d", d, last, last+1)
+		}
+		if len(data) > 256 {
+			t.Fatalf("a delta of %d bytes: %.200s", len(data), data)
+		}
+		if first == 0 {
+			first = d.Version
+		}
+		own = own || d.UID == uids[0]
+		last = d.Version
+	}
+	if !own || final != n {
+		t.Errorf("user 0 got versions %d to %d, its own join %v; want up to %d with its own", first, last, own, n)
+	}
+}
+
+// TestSignOut: signing out clears the cookie and closes the user's
+// connections with 4001, which clients do not reconnect after.
+func TestSignOut(t *testing.T) {
+	e := newEnv(t)
+	ann := signIn(t, e.base(), "Ann")
+	c1 := dial(t, e.base(), ann, "", nil)
+	c1.nextDelta("join", ann.UID)
+	c2 := dial(t, e.base(), ann, "", nil)
+	// The dial returns at the handshake's answer; the hub registers the
+	// connection right after. (One that registers after the sign-out lives
+	// on: a stateless session cannot be revoked, see session.go.)
+	waitFor(t, "both connections registered", func() bool { return e.a.hub.Stats().Connections == 2 })
+	res, b := call(t, e.base(), "POST", "/api/signout", `{}`, ann.header())
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("sign out: HTTP %d %s", res.StatusCode, b)
+	}
+	if cs := res.Cookies(); len(cs) != 1 || cs[0].Name != sessionCookie || cs[0].MaxAge >= 0 || cs[0].Value != "" {
+		t.Errorf("sign-out cookies %+v, want %s cleared", cs, sessionCookie)
+	}
+	for i, c := range []*client{c1, c2} {
+		if code := c.closeCode(); code != chart.CloseDisconnected {
+			t.Errorf("connection %d closed with %d, want %d", i+1, code, chart.CloseDisconnected)
+		}
+	}
+	e.waitOffline(ann.UID)
+}
+
+// TestSessionExpiryClosesSocket: a connection ends with 4002 when its
+// session does, and the client is then refused until it signs in again.
+func TestSessionExpiryClosesSocket(t *testing.T) {
+	e := newEnv(t)
+	// A session signed now that ends in 1 to 2 s (expiries are whole seconds).
+	e.a.sessions.now = func() time.Time { return time.Now().Add(2*time.Second - sessionTTL) }
+	ann := signIn(t, e.base(), "Ann")
+	e.a.sessions.now = time.Now
+	c := dial(t, e.base(), ann, "", nil)
+	if code := c.closeCode(); code != chart.CloseExpired {
+		t.Errorf("closed with %d, want %d", code, chart.CloseExpired)
+	}
+	ws, res, err := dialer.Dial("ws"+strings.TrimPrefix(e.base(), "http")+"/ws", ann.header())
+	if err == nil {
+		ws.Close()
+		t.Error("the expired session connected again")
+	} else if res == nil || res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("reconnecting with an expired session: %v, want 401", err)
+	}
+}
+
+// TestSignInElsewhereSignsOut: signing in again in the same browser (with
+// its cookie) closes the previous user's connections.
+func TestSignInElsewhereSignsOut(t *testing.T) {
+	e := newEnv(t)
+	ann := signIn(t, e.base(), "Ann")
+	c := dial(t, e.base(), ann, "", nil)
+	c.nextDelta("join", ann.UID)
+	res, b := call(t, e.base(), "POST", "/api/signin", `{"name":"Bob"}`, ann.header())
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("second sign-in: HTTP %d %s", res.StatusCode, b)
+	}
+	if code := c.closeCode(); code != chart.CloseDisconnected {
+		t.Errorf("Ann's connection closed with %d, want %d", code, chart.CloseDisconnected)
+	}
+}
+
+// TestHTTPServerLimits: every timeout and the header bound are set, and a
+// client sending its body slowly is dropped after ReadTimeout.
+func TestHTTPServerLimits(t *testing.T) {
+	s := newHTTPServer(http.NotFoundHandler())
+	if s.ReadHeaderTimeout <= 0 || s.ReadTimeout <= 0 || s.WriteTimeout <= 0 || s.IdleTimeout <= 0 ||
+		s.MaxHeaderBytes <= 0 || s.MaxHeaderBytes > 64<<10 {
+		t.Fatalf("newHTTPServer: %+v; want every timeout and MaxHeaderBytes set", s)
+	}
+
+	a := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)), options{})
+	h := a.routes()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config = newHTTPServer(h)
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /api/signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+	start := time.Now()
+	ended := make(chan struct{}) // the server answered or closed
+	go func() {
+		defer close(ended)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, conn)
+	}()
+	// One byte of body every 50 ms, until the server gives up.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for done := false; !done; {
+		select {
+		case <-ended:
+			done = true
+		case <-tick.C:
+			conn.Write([]byte(" "))
+		}
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("a slow body held the connection for %v with ReadTimeout 300 ms", d)
 	}
 }
 
@@ -264,8 +835,8 @@ func TestCleanName(t *testing.T) {
 // claims: http.Server's timeouts end at the upgrade. With every one of them
 // cut to 100 ms, a WebSocket still carries messages well after that.
 func TestServerTimeoutsSpareWebSockets(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h := newApp(log).routes()
+	a := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)), options{})
+	h := a.routes()
 	srv := httptest.NewUnstartedServer(h)
 	srv.Config = newHTTPServer(h)
 	const short = 100 * time.Millisecond
@@ -274,44 +845,28 @@ func TestServerTimeoutsSpareWebSockets(t *testing.T) {
 	srv.Start()
 	t.Cleanup(srv.Close)
 
-	ann := dial(t, srv, "id=31&name=Ann")
-	ann.nextPresence(31)
+	ann := signIn(t, srv.URL, "Ann")
+	annC := dial(t, srv.URL, ann, "", nil)
+	annC.nextDelta("join", ann.UID)
 	// Not synchronisation: the point is to let every server timeout pass.
 	time.Sleep(3 * short)
-	if err := ann.ws.WriteJSON(map[string]any{"channel_id": lobbyChannel, "content": "still here"}); err != nil {
+	if err := annC.ws.WriteJSON(map[string]any{"channel_id": lobbyChannel, "content": "still here"}); err != nil {
 		t.Fatal(err)
 	}
-	got := ann.next("own message", func(m chart.Message) bool { return m.ChannelId == lobbyChannel })
-	if got.UserId != 31 || got.Content != "still here" {
+	got := annC.next("own message", func(m chart.Message) bool { return m.ChannelId == lobbyChannel })
+	if got.UserId != ann.UID || got.Content != "still here" {
 		t.Errorf("got %+v, want Ann's message back", got)
-	}
-	ann.ws.Close()
-	waitOffline(t, 31)
-}
-
-// waitOffline waits until the hub has logged every uid out, so that the next
-// test starts with nobody online.
-func waitOffline(t *testing.T, uids ...uint64) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for _, uid := range uids {
-		for chart.IsOnline(uid) {
-			if time.Now().After(deadline) {
-				t.Fatalf("uid %d still online after 5 s", uid)
-			}
-			<-tick.C
-		}
 	}
 }
 
 // TestClientScriptAndConfig checks what the page loads besides itself: the
-// library's client at /chart.js and its timing at /api/config.
+// library's client at /chart.js, its timing at /api/config, and the page's
+// security headers.
 func TestClientScriptAndConfig(t *testing.T) {
-	a := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	a.client = clientOptions{Heartbeat: 500, HeartbeatTimeout: 1500, MaxDelay: 1000}
-	srv := startDemo(t, a.routes())
+	e := newEnv(t, func(o *options) {
+		o.client = clientOptions{Heartbeat: 500, HeartbeatTimeout: 1500, MaxDelay: 1000}
+	})
+	srv := e.srv
 
 	res, err := http.Get(srv.URL + "/chart.js")
 	if err != nil {
@@ -324,27 +879,32 @@ func TestClientScriptAndConfig(t *testing.T) {
 		t.Errorf("/chart.js: HTTP %d, %s, %.60q; want the client as JavaScript", res.StatusCode, res.Header.Get("Content-Type"), script)
 	}
 
-	// The page imports it from there.
+	// The page imports it from there, and connects to /ws with nothing in
+	// the URL.
 	res, err = http.Get(srv.URL + "/app.js")
 	if err != nil {
 		t.Fatal(err)
 	}
 	app, _ := io.ReadAll(res.Body)
 	res.Body.Close()
-	if !strings.Contains(string(app), `from '/chart.js'`) {
-		t.Errorf("/app.js does not import /chart.js")
+	if !strings.Contains(string(app), `from '/chart.js'`) || strings.Contains(string(app), "/ws?") {
+		t.Errorf("/app.js does not import /chart.js, or puts something in the socket's URL")
 	}
-
-	res, err = http.Get(srv.URL + "/api/config?heartbeat=1")
+	res, err = http.Get(srv.URL + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got clientOptions
-	err = json.NewDecoder(res.Body).Decode(&got)
 	res.Body.Close()
-	if err != nil || got != a.client || res.Header.Get("Cache-Control") != "no-store" {
+	if csp := res.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'self'") || !strings.Contains(csp, "frame-ancestors 'none'") {
+		t.Errorf("the page's Content-Security-Policy is %q", csp)
+	}
+
+	res, b := call(t, srv.URL, "GET", "/api/config?heartbeat=1", "", nil)
+	var got clientOptions
+	err = json.Unmarshal(b, &got)
+	if err != nil || got != e.a.client || res.Header.Get("Cache-Control") != "no-store" {
 		t.Errorf("/api/config = %+v (%v, Cache-Control %q), want %+v, no-store; the query changes nothing",
-			got, err, res.Header.Get("Cache-Control"), a.client)
+			got, err, res.Header.Get("Cache-Control"), e.a.client)
 	}
 }
 
@@ -369,41 +929,45 @@ func TestNewClientOptions(t *testing.T) {
 	}
 }
 
+func TestParseOrigins(t *testing.T) {
+	got, err := parseOrigins(" https://App.example.com , http://localhost:3000,")
+	if err != nil || !slices.Equal(got, []string{"https://app.example.com", "http://localhost:3000"}) {
+		t.Errorf("parseOrigins = %q, %v", got, err)
+	}
+	for _, bad := range []string{"*", "app.example.com", "https://a.example/path", "ftp://a.example", "https://"} {
+		if _, err := parseOrigins(bad); err == nil {
+			t.Errorf("parseOrigins(%q) accepted", bad)
+		}
+	}
+}
+
 // TestChannelsRememberedAcrossReconnect: a user who reconnects is back in
 // the channels they had before their page's first frame is read, so that
 // a chart.js page recovers what was sent there meanwhile.
 func TestChannelsRememberedAcrossReconnect(t *testing.T) {
-	srv := newTestServer(t)
-	ann := dial(t, srv, "id=41&name=Ann")
-	ann.nextPresence(41)
-	postChannels(t, srv.URL, "join", 41, "go")
-	postChannels(t, srv.URL, "leave", 41, lobbyChannel)
-	ann.ws.Close()
-	waitOffline(t, 41)
+	e := newEnv(t)
+	ann := signIn(t, e.base(), "Ann")
+	c := dial(t, e.base(), ann, "", nil)
+	c.nextDelta("join", ann.UID)
+	postChannels(t, e.base(), ann, "join", "go")
+	postChannels(t, e.base(), ann, "leave", lobbyChannel)
+	c.ws.Close()
+	e.waitOffline(ann.UID)
 
-	ann = dial(t, srv, "id=41&name=Ann")
-	ann.nextPresence(41)
-	res, err := http.Get(srv.URL + "/api/channels?uid=41")
-	if err != nil {
-		t.Fatal(err)
+	c = dial(t, e.base(), ann, "", nil)
+	c.nextDelta("join", ann.UID)
+	if got := channelsOf(t, e.base(), ann); !slices.Equal(got, []string{"go"}) {
+		t.Errorf("channels after reconnecting = %q, want [go]: the ones Ann had, lobby left", got)
 	}
-	var got channelsResponse
-	err = json.NewDecoder(res.Body).Decode(&got)
-	res.Body.Close()
-	if err != nil || !slices.Equal(got.Channels, []string{"go"}) {
-		t.Errorf("channels after reconnecting = %q (%v), want [go]: the ones Ann had, lobby left", got.Channels, err)
+	if !slices.Contains(e.a.hub.UserChannelIds(ann.UID), presenceChannel) {
+		t.Errorf("Ann is not back in the presence channel: %q", e.a.hub.UserChannelIds(ann.UID))
 	}
-	if !slices.Contains(chart.UserChannelIds(41), presenceChannel) {
-		t.Errorf("Ann is not back in the presence channel: %q", chart.UserChannelIds(41))
-	}
-	ann.ws.Close()
-	waitOffline(t, 41)
 }
 
 // TestRememberExpiresAndIsBounded: channels are kept for rememberFor, for
 // maxRemembered users, maxRememberedChannels each.
 func TestRememberExpiresAndIsBounded(t *testing.T) {
-	a := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a := newApp(slog.New(slog.NewTextHandler(io.Discard, nil)), options{})
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	a.now = func() time.Time { return now }
 

@@ -67,13 +67,15 @@ func TestBehindNginx(t *testing.T) {
 	bin := requireNginx(t)
 
 	errs := &errorRecorder{}
-	var seen sync.Map // "ws:<uid>" -> http.Header of its /ws request as the demo got it
-	routes := newApp(slog.New(errs)).routes()
+	var seen sync.Map // session cookie -> http.Header of its /ws request as the demo got it
+	a := newApp(slog.New(errs), options{})
+	t.Cleanup(func() { a.hub.Shutdown(context.Background()) })
+	routes := a.routes()
 	srv := startDemo(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/ws" {
+		if c, err := r.Cookie(sessionCookie); err == nil && r.URL.Path == "/ws" {
 			h := r.Header.Clone()
 			h.Set("Host", r.Host)
-			seen.Store("ws:"+r.FormValue("id"), h)
+			seen.Store(c.Value, h)
 		}
 		routes.ServeHTTP(w, r)
 	}))
@@ -95,24 +97,32 @@ func TestBehindNginx(t *testing.T) {
 			t.Fatalf("GET / through nginx: HTTP %d, %.80q", res.StatusCode, page)
 		}
 
-		ann := dialURL(t, "ws://"+px.addr+"/ws?id=21&name=Ann", browser)
-		ann.nextPresence(21)
-		bob := dialURL(t, "ws://"+px.addr+"/ws?id=22&name=Bob", browser)
-		bob.nextPresence(21, 22)
-		ann.nextPresence(21, 22)
+		annM := signIn(t, base, "Ann")
+		bobM := signIn(t, base, "Bob")
+		ann := dial(t, base, annM, "", browser)
+		ann.nextDelta("join", annM.UID)
+		bob := dial(t, base, bobM, "", browser)
+		bob.nextDelta("join", bobM.UID)
+		ann.nextDelta("join", bobM.UID)
 
 		// The demo saw the browser's Host and the client's address.
-		if v, ok := seen.Load("ws:21"); !ok {
-			t.Error("the demo saw no /ws request for uid 21")
+		if v, ok := seen.Load(annM.cookie.Value); !ok {
+			t.Error("the demo saw no /ws request of Ann's")
 		} else if h := v.(http.Header); h.Get("Host") != px.addr || h.Get("X-Real-Ip") != "127.0.0.1" ||
 			h.Get("X-Forwarded-For") != "127.0.0.1" || h.Get("Origin") != base {
 			t.Errorf("demo got Host %q, X-Real-IP %q, X-Forwarded-For %q, Origin %q; want %q, 127.0.0.1, 127.0.0.1, %q",
 				h.Get("Host"), h.Get("X-Real-Ip"), h.Get("X-Forwarded-For"), h.Get("Origin"), px.addr, base)
 		}
 
-		// The JSON API through nginx too.
-		postChannels(t, base, "join", 21, "go")
-		postChannels(t, base, "join", 22, "go")
+		// The JSON API through nginx too, with the Origin a browser sends:
+		// the API's origin check needs the Host forwarded as well.
+		for _, m := range []member{annM, bobM} {
+			h := m.header()
+			h.Set("Origin", base)
+			if res, b := call(t, base, "POST", "/api/join", `{"channels":["go"]}`, h); res.StatusCode != http.StatusOK {
+				t.Fatalf("join through nginx with Origin %s: HTTP %d %s", base, res.StatusCode, b)
+			}
+		}
 
 		const n = 20
 		for i := range n {
@@ -126,25 +136,25 @@ func TestBehindNginx(t *testing.T) {
 			for i := range n {
 				want := fmt.Sprintf("msg %d <b>", i)
 				got := c.next(want, func(m chart.Message) bool { return m.ChannelId == "go" })
-				if got.UserId != 21 || got.Content != want || got.Type != 3 || got.SendTime == "" {
-					t.Fatalf("message %d = %+v, want %q from 21", i, got, want)
+				if got.UserId != annM.UID || got.Content != want || got.Type != 3 || got.SendTime == "" {
+					t.Fatalf("message %d = %+v, want %q from Ann", i, got, want)
 				}
 			}
 		}
 		if err := bob.ws.WriteJSON(map[string]any{"channel_id": lobbyChannel, "content": "hi Ann"}); err != nil {
 			t.Fatal(err)
 		}
-		if got := ann.next("Bob's reply", func(m chart.Message) bool { return m.ChannelId == lobbyChannel }); got.UserId != 22 || got.Content != "hi Ann" {
+		if got := ann.next("Bob's reply", func(m chart.Message) bool { return m.ChannelId == lobbyChannel }); got.UserId != bobM.UID || got.Content != "hi Ann" {
 			t.Errorf("ann got %+v, want Bob's reply", got)
 		}
 
 		// A close goes through nginx as well.
 		bob.ws.Close()
-		if p := ann.nextPresence(21); p.Event != "offline" || p.UID != 22 {
-			t.Errorf("push after Bob left = %+v, want Bob (22) offline", p)
-		}
+		ann.nextDelta("leave", bobM.UID)
 		ann.ws.Close()
-		waitOffline(t, 21, 22)
+		for _, uid := range []uint64{annM.UID, bobM.UID} {
+			waitFor(t, "logged out", func() bool { return !a.hub.IsOnline(uid) })
+		}
 	})
 
 	for _, tc := range []struct {
@@ -161,8 +171,11 @@ func TestBehindNginx(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			px := startNginx(t, bin, upstream, tc.hostLine)
 			origin := "http://" + px.addr
-			url := "ws://" + px.addr + "/ws?id=23"
-			ws, res, err := dialer.Dial(url, http.Header{"Origin": {origin}})
+			url := "ws://" + px.addr + "/ws"
+			cleo := signIn(t, origin, "Cleo")
+			h := cleo.header()
+			h.Set("Origin", origin)
+			ws, res, err := dialer.Dial(url, h)
 			if err == nil {
 				ws.Close()
 				t.Fatalf("dial %s with Origin %s through nginx succeeded, want 403", url, origin)
@@ -183,8 +196,8 @@ func TestBehindNginx(t *testing.T) {
 				}
 			}
 			t.Logf("refused as expected, logged: %v", logged)
-			if chart.IsOnline(23) {
-				t.Error("uid 23 is online after a refused upgrade")
+			if a.hub.IsOnline(cleo.UID) {
+				t.Error("Cleo is online after a refused upgrade")
 			}
 		})
 	}

@@ -1,9 +1,8 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,9 +15,6 @@ import (
 )
 
 const (
-	annUID    = 101
-	bobUID    = 202
-	cleoUID   = 303
 	channel   = "gophers"
 	injection = `<img src=x onerror="window.__pwned=1">`
 )
@@ -51,10 +47,13 @@ func TestChatInBrowsers(t *testing.T) {
 		}
 	})
 
-	t.Log("sign in: everyone lands in the lobby and sees the others online")
-	ann.login(srv.URL(), annUID, "Ann")
-	bob.login(srv.URL(), bobUID, "Bob")
-	cleo.login(srv.URL(), cleoUID, "Cleo")
+	t.Log("sign in: everyone gets a uid from the server, lands in the lobby and sees the others online")
+	annUID := ann.login(srv.URL(), "Ann")
+	bobUID := bob.login(srv.URL(), "Bob")
+	cleoUID := cleo.login(srv.URL(), "Cleo")
+	if annUID == bobUID || bobUID == cleoUID || annUID == cleoUID {
+		t.Fatalf("uids given: %d, %d, %d; want three different ones", annUID, bobUID, cleoUID)
+	}
 	for _, p := range everyone {
 		if got := p.channels(); !slices.Equal(got, []string{"lobby"}) {
 			t.Fatalf("%s: channels after sign-in = %q, want [lobby]", p.name, got)
@@ -62,8 +61,8 @@ func TestChatInBrowsers(t *testing.T) {
 		p.waitOnline(annUID, bobUID, cleoUID)
 	}
 	// Presence carries display names, so each sees the others by name.
-	if got := ann.onlineTexts(); !containsAll(got, "Cleo", "303") || !containsAll(got, "Bob", "202") {
-		t.Errorf("Ann's online list %q does not show Bob (202) and Cleo (303)", got)
+	if got := ann.onlineTexts(); !containsAll(got, "Cleo", fmt.Sprint(cleoUID)) || !containsAll(got, "Bob", fmt.Sprint(bobUID)) {
+		t.Errorf("Ann's online list %q does not show Bob (%d) and Cleo (%d)", got, bobUID, cleoUID)
 	}
 
 	t.Log("join a channel and talk, every message seen by all in order")
@@ -118,18 +117,18 @@ func TestChatInBrowsers(t *testing.T) {
 
 	t.Log("direct message")
 	const dm = "Psst, this one is just for you."
-	ann.fill("dm-uid", "202")
+	ann.fill("dm-uid", fmt.Sprint(bobUID))
 	ann.send(dm)
 	bob.waitLastMessage(dm)
 	ann.waitLastMessage(dm)
-	if m := last(bob.messages()); !m.Direct || m.Mine || m.Sender != "Ann" || m.From != "101" {
-		t.Errorf("Bob sees the direct message as %v from %s, want a direct message from Ann (101)", m, m.From)
+	if m := last(bob.messages()); !m.Direct || m.Mine || m.Sender != "Ann" || m.From != fmt.Sprint(annUID) {
+		t.Errorf("Bob sees the direct message as %v from %s, want a direct message from Ann (%d)", m, m.From, annUID)
 	}
 	if m := last(ann.messages()); !m.Direct || !m.Mine {
 		t.Errorf("Ann sees her direct message as %v, want mine and direct", m)
 	}
 	const reply = "Got it. Keeping it between us."
-	bob.fill("dm-uid", "101")
+	bob.fill("dm-uid", fmt.Sprint(annUID))
 	bob.send(reply)
 	ann.waitLastMessage(reply)
 	bob.waitLastMessage(reply)
@@ -140,10 +139,14 @@ func TestChatInBrowsers(t *testing.T) {
 
 	t.Log("signing out is pushed to the others' online lists")
 	cleo.click("#logout")
-	cleo.waitFor("signed out", `document.querySelector('[data-testid="connection"]').textContent === "closed"`)
+	cleo.waitFor("signed out", `document.querySelector('[data-testid="connection"]').textContent === "closed" &&
+		!document.getElementById("login-screen").hidden`)
 	for _, p := range []*page{ann, bob} {
-		p.waitFor("Cleo offline", `![...document.querySelectorAll('[data-testid="online"]')].some(e => e.textContent.includes("303"))`)
+		p.waitFor("Cleo offline", `![...document.querySelectorAll('[data-testid="online"]')].some(e => e.dataset.uid === "`+fmt.Sprint(cleoUID)+`")`)
 		p.waitOnline(annUID, bobUID)
+	}
+	if status, body := cleo.fetchJSON("GET", "/api/session", nil); status != http.StatusUnauthorized {
+		t.Errorf("Cleo's browser after signing out: /api/session HTTP %d %v, want 401", status, body)
 	}
 
 	t.Log("the unread channel keeps its message")
@@ -157,12 +160,16 @@ func TestChatInBrowsers(t *testing.T) {
 	ann.waitLastMessage(reply)
 
 	t.Log("an error frame from the server is shown")
-	// Ann is taken out of the channel behind her page's back (another tab
-	// of hers, say): the server refuses her next message there.
-	channelsAPI(t, srv.URL(), "leave", annUID, channel)
+	// Ann is taken out of the channel behind her page's back (by another
+	// tab of hers): the server refuses her next message there.
+	if status, body := ann.fetchJSON("POST", "/api/leave", map[string]any{"channels": []string{channel}}); status != http.StatusOK {
+		t.Fatalf("leave from Ann's browser: HTTP %d %v", status, body)
+	}
 	ann.send("Hello, is anyone there?")
 	ann.waitFor("not_joined error from the server", `[...document.querySelectorAll('[data-testid="error"]')].some(e => e.dataset.code === "not_joined")`)
-	channelsAPI(t, srv.URL(), "join", annUID, channel)
+	if status, body := ann.fetchJSON("POST", "/api/join", map[string]any{"channels": []string{channel}}); status != http.StatusOK {
+		t.Fatalf("join from Ann's browser: HTTP %d %v", status, body)
+	}
 
 	t.Log("HTML in a message is text")
 	ann.send(injection)
@@ -301,18 +308,4 @@ func containsAll(texts []string, parts ...string) bool {
 		}
 	}
 	return false
-}
-
-// channelsAPI calls the demo's /api/join or /api/leave for uid.
-func channelsAPI(t *testing.T, base, op string, uid uint64, channels ...string) {
-	t.Helper()
-	body, _ := json.Marshal(map[string]any{"uid": uid, "channels": channels})
-	res, err := http.Post(base+"/api/"+op, "application/json", bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("%s %v for %d: HTTP %d", op, channels, uid, res.StatusCode)
-	}
 }

@@ -5,6 +5,7 @@ go 1.24
 require (
 	github.com/chromedp/cdproto v0.0.0-20250724212937-08a3db8b4327
 	github.com/chromedp/chromedp v0.14.2
+	github.com/gorilla/websocket v1.5.3
 	github.com/wuyan94zl/chart v0.0.0
 )
 
@@ -14,7 +15,6 @@ require (
 	github.com/gobwas/httphead v0.1.0 // indirect
 	github.com/gobwas/pool v0.2.1 // indirect
 	github.com/gobwas/ws v1.4.0 // indirect
-	github.com/gorilla/websocket v1.5.3 // indirect
 	golang.org/x/sys v0.34.0 // indirect
 	golang.org/x/time v0.10.0 // indirect
 )

@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -109,12 +111,14 @@ func (b *syncBuffer) String() string {
 }
 
 // demoServer is the chat demo running as a child process. It can be killed
-// and started again on the same address.
+// and started again on the same address, with the same session key, so
+// that its users stay signed in across the restart.
 type demoServer struct {
 	t      *testing.T
 	bin    string
 	addr   string
 	args   []string // flags after -addr
+	key    string   // CHAT_SESSION_KEY
 	logs   *syncBuffer
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -122,7 +126,11 @@ type demoServer struct {
 
 // newDemoServer prepares the demo binary on addr, with more flags if given.
 func newDemoServer(t *testing.T, bin, addr string, args ...string) *demoServer {
-	s := &demoServer{t: t, bin: bin, addr: addr, args: args, logs: &syncBuffer{}}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	s := &demoServer{t: t, bin: bin, addr: addr, args: args, key: base64.StdEncoding.EncodeToString(key), logs: &syncBuffer{}}
 	t.Cleanup(func() {
 		s.kill()
 		logs := s.logs.String()
@@ -144,6 +152,7 @@ func (s *demoServer) start() {
 	args := append([]string{"-addr", s.addr}, s.args...)
 	fmt.Fprintf(s.logs, "--- starting %s %s\n", s.bin, strings.Join(args, " "))
 	cmd := exec.Command(s.bin, args...)
+	cmd.Env = append(os.Environ(), "CHAT_SESSION_KEY="+s.key)
 	cmd.Stdout, cmd.Stderr = s.logs, s.logs
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("start demo: %v", err)
@@ -231,6 +240,20 @@ func newBrowser(t *testing.T, parent context.Context, width, height int) context
 	// emulated viewport makes the page exactly width x height.
 	if err := chromedp.Run(ctx, chromedp.EmulateViewport(int64(width), int64(height))); err != nil {
 		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx
+}
+
+// newTab opens another tab in the browser of ctx (same profile, same
+// cookies) and returns its context; it is closed in t.Cleanup. A new tab
+// waits for a debugger before it runs any script or timer: chromedp does
+// not release it, so this does.
+func newTab(t *testing.T, browser context.Context) context.Context {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(browser)
+	t.Cleanup(cancel)
+	if err := chromedp.Run(ctx, runtime.RunIfWaitingForDebugger()); err != nil {
+		t.Fatalf("open a tab: %v", err)
 	}
 	return ctx
 }
@@ -345,15 +368,77 @@ func (p *page) click(sel string) {
 	p.run("click "+sel, chromedp.Click(sel, chromedp.ByQuery, chromedp.NodeVisible))
 }
 
-// login signs in as uid with a display name and waits until the socket is
-// open and the channel list synchronised.
-func (p *page) login(base string, uid int, name string) {
+// login opens the page, signs in with a display name and waits until the
+// socket is open and the channel list synchronised. It returns the uid the
+// server gave, as the page shows it.
+func (p *page) login(base, name string) uint64 {
 	p.t.Helper()
-	p.run("open page", chromedp.Navigate(base+"/"), chromedp.WaitVisible(tid("login-uid"), chromedp.ByQuery))
-	p.fill("login-uid", strconv.Itoa(uid))
+	p.run("open page", chromedp.Navigate(base+"/"), chromedp.WaitVisible(tid("login-name"), chromedp.ByQuery))
+	return p.signIn(name)
+}
+
+// signIn fills in the sign-in form shown and waits until the chat is ready;
+// it returns the uid the page shows.
+func (p *page) signIn(name string) uint64 {
+	p.t.Helper()
 	p.fill("login-name", name)
 	p.click(tid("login-submit"))
 	p.waitReady()
+	return p.uid()
+}
+
+// uid returns the signed-in uid the page shows ("#4821…").
+func (p *page) uid() uint64 {
+	p.t.Helper()
+	var text string
+	p.eval("read uid", `document.querySelector('[data-testid="login-uid"]').textContent`, &text)
+	uid, err := strconv.ParseUint(strings.TrimPrefix(text, "#"), 10, 64)
+	if err != nil || uid == 0 {
+		p.t.Fatalf("%s: the page shows uid %q", p.name, text)
+	}
+	return uid
+}
+
+// fetchJSON makes a request from the page (same origin, with its session
+// cookie, as the page's own code or another tab of it would) and returns
+// the status and the answer.
+func (p *page) fetchJSON(method, path string, body any) (int, map[string]any) {
+	p.t.Helper()
+	b := "undefined"
+	if body != nil {
+		j, _ := json.Marshal(body)
+		b = jsString(string(j))
+	}
+	var res struct {
+		Status int            `json:"status"`
+		Body   map[string]any `json:"body"`
+	}
+	p.run("fetch "+path, chromedp.Evaluate(`(async () => {
+		const opts = {method: `+jsString(method)+`, headers: {}};
+		const body = `+b+`;
+		if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = body; }
+		const r = await fetch(`+jsString(path)+`, opts);
+		let j = null;
+		try { j = await r.json(); } catch (_) {}
+		return {status: r.status, body: j};
+	})()`, &res, func(ep *runtime.EvaluateParams) *runtime.EvaluateParams { return ep.WithAwaitPromise(true) }))
+	return res.Status, res.Body
+}
+
+// channelsFromServer returns the signed-in user's channels as the server
+// has them (GET /api/channels from the page).
+func (p *page) channelsFromServer() []string {
+	p.t.Helper()
+	status, body := p.fetchJSON("GET", "/api/channels", nil)
+	list, _ := body["channels"].([]any)
+	if status != http.StatusOK {
+		p.t.Fatalf("%s: /api/channels: HTTP %d %v", p.name, status, body)
+	}
+	out := make([]string, len(list))
+	for i, c := range list {
+		out[i], _ = c.(string)
+	}
+	return out
 }
 
 // connection returns the text of the connection state element: chart.js's
@@ -490,11 +575,11 @@ func (p *page) waitLastMessage(content string) {
 }
 
 // waitOnline waits until every uid is in the online list.
-func (p *page) waitOnline(uids ...int) {
+func (p *page) waitOnline(uids ...uint64) {
 	p.t.Helper()
 	parts := make([]string, len(uids))
 	for i, uid := range uids {
-		parts[i] = strconv.Quote(strconv.Itoa(uid))
+		parts[i] = strconv.Quote("#" + strconv.FormatUint(uid, 10))
 	}
 	p.waitFor("online "+strings.Join(parts, ","), `(() => {
 		const texts = [...document.querySelectorAll('[data-testid="online"]')].map(e => e.textContent);

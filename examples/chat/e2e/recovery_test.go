@@ -54,8 +54,8 @@ func TestRecoveryThroughCuts(t *testing.T) {
 		}
 	})
 
-	ann.login("http://"+px.Addr(), annUID, "Ann")
-	bob.login(srv.URL(), bobUID, "Bob")
+	annUID := ann.login("http://"+px.Addr(), "Ann")
+	bobUID := bob.login(srv.URL(), "Bob")
 	ann.waitOnline(annUID, bobUID)
 	bob.waitOnline(annUID, bobUID)
 	ann.join(channel)

@@ -2,27 +2,39 @@
 // client (served by the demo at /chart.js), no build step.
 //
 // Data flow:
-//   - chat messages go through chart.js over one WebSocket
-//     (/ws?id=UID&name=NAME, protocol chart.v1): the page sends
-//     {"channel_id","content","type":3} or {"to_user_id","content","type":3}
-//     with `await chart.send(...)`, which resolves when the server has
-//     acknowledged the message and rejects with the server's error code
-//     when it refused it. chart.js reconnects by itself (backoff), resumes
-//     every stream where the page left it, so that a cut or a reload loses
-//     and doubles nothing, and keeps unsent messages until they are
-//     acknowledged.
+//   - signing in posts a display name to /api/signin; the server answers
+//     with the uid it chose and sets a session cookie (HttpOnly: this page
+//     never sees it). The socket and every API call are authenticated by
+//     that cookie alone: the page never sends its uid, and the server would
+//     not believe it.
+//   - chat messages go through chart.js over one WebSocket (/ws, protocol
+//     chart.v1): the page sends {"channel_id","content","type":3} or
+//     {"to_user_id","content","type":3} with `await chart.send(...)`, which
+//     resolves when the server has acknowledged the message and rejects
+//     with the server's error code when it refused it. chart.js reconnects
+//     by itself (backoff), resumes every stream where the page left it, so
+//     that a cut or a reload loses and doubles nothing, and keeps unsent
+//     messages until they are acknowledged. Before each connect the page
+//     asks /api/session who it is: signed out (elsewhere, or the session
+//     expired) shows the sign-in form; signed in as someone else reloads.
 //   - joining and leaving channels uses the JSON API (/api/join, /api/leave).
-//   - presence is pushed: the server publishes the full online list, with a
-//     version number, to the "presence" channel on every login and logout.
-//     /api/online is fetched once per connection; older versions are ignored.
+//   - presence comes as deltas: the server publishes {"presence":"join"}
+//     or {"presence":"leave"} to the "presence" channel on every login and
+//     logout. /api/online gives the whole list once per connection;
+//     applyPresenceDelta applies every delta after it (see "presence").
 //   - chart.js's timing (heartbeat, backoff) comes from /api/config, which
 //     the server's flags set; nothing is read from the page's own URL.
 //
 // What a tab keeps in its sessionStorage (per tab, so two tabs never share
-// an outbox; it survives a reload): who is signed in, chart.js's positions
-// and unsent messages, and the conversation shown. A reload thus shows the
-// same conversation, then what arrived meanwhile, each message once.
-// Signing out forgets all of it.
+// an outbox; it survives a reload): chart.js's positions and unsent
+// messages, and the conversation shown. A reload thus shows the same
+// conversation, then what arrived meanwhile, each message once. Signing out
+// forgets all of it.
+//
+// What it keeps is bounded, so that a flood (thousands of direct messages
+// from many senders) cannot freeze the tab: MAX_KEPT messages per
+// conversation, MAX_SHOWN in the page at once (the oldest go first),
+// MAX_ONLINE_SHOWN people in the online list, MAX_NAMES display names.
 //
 // The connection's state is always shown in #connection (data-testid
 // "connection"): its text and data-state are chart.js's state, "connecting",
@@ -35,18 +47,21 @@ import { Chart } from '/chart.js';
 const PRESENCE_CHANNEL = 'presence';
 const PRESENCE_TYPE = 1;
 const TEXT_TYPE = 3;
-const MAX_KEPT = 500; // messages kept per conversation
-const MAX_SAVED = 200; // of which kept across a reload
-const SESSION_KEY = 'chart-demo.session'; // sessionStorage: who is signed in in this tab
-const LOGIN_KEY = 'chart-demo-login'; // localStorage: prefills the sign-in form
+const MAX_KEPT = 300; // messages kept per conversation
+const MAX_SHOWN = 300; // message elements in the page at once
+const MAX_SAVED = 200; // messages per conversation kept across a reload
+const MAX_ONLINE_SHOWN = 200; // people listed; the rest are counted
+const MAX_NAMES = 2000; // display names remembered
+const MAX_PENDING_DELTAS = 1000; // presence deltas held while the list loads
+const LOGIN_KEY = 'chart-demo-login'; // localStorage: prefills the sign-in form's name
 
 const byId = (id) => document.getElementById(id);
 const el = {
   loginScreen: byId('login-screen'),
   loginForm: byId('login-form'),
-  loginUid: byId('login-uid'),
   loginName: byId('login-name'),
   loginError: byId('login-error'),
+  loginSubmit: byId('login-submit'),
   app: byId('app'),
   menu: byId('menu'),
   scrim: byId('scrim'),
@@ -81,7 +96,7 @@ const el = {
 const tabStorage = (() => {
   try {
     const s = window.sessionStorage;
-    s.getItem(SESSION_KEY);
+    s.getItem(LOGIN_KEY);
     return s;
   } catch (_) {
     return null;
@@ -107,9 +122,14 @@ const state = {
   history: new Map(), // channel -> [entry]
   direct: [], // direct messages, shown in every conversation
   unread: new Map(),
-  names: new Map(), // uid -> display name, from presence
-  online: [],
-  presenceVersion: -1,
+  names: new Map(), // uid -> display name, from presence; at most MAX_NAMES
+  online: new Set(), // uids online
+  presenceVersion: -1, // of the last delta applied; -1: no list yet (deltas wait in pendingDeltas)
+  pendingDeltas: [],
+  onlineLoading: false, // a /api/online request is on its way
+  onlineRenderQueued: false,
+  namesChanged: false,
+  signingOut: null, // the sign-out request on its way, if any
   seq: 0, // orders entries by arrival
   sending: 0, // sends awaiting the server's answer
   saveQueued: false,
@@ -171,14 +191,22 @@ function preview(text) {
 
 const delay = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function api(method, path, body) {
+// api calls the demo's JSON API, with the session cookie (same origin). It
+// rejects with an Error carrying the HTTP status and the API's error code
+// (status 0: no answer).
+async function api(method, path, body, timeout = 10000) {
   // A request through a dead connection must not hang for ever.
-  const opts = { method, headers: {}, signal: AbortSignal.timeout(10000) };
+  const opts = { method, headers: {}, credentials: 'same-origin', signal: AbortSignal.timeout(timeout) };
   if (body !== undefined) {
     opts.headers['Content-Type'] = 'application/json';
     opts.body = JSON.stringify(body);
   }
-  const res = await fetch(path, opts);
+  let res;
+  try {
+    res = await fetch(path, opts);
+  } catch (err) {
+    throw Object.assign(new Error('the server did not answer'), { status: 0, code: 'unreachable' });
+  }
   let data = null;
   try {
     data = await res.json();
@@ -186,7 +214,8 @@ async function api(method, path, body) {
     // not JSON: fall through to the status check
   }
   if (!res.ok) {
-    throw new Error((data && data.message) || 'request failed (' + res.status + ')');
+    throw Object.assign(new Error((data && data.message) || 'request failed (' + res.status + ')'),
+      { status: res.status, code: (data && data.error) || '' });
   }
   return data;
 }
@@ -235,6 +264,7 @@ const ERROR_TITLES = {
   protocol: 'Cannot connect',
   connect_failed: 'Cannot connect',
   sync: 'Out of sync',
+  signed_out: 'Signed out',
 };
 
 // showError shows a toast; code, when given, is shown too (and kept in
@@ -305,9 +335,12 @@ async function startChart() {
   for (const k of ['heartbeat', 'heartbeatTimeout', 'maxDelay']) {
     if (config && Number.isSafeInteger(config[k]) && config[k] >= 0) options[k] = config[k];
   }
-  const url = () => {
+  // The socket's URL carries nothing: the session cookie says who it is.
+  // Before each connect the page checks that the session is still its own.
+  const url = async () => {
+    await checkSession(uid);
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    return scheme + '//' + location.host + '/ws?id=' + uid + '&name=' + encodeURIComponent(state.name);
+    return scheme + '//' + location.host + '/ws';
   };
   const c = new Chart(url, options);
   state.chart = c;
@@ -320,11 +353,31 @@ async function startChart() {
   c.on('recovered', mine(onRecovered));
 }
 
+// checkSession asks the server who this browser is signed in as, before
+// chart.js connects. Signed out (in another tab, or the session expired):
+// back to the sign-in form. Signed in as someone else (in another tab):
+// reload, to show that user. Either way it throws, so that this client does
+// not connect. No answer: connect anyway; the socket needs the session too.
+async function checkSession(uid) {
+  let s;
+  try {
+    s = await api('GET', '/api/session', undefined, 3000);
+  } catch (err) {
+    if (err.status !== 401 || state.uid !== uid) return;
+    sessionEnded('Your session has ended. Sign in again to carry on.');
+    throw new Error('signed out');
+  }
+  if (s && s.uid !== uid && state.uid === uid) {
+    switchedUser();
+    throw new Error('signed in as someone else');
+  }
+}
+
 function onState(c, s) {
   if (s === 'open') state.everOpen = true;
   if (s === 'connecting') {
     state.stopReason = '';
-    state.presenceVersion = -1; // a restarted server counts from zero again
+    resetPresence(); // a restarted server counts from zero again
   }
   if (s !== 'open') setReady(false);
   setConnection(s);
@@ -352,6 +405,12 @@ function onError(c, e) {
   switch (e.error) {
     case 'closed':
       state.stopReason = 'closed by the server (' + e.code + ')';
+      if (e.code === 4001) {
+        // Signed out, or signed in as someone else, in another tab? Then
+        // follow it; else the server closed it for a reason of its own.
+        followSession(c, e);
+        return;
+      }
       showError('The server closed the connection (' + e.code + '): ' + (e.message || '') + '. Reconnect when you are ready.', 'closed');
       return;
     case 'storage':
@@ -360,6 +419,27 @@ function onError(c, e) {
     default:
       showError(e.message || e.error, e.error);
   }
+}
+
+// followSession handles a connection the server closed with 4001: the page
+// follows a sign-out or a sign-in made in another tab of this browser.
+async function followSession(c, e) {
+  const uid = state.uid;
+  let s = null;
+  try {
+    s = await api('GET', '/api/session');
+  } catch (err) {
+    if (err.status === 401 && state.chart === c) {
+      sessionEnded('You signed out in another tab.');
+      return;
+    }
+  }
+  if (state.chart !== c) return;
+  if (s && s.uid !== uid) {
+    switchedUser();
+    return;
+  }
+  showError('The server closed the connection (' + e.code + '): ' + (e.message || '') + '. Reconnect when you are ready.', 'closed');
 }
 
 // onRecovered runs after each welcome: it marks what could not be
@@ -398,16 +478,16 @@ async function synchronise(c, gen) {
   const current = () => state.chart === c && state.syncGen === gen && c.state === 'open';
   for (let attempt = 0; ; attempt++) {
     try {
-      let res = await api('GET', '/api/channels?uid=' + state.uid);
+      let res = await api('GET', '/api/channels');
       if (state.restoreChannels) {
         const want = state.channels;
         const missing = want.filter((ch) => !res.channels.includes(ch));
-        if (missing.length) {
-          res = await api('POST', '/api/join', { uid: state.uid, channels: missing });
+        for (let i = 0; i < missing.length; i += 16) {
+          res = await api('POST', '/api/join', { channels: missing.slice(i, i + 16) });
         }
         const extra = res.channels.filter((ch) => !want.includes(ch));
-        if (extra.length) {
-          res = await api('POST', '/api/leave', { uid: state.uid, channels: extra });
+        for (let i = 0; i < extra.length; i += 16) {
+          res = await api('POST', '/api/leave', { channels: extra.slice(i, i + 16) });
         }
       }
       if (!current()) return;
@@ -415,11 +495,15 @@ async function synchronise(c, gen) {
       setChannels(res.channels);
       const p = await api('GET', '/api/online');
       if (!current()) return;
-      applyPresence(p);
+      applySnapshot(p);
       setReady(true);
       return;
     } catch (err) {
       if (!current()) return;
+      if (err.status === 401) {
+        sessionEnded('Your session has ended. Sign in again to carry on.');
+        return;
+      }
       if (attempt === 0) showError('Could not load your channels: ' + err.message + '. Retrying.', 'sync');
       await delay(Math.min(5000, 500 * 2 ** attempt));
       if (!current()) return;
@@ -431,13 +515,16 @@ async function synchronise(c, gen) {
 
 function onMessage(c, m) {
   if (m.channel_id === PRESENCE_CHANNEL) {
-    // Only the server (user 0) publishes presence; ignore anything else.
+    // Only the server (user 0) publishes presence (clients' messages to it
+    // are refused); ignore anything else.
     if (Number(m.user_id) === 0 && Number(m.type) === PRESENCE_TYPE) {
+      let d = null;
       try {
-        applyPresence(JSON.parse(m.content));
+        d = JSON.parse(m.content);
       } catch (_) {
-        // malformed push: the next one carries the whole list again
+        // malformed: ignored
       }
+      applyPresenceDelta(d);
     }
     return;
   }
@@ -475,20 +562,124 @@ function keep(list, entry) {
   if (list.length > MAX_KEPT) list.splice(0, list.length - MAX_KEPT);
 }
 
-function applyPresence(p) {
-  if (!p || !Array.isArray(p.users) || p.version < state.presenceVersion) return;
-  state.presenceVersion = p.version;
-  let renamed = false;
+// ---- presence ---------------------------------------------------------
+//
+// The online list is a snapshot (/api/online, once per connection: {version,
+// users}) followed by deltas: {presence: "join", uid, name, version} and
+// {presence: "leave", uid, version}. applyPresenceDelta is the only function
+// that applies a delta, whatever brought it.
+//
+// NOTE for the library's presence events: today the deltas are messages of
+// the demo's server on the "presence" channel (see onMessage). When the
+// library sends presence frames itself ({"presence":"join"|"leave",...})
+// and chart.js passes them on, subscribe to them in startChart
+// (c.on(<event>, mine((c, d) => applyPresenceDelta(d))), adapting field
+// names there if they differ), drop the "presence" branch of onMessage, and
+// the demo's server stops publishing in LoginServer/LogoutServer. A delta
+// without a version is applied as it comes; ordering it against the
+// snapshot is then the library's to promise (a snapshot frame for the new
+// connection, say, which would go to applySnapshot).
+
+// resetPresence forgets the list's version: deltas wait until the next
+// snapshot. Called when the connection drops (a restarted server numbers
+// its deltas from zero) and when a delta was missed.
+function resetPresence() {
+  state.presenceVersion = -1;
+  state.pendingDeltas = [];
+}
+
+// applySnapshot replaces the online list with the server's, then applies
+// the deltas that came while it was on its way.
+function applySnapshot(p) {
+  if (!p || !Array.isArray(p.users) || !Number.isSafeInteger(p.version)) return;
+  state.online = new Set();
   for (const u of p.users) {
     const uid = Number(u.uid);
-    if (u.name && state.names.get(uid) !== u.name) {
-      state.names.set(uid, String(u.name));
-      renamed = true;
-    }
+    if (!Number.isSafeInteger(uid) || uid <= 0) continue;
+    state.online.add(uid);
+    rememberName(uid, u.name);
   }
-  state.online = p.users.map((u) => Number(u.uid));
-  renderOnline();
-  if (renamed) renderView();
+  state.presenceVersion = p.version;
+  const pending = state.pendingDeltas;
+  state.pendingDeltas = [];
+  for (const d of pending) applyPresenceDelta(d);
+  scheduleOnlineRender();
+}
+
+// applyPresenceDelta applies one join or leave to the online list.
+function applyPresenceDelta(d) {
+  if (!d || typeof d !== 'object' || (d.presence !== 'join' && d.presence !== 'leave')) return;
+  const uid = Number(d.uid);
+  if (!Number.isSafeInteger(uid) || uid <= 0) return;
+  if (Number.isSafeInteger(d.version)) {
+    if (state.presenceVersion < 0) {
+      // No list yet: it comes with the next snapshot, in which this delta
+      // may or may not be. Keep it (a bounded number) until then.
+      state.pendingDeltas.push(d);
+      if (state.pendingDeltas.length > MAX_PENDING_DELTAS) state.pendingDeltas.shift();
+      return;
+    }
+    if (d.version <= state.presenceVersion) return; // in the list already
+    if (d.version > state.presenceVersion + 1) {
+      // One was missed: load the whole list again.
+      resetPresence();
+      state.pendingDeltas.push(d);
+      reloadOnline();
+      return;
+    }
+    state.presenceVersion = d.version;
+  }
+  if (d.presence === 'join') {
+    state.online.add(uid);
+    rememberName(uid, d.name);
+  } else {
+    state.online.delete(uid);
+  }
+  scheduleOnlineRender();
+}
+
+// reloadOnline fetches the online list again, outside of a (re)connect.
+async function reloadOnline() {
+  if (state.onlineLoading) return;
+  state.onlineLoading = true;
+  const c = state.chart;
+  let p = null;
+  try {
+    p = await api('GET', '/api/online');
+  } catch (_) {
+    // the next (re)connect loads it
+  }
+  state.onlineLoading = false;
+  if (p && state.chart === c && state.presenceVersion < 0) applySnapshot(p);
+}
+
+// rememberName keeps a display name for showing messages and the online
+// list; at most MAX_NAMES, the oldest of people offline going first.
+function rememberName(uid, name) {
+  if (typeof name !== 'string' || name === '' || state.names.get(uid) === name) return;
+  state.names.delete(uid);
+  state.names.set(uid, name.slice(0, 64));
+  state.namesChanged = true; // messages shown as "user <uid>" get the name
+  if (state.names.size <= MAX_NAMES) return;
+  for (const id of state.names.keys()) {
+    if (state.names.size <= MAX_NAMES) break;
+    if (!state.online.has(id) && id !== state.uid) state.names.delete(id);
+  }
+}
+
+// scheduleOnlineRender redraws the online list once for all the deltas of
+// the next moment: a burst of logins costs one redraw, not one each.
+function scheduleOnlineRender() {
+  if (state.onlineRenderQueued) return;
+  state.onlineRenderQueued = true;
+  setTimeout(() => {
+    state.onlineRenderQueued = false;
+    renderOnline();
+    if (state.namesChanged) {
+      state.namesChanged = false;
+      renderView();
+    }
+  }, 50);
 }
 
 // ---- the conversation across reloads -----------------------------------
@@ -543,7 +734,7 @@ function restoreView(uid) {
   if (!v || typeof v !== 'object') return;
   const isEntry = (e) => e && Number.isSafeInteger(e.seq) &&
     (e.gap === true || (e.m && typeof e.m === 'object' && typeof e.m.content === 'string'));
-  const entries = (list) => (Array.isArray(list) ? list.filter(isEntry).map((e) => (e.gap ? { seq: e.seq, gap: true } : { seq: e.seq, m: slim(e.m) })) : []);
+  const entries = (list) => (Array.isArray(list) ? list.slice(-MAX_KEPT).filter(isEntry).map((e) => (e.gap ? { seq: e.seq, gap: true } : { seq: e.seq, m: slim(e.m) })) : []);
   const strings = (list) => (Array.isArray(list) ? list.filter((s) => typeof s === 'string') : []);
   const pairs = (list) => (Array.isArray(list) ? list.filter((p) => Array.isArray(p) && p.length === 2) : []);
   state.channels = strings(v.channels).filter((c) => c !== PRESENCE_CHANNEL).sort();
@@ -552,7 +743,7 @@ function restoreView(uid) {
   for (const [ch, list] of pairs(v.history)) if (typeof ch === 'string') state.history.set(ch, entries(list));
   state.direct = entries(v.direct);
   for (const [ch, n] of pairs(v.unread)) if (typeof ch === 'string' && Number.isSafeInteger(n) && n > 0) state.unread.set(ch, n);
-  for (const [uid, name] of pairs(v.names)) if (Number.isSafeInteger(uid) && typeof name === 'string') state.names.set(uid, name);
+  for (const [uid, name] of pairs(v.names).slice(-MAX_NAMES)) if (Number.isSafeInteger(uid) && typeof name === 'string') state.names.set(uid, name);
   for (const list of [state.direct, ...state.history.values()]) {
     for (const e of list) state.seq = Math.max(state.seq, e.seq);
   }
@@ -591,10 +782,14 @@ function renderChannels() {
   }
 }
 
+// renderOnline lists who is online: you first, then by name; at most
+// MAX_ONLINE_SHOWN of them, and how many more.
 function renderOnline() {
   el.online.replaceChildren();
-  el.onlineCount.textContent = String(state.online.length);
-  for (const uid of state.online) {
+  el.onlineCount.textContent = String(state.online.size);
+  const uids = Array.from(state.online).sort((a, b) =>
+    (b === state.uid) - (a === state.uid) || displayName(a).localeCompare(displayName(b)) || a - b);
+  for (const uid of uids.slice(0, MAX_ONLINE_SHOWN)) {
     const li = make('li');
     const item = make('button', 'nav-item person');
     item.type = 'button';
@@ -619,11 +814,16 @@ function renderOnline() {
     li.append(item);
     el.online.append(li);
   }
+  if (uids.length > MAX_ONLINE_SHOWN) {
+    el.online.append(make('li', 'muted small pad', 'and ' + (uids.length - MAX_ONLINE_SHOWN) + ' more'));
+  }
 }
 
+// viewEntries is what the selected conversation shows: its channel's
+// messages and the direct messages, in arrival order, the last MAX_SHOWN.
 function viewEntries() {
   const channel = state.selected ? state.history.get(state.selected) || [] : [];
-  return channel.concat(state.direct).sort((a, b) => a.seq - b.seq);
+  return channel.concat(state.direct).sort((a, b) => a.seq - b.seq).slice(-MAX_SHOWN);
 }
 
 function renderView() {
@@ -649,6 +849,8 @@ function appendToView(entry) {
   const nearEnd = el.messages.scrollHeight - el.messages.scrollTop - el.messages.clientHeight < 80;
   const last = el.messages.lastElementChild;
   el.messages.append(renderMessage(entry.m, last ? last._msg : null));
+  // At most MAX_SHOWN elements: the oldest go.
+  while (el.messages.children.length > MAX_SHOWN) el.messages.firstElementChild.remove();
   updateEmpty();
   const mine = entry.m.user_id === state.uid;
   if (nearEnd || mine) scrollToEnd(false);
@@ -776,7 +978,7 @@ async function join() {
     return;
   }
   try {
-    const res = await api('POST', '/api/join', { uid: state.uid, channels: [ch] });
+    const res = await api('POST', '/api/join', { channels: [ch] });
     setChannels(res.channels);
     select(ch);
     el.channelInput.value = '';
@@ -794,7 +996,7 @@ async function leave() {
     return;
   }
   try {
-    const res = await api('POST', '/api/leave', { uid: state.uid, channels: [ch] });
+    const res = await api('POST', '/api/leave', { channels: [ch] });
     state.unread.delete(ch);
     setChannels(res.channels);
     el.channelInput.value = '';
@@ -859,34 +1061,49 @@ async function send() {
   }
 }
 
-function login(ev) {
+// login signs in with the form's display name: the server chooses the uid
+// and keeps it in the session cookie.
+async function login(ev) {
   ev.preventDefault();
-  const uid = el.loginUid.value.trim();
-  if (!isPositiveInt(uid)) {
-    el.loginError.textContent = 'The user id is a whole number above zero.';
-    el.loginError.hidden = false;
+  const name = el.loginName.value.trim().replace(/\s+/g, ' ');
+  if (name === '') {
+    showLoginError('Pick a display name first.');
     return;
   }
   el.loginError.hidden = true;
-  const name = el.loginName.value.trim();
+  el.loginSubmit.disabled = true;
+  let s;
   try {
-    localStorage.setItem(LOGIN_KEY, JSON.stringify({ uid: Number(uid), name }));
+    await state.signingOut; // its answer clears the cookie: it must come first
+    s = await api('POST', '/api/signin', { name });
+  } catch (err) {
+    showLoginError(err.message);
+    return;
+  } finally {
+    el.loginSubmit.disabled = false;
+  }
+  try {
+    localStorage.setItem(LOGIN_KEY, JSON.stringify({ name: s.name }));
   } catch (_) {
     // storage may be disabled; the form just will not be prefilled
   }
-  startSession(Number(uid), name);
+  startSession(s.uid, s.name);
   el.messageInput.focus();
 }
 
-// startSession signs uid in, in this tab: after the form, or after a
-// reload with what the tab kept.
+function showLoginError(text) {
+  el.loginError.textContent = text;
+  el.loginError.hidden = false;
+}
+
+// startSession shows the chat for the signed-in uid: after the form, or
+// after a reload, with what the tab kept.
 function startSession(uid, name) {
   state.uid = uid;
   state.name = name;
   restoreView(uid);
-  if (name) state.names.set(uid, name);
-  storageSet(SESSION_KEY, JSON.stringify({ uid, name }));
-  el.meName.textContent = name || 'user ' + uid;
+  rememberName(uid, name);
+  el.meName.textContent = name;
   el.meUid.textContent = '#' + uid;
   el.meAvatar.replaceWith(Object.assign(avatar(uid, 'sm'), { id: 'me-avatar' }));
   el.meAvatar = byId('me-avatar');
@@ -901,27 +1118,59 @@ function startSession(uid, name) {
   startChart();
 }
 
+// logout signs out: this tab stops at once, then the server clears the
+// cookie and closes the user's other connections (other tabs follow).
 function logout() {
+  endSession();
+  showLogin('');
+  state.signingOut = api('POST', '/api/signout', {}).catch(() => {
+    showLoginError('The server did not answer: you may still be signed in there. Try again.');
+  });
+}
+
+// sessionEnded shows the sign-in form after the server said the session
+// is over (signed out elsewhere, expired).
+function sessionEnded(why) {
+  endSession();
+  showLogin(why);
+}
+
+// switchedUser follows a sign-in as someone else in another tab: the page
+// starts again as that user.
+function switchedUser() {
+  endSession();
+  location.reload();
+}
+
+// endSession stops this tab's client and forgets what the tab kept.
+function endSession() {
   const uid = state.uid;
   state.wanted = false;
   const c = state.chart;
   state.chart = null;
   if (c) c.close(); // writes its storage a last time: forget it after
-  for (const key of [SESSION_KEY, viewKey(uid), chartKey(uid) + '.positions', chartKey(uid) + '.outbox']) {
+  for (const key of [viewKey(uid), chartKey(uid) + '.positions', chartKey(uid) + '.outbox']) {
     storageRemove(key);
   }
   settleReady(false);
   Object.assign(state, {
-    uid: 0, everOpen: false, welcomed: false, stopReason: '', restoreChannels: false, channels: [], selected: null,
-    direct: [], online: [], presenceVersion: -1, seq: 0,
+    uid: 0, name: '', everOpen: false, welcomed: false, stopReason: '', restoreChannels: false, channels: [], selected: null,
+    direct: [], online: new Set(), seq: 0,
   });
+  resetPresence();
   state.history.clear();
   state.unread.clear();
+  state.names.clear();
   setConnection('closed');
   setReady(false);
+}
+
+function showLogin(why) {
   el.app.hidden = true;
   el.loginScreen.hidden = false;
-  el.loginUid.focus();
+  el.loginError.hidden = !why;
+  el.loginError.textContent = why;
+  el.loginName.focus();
 }
 
 function openDrawer() {
@@ -967,24 +1216,27 @@ el.scrim.addEventListener('click', closeDrawer);
 
 setConnection('closed');
 setReady(false);
-let session = null;
-try {
-  session = JSON.parse(storageGet(SESSION_KEY) || 'null');
-} catch (_) {
-  // nothing kept
-}
-if (session && isPositiveInt(String(session.uid))) {
-  // A reload: carry on where this tab was.
-  startSession(Number(session.uid), typeof session.name === 'string' ? session.name : '');
-} else {
+boot();
+
+// boot shows the chat when the browser is signed in (a reload, another
+// tab), else the sign-in form.
+async function boot() {
+  let s = null;
+  let why = '';
+  try {
+    s = await api('GET', '/api/session');
+  } catch (err) {
+    if (err.status !== 401) why = 'The server did not answer (' + err.message + '). Reload to try again.';
+  }
+  if (s && Number.isSafeInteger(s.uid) && s.uid > 0) {
+    startSession(s.uid, String(s.name || ''));
+    return;
+  }
   try {
     const saved = JSON.parse(localStorage.getItem(LOGIN_KEY) || 'null');
-    if (saved && saved.uid) {
-      el.loginUid.value = String(saved.uid);
-      el.loginName.value = saved.name || '';
-    }
+    if (saved && typeof saved.name === 'string') el.loginName.value = saved.name;
   } catch (_) {
     // nothing saved
   }
-  el.loginUid.focus();
+  showLogin(why);
 }
