@@ -49,8 +49,11 @@
 //     whole.)
 //   - Hub state lives in sharded maps behind mutexes; there is no central
 //     goroutine, so the hub cannot block behind one. Publishing never
-//     blocks: each connection has a bounded queue, and a connection that
-//     cannot keep up is handled by Config.SlowConsumer.
+//     blocks on a connection: each has a bounded queue, and one that
+//     cannot keep up is handled by Config.SlowConsumer. With a Broker that
+//     keeps the streams, appends go through a pipeline of 8 shards, each
+//     with a goroutine only while it has appends to send (pipeline.go); a
+//     publisher waits only when its shard's bounded queue is full.
 //   - No lock is held during network I/O (broker calls included) or while
 //     a callback runs, so a callback may call any function of this package
 //     without deadlock.

@@ -29,7 +29,8 @@ func (h *Hub) route(c *Conn, m *Message) error {
 // Message of type TypeText. The result has one entry per channel: true when
 // the message was published, false when uid has not joined that channel.
 // When uid is offline every entry is false and ErrUserOffline goes to
-// ErrorLogServer.
+// ErrorLogServer. With a Broker that keeps the streams, the messages are
+// queued for their appends, as with Publish.
 func (h *Hub) SendMessageToChannelIds(uid uint64, msg string, channelIds ...string) map[string]bool {
 	res := make(map[string]bool, len(channelIds))
 	for _, id := range channelIds {
@@ -131,6 +132,12 @@ func (h *Hub) sendDirect(m *Message) error {
 // m.SendTime is set to now. m.UserId and m.Type are sent as given (0 means
 // "system" by convention). Publishing to a channel with no members is not an
 // error. It returns ErrInvalidChannel or ErrHubClosed.
+//
+// With a Broker that keeps the streams, Publish returns once the message is
+// queued for its append to the channel's stream; it reaches the members when
+// the broker has given it its offset. Messages published to one channel keep
+// their order; a message published afterwards to another stream may arrive
+// first.
 func (h *Hub) Publish(channelId string, m Message) error {
 	if h.closed.Load() {
 		return newError(ErrHubClosed, 0, channelId, nil)
