@@ -86,6 +86,12 @@ type Broker struct {
 
 	// pubq feeds the publishing goroutine; see publish.
 	pubq chan pubMsg
+
+	// skew is Redis's clock minus this node's, in milliseconds, as the
+	// last heartbeat measured it; known says it was measured. It fences
+	// the heartbeat's reaping (see Heartbeat).
+	skew  atomic.Int64
+	known atomic.Bool
 }
 
 // pubMsg is one message waiting to be published.
@@ -448,6 +454,9 @@ redis.call('SET', ak, '1', 'PX', ARGV[3])
 redis.call('SADD', p .. 'nodes', node)
 local gone = {}
 local reap = ARGV[4] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(ARGV[5]) > 0 and now > tonumber(ARGV[5]) then reap = false end
 for _, n in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
   if reap and n ~= node and redis.call('EXISTS', p .. 'alive:' .. n) == 0 then
     for _, uid in ipairs(redis.call('SMEMBERS', p .. 'nu:' .. n)) do
@@ -458,7 +467,7 @@ for _, n in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
     redis.call('SET', p .. 'reaped:' .. n, '1', 'PX', 86400000)
   end
 end
-return {lost, gone, reaped}`)
+return {lost, gone, reaped, now}`)
 )
 
 func (b *Broker) run(s *redis.Script, args ...any) (any, error) {
@@ -587,13 +596,27 @@ func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err err
 	if reap {
 		r = 1
 	}
-	v, err := b.run(heartbeatScript, b.opt.Prefix, b.opt.NodeID, b.opt.TTL.Milliseconds(), r)
+	// The fence: a heartbeat that reaches Redis after its caller gave up
+	// (Redis was frozen, the call waited in its socket) must not reap,
+	// since nobody would see the users it took offline. The deadline is
+	// the caller's, in Redis's clock.
+	sent := time.Now()
+	deadline := int64(0)
+	if b.known.Load() {
+		deadline = sent.Add(b.opt.Timeout).UnixMilli() + b.skew.Load()
+	}
+	v, err := b.run(heartbeatScript, b.opt.Prefix, b.opt.NodeID, b.opt.TTL.Milliseconds(), r, deadline)
 	if err != nil {
 		return nil, false, false, err
 	}
 	res, ok := v.([]any)
-	if !ok || len(res) != 3 {
+	if !ok || len(res) != 4 {
 		return nil, false, false, fmt.Errorf("redisbroker: unexpected heartbeat reply %v", v)
+	}
+	if now, ok := res[3].(int64); ok {
+		mid := sent.Add(time.Since(sent) / 2).UnixMilli()
+		b.skew.Store(now - mid)
+		b.known.Store(true)
 	}
 	lost, reaped = res[0] == int64(1), res[2] == int64(1)
 	list, _ := res[1].([]any)

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -166,4 +168,63 @@ func TestDialUnreachable(t *testing.T) {
 		t.Fatalf("Dial took %v to fail", d)
 	}
 	t.Log(err)
+}
+
+// TestHeartbeatFenced: a heartbeat that waited in a frozen Redis (SIGSTOP)
+// until after its caller timed out does not reap when Redis runs it: the
+// users it would take offline would be seen by nobody. The next heartbeat
+// reaps, and its caller gets them.
+func TestHeartbeatFenced(t *testing.T) {
+	srv := startRedis(t)
+	opt := Options{TTL: 300 * time.Millisecond, Timeout: 200 * time.Millisecond}
+	a, err := Dial(srv.url(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Dial(srv.url(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, _, _, err := a.Heartbeat(false); err != nil { // a measures its skew
+		t.Fatal(err)
+	}
+	if _, _, _, err := b.Heartbeat(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Connect(7); err != nil {
+		t.Fatal(err)
+	}
+	// b stops heartbeating; Redis freezes; a's heartbeat times out.
+	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			srv.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	if _, _, _, err := a.Heartbeat(true); err == nil {
+		t.Fatal("heartbeat to a frozen Redis succeeded")
+	}
+	// By the time Redis runs it, b's TTL has passed.
+	time.Sleep(2 * opt.TTL) // Redis is stopped: there is no event to wait for
+	srv.cmd.Process.Signal(syscall.SIGCONT)
+	stopped = false
+	c := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.url(), "redis://")})
+	defer c.Close()
+	ctx := context.Background()
+	// A round trip on a fresh connection: Redis has run what waited before.
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if online, err := c.SIsMember(ctx, "chart:online", "7").Result(); err != nil || !online {
+		t.Fatalf("uid 7 online = %v, %v after the timed-out heartbeat: it reaped unseen", online, err)
+	}
+	gone, _, _, err := a.Heartbeat(true)
+	if err != nil || len(gone) != 1 || gone[0] != 7 {
+		t.Fatalf("next heartbeat: gone %v, err %v; want [7]", gone, err)
+	}
 }
