@@ -84,6 +84,7 @@ type historyShard struct {
 	fifo    []entryRef // every entry kept, in the order appended: the byte cap drops the oldest
 	live    int        // entries kept
 	bytes   int64
+	capped  bool // the byte cap deleted a stream: a stream not found may have been one
 	_       [64]byte
 }
 
@@ -230,6 +231,7 @@ func (hs *history) trim(sh *historyShard, appending *stream) {
 		if len(st.entries) == 0 && st != appending && sh.streams[st.name] == st {
 			delete(sh.streams, st.name)
 			sh.bytes -= streamOverhead
+			sh.capped = true
 		}
 	}
 	if len(sh.fifo) > 64 && len(sh.fifo) > 2*sh.live {
@@ -272,7 +274,10 @@ func (hs *history) read(name topic, after uint64, limit int) (entries []entry, e
 	defer sh.mu.Unlock()
 	st := sh.streams[name]
 	if st == nil {
-		return nil, "", after == 0, 0
+		// Never appended to, aged out, or deleted by the byte cap: only
+		// the last means that something within retention is missing, and
+		// once the cap deleted streams here it cannot be told apart.
+		return nil, "", after == 0 && !sh.capped, 0
 	}
 	sh.expire(st, size, cutoff(time.Now().UnixNano(), ttl))
 	i := len(st.entries)
