@@ -127,6 +127,12 @@ type sink interface {
 	onPayload(c *client, h payloadHeader, now int64)
 }
 
+// messageSink is a sink that also sees every message whole (the presence
+// workload's frames carry no payload).
+type messageSink interface {
+	onMessage(c *client, msg []byte, now int64)
+}
+
 // roomSize is the number of users per room in the rooms workload.
 const roomSize = 10
 
@@ -142,6 +148,7 @@ type client struct {
 
 	lastSeq  int64
 	roomLast [roomSize]int64
+	paging   bool // presence: a member list's pages are coming
 
 	recv  atomic.Int64 // measured deliveries
 	gaps  atomic.Int64 // sequence errors (lost, duplicated or reordered)
@@ -194,6 +201,9 @@ func (c *client) readLoop() {
 			}
 		}
 		now := time.Now().UnixNano()
+		if ms, ok := c.sink.(messageSink); ok {
+			ms.onMessage(c, msg, now)
+		}
 		rest := msg
 		for {
 			h, r, ok := nextPayload(rest)

@@ -58,6 +58,9 @@ type config struct {
 	histChannels     int      // history: channels filled with their default history
 	histUsers        int      // history: offline users with one direct message each
 	histFlood        int      // history: direct messages to offline users in the flood past MaxHistoryBytes (0: none)
+	presenceUsers    int      // presence: users logging in to the room
+	presenceRate     float64  // presence: logins per second
+	presenceChurn    int      // presence: users dropping and reconnecting at once
 	histCap          int64    // history: chart's MaxHistoryBytes (0: its default)
 }
 
@@ -89,7 +92,7 @@ func main() {
 		cluster   = flag.Bool("cluster", false, "chart on one node vs two nodes sharing a broker (< 5 min); writes ../docs/benchmarks-cluster.md")
 		setups    = flag.String("cluster-setups", "single,redis,nats", "-cluster: setups to run (single: one node, no broker; redis, nats: two nodes)")
 		libsFlag  = flag.String("libs", "", "comma-separated peers (default: all)")
-		wlFlag    = flag.String("workloads", "fanout,rooms,storm,history", "comma-separated workloads")
+		wlFlag    = flag.String("workloads", "fanout,rooms,storm,history,presence", "comma-separated workloads")
 		subsFlag  = flag.String("fanout-subs", "", "fan-out subscriber counts (default 1000,10000; quick 500,2000)")
 		sizesFlag = flag.String("sizes", "100,1024", "fan-out payload sizes in bytes")
 		fanDur    = flag.Duration("fanout-duration", 0, "publishing time per fan-out phase (default 4s; quick 1s)")
@@ -105,6 +108,9 @@ func main() {
 		sSeq      = flag.Int("storm-sequential", 0, "after the storm: connections opened one at a time for unloaded connect-to-ready (default 500; quick 200)")
 		hChans    = flag.Int("history-channels", 0, "history workload: channels filled with 100 messages each (default 1000)")
 		hUsers    = flag.Int("history-users", 0, "history workload: offline users sent one direct message each (default 50000)")
+		pUsers    = flag.Int("presence-users", 0, "presence workload: users logging in to one room with presence events (default 10000; quick 2000)")
+		pRate     = flag.Float64("presence-rate", 400, "presence workload: logins per second")
+		pChurn    = flag.Int("presence-churn", 0, "presence workload: users then dropping and reconnecting at once (default 1000; quick 200)")
 		hFlood    = flag.Int("history-flood", -1, "history workload: direct messages to offline users in the flood past MaxHistoryBytes, 0 for none (default 2000000)")
 		hCap      = flag.Int64("history-cap", 0, "history workload: chart's MaxHistoryBytes (default chart's, 64 MiB)")
 		dialConc  = flag.Int("dial-concurrency", 256, "connections opened at once when setting up fan-out and rooms")
@@ -135,12 +141,14 @@ func main() {
 		stormConns: 10000, stormConcurrency: *sConc, stormSequential: 500, repeat: 3, dialConcurrency: *dialConc,
 		pprof: *pprofFlag, profileLib: *profLib, outDir: *outDir, doc: *doc, svg: *svg, strict: *strict,
 		histChannels: 1000, histUsers: 50000, histFlood: 2000000, histCap: *hCap,
+		presenceUsers: 10000, presenceRate: *pRate, presenceChurn: 1000,
 	}
 	if *quick {
 		cfg.mode = "quick"
 		cfg.fanoutSubs = []int{500, 2000}
 		cfg.fanoutDuration = time.Second
 		cfg.roomsConns, cfg.roomsDuration, cfg.stormConns = 2000, 2*time.Second, 2000
+		cfg.presenceUsers, cfg.presenceChurn = 2000, 200
 		cfg.stormSequential, cfg.repeat, cfg.quietBudget = 200, 1, 0
 	}
 	if *cluster {
@@ -178,6 +186,12 @@ func main() {
 	}
 	if *hFlood >= 0 {
 		cfg.histFlood = *hFlood
+	}
+	if *pUsers > 0 {
+		cfg.presenceUsers = *pUsers
+	}
+	if *pChurn > 0 {
+		cfg.presenceChurn = *pChurn
 	}
 	if cfg.histFlood != 0 && cfg.histFlood/2 <= cfg.histUsers {
 		fmt.Fprintln(os.Stderr, "-history-flood must be 0 or more than twice -history-users")
@@ -287,6 +301,10 @@ func run(cfg *config) *report {
 			case wlHistory:
 				if h, ok := runHistory(cfg, spec); ok {
 					rep.History = append(rep.History, h)
+				}
+			case wlPresence:
+				if p, ok := runPresence(cfg, spec); ok {
+					rep.Presence = append(rep.Presence, p)
 				}
 			default:
 				logf("unknown workload %q skipped", wl)

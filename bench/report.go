@@ -34,18 +34,19 @@ type libInfo struct {
 
 // report is everything a run produced.
 type report struct {
-	Mode    string          `json:"mode"`
-	Command string          `json:"command"`
-	Date    string          `json:"date"`
-	Seconds float64         `json:"seconds"`
-	Machine machine         `json:"machine"`
-	Params  map[string]any  `json:"params"`
-	Libs    []libInfo       `json:"libs"`
-	Fanout  []fanoutResult  `json:"fanout"`
-	Rooms   []roomsResult   `json:"rooms"`
-	Storm   []stormResult   `json:"storm"`
-	History []historyResult `json:"history,omitempty"`
-	Profile string          `json:"profile,omitempty"`
+	Mode     string           `json:"mode"`
+	Command  string           `json:"command"`
+	Date     string           `json:"date"`
+	Seconds  float64          `json:"seconds"`
+	Machine  machine          `json:"machine"`
+	Params   map[string]any   `json:"params"`
+	Libs     []libInfo        `json:"libs"`
+	Fanout   []fanoutResult   `json:"fanout"`
+	Rooms    []roomsResult    `json:"rooms"`
+	Storm    []stormResult    `json:"storm"`
+	History  []historyResult  `json:"history,omitempty"`
+	Presence []presenceResult `json:"presence,omitempty"`
+	Profile  string           `json:"profile,omitempty"`
 	// BackgroundCPU is the machine's busy CPU (cores) measured for one
 	// second before the run, with nothing of the suite running.
 	BackgroundCPU float64 `json:"background_cores"`
@@ -106,6 +107,12 @@ func (r *report) failures(lib string) int {
 	}
 	for _, f := range r.History {
 		count(f.Lib, f.ChannelError)
+		count(f.Lib, f.Err)
+	}
+	for _, f := range r.Presence {
+		if f.Lost > 0 || f.Disconnected > 0 || f.WrongViews > 0 {
+			count(f.Lib, "lost, disconnected or wrong views")
+		}
 		count(f.Lib, f.Err)
 	}
 	return n
@@ -458,6 +465,9 @@ func markdown(r *report) string {
 	if len(r.History) > 0 {
 		b.WriteString(historyMarkdown(r))
 	}
+	if len(r.Presence) > 0 {
+		b.WriteString(presenceMarkdown(r))
+	}
 	w("## Peers and settings\n\nNothing is tuned beyond each peer's documented defaults / README usage.\n\n")
 	for _, l := range r.Libs {
 		w("- **%s**: %s.\n", l.Name, l.Settings)
@@ -517,6 +527,10 @@ func writeTargets(b *strings.Builder, r *report) {
 			last := h.Flood[len(h.Flood)-1]
 			fmt.Fprintf(&rows, "| memory bounded by MaxHistoryBytes under a flood of direct messages to offline users (%s) | live heap %s at the end, %s kept | %s |\n", groupDigits(int64(last.Sent)), fmtMem(float64(last.Mem.HeapAlloc)), groupDigits(int64(last.Kept)), yes(h.Bounded))
 		}
+	}
+	for _, p := range r.Presence {
+		fmt.Fprintf(&rows, "| presence: no well-behaved reader disconnected (%s users logging in at %g/s, then %s reconnecting at once) | %d disconnected, %d lost, %d wrong views | %s |\n",
+			groupDigits(int64(p.Users)), p.LoginRate, groupDigits(int64(p.Churn)), p.Disconnected, p.Lost, p.WrongViews, yes(p.Err == "" && p.Disconnected == 0 && p.Lost == 0 && p.WrongViews == 0))
 	}
 	if rows.Len() == 0 {
 		return
