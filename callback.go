@@ -170,3 +170,18 @@ func (h *Hub) refusal(c *Conn, err error, channelId string, toUid uint64) *Error
 	}
 	return r
 }
+
+// PresenceHandler is an optional interface of Config.Handler (else of the
+// handler last given to NewServer), for the channels with presence events
+// (Config.PresenceChannels): PresenceServer hears of the uids that joined
+// and left channelId, the changes of one PresenceWindow together, as the
+// channel's members do (a uid that left and came back within the window
+// is in neither list). Each change is told once in the cluster, by the
+// node that made it (where JoinChannelIds or UnJoinChannelIds ran, where
+// a client asked, where the uid's last connection closed); the users of a
+// node that died are not (their LogoutServer runs). It runs on a timer's
+// goroutine, one call at a time per channel, with no lock held; joined
+// and left are sorted, and its own.
+type PresenceHandler interface {
+	PresenceServer(channelId string, joined, left []uint64)
+}
