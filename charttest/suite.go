@@ -51,6 +51,7 @@ func (s Suite) Run(t *testing.T) {
 		t.Run("Tunnel/"+cut, func(t *testing.T) { s.tunnel(t, cut) })
 	}
 	t.Run("ReapedMark", s.reapedMark)
+	t.Run("Presence", s.presence)
 	if s.Outage != nil {
 		t.Run("Outage", s.outage)
 		t.Run("NothingLostAfterOutage", s.resume)
