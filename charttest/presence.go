@@ -207,12 +207,18 @@ func (r *PresenceRecorder) WantEvent(t testing.TB, channelId string, joined, lef
 
 // Churn makes steps random changes to the membership of channelId (a
 // channel with presence events) among 12 uids spread over the nodes:
-// connections opened and closed, JoinChannelIds and UnJoinChannelIds on
-// any node, join and leave requests from clients (refused unless the
-// nodes' Handler is a JoinHandler). When they are done, it requires every
-// connection's member list to become ChannelUserIds, each delta fitting
-// its list (Roster), and connections of uids that are no members to have
-// no list.
+// connections opened and closed on any node (a uid may be on several),
+// JoinChannelIds and UnJoinChannelIds, and on a single node join and
+// leave requests from clients (refused unless the Handler is a
+// JoinHandler). When they are done, it requires every connection's member
+// list to become ChannelUserIds, each delta fitting its list (Roster), and
+// connections of uids that are no members to have no list.
+//
+// On several nodes a uid's membership is changed only by the API on one
+// node, its home, one change at a time: changes of one uid made on two
+// nodes at once (or concurrently on one) can leave the registry of a node
+// holding the uid disagreeing with presence (a cluster membership race
+// that presence events do not mend), and Churn checks presence events.
 func Churn(t *testing.T, nodes []*Server, channelId string, seed int64, steps int) {
 	t.Helper()
 	type conn struct {
@@ -224,6 +230,8 @@ func Churn(t *testing.T, nodes []*Server, channelId string, seed int64, steps in
 	rnd := rand.New(rand.NewSource(seed))
 	join, _ := json.Marshal(map[string]string{"join": channelId})
 	leave, _ := json.Marshal(map[string]string{"leave": channelId})
+	home := func(uid uint64) *Server { return nodes[int(uid-1)%len(nodes)] }
+	requests := len(nodes) == 1
 	var conns []conn
 	for i := 0; i < steps; i++ {
 		uid := uint64(rnd.Intn(users) + 1)
@@ -235,10 +243,10 @@ func Churn(t *testing.T, nodes []*Server, channelId string, seed int64, steps in
 			k := rnd.Intn(len(conns))
 			conns[k].c.Close()
 			conns = slices.Delete(conns, k, k+1)
-		case op < 5:
-			node.Hub.JoinChannelIds(uid, channelId) // offline: ErrUserOffline
-		case op < 7:
-			node.Hub.UnJoinChannelIds(uid, channelId)
+		case op < 5 || op < 8 && !requests:
+			home(uid).Hub.JoinChannelIds(uid, channelId) // offline: ErrUserOffline
+		case op < 7 || !requests:
+			home(uid).Hub.UnJoinChannelIds(uid, channelId)
 		case op < 8:
 			conns[rnd.Intn(len(conns))].c.Send(string(join))
 		default:
@@ -288,6 +296,12 @@ func Churn(t *testing.T, nodes []*Server, channelId string, seed int64, steps in
 	// undo the right list for a moment, until the roster reads presence
 	// again. A round ends with a marker; what is queued before it is all
 	// there is: the lists must be right after a round.
+	for _, x := range conns {
+		// A node answers UserChannelIds of a uid it holds from its registry.
+		if local := slices.Contains(x.node.Hub.UserChannelIds(x.c.Uid), channelId); local != slices.Contains(want, x.c.Uid) {
+			t.Fatalf("uid %d: member %v in its node's registry, %v in presence (%v): membership itself diverged", x.c.Uid, local, !local, want)
+		}
+	}
 	deadline := time.Now().Add(Wait)
 	for round := 0; ; round++ {
 		for _, x := range conns {
