@@ -262,7 +262,7 @@ func (cl *cluster) heartbeat(first bool) {
 			drain = append(drain, uid)
 		}
 	}
-	h.presenceReaped(gone)
+	h.presenceBeat(gone)
 	if reaped {
 		cl.relogin.Store(true) // the next republish logs the reaped uids in again
 	}
@@ -467,6 +467,7 @@ func (cl *cluster) control(uid uint64, join bool, ids []string) error {
 func (cl *cluster) notify(t topic, kind byte, body []byte) {
 	b := append(cl.envelope(kind, len(body)), body...)
 	if err := cl.b.Publish(t.name(), b); err != nil {
+		cl.hub.pres.unsent.Store(true) // the next good heartbeat has every node read presence again
 		cl.hub.brokerFailed(err)
 	}
 }

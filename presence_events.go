@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -56,6 +57,8 @@ type rosters struct {
 	tmu     sync.Mutex
 	stopped bool           // no timer is armed any more
 	timers  sync.WaitGroup // armed timers and running timer functions
+
+	unsent atomic.Bool // cluster: an envelope failed to go out; the next good heartbeat sends a resync
 }
 
 func (ps *rosters) init(cfg *Config) {
@@ -357,10 +360,17 @@ func (h *Hub) rosterSubscribed(id string) {
 	}
 }
 
-// Hooks for the cluster (cluster.go): a reaped node's uids, and a resync
-// after this node re-published its presence.
-func (h *Hub) presenceReaped(gone []uint64) {
-	if !h.pres.shared || len(gone) == 0 {
+// Hooks for the cluster (cluster.go): after a good heartbeat, the uids of
+// the nodes it reaped and a resync if an envelope of this node was lost;
+// a resync after this node re-published its presence.
+func (h *Hub) presenceBeat(gone []uint64) {
+	if !h.pres.shared {
+		return
+	}
+	if h.pres.unsent.Swap(false) {
+		h.peers.notify(topic{all: true}, envResync, nil)
+	}
+	if len(gone) == 0 {
 		return
 	}
 	b := make([]byte, 0, len(gone)*binary.MaxVarintLen64)
