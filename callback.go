@@ -170,3 +170,39 @@ func (h *Hub) refusal(c *Conn, err error, channelId string, toUid uint64) *Error
 	}
 	return r
 }
+
+// JoinHandler is an optional interface of a Handler: with it, clients may
+// ask to join a channel themselves, with the frame {"join":"room"}, and to
+// leave one with {"leave":"room"} (any client, chart.v1 or not; see README,
+// "Joining from the client"). JoinServer decides each join: nil lets c's
+// uid join (all its connections, as JoinChannelIds), an error refuses it
+// and the client gets an error frame with the error's code (see Refuse),
+// else "refused". It runs on c's read goroutine, after the request passed
+// the rate limit and the channel id was found valid, with no lock held. A
+// panic refuses. Without JoinHandler every such request is refused
+// ("refused"): membership stays the application's.
+type JoinHandler interface {
+	JoinServer(c *Conn, channelId string) error
+}
+
+// LeaveHandler is an optional interface of a Handler that also implements
+// JoinHandler: LeaveServer decides a client's requests to leave a channel,
+// as JoinServer its joins. Without it a client may leave any channel.
+type LeaveHandler interface {
+	LeaveServer(c *Conn, channelId string) error
+}
+
+// PresenceHandler is an optional interface of Config.Handler (else of the
+// handler last given to NewServer), for the channels with presence events
+// (Config.PresenceChannels): PresenceServer hears of the uids that joined
+// and left channelId, the changes of one PresenceWindow together, as the
+// channel's members do (a uid that left and came back within the window
+// is in neither list). Each change is told once in the cluster, by the
+// node that made it (where JoinChannelIds or UnJoinChannelIds ran, where
+// a client asked, where the uid's last connection closed); the users of a
+// node that died are not (their LogoutServer runs). It runs on a timer's
+// goroutine, one call at a time per channel, with no lock held; joined
+// and left are sorted, and its own.
+type PresenceHandler interface {
+	PresenceServer(channelId string, joined, left []uint64)
+}

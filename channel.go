@@ -27,6 +27,10 @@ type channel struct {
 	// subs is the flattened list of member connections that fan-out reads
 	// without a lock; nil when membership changed since it was built.
 	subs atomic.Pointer[[]*Conn]
+	// roster is what the members here were told of the channel's members,
+	// for a channel with presence events (presence_events.go); else nil.
+	// Set at creation.
+	roster *roster
 }
 
 // subscribers returns the connections of every member, rebuilding the
@@ -71,14 +75,17 @@ func (h *Hub) validChannel(id string) bool {
 	return id != "" && len(id) <= h.cfg.MaxChannelIdLen && utf8.ValidString(id)
 }
 
-// addMember adds u to channel id, creating the channel. The caller holds
-// u's shard lock.
-func (h *Hub) addMember(id string, u *user) *channel {
+// addMember adds u to channel id, creating the channel (with a roster
+// when pres says it has presence events). The caller holds u's shard lock.
+func (h *Hub) addMember(id string, u *user, pres bool) *channel {
 	cs := h.chanShard(id)
 	cs.mu.Lock()
 	ch := cs.chans[id]
 	if ch == nil {
 		ch = &channel{id: id}
+		if pres && h.pres.on {
+			ch.roster = h.newRoster(ch)
+		}
 		cs.chans[id] = ch
 		cs.chans = shrink(cs.chans, &cs.peak)
 	}
@@ -98,63 +105,88 @@ func (h *Hub) removeMember(ch *channel, u *user) {
 	ch.mu.Lock()
 	ch.members.del(u)
 	ch.subs.Store(nil)
-	if ch.members.len() == 0 && cs.chans[ch.id] == ch {
+	gone := ch.members.len() == 0 && cs.chans[ch.id] == ch
+	if gone {
 		delete(cs.chans, ch.id)
 		cs.chans = shrink(cs.chans, &cs.peak)
 	}
 	ch.mu.Unlock()
 	cs.mu.Unlock()
+	if gone && ch.roster != nil {
+		ch.roster.kill()
+	}
 }
 
 // joinLocked makes u a member of the channels, stopping at the first
 // invalid id or at MaxChannelsPerUid. It returns how many of ids u is now
-// a member of (a prefix of ids) and the error that stopped it. The caller
-// holds u's shard lock.
-func (h *Hub) joinLocked(u *user, ids []string) (n int, err error) {
-	for _, id := range ids {
-		if err := h.joinOneLocked(u, id); err != nil {
+// a member of (a prefix of ids) and the error that stopped it, and adds to
+// *changed the presence channels (pres, see presenceIds) it joined. The
+// caller holds u's shard lock.
+func (h *Hub) joinLocked(u *user, ids []string, pres []bool, changed *[]string) (n int, err error) {
+	for i, id := range ids {
+		ch, err := h.joinOneLocked(u, id, flagAt(pres, i))
+		if err != nil {
 			return n, err
+		}
+		if ch != nil && ch.roster != nil {
+			*changed = append(*changed, id)
 		}
 		n++
 	}
 	return n, nil
 }
 
-func (h *Hub) joinOneLocked(u *user, id string) error {
+// joinOneLocked makes u a member of channel id; it returns the channel
+// when u was not a member yet. The connections of u get the channel's
+// member list when it has presence events (pres). The caller holds u's
+// shard lock.
+func (h *Hub) joinOneLocked(u *user, id string, pres bool) (*channel, error) {
 	switch {
 	case u.channels.has(id):
-		return nil
+		return nil, nil
 	case !h.validChannel(id):
-		return newError(ErrInvalidChannel, u.uid, id, nil)
+		return nil, newError(ErrInvalidChannel, u.uid, id, nil)
 	case u.channels.len() >= h.cfg.MaxChannelsPerUid:
-		return newError(ErrTooManyChannels, u.uid, id, nil)
+		return nil, newError(ErrTooManyChannels, u.uid, id, nil)
 	}
-	u.channels.set(id, h.addMember(id, u))
-	return nil
+	ch := h.addMember(id, u, pres)
+	u.channels.set(id, ch)
+	if ch.roster != nil {
+		ch.roster.admit(u.connList())
+	}
+	return ch, nil
 }
 
-// leaveLocked ends u's membership of the channels it joined among ids.
-// The caller holds u's shard lock.
-func (h *Hub) leaveLocked(u *user, ids []string) {
+// leaveLocked ends u's membership of the channels it joined among ids,
+// and adds to *changed (when not nil) the presence channels it left. The
+// caller holds u's shard lock.
+func (h *Hub) leaveLocked(u *user, ids []string, changed *[]string) {
 	for _, id := range ids {
 		if ch, ok := u.channels.get(id); ok {
 			u.channels.del(id)
 			h.removeMember(ch, u)
+			if ch.roster != nil {
+				ch.roster.left(u)
+				if changed != nil {
+					*changed = append(*changed, id)
+				}
+			}
 		}
 	}
 }
 
 // applyLocked joins or leaves channels for a change another node or
-// presence asked for; invalid ids are skipped. The caller holds u's shard
-// lock.
-func (h *Hub) applyLocked(u *user, join bool, ids []string) error {
+// presence asked for; invalid ids are skipped. pres flags the presence
+// channels among ids (presenceIds, before the lock). The caller holds u's
+// shard lock.
+func (h *Hub) applyLocked(u *user, join bool, ids []string, pres []bool) error {
 	if !join {
-		h.leaveLocked(u, ids)
+		h.leaveLocked(u, ids, nil)
 		return nil
 	}
-	for _, id := range ids {
+	for i, id := range ids {
 		if h.validChannel(id) {
-			if err := h.joinOneLocked(u, id); err != nil {
+			if _, err := h.joinOneLocked(u, id, flagAt(pres, i)); err != nil {
 				return err
 			}
 		}
@@ -185,21 +217,25 @@ func (h *Hub) membership(uid uint64, join bool, channelIds []string) error {
 	if h.closed.Load() {
 		return newError(ErrHubClosed, uid, "", nil)
 	}
+	pres := h.presenceIds(channelIds)
 	s := h.userShard(uid)
 	s.mu.Lock()
 	u := s.users[uid]
 	if u == nil {
 		s.mu.Unlock()
-		return h.remoteMembership(uid, join, channelIds)
+		return h.remoteMembership(uid, join, channelIds, pres)
 	}
 	n, err := len(channelIds), error(nil)
+	var changed []string // presence channels joined or left
 	if join {
-		n, err = h.joinLocked(u, channelIds)
+		n, err = h.joinLocked(u, channelIds, pres, &changed)
 	} else {
-		h.leaveLocked(u, channelIds)
+		h.leaveLocked(u, channelIds, &changed)
 	}
+	h.recordLocal(uid, join, changed)
 	s.mu.Unlock()
 	h.propagate(uid, join, channelIds[:n])
+	h.recordShared(uid, join, changed)
 	if err != nil {
 		return err
 	}
@@ -243,23 +279,38 @@ var idLists = sync.Pool{New: func() any { return new([]string) }}
 
 // remoteMembership joins or leaves channels for a uid that has no
 // connection on this node: through presence, which knows whether it is
-// online anywhere, and the nodes that hold its connections.
-func (h *Hub) remoteMembership(uid uint64, join bool, channelIds []string) error {
+// online anywhere, and the nodes that hold its connections. pres flags the
+// presence channels among channelIds.
+func (h *Hub) remoteMembership(uid uint64, join bool, channelIds []string, pres []bool) error {
 	ids := make([]string, 0, len(channelIds))
+	var changed []string // presence channels among ids
 	var bad error
-	for _, id := range channelIds {
+	for i, id := range channelIds {
 		if h.validChannel(id) {
 			ids = append(ids, id)
+			if flagAt(pres, i) {
+				changed = append(changed, id)
+			}
 		} else if join {
 			bad = newError(ErrInvalidChannel, uid, id, nil)
 			break
 		}
 	}
+	before := h.presenceBefore(uid, changed)
 	if err := h.presenceMembership(uid, join, ids); err != nil {
 		return h.presenceError(uid, "", err)
 	}
 	if err := h.peers.control(uid, join, ids); err != nil {
 		return h.presenceError(uid, "", err)
+	}
+	if h.pres.shared {
+		for _, id := range changed {
+			was, ok := before[id]
+			if !ok {
+				was = !join
+			}
+			h.record(id, uid, was, join)
+		}
 	}
 	if bad != nil {
 		return bad

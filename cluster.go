@@ -32,6 +32,9 @@ type peers interface {
 	// kick tells the nodes holding uid's connections to close them
 	// (Disconnect).
 	kick(uid uint64, reason string) error
+	// notify sends the other nodes subscribed to t an envelope of kind
+	// with body (presence events, presence_events.go). body is not kept.
+	notify(t topic, kind byte, body []byte)
 	// failed counts a failed broker or presence call; true when it begins
 	// an outage, which is then reported once.
 	failed(err error) bool
@@ -66,6 +69,7 @@ func (noPeers) publish(topic, []byte, bool, uint64, string) {}
 func (noPeers) follow(topic)                                {}
 func (noPeers) control(uint64, bool, []string) error        { return nil }
 func (noPeers) kick(uint64, string) error                   { return nil }
+func (noPeers) notify(topic, byte, []byte)                  {}
 func (noPeers) failed(error) bool                           { return false }
 func (noPeers) stop()                                       {}
 
@@ -179,6 +183,7 @@ func (cl *cluster) Resumed() {
 		// A heartbeat at once: presence lost with the broker's data is
 		// re-published now, not at the next tick.
 		cl.heartbeat(false)
+		cl.hub.rosterResync()
 		for {
 			cl.hub.seq.catchUp()
 			if !cl.again.Swap(false) {
@@ -258,6 +263,7 @@ func (cl *cluster) heartbeat(first bool) {
 			drain = append(drain, uid)
 		}
 	}
+	h.presenceBeat(gone)
 	if reaped {
 		cl.relogin.Store(true) // the next republish logs the reaped uids in again
 	}
@@ -279,6 +285,7 @@ func (cl *cluster) heartbeat(first bool) {
 		if republish {
 			cl.republish()
 			cl.working.Store(false)
+			h.presenceRepublished()
 		}
 		if heal {
 			cl.streams.heal()
@@ -377,6 +384,12 @@ const (
 	envLeave   = 'l'
 	envAll     = 'a'
 	envKick    = 'k'
+	// Presence events (presence_events.go): a channel's changes (on its
+	// topic: the channel id, then uids), the uids of a reaped node and a
+	// resync after an outage (on "all").
+	envPresence = 'p'
+	envGone     = 'g'
+	envResync   = 'r'
 )
 
 func appendStr(b []byte, s string) []byte {
@@ -465,6 +478,14 @@ func (cl *cluster) control(uid uint64, join bool, ids []string) error {
 	return cl.b.Publish(topic{uid: uid}.name(), b)
 }
 
+func (cl *cluster) notify(t topic, kind byte, body []byte) {
+	b := append(cl.envelope(kind, len(body)), body...)
+	if err := cl.b.Publish(t.name(), b); err != nil {
+		cl.hub.pres.unsent.Store(true) // the next good heartbeat has every node read presence again
+		cl.publishFailed(err)
+	}
+}
+
 func (cl *cluster) kick(uid uint64, reason string) error {
 	b := binary.AppendUvarint(cl.envelope(envKick, binary.MaxVarintLen64+len(reason)), uid)
 	return cl.b.Publish(topic{uid: uid}.name(), append(b, reason...))
@@ -506,6 +527,14 @@ func (cl *cluster) Receive(data []byte) {
 		if uid, k := binary.Uvarint(rest); k > 0 {
 			h.disconnectLocal(uid, string(rest[k:]))
 		}
+	case envPresence:
+		h.presenceReceived(rest)
+	case envGone:
+		if uids, ok := readUids(rest); ok {
+			h.presenceGone(uids)
+		}
+	case envResync:
+		h.rosterResync()
 	}
 }
 
@@ -708,6 +737,7 @@ func readIds(b []byte) (uid uint64, ids []string, ok bool) {
 // since the node that asked may not know its count.
 func (cl *cluster) apply(uid uint64, join bool, ids []string) {
 	h := cl.hub
+	pres := h.presenceIds(ids)
 	s := h.userShard(uid)
 	s.mu.Lock()
 	u := s.users[uid]
@@ -716,11 +746,11 @@ func (cl *cluster) apply(uid uint64, join bool, ids []string) {
 		return
 	}
 	if u.loading {
-		u.pending = append(u.pending, memberOp{join, ids})
+		u.pending = append(u.pending, memberOp{join, ids, pres})
 		s.mu.Unlock()
 		return
 	}
-	err := h.applyLocked(u, join, ids)
+	err := h.applyLocked(u, join, ids, pres)
 	s.mu.Unlock()
 	if err != nil {
 		h.report(u.handler, err)
@@ -788,6 +818,8 @@ func (cl *cluster) subscribe(t topic, have bool) bool {
 	}
 	if err != nil {
 		h.brokerFailed(err) // the broker keeps the interest and retries
+	} else if want && t.ch != "" {
+		h.rosterSubscribed(t.ch)
 	}
 	return want
 }

@@ -32,6 +32,7 @@ const (
 	DefaultMaxHistoryBytes   = 64 << 20
 	DefaultHelloTimeout      = 3 * time.Second
 	DefaultBrokerWait        = 50 * time.Millisecond
+	DefaultPresenceWindow    = 200 * time.Millisecond
 )
 
 // SlowConsumerPolicy says what happens when a connection's send queue is full.
@@ -185,6 +186,21 @@ type Config struct {
 	// hello; without one it gets live messages only. Default 3 s.
 	HelloTimeout time.Duration
 
+	// PresenceChannels says which channels carry presence events: their
+	// members receive the channel's member list when they join (or
+	// connect), then a frame each time uids join or leave it (see README,
+	// "Presence"), and a PresenceHandler hears of the same changes. Nil
+	// (the default): none. It is called without any lock held, but often
+	// (each join), and must give the same answer for a channel on every
+	// node and every time: a prefix test, a lookup in a fixed set.
+	PresenceChannels func(channelId string) bool
+	// PresenceWindow is how long presence changes are gathered before
+	// they are sent: the changes of a window go out together, and a uid
+	// that leaves and joins again within it (or joins and leaves) is not
+	// mentioned, so that a mass reconnect costs each member a frame or two
+	// per window, whatever the number of users. Default 200 ms.
+	PresenceWindow time.Duration
+
 	// Broker joins this hub to a cluster of hubs (nodes) sharing the
 	// broker's backend; see the package doc's "Cluster" section. Each hub
 	// needs its own Broker value, which the hub closes in Shutdown. When it
@@ -228,6 +244,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.MaxHistoryBytes, DefaultMaxHistoryBytes)
 	setDefault(&c.HelloTimeout, DefaultHelloTimeout)
 	setDefault(&c.BrokerWait, DefaultBrokerWait)
+	setDefault(&c.PresenceWindow, DefaultPresenceWindow)
 	if c.ClientIP == nil {
 		c.ClientIP = remoteHost
 	}

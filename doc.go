@@ -106,5 +106,17 @@
 // interfaces (ConnectHandler, DisconnectHandler, MessageFilter) see each
 // *Conn and each client message before delivery; Disconnect and
 // Conn.SetExpiry end connections with close codes clients can act on
-// (CloseDisconnected, CloseExpired, ...).
+// (CloseDisconnected, CloseExpired, ...). With JoinHandler (and
+// LeaveHandler) clients may ask to join and leave channels themselves,
+// {"join":"room"}, each request decided by the application.
+//
+// # Presence events
+//
+// The channels Config.PresenceChannels names tell their members who is in
+// them: a member gets the member list when it joins or connects, then the
+// uids that joined and left, gathered over Config.PresenceWindow so that a
+// mass reconnect costs each member a frame or two per window. The lists
+// converge to ChannelUserIds, on one node and across nodes. A
+// PresenceHandler hears of the same changes, once in the cluster. Presence
+// frames are transient: no history keeps them.
 package chart

@@ -74,16 +74,17 @@ func (h *Hub) up(u *user) {
 // loaded joins u to the channels it holds elsewhere and applies the joins
 // and leaves that arrived while they loaded.
 func (h *Hub) loaded(u *user, chans []string) {
+	pres := h.presenceIds(chans)
 	s := h.userShard(u.uid)
 	s.mu.Lock()
 	var errs []error
 	follow := chans
 	if s.users[u.uid] == u {
-		if err := h.applyLocked(u, true, chans); err != nil {
+		if err := h.applyLocked(u, true, chans, pres); err != nil {
 			errs = append(errs, err)
 		}
 		for _, op := range u.pending {
-			if err := h.applyLocked(u, op.join, op.ids); err != nil {
+			if err := h.applyLocked(u, op.join, op.ids, op.pres); err != nil {
 				errs = append(errs, err)
 			}
 			follow = append(follow, op.ids...)
@@ -110,6 +111,15 @@ func (h *Hub) down(uid uint64, chans []string, handler Handler) {
 	if err != nil {
 		h.brokerFailed(err)
 		last = true
+	}
+	if last && h.pres.on {
+		// In a cluster a uid leaves its channels when it is offline
+		// everywhere; presence has dropped them now.
+		for i, pres := range h.presenceIds(chans) {
+			if pres {
+				h.recordShared(uid, false, chans[i:i+1])
+			}
+		}
 	}
 	h.peers.follow(topic{uid: uid})
 	h.followChannels(chans)

@@ -29,6 +29,7 @@ type Hub struct {
 	seq      *sequencer // the shared streams' order here; nil for a node's own
 	sends    sends      // chart.v1 message ids seen here (recovery.go)
 	ids      dedup      // &sends, or the broker's
+	pres     rosters    // presence events (presence_events.go)
 
 	closed      atomic.Bool   // Shutdown or Close began
 	killed      atomic.Bool   // Close: drop everything, run no callback
@@ -59,6 +60,7 @@ func New(cfg Config) *Hub {
 	}
 	h.streams = newHistory(&h.cfg)
 	h.ids = &h.sends
+	h.pres.init(&h.cfg)
 	h.connectBackends()
 	return h
 }
@@ -87,11 +89,13 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		h.stopPresence(ctx, true) // the last presence changes out, before the broker goes
 		return h.stopPeers(ctx)
 	case <-ctx.Done():
 		for _, c := range h.allConns() {
 			c.abort()
 		}
+		h.stopPresence(ctx, false)
 		h.stopPeers(ctx)
 		return ctx.Err()
 	}
@@ -128,6 +132,7 @@ func (h *Hub) Close() error {
 		c.abort()
 	}
 	h.readers.Wait()
+	h.stopPresence(context.Background(), false)
 	return nil
 }
 

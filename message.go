@@ -71,6 +71,10 @@ type inbound struct {
 	Hello *positions `json:"hello"`
 	Ack   *positions `json:"ack"`
 	Ping  *uint64    `json:"ping"`
+	// A request to join or leave a channel (join.go), in a frame without
+	// content.
+	Join  *string `json:"join"`
+	Leave *string `json:"leave"`
 }
 
 // decodeInbound parses one client frame into a Message without server fields.

@@ -311,6 +311,14 @@ func (c *Conn) dispatch(data []byte) {
 			c.refuse(err, "", 0)
 		}
 		return
+	case in.Content == nil && (in.Join != nil || in.Leave != nil):
+		// A request to join or leave a channel (join.go); a frame with
+		// content is a message, whatever else it holds.
+		if c.v1 {
+			c.recover(&positions{})
+		}
+		c.request(in)
+		return
 	}
 	id := ""
 	if c.v1 {

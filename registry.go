@@ -12,8 +12,10 @@ import (
 // channel id so that unrelated users and channels do not contend for one
 // lock; there is no central goroutine.
 //
-// Lock order, outermost first: userShard.mu, chanShard.mu, channel.mu,
-// conn.mu. No lock is held during network I/O or while a callback runs.
+// Lock order, outermost first: userShard.mu, outShard.mu, chanShard.mu,
+// roster.mu, channel.mu, conn.mu (the outbox and the roster are presence
+// events', presence_events.go). No lock is held during network I/O or
+// while a callback runs.
 
 // shardCount splits the user and channel maps.
 const shardCount = 64
@@ -53,6 +55,7 @@ type user struct {
 type memberOp struct {
 	join bool
 	ids  []string
+	pres []bool // the presence channels among ids (presenceIds)
 }
 
 func (u *user) connList() []*Conn { return *u.conns.Load() }
@@ -91,7 +94,12 @@ func (h *Hub) register(c *Conn) (drain, ok bool) {
 	} else {
 		list := append(slices.Clip(u.connList()), c)
 		u.conns.Store(&list)
-		u.channels.each(func(_ string, ch *channel) { ch.invalidate() })
+		u.channels.each(func(_ string, ch *channel) {
+			ch.invalidate()
+			if ch.roster != nil {
+				ch.roster.admit([]*Conn{c}) // a new subscriber: the member list first
+			}
+		})
 		h.evictLocked(list)
 	}
 	c.user = u
@@ -157,7 +165,12 @@ func (h *Hub) unregister(c *Conn, reason error) (drain bool) {
 	delete(s.users, c.uid)
 	s.users = shrink(s.users, &s.peak)
 	chans, handler := u.channels.keys(), c.handler
-	u.channels.each(func(_ string, ch *channel) { h.removeMember(ch, u) })
+	u.channels.each(func(id string, ch *channel) {
+		h.removeMember(ch, u)
+		if ch.roster != nil {
+			h.recordLocal(c.uid, false, []string{id}) // in a cluster: once presence agrees (down)
+		}
+	})
 	u.channels = smallMap[string, *channel]{}
 	if s.leaving == nil {
 		s.leaving = make(map[uint64][]string)

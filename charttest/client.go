@@ -28,11 +28,19 @@ type Client struct {
 // received was read into the client's buffer.
 func (c *Client) Done() <-chan struct{} { return c.done }
 
-// Frame is what a client receives: a Message or an error frame.
+// Frame is what a client receives: a Message or an error frame, or a
+// presence event or the answer to a join or leave request.
 type Frame struct {
 	chart.Message
 	Error  string `json:"error"`
 	Detail string `json:"message"`
+	Id     string `json:"id"`
+
+	Presence string   `json:"presence"` // "members", "join" or "leave"
+	UserIds  []uint64 `json:"user_ids"`
+	More     bool     `json:"more"`
+	Joined   string   `json:"joined"`
+	Left     string   `json:"left"`
 }
 
 // received is a frame as read, with why it fails the strict checks ("" if

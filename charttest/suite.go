@@ -53,6 +53,7 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("ReapedMark", s.reapedMark)
 	t.Run("AppendBatch", s.appendBatch)
 	t.Run("RoomsUnderLoad", s.roomsUnderLoad)
+	t.Run("Presence", s.presence)
 	if s.Outage != nil {
 		t.Run("Outage", s.outage)
 		t.Run("NothingLostAfterOutage", s.resume)
