@@ -148,7 +148,8 @@ type client struct {
 
 	lastSeq  int64
 	roomLast [roomSize]int64
-	paging   bool // presence: a member list's pages are coming
+	paging   bool         // presence: a member list's pages are coming
+	last     atomic.Int64 // presence: the last room message's sequence
 
 	recv  atomic.Int64 // measured deliveries
 	gaps  atomic.Int64 // sequence errors (lost, duplicated or reordered)

@@ -38,9 +38,15 @@ func init() {
 // newChartHistoryLib is newChartLib, with DefaultHub replaced by one whose
 // MaxHistoryBytes is BENCH_HISTORY_CAP for the history workload when that
 // is set (-history-cap; the tests use a small cap to reach it quickly).
+//
+// For the presence workload, DefaultHub is one whose channel "room" carries
+// presence events.
 func newChartHistoryLib(workload string) (serverLib, error) {
 	if c, _ := strconv.ParseInt(os.Getenv("BENCH_HISTORY_CAP"), 10, 64); workload == wlHistory && c > 0 {
 		chart.DefaultHub = chart.New(chart.Config{MaxHistoryBytes: c})
+	}
+	if workload == wlPresence {
+		chart.DefaultHub = chart.New(chart.Config{PresenceChannels: func(id string) bool { return id == "room" }})
 	}
 	return newChartLib(workload)
 }

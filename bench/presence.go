@@ -38,7 +38,11 @@ func (s *presenceSink) onPayload(c *client, h payloadHeader, now int64) {
 	if h.kind == kindFanout {
 		s.hist.record(c.idx, now-h.ts)
 		s.recv.Add(1)
-		c.recv.Add(1)
+		// A client gets the room's messages from the one after it joined.
+		if last := c.last.Load(); last != 0 && h.seq != last+1 {
+			c.gaps.Add(1)
+		}
+		c.last.Store(h.seq)
 	}
 }
 
@@ -224,15 +228,19 @@ func runPresence(cfg *config, spec *libSpec) (presenceResult, bool) {
 	settle(s)
 	close(stop)
 	<-pubDone
-	// The last room message reaches everyone who stayed, then the figures.
+	// The last room message reaches everyone, then the figures. (The
+	// reconnected miss what was published while they were away: their
+	// count starts again.)
 	want := published.Load()
 	stayed := clients[len(churn):]
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && slices.ContainsFunc(stayed, func(c *client) bool { return c.recv.Load() < want && !c.closed() }) {
+	for time.Now().Before(deadline) && slices.ContainsFunc(stayed, func(c *client) bool { return c.last.Load() < want && !c.closed() }) {
 		time.Sleep(10 * time.Millisecond) // polling counters of other goroutines' reads
 	}
-	for _, c := range stayed {
-		r.Lost += want - c.recv.Load()
+	for _, c := range clients {
+		if c != nil {
+			r.Lost += c.gaps.Load() + want - c.last.Load()
+		}
 	}
 	elapsed := time.Since(start)
 	cpu.stop()
