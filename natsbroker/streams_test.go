@@ -13,7 +13,7 @@ import (
 	"github.com/wuyan94zl/chart"
 )
 
-func connectStreams(t *testing.T, url string, opt Options) *Broker {
+func connectStreams(t testing.TB, url string, opt Options) *Broker {
 	t.Helper()
 	b, err := Connect(url, opt)
 	if err != nil {
