@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -266,12 +267,59 @@ func (b *Broker) scan(ctx context.Context, subj string, t tail, from uint64) (en
 				return entries, first, nil
 			}
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+		err = batch.Error()
+		if err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, nats.ErrNoResponders) {
 			return nil, 0, err
 		}
-		if n == 0 { // t aged out meanwhile
-			return entries, first, nil
+		if n > 0 && err == nil {
+			continue
 		}
+		// Nothing more before t: t aged out meanwhile, or the consumer
+		// is on a replica (of a replicated stream) that has not got it
+		// yet, or is not ready (no responders).
+		if kept, err := b.kept(ctx, t.seq); err != nil || !kept {
+			return entries, first, err
+		}
+		if err := pause(ctx, 5*time.Millisecond); err != nil {
+			return nil, 0, err
+		}
+	}
+}
+
+// kept reports whether the stream still has the message at seq, as its
+// leader sees it.
+func (b *Broker) kept(ctx context.Context, seq uint64) (bool, error) {
+	req, _ := json.Marshal(struct {
+		Seq uint64 `json:"seq"`
+	}{seq})
+	m, err := b.nc.RequestWithContext(ctx, jetstream.DefaultAPIPrefix+"STREAM.MSG.GET."+b.opt.streamName(), req)
+	if err != nil {
+		return false, err
+	}
+	var resp struct {
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return false, err
+	}
+	switch {
+	case resp.Error == nil:
+		return true, nil
+	case resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return false, nil
+	}
+	return false, resp.Error
+}
+
+// pause waits for d, or returns ctx's error.
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
