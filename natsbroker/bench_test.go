@@ -66,6 +66,21 @@ func BenchmarkAppendBatch(b *testing.B) {
 	}
 }
 
+// BenchmarkAppendBatchFile: BenchmarkAppendBatch with the stream on disk
+// (Options.FileStorage).
+func BenchmarkAppendBatchFile(b *testing.B) {
+	srv := startNATS(b)
+	for _, n := range []int{1, 16, 256} {
+		for _, s := range []int{1, 8} {
+			b.Run(fmt.Sprintf("batch=%d/streams=%d", n, s), func(b *testing.B) {
+				bucket := fmt.Sprintf("benchf_%d_%d", n, s)
+				br := connectStreams(b, srv.url(), Options{Prefix: bucket, Bucket: bucket, FileStorage: true})
+				benchAppends(b, br, streamNames(s), n)
+			})
+		}
+	}
+}
+
 // BenchmarkAppend: one Append at a time to one stream.
 func BenchmarkAppend(b *testing.B) {
 	srv := startNATS(b)
