@@ -17,6 +17,9 @@ import (
 
 var _ chart.BatchStreams = (*Broker)(nil)
 
+// errClosed fails the appends made after Close.
+var errClosed = errors.New("natsbroker: broker closed")
+
 const (
 	// maxTails bounds the cached tails; past it an arbitrary one goes.
 	maxTails = 1 << 15
@@ -144,6 +147,11 @@ func (b *Broker) AppendBatch(batch []chart.StreamAppend) {
 func (b *Broker) appendRuns(ctx context.Context, batch []chart.StreamAppend, runs []*run) error {
 	ensured := false
 	for {
+		select {
+		case <-b.closed:
+			return errClosed // its reply subscription is gone
+		default:
+		}
 		if !b.nc.IsConnected() {
 			return errDisconnected
 		}

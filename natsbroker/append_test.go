@@ -337,7 +337,7 @@ func TestAppendBatchLimits(t *testing.T) {
 
 // TestAppendBatchErrors: an entry that cannot be appended fails with the
 // rest of its stream in the batch; the other streams are appended. Empty
-// entries are entries.
+// entries are entries. After Close, appends fail at once.
 func TestAppendBatchErrors(t *testing.T) {
 	srv := startNATS(t)
 	forModes(t, "errors", func(t *testing.T, opt Options, atomic bool) {
@@ -368,6 +368,21 @@ func TestAppendBatchErrors(t *testing.T) {
 			t.Fatalf("c:big after the failure: %d %v", off, err)
 		}
 		b.AppendBatch(nil) // nothing to do
+
+		// After Close, on a connection that stays open.
+		nc, err := nats.Connect(srv.url())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		closed, err := New(nc, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed.Close()
+		if _, _, err := closed.Append("c:ok", []byte("d")); !errors.Is(err, errClosed) {
+			t.Fatalf("Append after Close: %v", err)
+		}
 	})
 }
 
