@@ -53,12 +53,14 @@ import (
 //     round trip when its tails are cached, two when some must be read,
 //     and a read and a publish more for each round of conflicts.
 //   - Only definite refusals are retried (a conflict, an incomplete batch,
-//     too many batches in flight): nothing of them was stored. A publish
-//     not answered within Options.Timeout fails with
+//     too many batches in flight, no responders: the stream missing, then
+//     created again, or without a leader yet): nothing of them was stored.
+//     A publish not answered within Options.Timeout fails with
 //     context.DeadlineExceeded, which the hub takes as maybe stored; it is
 //     not retried, so no entry is stored twice (hence no Nats-Msg-Id).
-//   - With a server that has no atomic batches, a batch appends one entry
-//     per subject per round trip.
+//   - With a server that has no atomic batches, or a file stream of one
+//     replica (which stages each atomic batch in a file store of its own,
+//     far slower), a batch appends one entry per subject per round trip.
 //
 // Acknowledgements are keys a.NAME.UID of the presence bucket, holding
 // "EPOCH OFFSET", updated with compare-and-swap; one of another epoch
