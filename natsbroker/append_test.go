@@ -399,3 +399,22 @@ func TestTailsBound(t *testing.T) {
 		t.Fatalf("the newest tail: %v %v", got, ok)
 	}
 }
+
+// TestAppendBatchAtomicTurnedOff: a stream whose atomic batches were
+// turned off (by an operator, or a node of an older version updating it)
+// refuses them; the broker then appends one entry per round trip.
+func TestAppendBatchAtomicTurnedOff(t *testing.T) {
+	srv := startNATS(t)
+	b := connectStreams(t, srv.url(), Options{Prefix: "off", Bucket: "off"})
+	checkMode(t, b, true)
+	cfg := b.jsStream().CachedInfo().Config
+	cfg.AllowAtomicPublish = false
+	if _, err := b.js.UpdateStream(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	batch := batchOf("c:o", "c:o", "c:o", "c:p")
+	b.AppendBatch(batch)
+	e := appended(t, batch)["c:o"]
+	checkMode(t, b, false)
+	readAll(t, b, "c:o", e, []string{"c:o/0", "c:o/1", "c:o/2"})
+}
