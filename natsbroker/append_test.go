@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/wuyan94zl/chart"
@@ -417,4 +418,60 @@ func TestAppendBatchAtomicTurnedOff(t *testing.T) {
 	e := appended(t, batch)["c:o"]
 	checkMode(t, b, false)
 	readAll(t, b, "c:o", e, []string{"c:o/0", "c:o/1", "c:o/2"})
+}
+
+// TestAppendBatchNoAnswer: a publish the server does not answer (here a
+// subscriber that is not the stream takes it) fails with
+// context.DeadlineExceeded, which the hub takes as maybe stored, after
+// Options.Timeout; it is not sent again.
+func TestAppendBatchNoAnswer(t *testing.T) {
+	srv := startNATS(t)
+	opt := Options{Prefix: "mute", Bucket: "mute", Timeout: 300 * time.Millisecond}
+	b := connectStreams(t, srv.url(), opt)
+	if _, _, err := b.Append("c:t", []byte("cached")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.js.DeleteStream(context.Background(), "mute_streams"); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(srv.url())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sub, err := nc.SubscribeSync("mute.s.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	batch := batchOf("c:t", "c:t")
+	b.AppendBatch(batch)
+	if took := time.Since(start); took < opt.Timeout {
+		t.Fatalf("failed after %v, before the timeout", took)
+	}
+	for _, a := range batch {
+		if !errors.Is(a.Err, context.DeadlineExceeded) || a.Offset != 0 {
+			t.Fatalf("%+v, want context.DeadlineExceeded", a)
+		}
+	}
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil { // what b published is in sub by now
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		m, err := sub.NextMsg(0)
+		if err != nil {
+			break
+		}
+		got = append(got, string(m.Data))
+	}
+	if !slices.Equal(got, []string{"c:t/0", "c:t/1"}) {
+		t.Fatalf("published %q, want each entry once", got)
+	}
 }
