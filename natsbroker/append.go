@@ -108,7 +108,8 @@ func (b *Broker) Append(stream string, data []byte) (uint64, string, error) {
 
 // AppendBatch appends each entry to its stream and sets its offset and
 // epoch, or its error; see chart.BatchStreams, and Streams in streams.go
-// for how. It does not keep the entries' data.
+// for how. An entry whose stream is not named "c:..." or "u:..." fails
+// alone. It does not keep the entries' data.
 func (b *Broker) AppendBatch(batch []chart.StreamAppend) {
 	if len(batch) == 0 {
 		return
@@ -119,6 +120,10 @@ func (b *Broker) AppendBatch(batch []chart.StreamAppend) {
 	bySubj := make(map[string]*run)
 	for i := range batch {
 		batch[i].Offset, batch[i].Epoch, batch[i].Err = 0, "", nil
+		if !validStream(batch[i].Stream) {
+			batch[i].Err = errors.New("natsbroker: bad stream name " + strconv.Quote(batch[i].Stream))
+			continue
+		}
 		subj := b.streamSubject(batch[i].Stream)
 		r := bySubj[subj]
 		if r == nil {
@@ -138,6 +143,12 @@ func (b *Broker) AppendBatch(batch []chart.StreamAppend) {
 			batch[i].Err = e
 		}
 	}
+}
+
+// validStream reports whether stream is a chart stream's name: "c:" or
+// "u:" and at least one byte more.
+func validStream(stream string) bool {
+	return len(stream) > 2 && (stream[:2] == "c:" || stream[:2] == "u:")
 }
 
 // appendRuns appends the runs in rounds: it reads the tails not known,

@@ -337,8 +337,9 @@ func TestAppendBatchLimits(t *testing.T) {
 }
 
 // TestAppendBatchErrors: an entry that cannot be appended fails with the
-// rest of its stream in the batch; the other streams are appended. Empty
-// entries are entries. After Close, appends fail at once.
+// rest of its stream in the batch, one with a bad stream name alone; the
+// other streams are appended. Empty entries are entries. After Close,
+// appends fail at once.
 func TestAppendBatchErrors(t *testing.T) {
 	srv := startNATS(t)
 	forModes(t, "errors", func(t *testing.T, opt Options, atomic bool) {
@@ -349,11 +350,18 @@ func TestAppendBatchErrors(t *testing.T) {
 			{Stream: "c:ok", Data: []byte("a")},
 			{Stream: "c:big", Data: big},
 			{Stream: "c:big", Data: []byte("small")},
+			{Stream: "bad", Data: []byte("no")},
 			{Stream: "c:ok", Data: nil},
+			{Stream: "u:", Data: []byte("no")},
 		}
 		b.AppendBatch(batch)
-		if batch[0].Err != nil || batch[0].Offset != 1 || batch[3].Err != nil || batch[3].Offset != 2 {
-			t.Fatalf("c:ok: %+v, %+v", batch[0], batch[3])
+		if batch[0].Err != nil || batch[0].Offset != 1 || batch[4].Err != nil || batch[4].Offset != 2 {
+			t.Fatalf("c:ok: %+v, %+v", batch[0], batch[4])
+		}
+		for _, a := range []chart.StreamAppend{batch[3], batch[5]} {
+			if a.Err == nil || a.Offset != 0 {
+				t.Fatalf("a bad stream name: %+v", a)
+			}
 		}
 		for _, a := range batch[1:3] {
 			if !errors.Is(a.Err, nats.ErrMaxPayload) || a.Offset != 0 {
