@@ -34,6 +34,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -59,7 +60,9 @@ type Options struct {
 	// FileStorage keeps the buckets on disk. By default they are in
 	// memory: presence is re-published by every node after a server
 	// restart anyway. The storage of an existing bucket cannot change:
-	// delete the buckets to switch.
+	// delete the buckets to switch. With one replica, appends to the
+	// streams are slower on disk: one entry per stream per round trip
+	// (see streams.go).
 	FileStorage bool
 	// Replicas of the buckets and of the stream in a NATS cluster, so that
 	// presence and history survive the loss of a server. Default: as many
@@ -83,17 +86,25 @@ type Broker struct {
 	js    jetstream.JetStream
 	opt   Options
 
-	mu      sync.Mutex
-	kv      jetstream.KeyValue // presence
-	alive   jetstream.KeyValue // liveness, with TTL
-	ids     jetstream.KeyValue // clients' message ids, with idTTL (streams.go)
-	stream  jetstream.Stream   // the chart streams
-	subs    map[string]*nats.Subscription
-	node    chart.Node
-	msgs    chan *nats.Msg
-	closed  chan struct{}
-	wg      sync.WaitGroup
-	onceEnd sync.Once
+	mu          sync.Mutex
+	kv          jetstream.KeyValue // presence
+	alive       jetstream.KeyValue // liveness, with TTL
+	ids         jetstream.KeyValue // clients' message ids, with idTTL (streams.go)
+	stream      jetstream.Stream   // the chart streams
+	atomicBatch bool               // the stream takes atomic batches (append.go)
+	maxAtomic   int                // messages an atomic batch may hold
+	subs        map[string]*nats.Subscription
+	node        chart.Node
+	msgs        chan *nats.Msg
+	closed      chan struct{}
+	wg          sync.WaitGroup
+	onceEnd     sync.Once
+
+	// Appends (append.go).
+	tails       tails
+	replies     *replies
+	batchPrefix string
+	batches     atomic.Uint64
 }
 
 var (
@@ -140,7 +151,8 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 		return nil, err
 	}
 	b := &Broker{nc: nc, js: js, opt: opt, subs: make(map[string]*nats.Subscription),
-		msgs: make(chan *nats.Msg, 1<<16), closed: make(chan struct{})}
+		msgs: make(chan *nats.Msg, 1<<16), closed: make(chan struct{}),
+		maxAtomic: maxAtomic, batchPrefix: newEpoch() + "."}
 	// Creating replicated buckets waits for their groups to form: longer
 	// than one call.
 	ctx, cancel := context.WithTimeout(context.Background(), max(10*time.Second, opt.Timeout))
@@ -153,6 +165,9 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 		b.opt.Replicas-- // JetStream could not place that many
 	}
 	if err != nil {
+		return nil, err
+	}
+	if b.replies, err = newReplies(nc); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -308,6 +323,7 @@ func (b *Broker) Close() error {
 			delete(b.subs, k)
 		}
 		b.mu.Unlock()
+		b.replies.sub.Unsubscribe()
 		close(b.closed)
 		b.wg.Wait()
 		if b.owned {

@@ -22,12 +22,12 @@ func TestMain(m *testing.M) {
 // natsServer is an embedded nats-server with JetStream, which the test can
 // stop and start again on the same port.
 type natsServer struct {
-	t    *testing.T
+	t    testing.TB
 	opts server.Options
 	s    *server.Server
 }
 
-func startNATS(t *testing.T) *natsServer {
+func startNATS(t testing.TB) *natsServer {
 	t.Helper()
 	n := &natsServer{t: t, opts: server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),

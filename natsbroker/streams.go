@@ -3,7 +3,9 @@ package natsbroker
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -18,17 +20,47 @@ import (
 
 // Streams: the cluster's streams (chart.Streams) live in one JetStream
 // stream, Options.Bucket+"_streams", with one subject per chart stream:
-// PREFIX.s.NAME, the name in unpadded base64url. Each message carries its
-// offset and its epoch in the headers Chart-Offset and Chart-Epoch.
+// PREFIX.s.NAME, the name in unpadded base64url. Each message is one entry
+// and carries its offset and its epoch in the headers Chart-Offset and
+// Chart-Epoch, so MaxMsgsPerSubject is Options.StreamSize.
 //
-// Append reads the subject's last message and publishes the next offset
-// under the same epoch, expecting that message to be still the subject's
-// last (Nats-Expected-Last-Subject-Sequence): appends from any number of
-// nodes are serialised by the server, and a loser reads again. A subject
-// with no message (never appended to, every entry aged out, the stream
-// deleted or lost with a memory-storage server) starts a new random epoch
-// at offset 1: all the entries of a subject share one epoch, and their
-// offsets are consecutive in the stream's order.
+// An append publishes the next offset under the epoch of the subject's
+// last message, expecting that message to be still the subject's last
+// (Nats-Expected-Last-Subject-Sequence): appends from any number of nodes
+// are serialised by the server, and a loser reads the last message again
+// and retries. A subject with no message (never appended to, every entry
+// aged out, purged by Reset, the stream deleted or lost with a
+// memory-storage server) starts a new random epoch at offset 1: all the
+// entries of a subject share one epoch, and their offsets are consecutive
+// in the stream's order.
+//
+// AppendBatch (Append is a batch of one) makes that cheap:
+//
+//   - The node caches each subject's tail (sequence, offset, epoch) from
+//     the server's answer to its append, so that its next append to the
+//     subject needs no read. A stale tail (another node appended since)
+//     costs a conflict, a read and a retry. The stream is created with a
+//     random first sequence, so that a tail cached before the stream was
+//     deleted and created again matches no message of the new one.
+//   - The entries of one subject go as one atomic batch (JetStream's
+//     AllowAtomicPublish, nats-server 2.12 and later: headers
+//     Nats-Batch-Id, -Sequence, -Commit), the first message carrying the
+//     expectation: the server stores all of them, consecutively, or none.
+//     One entry is one plain publish.
+//   - All the subjects of a batch are published at once and answered each
+//     on its own, so that a conflict retries only its subject; the tails
+//     to read are read at once too (direct gets). A batch thus costs one
+//     round trip when its tails are cached, two when some must be read,
+//     and a read and a publish more for each round of conflicts.
+//   - Only definite refusals are retried (a conflict, an incomplete batch,
+//     too many batches in flight, no responders: the stream missing, then
+//     created again, or without a leader yet): nothing of them was stored.
+//     A publish not answered within Options.Timeout fails with
+//     context.DeadlineExceeded, which the hub takes as maybe stored; it is
+//     not retried, so no entry is stored twice (hence no Nats-Msg-Id).
+//   - With a server that has no atomic batches, or a file stream of one
+//     replica (which stages each atomic batch in a file store of its own,
+//     far slower), a batch appends one entry per subject per round trip.
 //
 // Acknowledgements are keys a.NAME.UID of the presence bucket, holding
 // "EPOCH OFFSET", updated with compare-and-swap; one of another epoch
@@ -53,35 +85,64 @@ func (b *Broker) streamSubject(stream string) string {
 
 // ensureStream creates the JetStream stream, or updates its limits. It
 // fails when the stream exists with other subjects: another cluster's, on
-// the same Bucket with another Prefix.
+// the same Bucket with another Prefix. A stream it creates starts at a
+// random sequence (see Streams above). It forgets the cached tails.
 func (b *Broker) ensureStream(ctx context.Context) error {
 	subjects := []string{b.opt.Prefix + ".s.>"}
-	if s, err := b.js.Stream(ctx, b.opt.streamName()); err == nil {
-		if got := s.CachedInfo().Config.Subjects; !slices.Equal(got, subjects) {
-			return fmt.Errorf("natsbroker: stream %s has subjects %q, not %q: clusters sharing a server need different Prefix and Bucket",
-				b.opt.streamName(), got, subjects)
+	cfg := jetstream.StreamConfig{
+		Name:               b.opt.streamName(),
+		Subjects:           subjects,
+		Retention:          jetstream.LimitsPolicy,
+		Discard:            jetstream.DiscardOld,
+		MaxMsgsPerSubject:  int64(b.opt.StreamSize),
+		MaxAge:             b.opt.StreamTTL,
+		Storage:            b.opt.storage(),
+		Replicas:           b.opt.Replicas,
+		AllowDirect:        true,
+		AllowAtomicPublish: true,
+	}
+	var s jetstream.Stream
+	for raced := false; ; raced = true {
+		cur, err := b.js.Stream(ctx, b.opt.streamName())
+		switch {
+		case err == nil:
+			got := cur.CachedInfo().Config
+			if !slices.Equal(got.Subjects, subjects) {
+				return fmt.Errorf("natsbroker: stream %s has subjects %q, not %q: clusters sharing a server need different Prefix and Bucket",
+					b.opt.streamName(), got.Subjects, subjects)
+			}
+			cfg.FirstSeq = got.FirstSeq
+			s, err = b.js.UpdateStream(ctx, cfg)
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			cfg.FirstSeq = firstSeq()
+			s, err = b.js.CreateStream(ctx, cfg)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !raced {
+				continue // another node created it meanwhile
+			}
 		}
-	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return err
+		if err != nil {
+			return err
+		}
+		break
 	}
-	s, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              b.opt.streamName(),
-		Subjects:          subjects,
-		Retention:         jetstream.LimitsPolicy,
-		Discard:           jetstream.DiscardOld,
-		MaxMsgsPerSubject: int64(b.opt.StreamSize),
-		MaxAge:            b.opt.StreamTTL,
-		Storage:           b.opt.storage(),
-		Replicas:          b.opt.Replicas,
-		AllowDirect:       true,
-	})
-	if err != nil {
-		return err
-	}
+	b.tails.clear()
 	b.mu.Lock()
 	b.stream = s
+	// An atomic batch is staged in memory, but on disk (a file store per
+	// batch) for a file stream of one replica: far slower than one message
+	// per round trip.
+	got := s.CachedInfo().Config
+	b.atomicBatch = got.AllowAtomicPublish && (got.Storage == jetstream.MemoryStorage || got.Replicas > 1)
 	b.mu.Unlock()
 	return nil
+}
+
+// firstSeq is the first sequence of a new stream: random, in [2^32, 2^62),
+// so that two lives of the stream do not share sequences.
+func firstSeq() uint64 {
+	var b [8]byte
+	rand.Read(b[:])
+	return 1<<32 + binary.BigEndian.Uint64(b[:])>>3
 }
 
 func (b *Broker) jsStream() jetstream.Stream {
@@ -137,50 +198,6 @@ func newEpoch() string {
 	var b [8]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// Append adds data to the stream; see Streams above.
-func (b *Broker) Append(stream string, data []byte) (uint64, string, error) {
-	ctx, cancel := b.ctx()
-	defer cancel()
-	subj := b.streamSubject(stream)
-	ensured := false
-	for {
-		t, gone, err := b.last(ctx, subj)
-		if err != nil {
-			return 0, "", err
-		}
-		off, epoch := t.off+1, t.epoch
-		if t.seq == 0 {
-			off, epoch = 1, newEpoch()
-		}
-		if !gone {
-			m := nats.NewMsg(subj)
-			m.Data = data
-			m.Header.Set(hdrOffset, strconv.FormatUint(off, 10))
-			m.Header.Set(hdrEpoch, epoch)
-			_, err = b.js.PublishMsg(ctx, m, jetstream.WithExpectStream(b.opt.streamName()),
-				jetstream.WithExpectLastSequencePerSubject(t.seq))
-			if err == nil {
-				return off, epoch, nil
-			}
-			if conflict(err) {
-				continue
-			}
-			if !missing(err) {
-				return 0, "", err
-			}
-		}
-		if ensured {
-			return 0, "", jetstream.ErrStreamNotFound
-		}
-		// The stream was deleted, or lost with a server restart: its
-		// subjects start new epochs.
-		if err := b.ensureStream(ctx); err != nil {
-			return 0, "", err
-		}
-		ensured = true
-	}
 }
 
 // Read returns the entries above after; see chart.Streams. It reads the
@@ -266,12 +283,59 @@ func (b *Broker) scan(ctx context.Context, subj string, t tail, from uint64) (en
 				return entries, first, nil
 			}
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+		err = batch.Error()
+		if err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, nats.ErrNoResponders) {
 			return nil, 0, err
 		}
-		if n == 0 { // t aged out meanwhile
-			return entries, first, nil
+		if n > 0 && err == nil {
+			continue
 		}
+		// Nothing more before t: t aged out meanwhile, or the consumer
+		// is on a replica (of a replicated stream) that has not got it
+		// yet, or is not ready (no responders).
+		if kept, err := b.kept(ctx, t.seq); err != nil || !kept {
+			return entries, first, err
+		}
+		if err := pause(ctx, 5*time.Millisecond); err != nil {
+			return nil, 0, err
+		}
+	}
+}
+
+// kept reports whether the stream still has the message at seq, as its
+// leader sees it.
+func (b *Broker) kept(ctx context.Context, seq uint64) (bool, error) {
+	req, _ := json.Marshal(struct {
+		Seq uint64 `json:"seq"`
+	}{seq})
+	m, err := b.nc.RequestWithContext(ctx, jetstream.DefaultAPIPrefix+"STREAM.MSG.GET."+b.opt.streamName(), req)
+	if err != nil {
+		return false, err
+	}
+	var resp struct {
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return false, err
+	}
+	switch {
+	case resp.Error == nil:
+		return true, nil
+	case resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return false, nil
+	}
+	return false, resp.Error
+}
+
+// pause waits for d, or returns ctx's error.
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -354,7 +418,10 @@ func (b *Broker) Reset(stream string) error {
 	if err != nil {
 		return err
 	}
-	return st.Purge(ctx, jetstream.WithPurgeSubject(b.streamSubject(stream)))
+	subj := b.streamSubject(stream)
+	err = st.Purge(ctx, jetstream.WithPurgeSubject(subj))
+	b.tails.drop(subj)
+	return err
 }
 
 // idTTL is how long a client's message id is remembered (chart.Streams).

@@ -5,15 +5,17 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/wuyan94zl/chart"
 )
 
-func connectStreams(t *testing.T, url string, opt Options) *Broker {
+func connectStreams(t testing.TB, url string, opt Options) *Broker {
 	t.Helper()
 	b, err := Connect(url, opt)
 	if err != nil {
@@ -49,7 +51,37 @@ func offsets(es []chart.StreamEntry) []uint64 {
 func TestStreamsConcurrentAppend(t *testing.T) {
 	srv := startNATS(t)
 	opt := Options{Prefix: "conc", Bucket: "conc"}
-	brokers := []*Broker{connectStreams(t, srv.url(), opt), connectStreams(t, srv.url(), opt)}
+	concurrentAppends(t, connectStreams(t, srv.url(), opt), connectStreams(t, srv.url(), opt))
+}
+
+// TestStreamsCluster: TestStreamsConcurrentAppend on three clustered
+// servers, the stream with three replicas, the brokers on different
+// servers (Read's consumer may be on a replica that lags behind).
+func TestStreamsCluster(t *testing.T) {
+	servers := startNATSCluster(t, 3)
+	var brokers []*Broker
+	for i := range 2 {
+		urls := []string{servers[i].url(), servers[2].url(), servers[1-i].url()}
+		nc, err := nats.Connect(strings.Join(urls, ","), nats.DontRandomize())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		b, err := New(nc, Options{Prefix: "cl", Bucket: "cl"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		if b.opt.Replicas != 3 {
+			t.Fatalf("replicas %d, want 3", b.opt.Replicas)
+		}
+		brokers = append(brokers, b)
+	}
+	concurrentAppends(t, brokers...)
+}
+
+func concurrentAppends(t *testing.T, brokers ...*Broker) {
+	t.Helper()
 	const stream, per = "c:a.b *>\u4e2d", 40
 	var mu sync.Mutex
 	data := map[uint64]string{}
