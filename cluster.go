@@ -165,6 +165,12 @@ func (cl *cluster) stop() {
 func (cl *cluster) failed(err error) bool {
 	cl.hub.stats.brokerErrs.Add(1)
 	cl.stale.Store(true)
+	if errors.Is(err, ErrBrokerDown) {
+		// The guard's own refusal (failfast.go) is no news of the broker:
+		// a call that merely found it slow must not mark it failing, or
+		// every call after it would be refused too.
+		return false
+	}
 	return !cl.down.Swap(true)
 }
 

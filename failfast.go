@@ -21,8 +21,9 @@ import (
 //     flight then wait for their own timeouts (the broker's options).
 //
 // Stream reads (recovery) and batched appends (pipeline.go) are refused
-// while the broker is failing, but do not count as calls in flight: a long
-// read is not a frozen broker.
+// in both cases, but do not count as calls in flight: a long read or a big
+// batch is not a frozen broker. A refusal is no news of the broker: it does
+// not mark it failing (cluster.failed).
 
 // ErrBrokerDown is the error of a broker call refused at once because the
 // broker is failing or has stopped answering; it reaches callers wrapped
@@ -52,10 +53,13 @@ func (g *guard) enter(counted bool) error {
 		g.startProbe()
 		return ErrBrokerDown
 	}
+	now := g.now()
 	if !counted {
+		if g.inflight.Load() > 0 && now-g.progress.Load() > g.wait {
+			return ErrBrokerDown // stopped answering, as the counted calls show
+		}
 		return nil
 	}
-	now := g.now()
 	if g.inflight.Add(1) == 1 {
 		g.progress.Store(now)
 	} else if now-g.progress.Load() > g.wait {
@@ -226,10 +230,11 @@ func (gs guardedStreams) Settle(uid uint64, id string, ok bool, offset uint64, e
 }
 
 // guardedBatch is guardedStreams for Streams that append in batches.
-// Like a read, a batch is refused while the broker is failing but does not
-// count as a call in flight: batches are sent by the pipeline's flushers,
-// not by callers that must not wait, and a big batch on a busy broker is
-// not a frozen one (refusing appends leaves holes in the streams).
+// Like a read, a batch is refused while the broker is failing or stuck but
+// does not count as a call in flight: batches are sent by the pipeline's
+// flushers, not by callers that must not wait, and a big batch on a busy
+// broker is not a frozen one (refusing appends leaves holes in the
+// streams).
 type guardedBatch struct {
 	guardedStreams
 	b BatchStreams
