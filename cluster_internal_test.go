@@ -187,3 +187,37 @@ func want(t *testing.T, c *client, off int) {
 		t.Fatalf("got %q at offset %d, want %q at %d", f.Content, f.Offset, w, off)
 	}
 }
+
+// TestSequencerOldEpochLate: a stream is reset (new epoch) while a
+// message of its old epoch is on its way. That message goes out as it
+// comes and does not turn the order back to the old epoch: the new
+// epoch's messages keep flowing, with no hole.
+func TestSequencerOldEpochLate(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	s := startServer(t, Config{Broker: bus.Broker()}, rec)
+	c := s.login(t, rec, 1)
+	if err := s.hub.JoinChannelIds(1, "r"); err != nil {
+		t.Fatal(err)
+	}
+	h, r := s.hub, topic{ch: "r"}
+	frame := func(content, epoch string, off uint64) []byte {
+		m := Message{ChannelId: "r", Type: TypeText, Content: content}
+		return framePrefix(appendPrefix(nil, &m), off, epoch)
+	}
+	h.seq.deliver(r, frame("a1", "A", 1), 1, "A")
+	h.seq.deliver(r, frame("a2", "A", 2), 2, "A")
+	h.seq.deliver(r, frame("b1", "B", 1), 1, "B") // the stream was reset
+	h.seq.deliver(r, frame("a3", "A", 3), 3, "A") // published before the reset
+	h.seq.deliver(r, frame("b2", "B", 2), 2, "B")
+	for _, want := range []string{"a1", "a2", "b1", "a3", "b2"} {
+		c.ws.SetReadDeadline(time.Now().Add(wait))
+		var f frameIn
+		if err := c.ws.ReadJSON(&f); err != nil || f.Content != want {
+			t.Fatalf("got %q (%v), want %q", f.Content, err, want)
+		}
+	}
+	if holes := h.Stats().Holes; holes != 0 {
+		t.Fatalf("%d holes skipped, want none", holes)
+	}
+}

@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"slices"
 	"sync"
 	"time"
 )
@@ -64,6 +65,7 @@ type sequence struct {
 	gone  bool        // removed from its shard; look it up again
 	skips [][2]uint64 // the last holes skipped: [from, to)
 	first uint64      // the first offset delivered since following the stream
+	left  []string    // the epochs left behind, oldest first (maxLeft)
 }
 
 // maxSkips bounds the holes a sequence remembers.
@@ -125,6 +127,13 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 	defer q.mu.Unlock()
 	q.used = time.Now()
 	if epoch != q.epoch {
+		if slices.Contains(q.left, epoch) {
+			// From an epoch this node left behind, on its way before the
+			// stream was reset: it goes out as it comes, without turning
+			// the order back to its epoch.
+			s.hub.deliverTo(t, f, off)
+			return
+		}
 		s.reset(t, q, epoch)
 	}
 	switch {
@@ -160,9 +169,17 @@ func (s *sequencer) reset(t topic, q *sequence, epoch string) {
 		q.next = 0 // new here: the first message sets the order
 	} else {
 		q.next, q.first = 1, 1
+		if len(q.left) == maxLeft {
+			copy(q.left, q.left[1:])
+			q.left = q.left[:maxLeft-1]
+		}
+		q.left = append(q.left, q.epoch)
 	}
 	q.epoch = epoch
 }
+
+// maxLeft bounds the epochs a sequence remembers having left.
+const maxLeft = 4
 
 // wait starts the wait for what q holds, or ends it at once when q holds
 // too much. q.mu is held.
@@ -365,6 +382,9 @@ func (s *sequencer) fill(t topic, q *sequence, entries []entry, epoch string) {
 		return
 	}
 	if epoch != q.epoch {
+		if slices.Contains(q.left, epoch) {
+			return // read before the stream was reset
+		}
 		s.reset(t, q, epoch)
 	}
 	for _, e := range entries {
