@@ -80,6 +80,7 @@ func (g *guard) exit(err error) {
 // caller reports it), a success ends that.
 func (g *guard) done(err error) {
 	if err == nil {
+		g.progress.Store(g.now()) // any answer shows the broker is not frozen
 		g.cl.down.Store(false)
 	}
 }
