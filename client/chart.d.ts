@@ -61,6 +61,29 @@ export interface Recovered {
   channels: Record<string, boolean>;
 }
 
+/** The answer to a granted join or leave request. */
+export interface JoinAnswer {
+  joined?: string; // join: the channel
+  left?: string; // leave: the channel
+  id: string;
+}
+
+/**
+ * A change of a member list the client keeps (channels with presence events,
+ * Config.PresenceChannels). presence: the frame that made it: "members" (the
+ * server's list, replacing the client's: joined and left are the difference,
+ * all joined the first time), "join", "leave", or "end" (the user left the
+ * channel, or was no longer in it after a reconnect: the list is dropped, all
+ * left). members: the whole list after it, uids sorted.
+ */
+export interface PresenceEvent {
+  presence: "members" | "join" | "leave" | "end";
+  channel_id: string;
+  joined: number[];
+  left: number[];
+  members: number[];
+}
+
 export type State = "connecting" | "open" | "closed";
 
 export interface Storage {
@@ -104,10 +127,15 @@ export interface ChartOptions {
   maxInFlight?: number;
   /** ms of the first pause after a rate_limited refusal (random in [½, 1] of it, doubling up to maxDelay, reset by an ack); default 1000. */
   retryDelay?: number;
+  /** ms a join or leave request waits for its answer before it rejects with "timeout"; default 10000. */
+  requestTimeout?: number;
 }
 
 export declare class ChartError extends Error {
-  /** The server's error code ("not_joined", "refused", the application's own...), or "closed", "too_large". */
+  /**
+   * The server's error code ("not_joined", "refused", "too_many_channels", the application's own...),
+   * or the client's: "closed", "too_large" (send); "timeout", "disconnected", "invalid_channel" (join, leave).
+   */
   code: string;
   frame?: ErrorFrame;
 }
@@ -121,9 +149,22 @@ export declare class Chart {
   on(event: "error", fn: (e: ErrorFrame) => void): () => void;
   on(event: "state", fn: (s: State) => void): () => void;
   on(event: "recovered", fn: (r: Recovered) => void): () => void;
+  on(event: "presence", fn: (p: PresenceEvent) => void): () => void;
   off(event: string, fn: (...args: any[]) => void): void;
   /** Resolves with the server's ack; rejects with a ChartError. Never throws. Kept and resent (same id) across reconnects. */
   send(msg: Outgoing): Promise<SendAck>;
+  /**
+   * Asks the server to join the user (all its connections) to a channel; the application's JoinHandler
+   * decides. Resolves with the answer; rejects with a ChartError: the server's code (its error frame also
+   * reaches the "error" listeners), "timeout" (requestTimeout, or options.timeout), "disconnected" (the
+   * connection dropped before the answer), "closed". Made while disconnected, it goes out once connected.
+   * Not retried.
+   */
+  join(channelId: string, options?: { timeout?: number }): Promise<JoinAnswer>;
+  /** Asks the server to take the user out of a channel (LeaveHandler decides); as join. */
+  leave(channelId: string, options?: { timeout?: number }): Promise<JoinAnswer>;
+  /** The member list (uids, sorted) kept of a channel with presence events, or null (none received, or not a member). */
+  members(channelId: string): number[] | null;
   /** Closes and stops reconnecting; pending sends reject with "closed" but stay queued in storage. */
   close(): void;
 }

@@ -14,9 +14,13 @@
 // delivered (batched), and keeps unacknowledged sends (in storage, with
 // their ids) until the server acknowledges or refuses them, sending at most
 // maxInFlight at once, in order, pausing after a rate_limited refusal.
-// Events: "message", "state", "recovered", and "error": the server's error
-// frames (not the refusals the client retries itself) and the client's own
-// errors ({error: "closed", code}, "storage", "connect_failed", "protocol").
+// Events: "message", "state", "recovered", "presence" (the member lists of
+// channels with presence events, kept by the client: members(channelId)),
+// and "error": the server's error frames (not the refusals the client
+// retries itself) and the client's own errors ({error: "closed", code},
+// "storage", "connect_failed", "protocol").
+// join(channelId) and leave(channelId) ask the server (the application's
+// JoinHandler decides) and resolve with its answer.
 // A storage that throws (full, private mode) costs only persistence: the
 // client goes on in memory.
 
@@ -63,6 +67,7 @@ const DEFAULTS = {
   heartbeatTimeout: 10000, // ms of silence after a ping that count as a dead connection
   maxInFlight: 16, // sends awaiting their answer at once, in outbox order
   retryDelay: 1000, // ms: the first pause after a rate_limited refusal (doubles, up to maxDelay)
+  requestTimeout: 10000, // ms a join or leave request waits for its answer
 };
 
 // memoryStorage is the default storage: it lasts as long as the page.
@@ -74,9 +79,10 @@ function memoryStorage() {
   };
 }
 
-// ChartError is what send rejects with: code is the server's error code
-// ("not_joined", "refused", the application's own...) or one of the
-// client's ("closed", "too_large").
+// ChartError is what send, join and leave reject with: code is the
+// server's error code ("not_joined", "refused", the application's own...)
+// or one of the client's ("closed", "too_large"; for join and leave
+// "timeout", "disconnected", "invalid_channel").
 export class ChartError extends Error {
   constructor(code, message, frame) {
     super(message || code);
@@ -117,6 +123,10 @@ export class Chart {
     this._storageFailed = false;
     this._saveTimer = null;
     this._unsaved = new Set(); // "positions", "outbox"
+    this._requests = new Map(); // join/leave id -> {frame, ws, resolve, reject, timer}
+    // channel -> {members: Set, known: a whole list came, fresh: on this
+    // socket, filling: the pages of a list coming (Set) or null}
+    this._rosters = new Map();
     this._load();
     // Connect after the caller subscribed (it sees "connecting").
     queueMicrotask(() => {
@@ -128,7 +138,8 @@ export class Chart {
 
   // on subscribes fn to an event: "message", "error" (error frames and the
   // client's errors: "closed", "storage", "connect_failed", "protocol"),
-  // "state", "recovered".
+  // "state", "recovered", "presence" ({presence, channel_id, joined, left,
+  // members}, see _presence).
   // It returns a function that unsubscribes.
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -155,6 +166,34 @@ export class Chart {
     this._persist("outbox", true);
     this._pump();
     return p;
+  }
+
+  // join asks the server to join the user (all its connections) to a
+  // channel; the application's JoinHandler decides. It resolves with the
+  // answer ({joined, id}) or rejects with a ChartError: the server's code
+  // (its error frame also reaches the "error" listeners, with the request's
+  // id), "timeout" (no answer within requestTimeout ms, or options.timeout),
+  // "disconnected" (the connection dropped before the answer: whether the
+  // server did it is unknown; the welcome of the next connection lists the
+  // user's channels), "closed". A request made while disconnected goes out
+  // once connected, within its timeout. Not retried: the caller decides.
+  join(channelId, options = {}) {
+    return this._request("join", channelId, options);
+  }
+
+  // leave asks the server to take the user out of a channel (LeaveHandler
+  // decides); as join, resolving with {left, id}.
+  leave(channelId, options = {}) {
+    return this._request("leave", channelId, options);
+  }
+
+  // members returns the member list (uids, sorted) the client keeps of a
+  // channel with presence events, or null: not such a channel, not joined,
+  // or its list not received yet. After a reconnect it is the last list
+  // until the server's new one replaces it.
+  members(channelId) {
+    const r = this._rosters.get(channelId);
+    return r && r.known ? sortedIds(r.members) : null;
   }
 
   // close closes the connection and stops reconnecting. Pending sends
@@ -207,6 +246,7 @@ export class Chart {
       clearTimeout(connectTimer);
       this._stopHeartbeat();
       if (this._ws === ws) this._ws = null;
+      this._dropped(ws);
       this._closed(code, reason, welcomed);
     };
     const connectTimer = setTimeout(() => {
@@ -229,6 +269,7 @@ export class Chart {
       this._helloSent = true;
       for (const e of this._outbox) e.sentAt = 0; // nothing is in flight on a new socket
       this._pump();
+      this._flushRequests(ws);
       this._startHeartbeat(ws);
     };
     ws.onmessage = (ev) => {
@@ -301,6 +342,7 @@ export class Chart {
     this._setState("closed");
     for (const [id, p] of this._pending) p.reject(new ChartError("closed", "chart: the client is closed; the message stays queued in storage"));
     this._pending.clear();
+    for (const id of [...this._requests.keys()]) this._settle(id, new ChartError("closed", "chart: the client is closed"), null);
   }
 
   _setState(s) {
@@ -343,6 +385,9 @@ export class Chart {
       }
     }
     this._persist("positions", true);
+    // Member lists of channels the user is no longer in end (left while
+    // the connection was down); the others are replaced by their members.
+    for (const [id, r] of [...this._rosters]) if (!r.fresh && !Object.hasOwn(channels, id)) this._endRoster(id);
     this._setState("open");
     this._emit("recovered", recovered);
   }
@@ -374,6 +419,17 @@ export class Chart {
 
   _frame(f) {
     if (f.pong !== undefined) return;
+    if (typeof f.presence === "string") return this._presence(f);
+    if (typeof f.joined === "string" || typeof f.left === "string") {
+      if (typeof f.id === "string") this._settle(f.id, null, f);
+      return;
+    }
+    if (f.error && typeof f.id === "string" && this._requests.has(f.id)) {
+      if (f.error === "rate_limited") this._pause(); // the uid's limit: sends wait too
+      this._settle(f.id, new ChartError(f.error, f.message, f), null);
+      this._emit("error", f);
+      return;
+    }
     if (isObject(f.ack)) {
       this._retries = 0;
       return this._answer(f.ack.id, null, f.ack);
@@ -532,6 +588,105 @@ export class Chart {
     }
   }
 
+  // --- join and leave requests ---
+
+  _request(kind, channelId, options) {
+    if (this._stopped) return Promise.reject(new ChartError("closed", "chart: the client is closed"));
+    if (typeof channelId !== "string" || channelId === "") {
+      return Promise.reject(new ChartError("invalid_channel", "chart: " + kind + " needs a channel id (a non-empty string)"));
+    }
+    const id = `${this._idPrefix}-${++this._seq}`;
+    const ms = options.timeout ?? this.options.requestTimeout;
+    return new Promise((resolve, reject) => {
+      const req = { frame: JSON.stringify({ [kind]: channelId, id }), ws: null, resolve, reject, timer: null };
+      req.timer = setTimeout(() => this._settle(id, new ChartError("timeout", `chart: no answer to ${kind} "${channelId}" within ${ms} ms`), null), ms);
+      this._requests.set(id, req);
+      this._flushRequests(this._ws);
+    });
+  }
+
+  // _flushRequests sends the requests not sent yet, once the hello is out.
+  _flushRequests(ws) {
+    if (this._stopped || !ws || ws !== this._ws || !this._helloSent || ws.readyState !== 1) return;
+    for (const req of this._requests.values()) {
+      if (req.ws) continue;
+      req.ws = ws;
+      ws.send(req.frame);
+    }
+  }
+
+  _settle(id, err, answer) {
+    const req = this._requests.get(id);
+    if (!req) return; // not ours, or settled already (timed out)
+    this._requests.delete(id);
+    clearTimeout(req.timer);
+    if (err) req.reject(err);
+    else req.resolve(answer);
+  }
+
+  // _dropped: a socket ended. The requests sent on it reject (their answer
+  // is lost); the member lists become stale, kept until the next
+  // connection's lists replace them.
+  _dropped(ws) {
+    for (const [id, req] of [...this._requests]) {
+      if (req.ws === ws) this._settle(id, new ChartError("disconnected", "chart: the connection dropped before the answer"), null);
+    }
+    for (const r of this._rosters.values()) (r.fresh = false), (r.filling = null);
+  }
+
+  // --- presence: one member list per channel with presence events ---
+
+  // _presence applies a presence frame: "members" (pages: every one but
+  // the last has more: true) replaces the list, "join" and "leave" change
+  // it, "end" drops it. Listeners of "presence" get {presence, channel_id,
+  // joined, left, members}: what changed and the whole list (sorted uids);
+  // after "members", joined and left are the difference from the list the
+  // client had (none: all joined). A "join" or "leave" that changes
+  // nothing, or comes before the connection's list, is not told.
+  _presence(f) {
+    const id = f.channel_id;
+    if (typeof id !== "string") return;
+    const uids = Array.isArray(f.user_ids) ? f.user_ids.filter((u) => Number.isSafeInteger(u) && u > 0) : [];
+    let r = this._rosters.get(id);
+    switch (f.presence) {
+      case "members": {
+        if (!r) this._rosters.set(id, (r = { members: new Set(), known: false, fresh: false, filling: null }));
+        if (!r.filling) r.filling = new Set();
+        for (const u of uids) r.filling.add(u);
+        if (f.more === true) return;
+        const next = r.filling;
+        const joined = [...next].filter((u) => !r.members.has(u));
+        const left = [...r.members].filter((u) => !next.has(u));
+        r.members = next;
+        r.filling = null;
+        r.fresh = r.known = true;
+        return this._emitPresence("members", id, joined, left, r);
+      }
+      case "join":
+      case "leave": {
+        if (!r || !r.fresh || r.filling) return; // before this connection's list: in it
+        const join = f.presence === "join";
+        const changed = uids.filter((u) => r.members.has(u) !== join);
+        if (changed.length === 0) return;
+        for (const u of changed) join ? r.members.add(u) : r.members.delete(u);
+        return this._emitPresence(f.presence, id, join ? changed : [], join ? [] : changed, r);
+      }
+      case "end":
+        if (r) this._endRoster(id);
+        return;
+    }
+  }
+
+  _endRoster(id) {
+    const r = this._rosters.get(id);
+    this._rosters.delete(id);
+    this._emitPresence("end", id, [], [...r.members], { members: new Set() });
+  }
+
+  _emitPresence(kind, id, joined, left, r) {
+    this._emit("presence", { presence: kind, channel_id: id, joined: joined.sort((a, b) => a - b), left: left.sort((a, b) => a - b), members: sortedIds(r.members) });
+  }
+
   // --- heartbeat: a silently dead connection is closed between
   // heartbeat + heartbeatTimeout and 2 * heartbeat + heartbeatTimeout
   // after the last frame it received (30 s at most by default) ---
@@ -636,6 +791,10 @@ export class Chart {
     this._storageFailed = true;
     this._emit("error", { error: "storage", message: `chart: storage (${what}): ${err?.message || err}` });
   }
+}
+
+function sortedIds(set) {
+  return [...set].sort((a, b) => a - b);
 }
 
 function isObject(v) {

@@ -320,3 +320,124 @@ test("the refusals of a window's sends make one rate_limited pause, not one doub
     c.close();
   }
 });
+
+// --- join, leave and presence (a scripted server; against a real one:
+// requests.test.mjs and examples/chat's TestChartJSAgainstDemo) ---
+
+test("join and leave resolve with their answers, reject with the error frame's code (also an error event), and go out after the hello", async () => {
+  FakeWS.all = [];
+  const c = new Chart("ws://fake/", { WebSocket: FakeWS, heartbeat: 0, minDelay: 1, maxDelay: 5 });
+  const errors = [];
+  c.on("error", (e) => errors.push(e));
+  const joined = c.join("room"); // before the socket: waits for it
+  await tick();
+  const ws = FakeWS.all.at(-1);
+  assert.deepEqual(ws.frames(), []);
+  ws.open();
+  const [hello, req] = ws.frames();
+  assert.ok(hello.hello, "the hello first");
+  assert.equal(req.join, "room");
+  ws.recv({ joined: "room", id: req.id });
+  assert.deepEqual(await joined, { joined: "room", id: req.id });
+
+  const refused = c.join("vip");
+  const r2 = ws.frames().at(-1);
+  ws.recv({ error: "forbidden", message: "not your room", id: r2.id, channel_id: "vip" });
+  await assert.rejects(refused, (err) => err.code === "forbidden" && err.message === "not your room" && err.frame.channel_id === "vip");
+  assert.deepEqual(errors.map((e) => [e.error, e.id]), [["forbidden", r2.id]]);
+
+  const left = c.leave("room");
+  const r3 = ws.frames().at(-1);
+  assert.equal(r3.leave, "room");
+  ws.recv({ left: "room", id: "someone-else" }); // not ours: ignored
+  ws.recv({ left: "room", id: r3.id });
+  assert.deepEqual(await left, { left: "room", id: r3.id });
+  await assert.rejects(c.join(""), { code: "invalid_channel" });
+  await assert.rejects(c.join(5), { code: "invalid_channel" });
+  assert.equal(ws.frames().length, 4, "invalid ids are not sent");
+  c.close();
+  await assert.rejects(c.join("late"), { code: "closed" });
+});
+
+test("a request times out, one in flight rejects when its connection drops, one pending at close rejects closed", async () => {
+  const { c, ws } = await start({ requestTimeout: 50 });
+  const t0 = Date.now();
+  await assert.rejects(c.join("slow"), { code: "timeout" });
+  assert.ok(Date.now() - t0 >= 45, "after requestTimeout");
+  const quick = c.join("x", { timeout: 10 });
+  await assert.rejects(quick, { code: "timeout" });
+  const lost = c.join("room", { timeout: 5000 });
+  ws.drop(1006);
+  await assert.rejects(lost, { code: "disconnected" });
+  // The late answer of a request that timed out is ignored.
+  const ws2 = await nextSocket(ws);
+  ws2.open();
+  const pending = c.leave("room", { timeout: 5000 });
+  c.close();
+  await assert.rejects(pending, { code: "closed" });
+});
+
+test("rate_limited on a request rejects it and pauses sends", async () => {
+  const { c, ws } = await start({ retryDelay: 10000, maxDelay: 10000 });
+  const p = c.join("room");
+  ws.recv({ error: "rate_limited", id: ws.frames().at(-1).id });
+  await assert.rejects(p, { code: "rate_limited" });
+  const sent = c.send({ channel_id: "room", content: "waits", type: 3 });
+  await tick(5);
+  assert.equal(ws.sends().length, 0, "paused after the refusal");
+  c.close();
+  await assert.rejects(sent, { code: "closed" });
+});
+
+test("presence: pages make one list, join/leave change it, end drops it; listeners get joined, left and the whole list", async () => {
+  const { c, ws } = await start();
+  const events = [];
+  c.on("presence", (p) => events.push(p));
+  ws.recv({ presence: "join", channel_id: "room", user_ids: [9] }); // before the list: in it
+  assert.equal(c.members("room"), null);
+  ws.recv({ presence: "members", channel_id: "room", user_ids: [3, 1], more: true });
+  assert.equal(events.length, 0, "a page is not a list");
+  assert.equal(c.members("room"), null);
+  ws.recv({ presence: "members", channel_id: "room", user_ids: [7] });
+  assert.deepEqual(c.members("room"), [1, 3, 7]);
+  ws.recv({ presence: "join", channel_id: "room", user_ids: [12, 3] }); // 3 is in already
+  ws.recv({ presence: "leave", channel_id: "room", user_ids: [1, 99] });
+  ws.recv({ presence: "leave", channel_id: "room", user_ids: [99] }); // no change: not told
+  ws.recv({ presence: "members", channel_id: "other", user_ids: [] });
+  ws.recv({ presence: "end", channel_id: "room" });
+  ws.recv({ presence: "join", channel_id: "room", user_ids: [5] }); // after the end: no list
+  assert.deepEqual(events, [
+    { presence: "members", channel_id: "room", joined: [1, 3, 7], left: [], members: [1, 3, 7] },
+    { presence: "join", channel_id: "room", joined: [12], left: [], members: [1, 3, 7, 12] },
+    { presence: "leave", channel_id: "room", joined: [], left: [1], members: [3, 7, 12] },
+    { presence: "members", channel_id: "other", joined: [], left: [], members: [] },
+    { presence: "end", channel_id: "room", joined: [], left: [3, 7, 12], members: [] },
+  ]);
+  assert.equal(c.members("room"), null);
+  assert.deepEqual(c.members("other"), []);
+  c.close();
+});
+
+test("presence across a reconnect: the old list stays until the new one replaces it (told as a difference); a channel missing from the welcome ends", async () => {
+  const { c, ws } = await start(undefined, { channels: { a: { epoch: "", offset: 0 }, b: { epoch: "", offset: 0 } } });
+  const events = [];
+  c.on("presence", (p) => events.push(p));
+  ws.recv({ presence: "members", channel_id: "a", user_ids: [1, 2] });
+  ws.recv({ presence: "members", channel_id: "b", user_ids: [1, 4] });
+  ws.recv({ presence: "members", channel_id: "a", user_ids: [5], more: true }); // cut mid-list
+  ws.drop(1006);
+  const ws2 = await nextSocket(ws);
+  assert.deepEqual(c.members("a"), [1, 2], "kept while reconnecting");
+  ws2.open();
+  ws2.recv({ presence: "leave", channel_id: "a", user_ids: [1] }); // before this socket's list: ignored
+  ws2.recv({ presence: "members", channel_id: "a", user_ids: [2, 3] });
+  ws2.recv({ welcome: { channels: { a: { epoch: "", offset: 0 } } } }); // b was left meanwhile
+  ws2.recv({ presence: "join", channel_id: "a", user_ids: [1] });
+  assert.deepEqual(events.slice(2), [
+    { presence: "members", channel_id: "a", joined: [3], left: [1], members: [2, 3] },
+    { presence: "end", channel_id: "b", joined: [], left: [1, 4], members: [] },
+    { presence: "join", channel_id: "a", joined: [1], left: [], members: [1, 2, 3] },
+  ]);
+  assert.equal(c.members("b"), null);
+  c.close();
+});

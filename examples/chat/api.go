@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/wuyan94zl/chart"
 )
@@ -23,10 +24,13 @@ import (
 //	POST /api/signout {}                     -> {}, clears it and closes the user's connections
 //	GET  /api/session                        -> {"uid":4821…,"name":"Ann"}, or 401
 //	GET  /api/config                         -> {"heartbeat":10000,"heartbeatTimeout":10000,"maxDelay":10000}
-//	GET  /api/online                         -> {"version":3,"users":[{"uid":4821…,"name":"Ann"}]}
+//	GET  /api/names?uids=4821…,77…           -> {"names":{"4821…":"Ann"}}, of those online
 //	GET  /api/channels                       -> {"channels":["go","lobby"]}
-//	POST /api/join    {"channels":["go"]}    -> {"channels":["go","lobby"]}
-//	POST /api/leave   {"channels":["go"]}    -> {"channels":["lobby"]}
+//
+// Joining and leaving channels is not here: the page asks over its
+// WebSocket (chart.js's join and leave), and the app's JoinServer and
+// LeaveServer (app.go) decide. Who is online comes over the WebSocket too
+// (the library's presence events); /api/names gives the names of uids.
 //
 // Every request is checked before it is handled:
 //
@@ -43,26 +47,20 @@ import (
 //     else 413; exactly one JSON object with the documented fields, else 400.
 //   - A session, except for sign-in and config, else 401 "signed_out".
 //
-// Errors are {"error":"code","message":"text"} with a 4xx status; joining or
-// leaving needs the user to be connected (409 "user_offline" otherwise).
+// Errors are {"error":"code","message":"text"} with a 4xx status.
 
 const (
 	// maxBody bounds an API request's body.
 	maxBody = 4 << 10
-	// maxChannelLen bounds a channel name typed into the page, and
-	// maxChannelsPerCall how many one call may join or leave.
-	maxChannelLen      = 64
-	maxChannelsPerCall = 16
+	// maxChannelLen bounds a channel name (JoinServer's rule).
+	maxChannelLen = 64
+	// maxNamesPerCall bounds the uids of one /api/names call.
+	maxNamesPerCall = 100
 )
 
 // nameRequest is the body of /api/signin.
 type nameRequest struct {
 	Name string `json:"name"`
-}
-
-// channelsRequest is the body of /api/join and /api/leave.
-type channelsRequest struct {
-	Channels []string `json:"channels"`
 }
 
 // channelsResponse lists the channels a user is in, presence excluded.
@@ -92,10 +90,8 @@ func (a *app) apiRoutes(mux *http.ServeMux) {
 	mux.Handle("POST /api/signout", a.api(public, a.apiSignout))
 	mux.Handle("GET /api/session", a.api(private, a.apiSession))
 	mux.Handle("GET /api/config", a.api(public, a.apiConfig))
-	mux.Handle("GET /api/online", a.api(private, a.apiOnline))
+	mux.Handle("GET /api/names", a.api(private, a.apiNames))
 	mux.Handle("GET /api/channels", a.api(private, a.apiChannels))
-	mux.Handle("POST /api/join", a.api(private, a.apiJoin))
-	mux.Handle("POST /api/leave", a.api(private, a.apiLeave))
 	// CORS preflights, answered for -origins only.
 	mux.HandleFunc("OPTIONS /api/", a.apiPreflight)
 }
@@ -288,8 +284,34 @@ func (a *app) apiConfig(w http.ResponseWriter, r *http.Request, _ session) {
 	writeJSON(w, http.StatusOK, a.client)
 }
 
-func (a *app) apiOnline(w http.ResponseWriter, r *http.Request, _ session) {
-	writeJSON(w, http.StatusOK, a.online())
+// namesResponse maps uids (as strings: JSON keys) to display names.
+type namesResponse struct {
+	Names map[string]string `json:"names"`
+}
+
+// apiNames gives the display names of the online users among ?uids= (at
+// most maxNamesPerCall, comma-separated): a name is shown to everyone
+// online anyway, and an offline user's is not kept.
+func (a *app) apiNames(w http.ResponseWriter, r *http.Request, _ session) {
+	parts := strings.Split(r.URL.Query().Get("uids"), ",")
+	if len(parts) > maxNamesPerCall {
+		writeError(w, http.StatusBadRequest, "bad_request", "at most "+strconv.Itoa(maxNamesPerCall)+" uids")
+		return
+	}
+	uids := make([]uint64, 0, len(parts))
+	for _, p := range parts {
+		uid, err := strconv.ParseUint(p, 10, 64)
+		if err != nil || uid == 0 {
+			writeError(w, http.StatusBadRequest, "bad_request", "expected ?uids=1,2,3")
+			return
+		}
+		uids = append(uids, uid)
+	}
+	res := namesResponse{Names: make(map[string]string, len(uids))}
+	for uid, name := range a.names(uids) {
+		res.Names[strconv.FormatUint(uid, 10)] = name
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 // apiChannels lists the signed-in user's own channels; there is no way to
@@ -298,55 +320,19 @@ func (a *app) apiChannels(w http.ResponseWriter, r *http.Request, s session) {
 	writeJSON(w, http.StatusOK, channelsResponse{visibleChannels(a.hub, s.UID)})
 }
 
-func (a *app) apiJoin(w http.ResponseWriter, r *http.Request, s session) {
-	a.changeChannels(w, r, s.UID, "join", a.hub.JoinChannelIds)
-}
-
-func (a *app) apiLeave(w http.ResponseWriter, r *http.Request, s session) {
-	a.changeChannels(w, r, s.UID, "leave", a.hub.UnJoinChannelIds)
-}
-
-// changeChannels validates a join or leave request, applies it with fn to
-// the signed-in user uid and answers with the user's channels afterwards.
-// Channels are public rooms: any signed-in user may join any of them by
-// name, except presence, which is the server's.
-func (a *app) changeChannels(w http.ResponseWriter, r *http.Request, uid uint64, op string, fn func(uint64, ...string) error) {
-	var req channelsRequest
-	if !decode(w, r, &req, `{"channels":["name"]}`) {
-		return
-	}
-	if len(req.Channels) == 0 || len(req.Channels) > maxChannelsPerCall {
-		writeError(w, http.StatusBadRequest, "invalid_channel", "give 1 to "+strconv.Itoa(maxChannelsPerCall)+" channels")
-		return
-	}
-	channels := make([]string, 0, len(req.Channels))
-	for _, c := range req.Channels {
-		c = strings.TrimSpace(c)
-		if err := validChannel(c); err != "" {
-			writeError(w, http.StatusBadRequest, "invalid_channel", err)
-			return
-		}
-		channels = append(channels, c)
-	}
-	if err := fn(uid, channels...); err != nil {
-		if errors.Is(err, chart.ErrUserOffline) {
-			writeError(w, http.StatusConflict, "user_offline", "you are not connected")
-			return
-		}
-		writeError(w, http.StatusBadRequest, "invalid_channel", err.Error())
-		return
-	}
-	a.log.Info(op, "uid", uid, "channels", channels)
-	writeJSON(w, http.StatusOK, channelsResponse{visibleChannels(a.hub, uid)})
-}
-
-// validChannel returns why a channel name is refused, or "".
+// validChannel returns why a channel name is refused, or "": 1 to
+// maxChannelLen bytes of UTF-8, no control or formatting (bidirectional,
+// zero-width) characters, no space at either end, not presence.
 func validChannel(c string) string {
 	switch {
 	case c == "" || len(c) > maxChannelLen:
 		return "a channel name has 1 to " + strconv.Itoa(maxChannelLen) + " bytes"
 	case c == presenceChannel:
 		return `"presence" is reserved for the server`
+	case !utf8.ValidString(c):
+		return "a channel name is UTF-8"
+	case strings.TrimSpace(c) != c:
+		return "a channel name has no space at either end"
 	case strings.IndexFunc(c, func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }) >= 0:
 		return "a channel name has no control or formatting characters"
 	}
@@ -373,10 +359,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, apiError{Error: code, Message: msg})
-}
-
-// jsonString encodes v as a JSON string, for a Message's Content.
-func jsonString(v any) (string, error) {
-	b, err := json.Marshal(v)
-	return string(b), err
 }

@@ -5,7 +5,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -15,14 +15,16 @@ import (
 const (
 	// lobbyChannel is the channel every user is joined to on login.
 	lobbyChannel = "lobby"
-	// presenceChannel carries the server's presence deltas. Every online
-	// user is joined to it; clients cannot post to it (FilterMessage), the
-	// API refuses to join or leave it, and the page hides it.
+	// presenceChannel is the channel of the online list: every online user
+	// is joined to it at login, and it is the demo's only channel with the
+	// library's presence events (Config.PresenceChannels), so its member
+	// list, which the library sends and keeps up to date, is who is online.
+	// Clients cannot post to it (FilterMessage) nor join or leave it
+	// (JoinServer, LeaveServer), and the page hides it.
 	presenceChannel = "presence"
-	// presenceType is the Message.Type of a presence delta. Deltas are
-	// published by the server, so their UserId is 0, which no client can
-	// forge: the library stamps client messages with the sender's uid.
-	presenceType uint8 = 1
+	// maxChannels bounds the channels a user may be in (presence aside):
+	// JoinServer refuses more with "too_many_channels".
+	maxChannels = 32
 
 	// rememberFor is how long the channels of a user who went offline are
 	// kept for their return: as long as the hub keeps a channel's history,
@@ -47,7 +49,7 @@ type options struct {
 }
 
 // app is the demo's state: the hub, the sessions, who is online under what
-// name, the presence version and the channels of users who went offline.
+// name, and the channels of users who went offline.
 // It is the [chart.Handler] of every connection.
 type app struct {
 	log      *slog.Logger
@@ -57,10 +59,9 @@ type app struct {
 	sessions *sessions
 	now      func() time.Time // time.Now; tests move it
 
-	mu      sync.Mutex
-	users   map[uint64]*user  // users with a connection or logged in
-	version uint64            // of the online list: one per delta
-	left    map[uint64]leftAt // channels of users who went offline
+	mu    sync.Mutex
+	users map[uint64]*user  // users with a connection or logged in
+	left  map[uint64]leftAt // channels of users who went offline
 }
 
 // user is a user with a connection: its display name, from its session.
@@ -103,6 +104,13 @@ func newApp(log *slog.Logger, o options) *app {
 		Authenticate:   a.authenticate,
 		AllowedOrigins: o.origins,
 		Logger:         log,
+		// The online list is the presence channel's member list: the
+		// library sends each member the list, then the changes, gathered
+		// over PresenceWindow (200 ms), so a burst of logins costs each
+		// page a few frames, not one per login.
+		PresenceChannels: func(id string) bool { return id == presenceChannel },
+		// A bound of the library's own, beside JoinServer's.
+		MaxChannelsPerUid: maxChannels + 1,
 	})
 	return a
 }
@@ -191,9 +199,8 @@ func (a *app) SendMessage(msg chart.Message) {
 }
 
 // FilterMessage runs before the library delivers a client's message:
-// the presence channel is the server's alone, so a client's message to it
-// is refused (error frame "read_only") instead of reaching everyone as a
-// fake delta.
+// the presence channel carries no messages, so a client's message to it is
+// refused (error frame "read_only") instead of reaching everyone online.
 func (a *app) FilterMessage(c *chart.Conn, m *chart.Message) error {
 	if m.ChannelId == presenceChannel {
 		return chart.Refuse("read_only", "the presence channel is read-only")
@@ -203,12 +210,13 @@ func (a *app) FilterMessage(c *chart.Conn, m *chart.Message) error {
 
 // LoginServer joins a user who just came online to the presence channel
 // and to the lobby, or, when they went offline less than rememberFor ago,
-// to the channels they had then; then it tells everyone that they joined.
+// to the channels they had then. Joining the presence channel is what
+// tells everyone online (the library's presence events).
 //
 // The hub reads a connection's first frame only after LoginServer returned,
 // so a chart.js page that reconnects after a cut finds itself back in its
 // channels when its hello is read, and gets what it missed in them; were it
-// joined later (by the page, through the API), the hub would have forgotten
+// joined later (by the page's join requests), the hub would have forgotten
 // its place in those channels.
 func (a *app) LoginServer(uid uint64) {
 	channels, back := a.recall(uid)
@@ -229,11 +237,10 @@ func (a *app) LoginServer(uid uint64) {
 	}
 	u.online = true
 	a.log.Info("login", "uid", uid, "name", u.name, "back", back)
-	a.publishLocked(delta{Presence: "join", UID: uid, Name: u.name})
 }
 
-// LogoutServer remembers uid's channels for its return and tells the
-// remaining users that uid left.
+// LogoutServer remembers uid's channels for its return. The library tells
+// the others that uid left the presence channel.
 func (a *app) LogoutServer(uid uint64) {
 	a.log.Info("logout", "uid", uid)
 	// Inside LogoutServer UserChannelIds still lists the channels uid had.
@@ -244,7 +251,35 @@ func (a *app) LogoutServer(uid uint64) {
 		u.online = false
 		a.forgetLocked(uid, u)
 	}
-	a.publishLocked(delta{Presence: "leave", UID: uid})
+}
+
+// JoinServer decides a page's request to join a channel ({"join":"go"},
+// chart.js's join): the library asks it after its own checks (rate limit,
+// MaxChannelIdLen, MaxChannelsPerUid), and the join is the requesting
+// connection's user's, never anyone else's. Channels are public rooms: any
+// signed-in user may join one by name, within the demo's rule for names
+// (validChannel), up to maxChannels; the presence channel is the server's.
+func (a *app) JoinServer(c *chart.Conn, channelId string) error {
+	if s, ok := c.Meta().(session); !ok || !a.now().Before(s.Expires) {
+		return chart.Refuse("signed_out", "the session has ended")
+	}
+	if why := validChannel(channelId); why != "" {
+		return chart.Refuse("invalid_channel", why)
+	}
+	if n := len(visibleChannels(a.hub, c.Uid())); n >= maxChannels {
+		return chart.Refuse("too_many_channels", "you are in "+strconv.Itoa(maxChannels)+" channels already: leave one first")
+	}
+	a.log.Info("join", "uid", c.Uid(), "channel", channelId)
+	return nil
+}
+
+// LeaveServer decides a request to leave a channel: any but presence.
+func (a *app) LeaveServer(c *chart.Conn, channelId string) error {
+	if channelId == presenceChannel {
+		return chart.Refuse("invalid_channel", `"presence" is reserved for the server`)
+	}
+	a.log.Info("leave", "uid", c.Uid(), "channel", channelId)
+	return nil
 }
 
 // ErrorLogServer logs what the library reports: failed upgrades, rejected
@@ -253,66 +288,19 @@ func (a *app) ErrorLogServer(err error) {
 	a.log.Warn("chart", "err", err)
 }
 
-// Presence. The online list changes by deltas: each login and logout
-// publishes one small message to the presence channel, so a login costs
-// each online user a frame of a few dozen bytes, not the whole list (which
-// made n logins cost n² and closed every connection as a slow consumer
-// with a few hundred users). A page gets the whole list once per
-// connection from /api/online, with the version of the last delta it
-// includes, and from then on applies the deltas of higher versions in
-// order.
-//
-// Deltas are transient (kept in no history): a page that reconnects fetches
-// the list again instead of replaying what it missed. They are published
-// under a.mu, the lock that numbers them, so every connection receives them
-// in version order.
-
-// delta is the Content of a presence message, as JSON.
-type delta struct {
-	Presence string `json:"presence"` // "join" or "leave"
-	UID      uint64 `json:"uid"`
-	Name     string `json:"name,omitempty"` // join only
-	Version  uint64 `json:"version"`
-}
-
-// onlineUser is one entry of the online list.
-type onlineUser struct {
-	UID  uint64 `json:"uid"`
-	Name string `json:"name"`
-}
-
-// snapshot is the online list as /api/online gives it: it includes every
-// delta up to Version.
-type snapshot struct {
-	Version uint64       `json:"version"`
-	Users   []onlineUser `json:"users"`
-}
-
-// publishLocked numbers d and publishes it; a.mu is held.
-func (a *app) publishLocked(d delta) {
-	a.version++
-	d.Version = a.version
-	content, err := jsonString(d)
-	if err == nil {
-		err = a.hub.Publish(presenceChannel, chart.Message{Type: presenceType, Content: content, Transient: true})
-	}
-	if err != nil {
-		a.log.Warn("publish presence", "err", err)
-	}
-}
-
-// online returns the online list and the version of the last delta in it.
-func (a *app) online() snapshot {
+// names returns the display names of those of uids who are online (the
+// online list's uids come from the library's presence events, without
+// names: a page asks for the names it does not know yet).
+func (a *app) names(uids []uint64) map[uint64]string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	users := make([]onlineUser, 0, len(a.users))
-	for uid, u := range a.users {
-		if u.online {
-			users = append(users, onlineUser{UID: uid, Name: u.name})
+	out := make(map[uint64]string, len(uids))
+	for _, uid := range uids {
+		if u := a.users[uid]; u != nil && u.online {
+			out[uid] = u.name
 		}
 	}
-	sort.Slice(users, func(i, j int) bool { return users[i].UID < users[j].UID })
-	return snapshot{Version: a.version, Users: users}
+	return out
 }
 
 // remember keeps the channels of a user who went offline, at most

@@ -27,15 +27,19 @@
 //     of going offline (a network cut, a reload) is put back in the
 //     channels they had instead, before their page's hello is read, so that
 //     the page recovers what was sent there meanwhile. Its FilterMessage
-//     keeps the "presence" channel the server's alone.
-//   - Presence by deltas: on each login and logout the server publishes a
-//     small {"presence":"join"|"leave"} message to the "presence" channel;
-//     a page fetches the whole list once per connection (/api/online) and
-//     applies deltas from then on.
-//   - A small JSON API (api.go) lets a signed-in page join and leave
-//     channels for itself, list its own channels, and read the client's
-//     timing (/api/config). It answers only its own origin (or -origins),
-//     only application/json bodies of at most 4 KiB.
+//     keeps the "presence" channel free of messages.
+//   - Joining and leaving channels: the page asks over its socket
+//     (chart.js's join and leave, {"join":"go"}); the Handler's JoinServer
+//     decides (the requesting user only, at most 32 channels, a name rule)
+//     and LeaveServer keeps everyone in "presence".
+//   - The online list is the library's presence events: "presence" is a
+//     channel with them (Config.PresenceChannels) that every online user
+//     is in, so each page gets its member list, then the changes, which
+//     chart.js keeps; the page asks /api/names for names it does not know.
+//   - A small JSON API (api.go) for sign-in and sign-out, names, the
+//     user's own channels and the client's timing (/api/config). It
+//     answers only its own origin (or -origins), only application/json
+//     bodies of at most 4 KiB.
 //
 // Flags:
 //

@@ -1,12 +1,12 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,7 +22,8 @@ import (
 
 // The browser tests in e2e/ drive the page; these tests check the server's
 // side of the contract over real sockets: sessions, the API's checks,
-// presence deltas, display names, and chat messages between clients.
+// join and leave requests (JoinServer), the online list's presence events,
+// display names, and chat messages between clients.
 
 // testEnv is one demo (its own hub) served on a free loopback port with the
 // demo's own http.Server settings (newHTTPServer), timeouts included.
@@ -148,14 +149,6 @@ func apiJSON(t *testing.T, base string, m member, method, path string, in, out a
 	}
 }
 
-// postChannels joins or leaves channels as m and returns m's channels.
-func postChannels(t *testing.T, base string, m member, op string, channels ...string) []string {
-	t.Helper()
-	var got channelsResponse
-	apiJSON(t, base, m, "POST", "/api/"+op, channelsRequest{Channels: channels}, &got)
-	return got.Channels
-}
-
 func channelsOf(t *testing.T, base string, m member) []string {
 	t.Helper()
 	var got channelsResponse
@@ -163,11 +156,16 @@ func channelsOf(t *testing.T, base string, m member) []string {
 	return got.Channels
 }
 
-func onlineAt(t *testing.T, base string, m member) snapshot {
+// namesOf asks /api/names as m for the names of uids.
+func namesOf(t *testing.T, base string, m member, uids ...uint64) map[string]string {
 	t.Helper()
-	var got snapshot
-	apiJSON(t, base, m, "GET", "/api/online", nil, &got)
-	return got
+	ids := make([]string, len(uids))
+	for i, u := range uids {
+		ids[i] = fmt.Sprint(u)
+	}
+	var got namesResponse
+	apiJSON(t, base, m, "GET", "/api/names?uids="+strings.Join(ids, ","), nil, &got)
+	return got.Names
 }
 
 // client is a WebSocket client of the demo, as the page is.
@@ -218,28 +216,86 @@ func (c *client) next(what string, match func(chart.Message) bool) chart.Message
 	}
 }
 
-// asDelta decodes a presence delta; ok is false for any other message.
-func asDelta(t *testing.T, m chart.Message) (d delta, ok bool) {
-	t.Helper()
-	if m.ChannelId != presenceChannel || m.UserId != 0 || m.Type != presenceType {
-		return delta{}, false
-	}
-	if err := json.Unmarshal([]byte(m.Content), &d); err != nil {
-		t.Fatalf("presence content %q: %v", m.Content, err)
-	}
-	return d, true
+// frame is any frame the server sends, as far as these tests read it.
+type frame struct {
+	Presence  string   `json:"presence"`
+	ChannelId string   `json:"channel_id"`
+	UserIds   []uint64 `json:"user_ids"`
+	More      bool     `json:"more"`
+	Joined    string   `json:"joined"`
+	Left      string   `json:"left"`
+	Id        string   `json:"id"`
+	Error     string   `json:"error"`
+	Message   string   `json:"message"`
+	Content   *string  `json:"content"`
+	size      int
 }
 
-// nextDelta reads until the presence delta kind ("join", "leave") of uid.
-func (c *client) nextDelta(kind string, uid uint64) delta {
+// nextFrame reads frames until one matches, failing after a deadline.
+func (c *client) nextFrame(what string, match func(frame) bool) frame {
 	c.t.Helper()
-	var d delta
-	c.next(kind+" of "+fmt.Sprint(uid), func(m chart.Message) bool {
-		var ok bool
-		d, ok = asDelta(c.t, m)
-		return ok && d.Presence == kind && d.UID == uid
+	if err := c.ws.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		c.t.Fatal(err)
+	}
+	for {
+		_, data, err := c.ws.ReadMessage()
+		if err != nil {
+			c.t.Fatalf("waiting for %s: %v", what, err)
+		}
+		var f frame
+		if err := json.Unmarshal(data, &f); err != nil {
+			c.t.Fatalf("frame %q: %v", data, err)
+		}
+		f.size = len(data)
+		if match(f) {
+			return f
+		}
+	}
+}
+
+// nextDelta reads until the library's presence event kind ("join",
+// "leave") of the presence channel names uid.
+func (c *client) nextDelta(kind string, uid uint64) frame {
+	c.t.Helper()
+	return c.nextFrame(kind+" of "+fmt.Sprint(uid), func(f frame) bool {
+		return f.Presence == kind && f.ChannelId == presenceChannel && slices.Contains(f.UserIds, uid)
 	})
-	return d
+}
+
+// loggedIn reads until the connection's member list of the presence
+// channel, which LoginServer's join sends: the user is logged in, joined
+// to its channels, and its name is known.
+func (c *client) loggedIn() {
+	c.t.Helper()
+	c.nextFrame("the member list", func(f frame) bool {
+		return f.Presence == "members" && f.ChannelId == presenceChannel && !f.More
+	})
+}
+
+// request sends a join or leave request (op) for channel and returns the
+// error code of its answer, "" when granted.
+func (c *client) request(op, channel string) string {
+	c.t.Helper()
+	id := fmt.Sprintf("r%d", time.Now().UnixNano())
+	if err := c.ws.WriteJSON(map[string]string{op: channel, "id": id}); err != nil {
+		c.t.Fatal(err)
+	}
+	f := c.nextFrame(op+" "+channel, func(f frame) bool { return f.Id == id })
+	want := map[string]string{"join": f.Joined, "leave": f.Left}[op]
+	if f.Error == "" && want != channel {
+		c.t.Fatalf("%s %q answered %+v", op, channel, f)
+	}
+	return f.Error
+}
+
+// mustRequest is request that must be granted.
+func (c *client) mustRequest(op string, channels ...string) {
+	c.t.Helper()
+	for _, ch := range channels {
+		if code := c.request(op, ch); code != "" {
+			c.t.Fatalf("%s %q refused: %s", op, ch, code)
+		}
+	}
 }
 
 // closeCode reads until the connection closes and returns its close code.
@@ -414,11 +470,9 @@ func TestSocketTakesUidFromSession(t *testing.T) {
 
 	ann := signIn(t, e.base(), "Ann")
 	c := dial(t, e.base(), ann, "?id=7&name=Mallory", nil)
-	if d := c.nextDelta("join", ann.UID); d.Name != "Ann" {
-		t.Errorf("join delta %+v, want Ann's uid and name from her session", d)
-	}
-	if got := onlineAt(t, e.base(), ann); len(got.Users) != 1 || got.Users[0] != (onlineUser{UID: ann.UID, Name: "Ann"}) {
-		t.Errorf("online = %+v, want only Ann, as signed in", got)
+	c.loggedIn()
+	if got := namesOf(t, e.base(), ann, ann.UID, 7); !maps.Equal(got, map[string]string{fmt.Sprint(ann.UID): "Ann"}) {
+		t.Errorf("names = %v, want only Ann's, as signed in", got)
 	}
 	if e.a.hub.IsOnline(7) {
 		t.Error("uid 7, from the URL, is online")
@@ -435,7 +489,7 @@ func TestAPIRefusesForeignRequests(t *testing.T) {
 	e := newEnv(t, func(o *options) { o.origins = []string{"http://friend.example"} })
 	ann := signIn(t, e.base(), "Ann")
 	c := dial(t, e.base(), ann, "", nil)
-	c.nextDelta("join", ann.UID)
+	c.loggedIn()
 	before := channelsOf(t, e.base(), ann)
 
 	own := e.base()
@@ -455,35 +509,34 @@ func TestAPIRefusesForeignRequests(t *testing.T) {
 		status       int
 		code         string
 	}{
-		{"foreign origin, JSON", "POST", "/api/leave", `{"channels":["lobby"]}`,
+		{"foreign origin, JSON", "POST", "/api/signout", `{}`,
 			http.Header{"Origin": {"http://evil.example"}}, 403, "forbidden_origin"},
-		{"foreign origin, no-cors text/plain", "POST", "/api/join", `{"channels":["evil"]}`,
+		{"foreign origin, no-cors text/plain", "POST", "/api/signout", `{}`,
 			http.Header{"Origin": {"http://evil.example"}, "Content-Type": {"text/plain;charset=UTF-8"}, "Sec-Fetch-Mode": {"no-cors"}}, 403, "forbidden_origin"},
-		{"same site, other port", "POST", "/api/leave", `{"channels":["lobby"]}`,
+		{"same site, other port", "POST", "/api/signout", `{}`,
 			http.Header{"Origin": {"http://127.0.0.1:1"}}, 403, "forbidden_origin"},
-		{"null origin", "POST", "/api/leave", `{"channels":["lobby"]}`,
+		{"null origin", "POST", "/api/signout", `{}`,
 			http.Header{"Origin": {"null"}}, 403, "forbidden_origin"},
-		{"foreign sign-out", "POST", "/api/signout", `{}`,
-			http.Header{"Origin": {"http://evil.example"}}, 403, "forbidden_origin"},
 		{"foreign sign-in", "POST", "/api/signin", `{"name":"Mallory"}`,
 			http.Header{"Origin": {"http://evil.example"}}, 403, "forbidden_origin"},
 		{"cross-site GET without Origin (an <img>)", "GET", "/api/channels", "",
 			http.Header{"Sec-Fetch-Site": {"cross-site"}}, 403, "forbidden_origin"},
-		{"same-site GET without Origin", "GET", "/api/online", "",
+		{"same-site GET without Origin", "GET", "/api/names?uids=1", "",
 			http.Header{"Sec-Fetch-Site": {"same-site"}}, 403, "forbidden_origin"},
-		{"own origin, text/plain", "POST", "/api/leave", `{"channels":["lobby"]}`,
+		{"own origin, text/plain", "POST", "/api/signout", `{}`,
 			http.Header{"Origin": {own}, "Content-Type": {"text/plain"}}, 415, "unsupported_media_type"},
-		{"own origin, a form", "POST", "/api/leave", `channels=lobby`,
+		{"own origin, a form", "POST", "/api/signout", `x=1`,
 			http.Header{"Origin": {own}, "Content-Type": {"application/x-www-form-urlencoded"}}, 415, "unsupported_media_type"},
-		{"no content type", "POST", "/api/leave", `{"channels":["lobby"]}`,
+		{"no content type", "POST", "/api/signout", `{}`,
 			http.Header{"Content-Type": {""}}, 415, "unsupported_media_type"},
-		{"a uid in the body", "POST", "/api/leave", `{"uid":7,"channels":["lobby"]}`, nil, 400, "bad_request"},
-		{"two objects", "POST", "/api/leave", `{"channels":["lobby"]}{"channels":["x"]}`, nil, 400, "bad_request"},
-		{"too large", "POST", "/api/join", `{"channels":["` + strings.Repeat("a", maxBody) + `"]}`, nil, 413, "too_large"},
-		{"presence", "POST", "/api/leave", `{"channels":["presence"]}`, nil, 400, "invalid_channel"},
-		{"control character", "POST", "/api/join", `{"channels":["a\u0007b"]}`, nil, 400, "invalid_channel"},
-		{"too many", "POST", "/api/join", `{"channels":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}`, nil, 400, "invalid_channel"},
-		{"none", "POST", "/api/join", `{"channels":[]}`, nil, 400, "invalid_channel"},
+		{"a uid in the body", "POST", "/api/signout", `{"uid":7}`, nil, 400, "bad_request"},
+		{"two objects", "POST", "/api/signout", `{}{}`, nil, 400, "bad_request"},
+		{"too large", "POST", "/api/signin", `{"name":"` + strings.Repeat("a", maxBody) + `"}`, nil, 413, "too_large"},
+		{"names: too many uids", "GET", "/api/names?uids=" + strings.Repeat("1,", maxNamesPerCall) + "1", "", nil, 400, "bad_request"},
+		{"names: not a uid", "GET", "/api/names?uids=1,x", "", nil, 400, "bad_request"},
+		// Joining and leaving are socket requests now: the API has none.
+		{"no join API", "POST", "/api/join", `{"channels":["evil"]}`, nil, 405, ""},
+		{"no leave API", "POST", "/api/leave", `{"channels":["lobby"]}`, nil, 405, ""},
 	} {
 		res, b := call(t, e.base(), tc.method, tc.path, tc.body, withCookie(tc.header))
 		var got apiError
@@ -507,18 +560,18 @@ func TestAPIRefusesForeignRequests(t *testing.T) {
 
 	// A CORS preflight from a foreign origin is refused, so the browser
 	// never sends the request itself; from an allowed origin it passes.
-	res, _ := call(t, e.base(), "OPTIONS", "/api/join", "", http.Header{"Origin": {"http://evil.example"}, "Access-Control-Request-Method": {"POST"}})
+	res, _ := call(t, e.base(), "OPTIONS", "/api/signout", "", http.Header{"Origin": {"http://evil.example"}, "Access-Control-Request-Method": {"POST"}})
 	if res.StatusCode != http.StatusForbidden || res.Header.Get("Access-Control-Allow-Origin") != "" {
 		t.Errorf("foreign preflight: HTTP %d, %q", res.StatusCode, res.Header.Get("Access-Control-Allow-Origin"))
 	}
-	res, _ = call(t, e.base(), "OPTIONS", "/api/join", "", http.Header{"Origin": {"http://friend.example"}, "Access-Control-Request-Method": {"POST"}})
+	res, _ = call(t, e.base(), "OPTIONS", "/api/signout", "", http.Header{"Origin": {"http://friend.example"}, "Access-Control-Request-Method": {"POST"}})
 	if res.StatusCode != http.StatusNoContent || res.Header.Get("Access-Control-Allow-Origin") != "http://friend.example" ||
 		res.Header.Get("Access-Control-Allow-Credentials") != "true" {
 		t.Errorf("allowed preflight: HTTP %d, headers %v", res.StatusCode, res.Header)
 	}
-	res, b := call(t, e.base(), "POST", "/api/join", `{"channels":["friends"]}`, withCookie(http.Header{"Origin": {"http://friend.example"}}))
+	res, b := call(t, e.base(), "GET", "/api/channels", "", withCookie(http.Header{"Origin": {"http://friend.example"}}))
 	if res.StatusCode != http.StatusOK || res.Header.Get("Access-Control-Allow-Origin") != "http://friend.example" {
-		t.Errorf("join from an allowed origin: HTTP %d %s, headers %v", res.StatusCode, b, res.Header)
+		t.Errorf("channels from an allowed origin: HTTP %d %s, headers %v", res.StatusCode, b, res.Header)
 	}
 	// The socket follows the same list.
 	dial(t, e.base(), ann, "", http.Header{"Origin": {"http://friend.example"}}).ws.Close()
@@ -531,10 +584,12 @@ func TestAPIRefusesForeignRequests(t *testing.T) {
 	}
 }
 
-// TestPresenceDeltasChannelsAndMessages: presence comes as deltas, channels
-// change for the signed-in user only, messages go both ways, and clients
-// cannot post to the presence channel.
-func TestPresenceDeltasChannelsAndMessages(t *testing.T) {
+// TestPresenceJoinsAndMessages: the online list is the library's presence
+// events of the presence channel, names come from /api/names, channels
+// change by the user's own join and leave requests within JoinServer's
+// rules, messages go both ways, and clients cannot post to the presence
+// channel nor join or leave it.
+func TestPresenceJoinsAndMessages(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	e := newEnv(t)
 	base := e.base()
@@ -542,29 +597,59 @@ func TestPresenceDeltasChannelsAndMessages(t *testing.T) {
 	ann := signIn(t, base, "Ann")
 	bob := signIn(t, base, "Bob")
 	annC := dial(t, base, ann, "", nil)
-	first := annC.nextDelta("join", ann.UID)
-	bobC := dial(t, base, bob, "", nil)
-	bobJoin := annC.nextDelta("join", bob.UID)
-	if bobJoin.Name != "Bob" || bobJoin.Version != first.Version+1 {
-		t.Errorf("Bob's join delta %+v, want name Bob, version %d", bobJoin, first.Version+1)
+	list := annC.nextFrame("Ann's member list", func(f frame) bool { return f.Presence == "members" })
+	if list.ChannelId != presenceChannel || list.More || len(list.UserIds) != 0 {
+		t.Errorf("Ann's first list %+v, want the presence channel's, empty (she comes in the next change)", list)
 	}
-	// The snapshot includes every delta up to its version.
-	snap := onlineAt(t, base, bob)
-	want := []onlineUser{{ann.UID, "Ann"}, {bob.UID, "Bob"}}
-	slices.SortFunc(want, func(a, b onlineUser) int { return cmp.Compare(a.UID, b.UID) })
-	if snap.Version < bobJoin.Version || !slices.Equal(snap.Users, want) {
-		t.Errorf("/api/online = %+v, want %+v at version >= %d", snap, want, bobJoin.Version)
+	annC.nextDelta("join", ann.UID)
+	bobC := dial(t, base, bob, "", nil)
+	if f := annC.nextDelta("join", bob.UID); !slices.Equal(f.UserIds, []uint64{bob.UID}) {
+		t.Errorf("Ann was told %+v, want Bob's join", f)
+	}
+	list = bobC.nextFrame("Bob's member list", func(f frame) bool { return f.Presence == "members" })
+	if list.ChannelId != presenceChannel || !slices.Equal(list.UserIds, []uint64{ann.UID}) {
+		t.Errorf("Bob's list %+v, want Ann", list)
+	}
+	want := map[string]string{fmt.Sprint(ann.UID): "Ann", fmt.Sprint(bob.UID): "Bob"}
+	if got := namesOf(t, base, bob, ann.UID, bob.UID, 12345); !maps.Equal(got, want) {
+		t.Errorf("/api/names = %v, want %v", got, want)
 	}
 
 	// Channels: everyone starts in the lobby; presence is not listed; a
-	// join acts on the signed-in user.
-	if got := postChannels(t, base, ann, "join", "go"); !slices.Equal(got, []string{"go", "lobby"}) {
+	// join acts on the requesting user.
+	annC.mustRequest("join", "go")
+	if got := channelsOf(t, base, ann); !slices.Equal(got, []string{"go", "lobby"}) {
 		t.Errorf("Ann's channels after joining go = %q, want [go lobby]", got)
 	}
 	if got := channelsOf(t, base, bob); !slices.Equal(got, []string{"lobby"}) {
 		t.Errorf("Bob's channels = %q, want [lobby]: Ann's join is hers", got)
 	}
-	postChannels(t, base, bob, "join", "go")
+	bobC.mustRequest("join", "go")
+	for _, tc := range []struct{ op, channel, code string }{
+		{"join", presenceChannel, "invalid_channel"},
+		{"leave", presenceChannel, "invalid_channel"},
+		{"join", " go", "invalid_channel"},
+		{"join", "a\u0007b", "invalid_channel"},
+		{"join", "a\u202eb", "invalid_channel"},
+		{"join", strings.Repeat("x", maxChannelLen+1), "invalid_channel"},
+	} {
+		if code := bobC.request(tc.op, tc.channel); code != tc.code {
+			t.Errorf("%s %q: %q, want %q", tc.op, tc.channel, code, tc.code)
+		}
+	}
+	// At most maxChannels: Bob has 2.
+	for i := range maxChannels - 2 {
+		bobC.mustRequest("join", fmt.Sprintf("room %d", i))
+	}
+	if code := bobC.request("join", "one too many"); code != "too_many_channels" {
+		t.Errorf("join past %d channels: %q, want too_many_channels", maxChannels, code)
+	}
+	if n := len(channelsOf(t, base, bob)); n != maxChannels {
+		t.Errorf("Bob is in %d channels, want %d", n, maxChannels)
+	}
+	if !slices.Contains(e.a.hub.UserChannelIds(bob.UID), presenceChannel) {
+		t.Error("Bob left the presence channel")
+	}
 
 	if err := annC.ws.WriteJSON(map[string]any{"channel_id": "go", "content": "hi <b>Bob</b>", "type": 3}); err != nil {
 		t.Fatal(err)
@@ -574,37 +659,36 @@ func TestPresenceDeltasChannelsAndMessages(t *testing.T) {
 		t.Errorf("Bob got %+v, want Ann's message as sent", got)
 	}
 
-	// A client's fake presence delta is refused, not delivered.
-	fake := `{"presence":"join","uid":7,"name":"Mallory","version":999}`
-	if err := annC.ws.WriteJSON(map[string]any{"channel_id": presenceChannel, "content": fake, "type": presenceType}); err != nil {
+	// A client's post to the presence channel is refused, not delivered.
+	fake := `{"presence":"join","channel_id":"presence","user_ids":[7]}`
+	if err := annC.ws.WriteJSON(map[string]any{"channel_id": presenceChannel, "content": fake, "type": 1}); err != nil {
 		t.Fatal(err)
 	}
-	var refusal struct{ Error, Message, ChannelId string }
-	annC.ws.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for refusal.Error == "" {
-		if err := annC.ws.ReadJSON(&refusal); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if refusal.Error != "read_only" {
-		t.Errorf("fake presence delta answered with %+v, want read_only", refusal)
+	if f := annC.nextFrame("the refusal", func(f frame) bool { return f.Error != "" }); f.Error != "read_only" {
+		t.Errorf("a post to presence answered with %+v, want read_only", f)
 	}
 	annC.ws.WriteJSON(map[string]any{"channel_id": "go", "content": "after the fake", "type": 3})
 	m := bobC.next("the next message", func(m chart.Message) bool { return m.ChannelId != lobbyChannel })
 	if m.Content != "after the fake" {
-		t.Errorf("Bob got %+v, want the message after the refused fake", m)
+		t.Errorf("Bob got %+v, want the message after the refused post", m)
 	}
 
-	if got := postChannels(t, base, bob, "leave", "go", "lobby"); len(got) != 0 {
-		t.Errorf("Bob's channels after leaving both = %q, want none", got)
+	for _, ch := range channelsOf(t, base, bob) {
+		bobC.mustRequest("leave", ch)
+	}
+	if got := channelsOf(t, base, bob); len(got) != 0 {
+		t.Errorf("Bob's channels after leaving all = %q, want none", got)
 	}
 	if got := channelsOf(t, base, ann); !slices.Equal(got, []string{"go", "lobby"}) {
 		t.Errorf("Ann's channels = %q after Bob left his, want [go lobby]", got)
 	}
 
 	bobC.ws.Close()
-	if d := annC.nextDelta("leave", bob.UID); d.Name != "" || d.Version <= bobJoin.Version {
-		t.Errorf("leave delta %+v, want Bob's uid only, a later version", d)
+	if f := annC.nextDelta("leave", bob.UID); !slices.Equal(f.UserIds, []uint64{bob.UID}) {
+		t.Errorf("Ann was told %+v, want Bob's leave", f)
+	}
+	if got := namesOf(t, base, ann, bob.UID); len(got) != 0 {
+		t.Errorf("Bob's name after he left: %v, want none", got)
 	}
 	annC.ws.Close()
 	e.waitOffline(ann.UID, bob.UID)
@@ -621,7 +705,7 @@ func TestNamesNeverFromURL(t *testing.T) {
 	e := newEnv(t)
 	ann := signIn(t, e.base(), "Ann")
 	annC := dial(t, e.base(), ann, "", nil)
-	annC.nextDelta("join", ann.UID)
+	annC.loggedIn()
 	for i := range 500 {
 		h := http.Header(nil)
 		if i%2 == 0 {
@@ -635,8 +719,8 @@ func TestNamesNeverFromURL(t *testing.T) {
 	if n := e.users(); n != 1 {
 		t.Errorf("%d users kept, want 1 (Ann)", n)
 	}
-	if got := onlineAt(t, e.base(), ann).Users; len(got) != 1 || got[0].Name != "Ann" {
-		t.Errorf("online = %+v, want Ann as signed in", got)
+	if got := namesOf(t, e.base(), ann, ann.UID); got[fmt.Sprint(ann.UID)] != "Ann" {
+		t.Errorf("names = %v, want Ann as signed in", got)
 	}
 }
 
@@ -648,7 +732,7 @@ func TestNamesDroppedAtLogout(t *testing.T) {
 	for i := range 50 {
 		m := signIn(t, e.base(), fmt.Sprintf("user %d", i))
 		c := dial(t, e.base(), m, "", nil)
-		c.nextDelta("join", m.UID)
+		c.loggedIn()
 		if i%2 == 0 {
 			dial(t, e.base(), m, "", nil).ws.Close() // a second connection, closed first
 		}
@@ -662,9 +746,10 @@ func TestNamesDroppedAtLogout(t *testing.T) {
 // TestManyLoginsStayLinear: 300 users log in while none of them reads. With
 // the whole online list pushed on every login (the old demo), the first of
 // them would be sent 1.6 MB for it, n² in all (the review's 500 users
-// logging in at 50/s were all closed as slow consumers); deltas cost each
-// user a frame of a few dozen bytes per login. Every connection stays open
-// and gets every later login, in version order.
+// logging in at 50/s were all closed as slow consumers); the library's
+// presence events gather the logins of each window (200 ms) into one frame.
+// Every connection stays open, and the first user's list, made from the
+// frames it gets, ends with everyone.
 func TestManyLoginsStayLinear(t *testing.T) {
 	const n = 300
 	e := newEnv(t)
@@ -681,44 +766,42 @@ func TestManyLoginsStayLinear(t *testing.T) {
 		conns[i] = ws
 		t.Cleanup(func() { ws.Close() })
 	}
-	waitFor(t, "everyone logged in", func() bool { return len(e.a.online().Users) == n })
+	waitFor(t, "everyone logged in", func() bool { return len(e.a.hub.ChannelUserIds(presenceChannel)) == n })
 	st := e.a.hub.Stats()
 	if st.Disconnects.SlowConsumer != 0 || st.Connections != n {
 		t.Fatalf("after %d logins: %d connections, %d closed as slow consumers; want %d, 0", n, st.Connections, st.Disconnects.SlowConsumer, n)
 	}
 
-	// The first user gets every login from (about) its own on, in order,
-	// each small. (Logins run in any order: its own delta may come after
-	// another one published once it was in the presence channel.)
-	final := e.a.online().Version
-	conns[0].SetReadDeadline(time.Now().Add(10 * time.Second))
-	var first, last uint64
-	own := false
-	for last < final {
-		_, data, err := conns[0].ReadMessage()
-		if err != nil {
-			t.Fatalf("reading deltas (version %d of %d): %v", last, final, err)
+	first := &client{t: t, ws: conns[0]}
+	list := map[uint64]bool{}
+	frames, named, bytes := 0, 0, 0
+	for len(list) < n {
+		f := first.nextFrame(fmt.Sprintf("presence (%d of %d online)", len(list), n), func(f frame) bool { return f.Presence != "" })
+		if f.ChannelId != presenceChannel {
+			t.Fatalf("presence of %q", f.ChannelId)
 		}
-		var m chart.Message
-		json.Unmarshal(data, &m)
-		d, ok := asDelta(t, m)
-		if !ok {
-			continue
+		frames, named, bytes = frames+1, named+len(f.UserIds), bytes+f.size
+		switch f.Presence {
+		case "members":
+			clear(list)
+			fallthrough
+		case "join":
+			for _, u := range f.UserIds {
+				list[u] = true
+			}
+		default:
+			t.Fatalf("a %q frame while users only log in: %+v", f.Presence, f)
 		}
-		if d.Presence != "join" || (last != 0 && d.Version != last+1) {
-			t.Fatalf("delta %+v after version %d, want a join, version %d", d, last, last+1)
-		}
-		if len(data) > 256 {
-			t.Fatalf("a delta of %d bytes: %.200s", len(data), data)
-		}
-		if first == 0 {
-			first = d.Version
-		}
-		own = own || d.UID == uids[0]
-		last = d.Version
 	}
-	if !own || final != n {
-		t.Errorf("user 0 got versions %d to %d, its own join %v; want up to %d with its own", first, last, own, n)
+	for _, u := range uids {
+		if !list[u] {
+			t.Fatalf("uid %d missing from user 0's list", u)
+		}
+	}
+	// One frame per window: the dials took a few seconds at most.
+	t.Logf("user 0: %d presence frames, %d uids, %d bytes for %d logins", frames, named, bytes, n)
+	if named != n || frames > 60 {
+		t.Errorf("user 0 got %d frames naming %d uids, want each of the %d once, in a frame per window", frames, named, n)
 	}
 }
 
@@ -728,7 +811,7 @@ func TestSignOut(t *testing.T) {
 	e := newEnv(t)
 	ann := signIn(t, e.base(), "Ann")
 	c1 := dial(t, e.base(), ann, "", nil)
-	c1.nextDelta("join", ann.UID)
+	c1.loggedIn()
 	c2 := dial(t, e.base(), ann, "", nil)
 	// The dial returns at the handshake's answer; the hub registers the
 	// connection right after. (One that registers after the sign-out lives
@@ -776,7 +859,7 @@ func TestSignInElsewhereSignsOut(t *testing.T) {
 	e := newEnv(t)
 	ann := signIn(t, e.base(), "Ann")
 	c := dial(t, e.base(), ann, "", nil)
-	c.nextDelta("join", ann.UID)
+	c.loggedIn()
 	res, b := call(t, e.base(), "POST", "/api/signin", `{"name":"Bob"}`, ann.header())
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("second sign-in: HTTP %d %s", res.StatusCode, b)
@@ -847,7 +930,7 @@ func TestServerTimeoutsSpareWebSockets(t *testing.T) {
 
 	ann := signIn(t, srv.URL, "Ann")
 	annC := dial(t, srv.URL, ann, "", nil)
-	annC.nextDelta("join", ann.UID)
+	annC.loggedIn()
 	// Not synchronisation: the point is to let every server timeout pass.
 	time.Sleep(3 * short)
 	if err := annC.ws.WriteJSON(map[string]any{"channel_id": lobbyChannel, "content": "still here"}); err != nil {
@@ -948,14 +1031,14 @@ func TestChannelsRememberedAcrossReconnect(t *testing.T) {
 	e := newEnv(t)
 	ann := signIn(t, e.base(), "Ann")
 	c := dial(t, e.base(), ann, "", nil)
-	c.nextDelta("join", ann.UID)
-	postChannels(t, e.base(), ann, "join", "go")
-	postChannels(t, e.base(), ann, "leave", lobbyChannel)
+	c.loggedIn()
+	c.mustRequest("join", "go")
+	c.mustRequest("leave", lobbyChannel)
 	c.ws.Close()
 	e.waitOffline(ann.UID)
 
 	c = dial(t, e.base(), ann, "", nil)
-	c.nextDelta("join", ann.UID)
+	c.loggedIn()
 	if got := channelsOf(t, e.base(), ann); !slices.Equal(got, []string{"go"}) {
 		t.Errorf("channels after reconnecting = %q, want [go]: the ones Ann had, lobby left", got)
 	}

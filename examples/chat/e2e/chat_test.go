@@ -21,9 +21,11 @@ const (
 
 // TestChatInBrowsers signs users in from separate Chromium processes
 // and checks what each of them sees: channel messages both ways in order,
-// presence pushed on login and logout, unread counts, direct messages, an
-// error frame, HTML injection rendered as text, recovery from a server
-// restart, leaving a channel and a phone-sized layout. Ann and Bob take
+// the online list kept by the library's presence events on login and
+// logout, joining and leaving channels from the page (requests over the
+// socket), unread counts, direct messages, an error frame, a refused join,
+// HTML injection rendered as text, recovery from a server restart, and a
+// phone-sized layout. Ann and Bob take
 // part throughout; Cleo, a third browser, joins the conversation and then
 // signs out.
 func TestChatInBrowsers(t *testing.T) {
@@ -60,14 +62,23 @@ func TestChatInBrowsers(t *testing.T) {
 		}
 		p.waitOnline(annUID, bobUID, cleoUID)
 	}
-	// Presence carries display names, so each sees the others by name.
-	if got := ann.onlineTexts(); !containsAll(got, "Cleo", fmt.Sprint(cleoUID)) || !containsAll(got, "Bob", fmt.Sprint(bobUID)) {
-		t.Errorf("Ann's online list %q does not show Bob (%d) and Cleo (%d)", got, bobUID, cleoUID)
-	}
+	// Presence events carry uids; the page asks /api/names for the names,
+	// so each sees the others by name.
+	ann.waitFor("Bob and Cleo by name", `(() => {
+		const texts = [...document.querySelectorAll('[data-testid="online"]')].map(e => e.textContent);
+		return texts.some(t => t.includes("Bob") && t.includes("#`+fmt.Sprint(bobUID)+`")) &&
+			texts.some(t => t.includes("Cleo") && t.includes("#`+fmt.Sprint(cleoUID)+`"));
+	})()`)
 
 	t.Log("join a channel and talk, every message seen by all in order")
 	for _, p := range everyone {
 		p.join(channel)
+		if got := p.channelsFromServer(); !slices.Equal(got, []string{channel, "lobby"}) {
+			t.Fatalf("%s: the server has %q after the page joined %s, want [%s lobby]", p.name, got, channel, channel)
+		}
+	}
+	for _, p := range everyone {
+		p.waitOnlineExactly(annUID, bobUID, cleoUID)
 	}
 	conversation := []struct {
 		from *page
@@ -76,7 +87,7 @@ func TestChatInBrowsers(t *testing.T) {
 		{ann, "Morning! The chart demo is live, come say hi in #gophers."},
 		{bob, "Here. Messages land the moment I hit send."},
 		{cleo, "Hi both! My online list updated by itself when you joined."},
-		{ann, "That's the presence push: the server publishes it on every login."},
+		{ann, "That's the library's presence events: one small frame per login."},
 		{bob, "Nice. Restart test after lunch?"},
 		{cleo, "Count me in. Signing off for now, see you later!"},
 	}
@@ -143,7 +154,7 @@ func TestChatInBrowsers(t *testing.T) {
 		!document.getElementById("login-screen").hidden`)
 	for _, p := range []*page{ann, bob} {
 		p.waitFor("Cleo offline", `![...document.querySelectorAll('[data-testid="online"]')].some(e => e.dataset.uid === "`+fmt.Sprint(cleoUID)+`")`)
-		p.waitOnline(annUID, bobUID)
+		p.waitOnlineExactly(annUID, bobUID)
 	}
 	if status, body := cleo.fetchJSON("GET", "/api/session", nil); status != http.StatusUnauthorized {
 		t.Errorf("Cleo's browser after signing out: /api/session HTTP %d %v, want 401", status, body)
@@ -161,14 +172,21 @@ func TestChatInBrowsers(t *testing.T) {
 
 	t.Log("an error frame from the server is shown")
 	// Ann is taken out of the channel behind her page's back (by another
-	// tab of hers): the server refuses her next message there.
-	if status, body := ann.fetchJSON("POST", "/api/leave", map[string]any{"channels": []string{channel}}); status != http.StatusOK {
-		t.Fatalf("leave from Ann's browser: HTTP %d %v", status, body)
+	// client of hers, as another tab would): the server refuses her next
+	// message there.
+	if got := ann.otherClient(`c.leave(` + jsString(channel) + `)`); got != "ok" {
+		t.Fatalf("leave from another client of Ann's: %s", got)
 	}
 	ann.send("Hello, is anyone there?")
 	ann.waitFor("not_joined error from the server", `[...document.querySelectorAll('[data-testid="error"]')].some(e => e.dataset.code === "not_joined")`)
-	if status, body := ann.fetchJSON("POST", "/api/join", map[string]any{"channels": []string{channel}}); status != http.StatusOK {
-		t.Fatalf("join from Ann's browser: HTTP %d %v", status, body)
+	ann.join(channel) // already listed: the page's join request puts her back
+
+	t.Log("a join the server refuses is shown with its code, and changes nothing")
+	bob.fill("channel-input", "presence")
+	bob.click(tid("join"))
+	bob.waitFor("invalid_channel error", `[...document.querySelectorAll('[data-testid="error"]')].some(e => e.dataset.code === "invalid_channel")`)
+	if got := bob.channels(); !slices.Equal(got, []string{channel, "lobby"}) {
+		t.Errorf("Bob's page lists %q after a refused join, want [%s lobby]", got, channel)
 	}
 
 	t.Log("HTML in a message is text")
@@ -242,6 +260,9 @@ func TestChatInBrowsers(t *testing.T) {
 	bob.waitFor("channel left", `!document.querySelector('[data-testid="channel"][data-channel="`+channel+`"]')`)
 	if got := bob.channels(); !slices.Equal(got, []string{"lobby"}) {
 		t.Errorf("Bob: channels after leaving = %q, want [lobby]", got)
+	}
+	if got := bob.channelsFromServer(); !slices.Equal(got, []string{"lobby"}) {
+		t.Errorf("Bob: the server has %q after the page left %s, want [lobby]", got, channel)
 	}
 
 	t.Log("phone-sized screen: no sideways scrolling, drawer opens")

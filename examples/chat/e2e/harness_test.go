@@ -587,6 +587,40 @@ func (p *page) waitOnline(uids ...uint64) {
 	})()`)
 }
 
+// waitOnlineExactly waits until the online list shows exactly these uids.
+func (p *page) waitOnlineExactly(uids ...uint64) {
+	p.t.Helper()
+	want := make([]string, len(uids))
+	for i, uid := range uids {
+		want[i] = strconv.Quote(strconv.FormatUint(uid, 10))
+	}
+	p.waitFor("online exactly "+strings.Join(want, ","), `(() => {
+		const got = [...document.querySelectorAll('[data-testid="online"]')].map(e => e.dataset.uid).sort();
+		return JSON.stringify(got) === JSON.stringify([`+strings.Join(want, ",")+`].sort());
+	})()`)
+}
+
+// otherClient runs expr with c, a second chart.js client in the page's tab
+// (the page's session: as another tab of the user would), once it is open,
+// and returns "ok" or the error code it rejected with.
+func (p *page) otherClient(expr string) string {
+	p.t.Helper()
+	var got string
+	p.run("another client: "+expr, chromedp.Evaluate(`(async () => {
+		const { Chart } = await import("/chart.js");
+		const c = new Chart(location.origin.replace(/^http/, "ws") + "/ws");
+		try {
+			await `+expr+`;
+			return "ok";
+		} catch (e) {
+			return e.code || String(e);
+		} finally {
+			c.close();
+		}
+	})()`, &got, func(ep *runtime.EvaluateParams) *runtime.EvaluateParams { return ep.WithAwaitPromise(true) }))
+	return got
+}
+
 // onlineTexts returns the text of each online list entry.
 func (p *page) onlineTexts() []string {
 	p.t.Helper()

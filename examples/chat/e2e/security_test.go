@@ -44,16 +44,22 @@ const attackJS = `(async (demo, uid) => {
 		}
 	};
 	const text = (body) => ({method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body: JSON.stringify(body)});
-	await attempt("leave", "/api/leave", text({channels: ["lobby", "gophers"]}));
-	await attempt("join", "/api/join", text({channels: ["evil"]}));
 	await attempt("signout", "/api/signout", text({}));
 	await attempt("signin", "/api/signin", text({name: "Mallory"}));
-	await attempt("join-json", "/api/join", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({channels: ["evil"]})});
+	await attempt("signout-json", "/api/signout", {method: "POST", headers: {"Content-Type": "application/json"}, body: "{}"});
 	await attempt("read-channels", "/api/channels", {});
 	await attempt("read-session", "/api/session", {});
+	await attempt("read-names", "/api/names?uids=" + uid, {});
+	// Joining and leaving are requests over the socket: the page would
+	// send them once it opened.
 	out.ws = await new Promise((resolve) => {
 		const ws = new WebSocket(demo.replace(/^http/, "ws") + "/ws");
-		ws.onopen = () => { resolve("open"); ws.close(); };
+		ws.onopen = () => {
+			ws.send(JSON.stringify({leave: "gophers"}));
+			ws.send(JSON.stringify({join: "evil"}));
+			resolve("open");
+			ws.close();
+		};
 		ws.onclose = (e) => resolve("closed " + e.code);
 	});
 	out.img = await new Promise((resolve) => {
@@ -69,9 +75,10 @@ const attackJS = `(async (demo, uid) => {
 // TestForeignPagesChangeNothing: while Ann is signed in, pages of two other
 // origins open in another tab of her browser (a page on another port of the
 // same host, which is the same site, so her SameSite=Lax cookie goes with
-// its requests; and one on another site) and try to leave and join
-// channels for her, sign her out or in as someone else, read her channels,
-// open a socket as her, and rename her with <img src=/ws?id=...&name=Mallory>.
+// its requests; and one on another site) and try to sign her out or in as
+// someone else, read her channels and names, open a socket as her (to leave
+// and join channels for her), and rename her with
+// <img src=/ws?id=...&name=Mallory>.
 // The demo refuses each (its log says so), and nothing changes: her
 // channels, her session, her connection, her name as Bob sees it.
 func TestForeignPagesChangeNothing(t *testing.T) {
@@ -109,11 +116,11 @@ func TestForeignPagesChangeNothing(t *testing.T) {
 		t.Logf("what the page at %s saw: %v", origin, got)
 		want := map[string]string{
 			// Sent, refused; a no-cors answer is opaque to the page.
-			"leave": "opaque 0", "join": "opaque 0", "signout": "opaque 0", "signin": "opaque 0",
+			"signout": "opaque 0", "signin": "opaque 0",
 			// The preflight is refused: the request is never sent.
-			"join-json": "TypeError",
+			"signout-json": "TypeError",
 			// Without CORS headers the page cannot read an answer.
-			"read-channels": "TypeError", "read-session": "TypeError",
+			"read-channels": "TypeError", "read-session": "TypeError", "read-names": "TypeError",
 			// The socket is refused (403 for the origin, or 401 without the
 			// cookie on another site): it never opens.
 			"ws": "closed 1006",
@@ -126,7 +133,7 @@ func TestForeignPagesChangeNothing(t *testing.T) {
 			}
 		}
 		// The server saw and refused each request that was sent.
-		for _, path := range []string{"/api/leave", "/api/join", "/api/signout", "/api/signin"} {
+		for _, path := range []string{"/api/signout", "/api/signin"} {
 			line := `msg="api refused" code=forbidden_origin method=POST path=` + path + ` origin=` + origin
 			if !strings.Contains(srv.logs.String(), line) {
 				t.Errorf("the demo did not log %s", line)
@@ -149,8 +156,8 @@ func TestForeignPagesChangeNothing(t *testing.T) {
 	}
 
 	// A later login reaches Bob after anything the attacks could have
-	// published (deltas arrive in order): then his list still shows Ann
-	// under her own name, and Mallory nowhere.
+	// changed (presence events arrive in order): then his list still shows
+	// Ann under her own name, and Mallory nowhere.
 	dan := signInHTTP(t, srv.URL(), "Dan")
 	dial(t, srv.URL(), dan)
 	bob.waitOnline(dan.UID)
@@ -165,9 +172,10 @@ func TestForeignPagesChangeNothing(t *testing.T) {
 }
 
 // TestPresenceIsReadOnly: a client of Ann's (a second chart.js client in
-// her tab, with her session) posts a fake join delta to the presence
-// channel; the server refuses it with read_only and Bob's list never shows
-// it.
+// her tab, with her session) posts a fake presence event to the presence
+// channel, and asks to leave it and to join it again: the server refuses
+// each (read_only, invalid_channel), Bob's list never shows the fake, and
+// Ann stays in his list.
 func TestPresenceIsReadOnly(t *testing.T) {
 	requireChromium(t)
 	root := repoRoot(t)
@@ -187,7 +195,7 @@ func TestPresenceIsReadOnly(t *testing.T) {
 	ann.run("post to presence", chromedp.Evaluate(`(async () => {
 		const { Chart } = await import("/chart.js");
 		const c = new Chart(location.origin.replace(/^http/, "ws") + "/ws");
-		const fake = {presence: "join", uid: 7, name: "Mallory", version: 1e9};
+		const fake = {presence: "join", channel_id: "presence", user_ids: [7]};
 		try {
 			await c.send({channel_id: "presence", content: JSON.stringify(fake), type: 1});
 			return "delivered";
@@ -199,6 +207,11 @@ func TestPresenceIsReadOnly(t *testing.T) {
 	})()`, &got, awaitPromise))
 	if got != "read_only" {
 		t.Errorf("a client's post to presence: %q, want refused with read_only", got)
+	}
+	for _, req := range []string{`c.leave("presence")`, `c.join("presence")`} {
+		if got := ann.otherClient(req); got != "invalid_channel" {
+			t.Errorf("%s: %q, want refused with invalid_channel", req, got)
+		}
 	}
 
 	dan := signInHTTP(t, srv.URL(), "Dan")

@@ -17,11 +17,16 @@
 //     messages until they are acknowledged. Before each connect the page
 //     asks /api/session who it is: signed out (elsewhere, or the session
 //     expired) shows the sign-in form; signed in as someone else reloads.
-//   - joining and leaving channels uses the JSON API (/api/join, /api/leave).
-//   - presence comes as deltas: the server publishes {"presence":"join"}
-//     or {"presence":"leave"} to the "presence" channel on every login and
-//     logout. /api/online gives the whole list once per connection;
-//     applyPresenceDelta applies every delta after it (see "presence").
+//   - joining and leaving channels are requests over the socket too:
+//     `await chart.join(name)` / `chart.leave(name)` resolve when the server
+//     (the demo's JoinServer) granted them, and reject with its error code.
+//     After each connect the channel list is the welcome's (chart.js's
+//     "recovered" event lists the user's channels).
+//   - who is online is the member list of the "presence" channel, which the
+//     library sends (presence events) and chart.js keeps: its "presence"
+//     event gives what changed and the whole list, and applyPresenceDelta
+//     applies it. The events carry uids: the page asks /api/names for the
+//     names it does not know yet.
 //   - chart.js's timing (heartbeat, backoff) comes from /api/config, which
 //     the server's flags set; nothing is read from the page's own URL.
 //
@@ -45,14 +50,13 @@
 import { Chart } from '/chart.js';
 
 const PRESENCE_CHANNEL = 'presence';
-const PRESENCE_TYPE = 1;
 const TEXT_TYPE = 3;
 const MAX_KEPT = 300; // messages kept per conversation
 const MAX_SHOWN = 300; // message elements in the page at once
 const MAX_SAVED = 200; // messages per conversation kept across a reload
 const MAX_ONLINE_SHOWN = 200; // people listed; the rest are counted
 const MAX_NAMES = 2000; // display names remembered
-const MAX_PENDING_DELTAS = 1000; // presence deltas held while the list loads
+const NAMES_PER_CALL = 100; // uids of one /api/names call
 const LOGIN_KEY = 'chart-demo-login'; // localStorage: prefills the sign-in form's name
 
 const byId = (id) => document.getElementById(id);
@@ -124,9 +128,8 @@ const state = {
   unread: new Map(),
   names: new Map(), // uid -> display name, from presence; at most MAX_NAMES
   online: new Set(), // uids online
-  presenceVersion: -1, // of the last delta applied; -1: no list yet (deltas wait in pendingDeltas)
-  pendingDeltas: [],
-  onlineLoading: false, // a /api/online request is on its way
+  wantNames: new Set(), // uids online whose names are to be asked for
+  namesLoading: false, // a /api/names request is on its way
   onlineRenderQueued: false,
   namesChanged: false,
   signingOut: null, // the sign-out request on its way, if any
@@ -255,6 +258,9 @@ const ERROR_TITLES = {
   user_offline: 'User offline',
   bad_message: 'Message rejected',
   invalid_channel: 'Invalid channel',
+  too_many_channels: 'Too many channels',
+  timeout: 'No answer',
+  disconnected: 'No answer',
   read_only: 'Read-only channel',
   refused: 'Refused',
   overloaded: 'Server busy',
@@ -351,6 +357,9 @@ async function startChart() {
   c.on('message', mine(onMessage));
   c.on('error', mine(onError));
   c.on('recovered', mine(onRecovered));
+  c.on('presence', mine((c, p) => {
+    if (p.channel_id === PRESENCE_CHANNEL) applyPresenceDelta(p);
+  }));
 }
 
 // checkSession asks the server who this browser is signed in as, before
@@ -375,10 +384,7 @@ async function checkSession(uid) {
 
 function onState(c, s) {
   if (s === 'open') state.everOpen = true;
-  if (s === 'connecting') {
-    state.stopReason = '';
-    resetPresence(); // a restarted server counts from zero again
-  }
+  if (s === 'connecting') state.stopReason = '';
   if (s !== 'open') setReady(false);
   setConnection(s);
 }
@@ -444,10 +450,10 @@ async function followSession(c, e) {
 
 // onRecovered runs after each welcome: it marks what could not be
 // recovered, then restores the channel list (after a server restart the
-// server has forgotten it) and fetches the online list.
+// server has forgotten it). The welcome lists the user's channels.
 function onRecovered(c, r) {
   markGaps(r);
-  synchronise(c, ++state.syncGen);
+  synchronise(c, ++state.syncGen, Object.keys(r.channels));
 }
 
 // markGaps puts a divider in each conversation of a reconnect that was not
@@ -474,60 +480,41 @@ function markGaps(r) {
   scheduleSave();
 }
 
-async function synchronise(c, gen) {
+// synchronise makes the page's channel list the server's (have, from the
+// welcome). After a reconnect it first asks to join those the page had and
+// the server forgot (a restart), and to leave those the page had left
+// (the server remembers a user's channels for a while). A request the server refuses leaves that channel as the server
+// has it; a connection that drops meanwhile brings a new welcome, and a new
+// synchronisation replaces this one.
+async function synchronise(c, gen, have) {
   const current = () => state.chart === c && state.syncGen === gen && c.state === 'open';
-  for (let attempt = 0; ; attempt++) {
-    try {
-      let res = await api('GET', '/api/channels');
-      if (state.restoreChannels) {
-        const want = state.channels;
-        const missing = want.filter((ch) => !res.channels.includes(ch));
-        for (let i = 0; i < missing.length; i += 16) {
-          res = await api('POST', '/api/join', { channels: missing.slice(i, i + 16) });
-        }
-        const extra = res.channels.filter((ch) => !want.includes(ch));
-        for (let i = 0; i < extra.length; i += 16) {
-          res = await api('POST', '/api/leave', { channels: extra.slice(i, i + 16) });
-        }
-      }
-      if (!current()) return;
-      state.restoreChannels = true;
-      setChannels(res.channels);
-      const p = await api('GET', '/api/online');
-      if (!current()) return;
-      applySnapshot(p);
-      setReady(true);
-      return;
-    } catch (err) {
-      if (!current()) return;
-      if (err.status === 401) {
-        sessionEnded('Your session has ended. Sign in again to carry on.');
-        return;
-      }
-      if (attempt === 0) showError('Could not load your channels: ' + err.message + '. Retrying.', 'sync');
-      await delay(Math.min(5000, 500 * 2 ** attempt));
-      if (!current()) return;
-    }
+  let channels = have.filter((ch) => ch !== PRESENCE_CHANNEL);
+  if (state.restoreChannels) {
+    const want = state.channels;
+    const ask = (op, list) => Promise.allSettled(list.map((ch) => c[op](ch).then(() => ch, (err) => {
+      if (err.frame && err.frame.id) answered.add(err.frame.id); // shown once, below
+      throw err;
+    })));
+    const joined = await ask('join', want.filter((ch) => !channels.includes(ch)));
+    const left = await ask('leave', channels.filter((ch) => !want.includes(ch)));
+    if (!current()) return;
+    const gone = new Set(left.filter((r) => r.status === 'fulfilled').map((r) => r.value));
+    channels = channels.filter((ch) => !gone.has(ch))
+      .concat(joined.filter((r) => r.status === 'fulfilled').map((r) => r.value));
+    if (joined.concat(left).some((r) => r.status === 'rejected')) showError('Some of your channels could not be restored.', 'sync');
   }
+  if (!current()) return;
+  state.restoreChannels = true;
+  setChannels(channels);
+  setReady(true);
 }
 
 // ---- incoming messages -----------------------------------------------
 
 function onMessage(c, m) {
-  if (m.channel_id === PRESENCE_CHANNEL) {
-    // Only the server (user 0) publishes presence (clients' messages to it
-    // are refused); ignore anything else.
-    if (Number(m.user_id) === 0 && Number(m.type) === PRESENCE_TYPE) {
-      let d = null;
-      try {
-        d = JSON.parse(m.content);
-      } catch (_) {
-        // malformed: ignored
-      }
-      applyPresenceDelta(d);
-    }
-    return;
-  }
+  // The presence channel carries no messages (the server refuses clients'
+  // messages to it); were one to come, it is not shown.
+  if (m.channel_id === PRESENCE_CHANNEL) return;
   const entry = { seq: ++state.seq, m: slim(m) };
   if (entry.m.to_user_id) {
     keep(state.direct, entry);
@@ -564,93 +551,61 @@ function keep(list, entry) {
 
 // ---- presence ---------------------------------------------------------
 //
-// The online list is a snapshot (/api/online, once per connection: {version,
-// users}) followed by deltas: {presence: "join", uid, name, version} and
-// {presence: "leave", uid, version}. applyPresenceDelta is the only function
-// that applies a delta, whatever brought it.
-//
-// NOTE for the library's presence events: today the deltas are messages of
-// the demo's server on the "presence" channel (see onMessage). When the
-// library sends presence frames itself ({"presence":"join"|"leave",...})
-// and chart.js passes them on, subscribe to them in startChart
-// (c.on(<event>, mine((c, d) => applyPresenceDelta(d))), adapting field
-// names there if they differ), drop the "presence" branch of onMessage, and
-// the demo's server stops publishing in LoginServer/LogoutServer. A delta
-// without a version is applied as it comes; ordering it against the
-// snapshot is then the library's to promise (a snapshot frame for the new
-// connection, say, which would go to applySnapshot).
+// The online list is the member list of the "presence" channel, which
+// every online user is in: the library sends it (presence events, uids
+// only) and chart.js keeps it, and its "presence" event gives each change
+// with the whole list after it (startChart). applyPresenceDelta is the only
+// function that applies one. Names come from /api/names, asked for the uids
+// the page does not know yet (one request at a time, NAMES_PER_CALL uids
+// each), so a login costs each page one small request at most, never the
+// whole list.
 
-// resetPresence forgets the list's version: deltas wait until the next
-// snapshot. Called when the connection drops (a restarted server numbers
-// its deltas from zero) and when a delta was missed.
-function resetPresence() {
-  state.presenceVersion = -1;
-  state.pendingDeltas = [];
-}
-
-// applySnapshot replaces the online list with the server's, then applies
-// the deltas that came while it was on its way.
-function applySnapshot(p) {
-  if (!p || !Array.isArray(p.users) || !Number.isSafeInteger(p.version)) return;
-  state.online = new Set();
-  for (const u of p.users) {
-    const uid = Number(u.uid);
-    if (!Number.isSafeInteger(uid) || uid <= 0) continue;
-    state.online.add(uid);
-    rememberName(uid, u.name);
-  }
-  state.presenceVersion = p.version;
-  const pending = state.pendingDeltas;
-  state.pendingDeltas = [];
-  for (const d of pending) applyPresenceDelta(d);
-  scheduleOnlineRender();
-}
-
-// applyPresenceDelta applies one join or leave to the online list.
-function applyPresenceDelta(d) {
-  if (!d || typeof d !== 'object' || (d.presence !== 'join' && d.presence !== 'leave')) return;
-  const uid = Number(d.uid);
-  if (!Number.isSafeInteger(uid) || uid <= 0) return;
-  if (Number.isSafeInteger(d.version)) {
-    if (state.presenceVersion < 0) {
-      // No list yet: it comes with the next snapshot, in which this delta
-      // may or may not be. Keep it (a bounded number) until then.
-      state.pendingDeltas.push(d);
-      if (state.pendingDeltas.length > MAX_PENDING_DELTAS) state.pendingDeltas.shift();
-      return;
-    }
-    if (d.version <= state.presenceVersion) return; // in the list already
-    if (d.version > state.presenceVersion + 1) {
-      // One was missed: load the whole list again.
-      resetPresence();
-      state.pendingDeltas.push(d);
-      reloadOnline();
-      return;
-    }
-    state.presenceVersion = d.version;
-  }
-  if (d.presence === 'join') {
-    state.online.add(uid);
-    rememberName(uid, d.name);
+// applyPresenceDelta applies a chart.js presence event of the presence
+// channel: "join" and "leave" change the list; "members" (the server's
+// list, on each connect) and "end" (signed out) replace it.
+function applyPresenceDelta(p) {
+  if (!p || typeof p !== 'object' || !Array.isArray(p.members)) return;
+  const ok = (uid) => Number.isSafeInteger(uid) && uid > 0;
+  if (p.presence === 'join' || p.presence === 'leave') {
+    for (const uid of p.joined || []) if (ok(uid)) state.online.add(uid);
+    for (const uid of p.left || []) state.online.delete(uid);
   } else {
-    state.online.delete(uid);
+    state.online = new Set(p.members.filter(ok));
   }
+  for (const uid of state.online) {
+    if (!state.names.has(uid) && state.wantNames.size < MAX_NAMES) state.wantNames.add(uid);
+  }
+  loadNames();
   scheduleOnlineRender();
 }
 
-// reloadOnline fetches the online list again, outside of a (re)connect.
-async function reloadOnline() {
-  if (state.onlineLoading) return;
-  state.onlineLoading = true;
-  const c = state.chart;
-  let p = null;
+// loadNames asks /api/names for the names of online uids the page does
+// not know yet, NAMES_PER_CALL at a time, one request at a time.
+async function loadNames() {
+  if (state.namesLoading) return;
+  state.namesLoading = true;
   try {
-    p = await api('GET', '/api/online');
-  } catch (_) {
-    // the next (re)connect loads it
+    while (state.wantNames.size > 0 && state.wanted) {
+      const batch = [];
+      for (const uid of state.wantNames) {
+        state.wantNames.delete(uid);
+        if (state.online.has(uid) && !state.names.has(uid)) batch.push(uid);
+        if (batch.length === NAMES_PER_CALL) break;
+      }
+      if (batch.length === 0) break;
+      let res;
+      try {
+        res = await api('GET', '/api/names?uids=' + batch.join(','));
+      } catch (_) {
+        break; // the next change asks again
+      }
+      const names = res && typeof res.names === 'object' && res.names ? res.names : {};
+      for (const uid of batch) rememberName(uid, names[String(uid)]);
+      scheduleOnlineRender();
+    }
+  } finally {
+    state.namesLoading = false;
   }
-  state.onlineLoading = false;
-  if (p && state.chart === c && state.presenceVersion < 0) applySnapshot(p);
 }
 
 // rememberName keeps a display name for showing messages and the online
@@ -977,15 +932,19 @@ async function join() {
     showError('Type a channel name first.', 'invalid_channel');
     return;
   }
+  const c = state.chart;
+  if (!c) return;
   try {
-    const res = await api('POST', '/api/join', { channels: [ch] });
-    setChannels(res.channels);
+    await c.join(ch);
+    if (state.chart !== c) return;
+    if (!state.channels.includes(ch)) setChannels(state.channels.concat(ch));
     select(ch);
     el.channelInput.value = '';
     updateComposer();
     closeDrawer();
   } catch (err) {
-    showError(err.message, 'invalid_channel');
+    if (err.frame && err.frame.id) answered.add(err.frame.id);
+    if (state.chart === c) showError(requestError('join', ch, err), err.code || 'refused');
   }
 }
 
@@ -995,14 +954,29 @@ async function leave() {
     showError('Type the name of a channel to leave.', 'invalid_channel');
     return;
   }
+  const c = state.chart;
+  if (!c) return;
   try {
-    const res = await api('POST', '/api/leave', { channels: [ch] });
+    await c.leave(ch);
+    if (state.chart !== c) return;
     state.unread.delete(ch);
-    setChannels(res.channels);
+    setChannels(state.channels.filter((x) => x !== ch));
     el.channelInput.value = '';
     updateComposer();
   } catch (err) {
-    showError(err.message, 'invalid_channel');
+    if (err.frame && err.frame.id) answered.add(err.frame.id);
+    if (state.chart === c) showError(requestError('leave', ch, err), err.code || 'refused');
+  }
+}
+
+// requestError says why a join or leave did not happen.
+function requestError(op, ch, err) {
+  switch (err.code) {
+    case 'timeout':
+    case 'disconnected':
+      return 'No answer from the server to ' + op + ' #' + preview(ch) + ': try again when connected.';
+    default:
+      return 'Could not ' + op + ' #' + preview(ch) + ': ' + err.message;
   }
 }
 
@@ -1157,7 +1131,7 @@ function endSession() {
     uid: 0, name: '', everOpen: false, welcomed: false, stopReason: '', restoreChannels: false, channels: [], selected: null,
     direct: [], online: new Set(), seq: 0,
   });
-  resetPresence();
+  state.wantNames.clear();
   state.history.clear();
   state.unread.clear();
   state.names.clear();
