@@ -335,13 +335,14 @@ func (c *Conn) dispatch(data []byte) {
 // client was told about.
 func (c *Conn) send(m *Message, id string) error {
 	hub := c.hub
+	at := monotime() // accepted: the delivery latency starts (stamp.go)
 	m.UserId, m.SendTime = c.uid, now()
 	err := hub.filter(c, m)
 	if err == nil {
 		// Counted before delivery, so that whoever sees the message sees
 		// it counted; taken back if the route refuses it.
 		hub.stats.in.Add(1)
-		if err = hub.route(c, m); err != nil {
+		if err = hub.route(c, m, at); err != nil {
 			hub.stats.in.Add(^uint64(0))
 		}
 	}
