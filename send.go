@@ -270,11 +270,13 @@ func (h *Hub) deliverUser(uid uint64, f []byte, off uint64) {
 
 func (h *Hub) deliver(conns []*Conn, f []byte, t topic, off uint64) {
 	var n uint64
+	var tally queueTally
 	for _, c := range conns {
-		if c.enqueueAt(f, t, off) {
+		if c.enqueueAt(f, t, off, &tally) {
 			n++
 		}
 	}
+	tally.flush()
 	h.stats.out.Add(n)
 	h.stats.dropped.Add(uint64(len(conns)) - n)
 }

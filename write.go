@@ -19,7 +19,9 @@ func (c *Conn) enqueue(f []byte) bool {
 
 // enqueueAt queues a message frame at its place in stream t (offset 0:
 // none). While the connection recovers (hold), message frames wait there.
-func (c *Conn) enqueueAt(f []byte, t topic, off uint64) bool {
+// The frame is counted in tally, which the caller adds to the hub's
+// counters when its fan-out is done.
+func (c *Conn) enqueueAt(f []byte, t topic, off uint64, tally *queueTally) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.hold != nil && c.state.Load() == connOpen {
@@ -41,7 +43,7 @@ func (c *Conn) enqueueAt(f []byte, t topic, off uint64) bool {
 		// already, in the replay.
 		return true
 	}
-	return c.pushLocked(f, t, off)
+	return c.push(f, t, off, tally)
 }
 
 // held is a message frame waiting while its connection recovers.
@@ -58,6 +60,11 @@ type held struct {
 // of the user's own inbox on a connection without chart.v1 counts as
 // acknowledged once written. The caller holds c.mu.
 func (c *Conn) pushLocked(f []byte, t topic, off uint64) bool {
+	return c.push(f, t, off, nil)
+}
+
+// push is pushLocked counting f in tally, or at once when tally is nil.
+func (c *Conn) push(f []byte, t topic, off uint64, tally *queueTally) bool {
 	cfg := &c.hub.cfg
 	if c.state.Load() != connOpen {
 		return false
@@ -76,17 +83,24 @@ func (c *Conn) pushLocked(f []byte, t topic, off uint64) bool {
 			c.slowLocked()
 			return false
 		}
-		dropped := 0
+		dropped, size, length := 0, 0, len(q.frames)
 		for full() {
+			size += len(q.frames[0])
 			c.qbytes -= len(q.frames[0])
 			q.frames[0] = nil
 			q.frames = q.frames[1:]
 			dropped++
 		}
+		c.stat().unqueued(length, dropped, size)
 		c.hub.stats.dropped.Add(uint64(dropped))
 	}
 	q.frames = append(q.frames, f)
 	c.qbytes += len(f)
+	if tally != nil {
+		tally.queued(c, len(q.frames), len(f))
+	} else {
+		c.stat().queued(len(q.frames), len(f))
+	}
 	if off > q.inbox && !c.v1 && t.ch == "" && t.uid == c.uid {
 		q.inbox = off
 	}
@@ -142,13 +156,15 @@ func (c *Conn) writeLoop() {
 				continue
 			}
 			c.writing = false
-			c.queue = nil // an idle connection holds no queue
+			c.unqueueLocked() // dead: what was queued is discarded
+			c.queue = nil     // an idle connection holds no queue
 			c.mu.Unlock()
 			if batch != nil {
 				batch.release()
 			}
 			return
 		}
+		c.unqueueLocked()
 		c.queue, c.qbytes = nil, 0
 		c.mu.Unlock()
 		if !c.writeBatch(batch) {
@@ -158,12 +174,23 @@ func (c *Conn) writeLoop() {
 }
 
 // writeBatch writes a batch of frames in one writev; false when the
-// connection broke (it is then aborted).
+// connection broke (it is then aborted). Once written, the stamped frames'
+// delivery latencies are observed.
 func (c *Conn) writeBatch(batch *sendQueue) bool {
 	c.nc.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteWait))
+	stamps := batch.stamps[:0] // read before writing: WriteTo clears frames
+	for _, f := range batch.frames {
+		if at := frameStamp(f); at != 0 {
+			stamps = append(stamps, at)
+		}
+	}
+	batch.stamps = stamps
 	c.bufs = batch.frames
 	_, err := c.bufs.WriteTo(c.nc)
 	c.bufs = nil
+	if err == nil && len(stamps) > 0 {
+		c.stat().observe(monotime(), stamps)
+	}
 	inbox := batch.inbox
 	batch.release()
 	if err == nil && inbox > 0 {
@@ -196,7 +223,8 @@ func (c *Conn) writeClose(cf []byte, hangUp bool) bool {
 // once written, so idle connections hold none and busy ones allocate none.
 type sendQueue struct {
 	frames [][]byte
-	inbox  uint64 // the newest of the user's inbox among frames, to acknowledge once written
+	inbox  uint64  // the newest of the user's inbox among frames, to acknowledge once written
+	stamps []int64 // the writer's: the stamps of frames (stamp.go)
 }
 
 var sendQueues = sync.Pool{New: func() any { return &sendQueue{frames: make([][]byte, 0, 16)} }}
@@ -205,6 +233,16 @@ func (q *sendQueue) reset() {
 	clear(q.frames)
 	q.frames = q.frames[:0]
 	q.inbox = 0
+	q.stamps = q.stamps[:0]
+}
+
+// unqueueLocked counts c's queued frames as gone from the send queues: the
+// writer took them, or they are discarded. The caller holds c.mu and
+// empties or drops the queue.
+func (c *Conn) unqueueLocked() {
+	if q := c.queue; q != nil {
+		c.stat().unqueued(len(q.frames), len(q.frames), c.qbytes)
+	}
 }
 
 func (q *sendQueue) release() {
