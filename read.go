@@ -335,8 +335,9 @@ func (c *Conn) dispatch(data []byte) {
 // client was told about.
 func (c *Conn) send(m *Message, id string) error {
 	hub := c.hub
-	at := monotime() // accepted: the delivery latency starts (stamp.go)
-	m.UserId, m.SendTime = c.uid, now()
+	t := time.Now()
+	at := stampOf(t) // accepted: the delivery latency starts (stamp.go)
+	m.UserId, m.SendTime = c.uid, t.Format(TimeLayout)
 	err := hub.filter(c, m)
 	if err == nil {
 		// Counted before delivery, so that whoever sees the message sees

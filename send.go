@@ -1,5 +1,7 @@
 package chart
 
+import "time"
+
 // Sending: every message, from a client frame or from business code, is
 // encoded into one WebSocket frame here, queued on the local connections
 // that must receive it, then handed to the other nodes (peers). A client
@@ -135,7 +137,8 @@ func (h *Hub) sendDirect(m *Message, at int64) error {
 // "system" by convention). Publishing to a channel with no members is not an
 // error. It returns ErrInvalidChannel or ErrHubClosed.
 func (h *Hub) Publish(channelId string, m Message) error {
-	at := monotime()
+	t := time.Now()
+	at := stampOf(t)
 	if h.closed.Load() {
 		return newError(ErrHubClosed, 0, channelId, nil)
 	}
@@ -144,7 +147,7 @@ func (h *Hub) Publish(channelId string, m Message) error {
 	}
 	m.ChannelId, m.ToUserId = channelId, 0
 	if m.SendTime == "" {
-		m.SendTime = now()
+		m.SendTime = t.Format(TimeLayout)
 	}
 	h.publishChannel(&m, false, at)
 	return nil

@@ -22,7 +22,11 @@ var monoBase = time.Now()
 
 // monotime is a monotonic time in nanoseconds, never 0 (which means "no
 // stamp").
-func monotime() int64 { return int64(time.Since(monoBase)) + 1 }
+func monotime() int64 { return stampOf(time.Now()) }
+
+// stampOf is monotime at t (from time.Now): one clock read for a message's
+// SendTime and its stamp.
+func stampOf(t time.Time) int64 { return int64(t.Sub(monoBase)) + 1 }
 
 // stampedFrame frames a message's JSON prefix at a position (none when
 // offset is 0) as a text frame. A non-zero at (monotime) stamps it as
