@@ -275,7 +275,7 @@ func (h *Hub) deliver(conns []*Conn, f []byte, t topic, off uint64) {
 	var n uint64
 	var tally queueTally
 	for _, c := range conns {
-		if c.enqueueAt(f, t, off, &tally) {
+		if c.enqueueTallied(f, t, off, &tally) {
 			n++
 		}
 	}

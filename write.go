@@ -19,9 +19,13 @@ func (c *Conn) enqueue(f []byte) bool {
 
 // enqueueAt queues a message frame at its place in stream t (offset 0:
 // none). While the connection recovers (hold), message frames wait there.
-// The frame is counted in tally, which the caller adds to the hub's
-// counters when its fan-out is done.
-func (c *Conn) enqueueAt(f []byte, t topic, off uint64, tally *queueTally) bool {
+func (c *Conn) enqueueAt(f []byte, t topic, off uint64) bool {
+	return c.enqueueTallied(f, t, off, nil)
+}
+
+// enqueueTallied is enqueueAt for a fan-out: the frame is counted in
+// tally, which the caller adds to the hub's counters when it is done.
+func (c *Conn) enqueueTallied(f []byte, t topic, off uint64, tally *queueTally) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.hold != nil && c.state.Load() == connOpen {
