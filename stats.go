@@ -147,7 +147,7 @@ func (r *Refusals) Each(f func(code string, n uint64)) {
 	}
 }
 
-// numCodes counts the codes of Refusals: errorCodes', then bad_message.
+// numCodes counts the codes of Refusals.
 const numCodes = 11
 
 func (r *Refusals) fields() [numCodes]*uint64 {
@@ -156,13 +156,14 @@ func (r *Refusals) fields() [numCodes]*uint64 {
 		&r.Overloaded, &r.BadMessage}
 }
 
+// refusalCodes are the codes of Refusals' fields, in their order: every
+// code of errorCodes, then bad_message (TestRefusalCodes keeps them so).
+var refusalCodes = [numCodes]string{"not_joined", "user_offline", "rate_limited", "too_large",
+	"invalid_channel", "too_many_channels", "hub_closed", "broker_failed", "refused",
+	"overloaded", "bad_message"}
+
 // refusalCode is the error code counted at index i of Refusals.
-func refusalCode(i int) string {
-	if i < len(errorCodes) {
-		return errorCodes[i].code
-	}
-	return "bad_message"
-}
+func refusalCode(i int) string { return refusalCodes[i] }
 
 // refusalIndex is the index in Refusals of the code a client is sent for
 // err: the application's own codes count as refused.
@@ -171,15 +172,16 @@ func refusalIndex(err error) int {
 	if errors.As(err, &e) && e.Code != "" {
 		return refusedIndex
 	}
-	for i, c := range errorCodes {
-		if errors.Is(err, c.kind) {
+	code := errorCode(err)
+	for i, c := range refusalCodes {
+		if c == code {
 			return i
 		}
 	}
-	return len(errorCodes)
+	return numCodes - 1 // bad_message; a code missing here fails TestRefusalCodes
 }
 
-const refusedIndex = 8 // errorCodes' "refused"
+const refusedIndex = 8 // "refused"
 
 // Latency is a histogram of delivery latencies, in the form Prometheus
 // takes: cumulative buckets.

@@ -174,3 +174,35 @@ func BenchmarkDeliveryCounters(b *testing.B) {
 		s.observe(monotime(), stamps)
 	}
 }
+
+// TestRefusalCodes: Refusals has a field for every code a client can be
+// sent, and counts each error under the code its client sees.
+func TestRefusalCodes(t *testing.T) {
+	if refusalCodes[refusedIndex] != "refused" {
+		t.Fatalf("refusedIndex is %q", refusalCodes[refusedIndex])
+	}
+	errs := []error{badMessage(1, "x"), Refuse("read_only", "no")}
+	for _, c := range errorCodes {
+		errs = append(errs, &Error{Kind: c.kind, Uid: 1})
+	}
+	for _, err := range errs {
+		want := errorCode(err)
+		if want == "read_only" {
+			want = "refused"
+		}
+		if got := refusalCode(refusalIndex(err)); got != want {
+			t.Errorf("%v counted as %s, its client sees %s", err, got, want)
+		}
+	}
+	var r Refusals
+	for i, p := range r.fields() {
+		*p = uint64(i + 1)
+	}
+	i := 0
+	r.Each(func(code string, n uint64) {
+		if code != refusalCodes[i] || n != uint64(i+1) {
+			t.Errorf("Each: %s=%d at %d", code, n, i)
+		}
+		i++
+	})
+}
