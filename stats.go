@@ -324,11 +324,17 @@ func (s *statShard) unqueued(length, n, size int) {
 }
 
 // observe records the delivery latencies of frames accepted at stamps
-// (monotime) and written at now.
-func (s *statShard) observe(now int64, stamps []int64) {
+// (monotime) and written now.
+func (s *statShard) observe(stamps []int64) { s.observeAt(monotime(), stamps) }
+
+// observeAt is observe at now; a 0 in stamps is no message.
+func (s *statShard) observeAt(now int64, stamps []int64) {
 	var counts [NumLatencyBuckets + 1]uint32
 	var sum uint64
 	for _, at := range stamps {
+		if at == 0 {
+			continue
+		}
 		d := max(now-at, 0)
 		sum += uint64(d)
 		i := 0

@@ -19,8 +19,8 @@ func TestLatencyBuckets(t *testing.T) {
 		3 * time.Millisecond, 10 * time.Second, 10*time.Second + 1, time.Minute, -time.Second} {
 		stamps = append(stamps, now-int64(d))
 	}
-	h.stats.shards[5].observe(now, stamps[:4])
-	h.stats.shards[63].observe(now, stamps[4:])
+	h.stats.shards[5].observeAt(now, stamps[:4])
+	h.stats.shards[63].observeAt(now, append([]int64{0}, stamps[4:]...)) // 0: a control frame
 	d := h.Stats().Delivery
 	// 0, 100µs and -1s (a clock step: 0) in the first bucket; 100µs+1 in
 	// 250µs; 1ms in 1ms; 3ms in 5ms; 10s in 10s; the rest in +Inf.
@@ -171,7 +171,7 @@ func BenchmarkDeliveryCounters(b *testing.B) {
 		s.queued(1, len(f))
 		s.unqueued(1, 1, len(f))
 		stamps = append(stamps[:0], frameStamp(f))
-		s.observe(monotime(), stamps)
+		s.observe(stamps)
 	}
 }
 

@@ -182,18 +182,24 @@ func (c *Conn) writeLoop() {
 // delivery latencies are observed.
 func (c *Conn) writeBatch(batch *sendQueue) bool {
 	c.nc.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteWait))
-	stamps := batch.stamps[:0] // read before writing: WriteTo clears frames
+	// The stamps are read before writing (WriteTo clears frames), into a
+	// buffer that only writers at work hold.
+	sp := stampBufs.Get().(*[]int64)
+	stamps := (*sp)[:0]
 	for _, f := range batch.frames {
 		if at := frameStamp(f); at != 0 {
 			stamps = append(stamps, at)
 		}
 	}
-	batch.stamps = stamps
 	c.bufs = batch.frames
 	_, err := c.bufs.WriteTo(c.nc)
 	c.bufs = nil
 	if err == nil && len(stamps) > 0 {
-		c.stat().observe(monotime(), stamps)
+		c.stat().observe(stamps)
+	}
+	if cap(stamps) <= 1024 {
+		*sp = stamps[:0]
+		stampBufs.Put(sp)
 	}
 	inbox := batch.inbox
 	batch.release()
@@ -227,9 +233,11 @@ func (c *Conn) writeClose(cf []byte, hangUp bool) bool {
 // once written, so idle connections hold none and busy ones allocate none.
 type sendQueue struct {
 	frames [][]byte
-	inbox  uint64  // the newest of the user's inbox among frames, to acknowledge once written
-	stamps []int64 // the writer's: the stamps of frames (stamp.go)
+	inbox  uint64 // the newest of the user's inbox among frames, to acknowledge once written
 }
+
+// stampBufs holds the writers' buffers of a batch's stamps.
+var stampBufs = sync.Pool{New: func() any { b := make([]int64, 0, 64); return &b }}
 
 var sendQueues = sync.Pool{New: func() any { return &sendQueue{frames: make([][]byte, 0, 16)} }}
 
@@ -237,7 +245,6 @@ func (q *sendQueue) reset() {
 	clear(q.frames)
 	q.frames = q.frames[:0]
 	q.inbox = 0
-	q.stamps = q.stamps[:0]
 }
 
 // unqueueLocked counts c's queued frames as gone from the send queues: the
