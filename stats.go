@@ -220,8 +220,8 @@ type counters struct {
 	shards                              [statShardCount]statShard
 }
 
-// statShardCount splits the per-delivery counters; a connection counts in
-// the shard of its uid.
+// statShardCount splits the per-delivery counters: a writer counts in the
+// shard of its connection's uid, a fan-out in its first connection's.
 const statShardCount = 64
 
 // statShard holds counters of the send queues and the writers: a few
@@ -238,8 +238,8 @@ type statShard struct {
 	reached             [32]atomic.Uint32 // queues that grew to 2^k frames (k ≥ 1)
 	_                   [64]byte
 
-	// The writers' side (and discarded frames). The first line holds what
-	// every batch adds to: taken, takenBytes, sum and the low buckets.
+	// The writers' side (and discarded frames), what every batch adds to
+	// first: taken, takenBytes, sum and the low buckets, a cache line or two.
 	taken, takenBytes atomic.Uint64                        // frames taken from queues or discarded, and their bytes
 	sum               atomic.Uint64                        // nanoseconds observed
 	latency           [NumLatencyBuckets + 1]atomic.Uint64 // per bucket (not cumulative); the last is +Inf
