@@ -528,7 +528,7 @@ func (cl *cluster) Receive(data []byte) {
 			cl.apply(uid, kind == envJoin, ids)
 		}
 	case envAll:
-		h.deliver(h.allConns(), framePrefix(rest, 0, ""), topic{all: true}, 0)
+		h.deliver(h.allConns(), stampedFrame(rest, 0, "", monotime()), topic{all: true}, 0)
 	case envKick:
 		if uid, k := binary.Uvarint(rest); k > 0 {
 			h.disconnectLocal(uid, string(rest[k:]))
@@ -548,7 +548,7 @@ func (cl *cluster) Receive(data []byte) {
 // position it carries when the streams are shared, else stamped in this
 // node's own.
 func (cl *cluster) receiveMessage(t topic, body []byte) {
-	h := cl.hub
+	h, at := cl.hub, monotime() // its delivery latency here starts
 	if len(body) == 0 {
 		return
 	}
@@ -573,7 +573,7 @@ func (cl *cluster) receiveMessage(t topic, body []byte) {
 			off, epoch = h.streams.append(t, prefix)
 		}
 	}
-	h.deliverAt(t, framePrefix(prefix, off, epoch), off, epoch)
+	h.deliverAt(t, stampedFrame(prefix, off, epoch, at), off, epoch)
 }
 
 // brokerStreams is the store of a hub whose Broker keeps streams: the

@@ -171,6 +171,7 @@ func (c *Conn) closeLocked(reason error, code int, text string, how int) {
 	c.state.Store(connClosing)
 	c.reason = reason
 	if how&closeFlush == 0 && c.queue != nil {
+		c.unqueueLocked()
 		c.queue.reset()
 		c.qbytes = 0
 	}
@@ -191,6 +192,7 @@ func (c *Conn) abort() {
 	c.mu.Lock()
 	c.state.Store(connDead)
 	c.writing = false
+	c.unqueueLocked()
 	c.queue, c.qbytes, c.closeFrame = nil, 0, nil
 	c.mu.Unlock()
 	c.nc.Close()
@@ -240,16 +242,17 @@ func (c *Conn) teardown(readErr error) {
 	c.mu.Unlock()
 	c.writer.Wait()
 
+	fromReader := reason == nil
 	switch {
 	case reason == nil && errors.Is(readErr, websocket.ErrReadLimit):
 		// A frame announced more than MaxMessageSize: gorilla refused it
 		// at its header and answered with 1009 itself.
-		c.hub.stats.refused.Add(1)
+		c.hub.countRefusal(ErrMessageTooLarge)
 		reason = &Error{Kind: ErrMessageTooLarge, Uid: c.uid}
 	case reason == nil:
 		reason = &Error{Kind: ErrConnection, Uid: c.uid, Err: readErr}
 	}
-	c.hub.countDisconnect(reason)
+	c.hub.countDisconnect(reason, fromReader)
 	if !expectedEnd(reason) {
 		c.hub.report(c.handler, reason)
 	}

@@ -182,16 +182,9 @@ func encode(m *Message) []byte {
 }
 
 // framePrefix frames a message's JSON prefix at a position (none when
-// offset is 0).
+// offset is 0), without a stamp (stamp.go).
 func framePrefix(prefix []byte, offset uint64, epoch string) []byte {
-	var tail [64]byte
-	t := appendPosition(tail[:0], offset, epoch)
-	n := len(prefix) + len(t)
-	hl := frameHeaderLen(n)
-	f := make([]byte, hl+n)
-	putFrameHeader(f, opText, n)
-	copy(f[hl+copy(f[hl:], prefix):], t)
-	return f
+	return stampedFrame(prefix, offset, epoch, 0)
 }
 
 // appendPosition ends a message's JSON with its position, if any.

@@ -130,7 +130,7 @@ func (c *Conn) handle(mt int, r io.Reader) error {
 			c.refuse(badMessage(c.uid, "binary frames are not accepted; send JSON text"), "", 0)
 		}
 	case !utf8.Valid(data):
-		c.hub.stats.refused.Add(1)
+		c.hub.countRefusal(ErrBadMessage)
 		c.close(badMessage(c.uid, "text frame is not valid UTF-8"), websocket.CloseInvalidFramePayloadData, "invalid UTF-8", closeFlush|closeHangUp)
 	default:
 		c.dispatch(data)
@@ -148,7 +148,7 @@ func (c *Conn) limited(id string) bool {
 	if c.state.Load() == connOpen {
 		c.refuseId(&Error{Kind: ErrRateLimited, Uid: c.uid}, "", 0, cut(id, maxIdLen))
 	} else {
-		c.hub.stats.refused.Add(1)
+		c.hub.countRefusal(ErrRateLimited)
 	}
 	return true
 }
@@ -168,7 +168,7 @@ func (c *Conn) readMessage(r io.Reader, bp *[]byte) (data []byte, err error) {
 	}()
 	for {
 		if len(p) >= limit {
-			c.hub.stats.refused.Add(1)
+			c.hub.countRefusal(ErrMessageTooLarge)
 			c.close(&Error{Kind: ErrMessageTooLarge, Uid: c.uid}, closeTooBig, "message too large", closeFlush|closeHangUp)
 			return nil, nil
 		}
@@ -343,13 +343,15 @@ func (c *Conn) dispatch(data []byte) {
 // client was told about.
 func (c *Conn) send(m *Message, id string) error {
 	hub := c.hub
-	m.UserId, m.SendTime = c.uid, now()
+	t := time.Now()
+	at := stampOf(t) // accepted: the delivery latency starts (stamp.go)
+	m.UserId, m.SendTime = c.uid, t.Format(TimeLayout)
 	err := hub.filter(c, m)
 	if err == nil {
 		// Counted before delivery, so that whoever sees the message sees
 		// it counted; taken back if the route refuses it.
 		hub.stats.in.Add(1)
-		if err = hub.route(c, m); err != nil {
+		if err = hub.route(c, m, at); err != nil {
 			hub.stats.in.Add(^uint64(0))
 		}
 	}
@@ -390,7 +392,7 @@ func (c *Conn) refuse(err error, channelId string, toUid uint64) {
 // refuseId is refuse for a chart.v1 message with an id, which the error
 // frame names.
 func (c *Conn) refuseId(err error, channelId string, toUid uint64, id string) {
-	c.hub.stats.refused.Add(1)
+	c.hub.countRefusal(err)
 	if !errors.Is(err, ErrRefused) && c.sampleReport() {
 		c.hub.report(c.handler, err)
 	}

@@ -1,15 +1,18 @@
 package chart
 
+import "time"
+
 // Sending: every message, from a client frame or from business code, is
 // encoded into one WebSocket frame here, queued on the local connections
 // that must receive it, then handed to the other nodes (peers). A client
 // frame arrives from the connection's reader (conn.go) through route.
 
 // route sends a message a client wrote on c: to a channel c's user
-// joined, or directly to a user. m has its server fields set.
-func (h *Hub) route(c *Conn, m *Message) error {
+// joined, or directly to a user. m has its server fields set; at is when
+// the hub accepted it (monotime, stamp.go), as in the functions below.
+func (h *Hub) route(c *Conn, m *Message, at int64) error {
 	if m.ToUserId != 0 {
-		return h.sendDirect(m)
+		return h.sendDirect(m, at)
 	}
 	if h.closed.Load() {
 		return newError(ErrHubClosed, c.uid, m.ChannelId, nil)
@@ -21,7 +24,7 @@ func (h *Hub) route(c *Conn, m *Message) error {
 	if !joined {
 		return newError(ErrNotJoined, c.uid, m.ChannelId, nil)
 	}
-	h.publishChannel(m, true)
+	h.publishChannel(m, true, at)
 	return nil
 }
 
@@ -32,6 +35,7 @@ func (h *Hub) route(c *Conn, m *Message) error {
 // ErrorLogServer. With a Broker that keeps the streams, the messages are
 // queued for their appends, as with Publish.
 func (h *Hub) SendMessageToChannelIds(uid uint64, msg string, channelIds ...string) map[string]bool {
+	at := monotime()
 	res := make(map[string]bool, len(channelIds))
 	for _, id := range channelIds {
 		res[id] = false
@@ -53,7 +57,7 @@ func (h *Hub) SendMessageToChannelIds(uid uint64, msg string, channelIds ...stri
 	for _, id := range channelIds {
 		if res[id] {
 			m := Message{ChannelId: id, UserId: uid, Type: TypeText, Content: msg, SendTime: t}
-			h.publishChannel(&m, false)
+			h.publishChannel(&m, false, at)
 		}
 	}
 	return res
@@ -98,14 +102,15 @@ func (h *Hub) memberships(uid uint64, res map[string]bool) (online bool, err err
 // (Config.InboxSize, InboxTTL) and is delivered on its next connection;
 // only with inboxes off does it return ErrUserOffline.
 func (h *Hub) SendMessageToUid(uid, toUid uint64, msg string) error {
+	at := monotime()
 	m := Message{UserId: uid, ToUserId: toUid, Type: TypeText, Content: msg, SendTime: now()}
-	return h.sendDirect(&m)
+	return h.sendDirect(&m, at)
 }
 
 // sendDirect delivers a direct message to its recipient and echoes it to
 // the sender's connections. A recipient offline everywhere gets it in its
 // inbox, kept for its next connection; m.Online says which.
-func (h *Hub) sendDirect(m *Message) error {
+func (h *Hub) sendDirect(m *Message, at int64) error {
 	if h.closed.Load() {
 		return newError(ErrHubClosed, m.UserId, "", nil)
 	}
@@ -122,7 +127,7 @@ func (h *Hub) sendDirect(m *Message) error {
 	if !m.Online && !m.Transient && !h.streams.keepsInboxes() {
 		return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
 	}
-	h.publishDirect(m)
+	h.publishDirect(m, at)
 	return nil
 }
 
@@ -139,6 +144,8 @@ func (h *Hub) sendDirect(m *Message) error {
 // their order; a message published afterwards to another stream may arrive
 // first.
 func (h *Hub) Publish(channelId string, m Message) error {
+	t := time.Now()
+	at := stampOf(t)
 	if h.closed.Load() {
 		return newError(ErrHubClosed, 0, channelId, nil)
 	}
@@ -147,9 +154,9 @@ func (h *Hub) Publish(channelId string, m Message) error {
 	}
 	m.ChannelId, m.ToUserId = channelId, 0
 	if m.SendTime == "" {
-		m.SendTime = now()
+		m.SendTime = t.Format(TimeLayout)
 	}
-	h.publishChannel(&m, false)
+	h.publishChannel(&m, false, at)
 	return nil
 }
 
@@ -159,6 +166,7 @@ func (h *Hub) Publish(channelId string, m Message) error {
 // ErrInvalidChannel for a ChannelId that is not a valid channel id, or
 // ErrHubClosed.
 func (h *Hub) Broadcast(m Message) error {
+	at := monotime()
 	if h.closed.Load() {
 		return newError(ErrHubClosed, 0, m.ChannelId, nil)
 	}
@@ -171,7 +179,7 @@ func (h *Hub) Broadcast(m Message) error {
 	}
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], &m)
-	h.deliver(h.allConns(), framePrefix(prefix, 0, ""), topic{all: true}, 0)
+	h.deliver(h.allConns(), stampedFrame(prefix, 0, "", at), topic{all: true}, 0)
 	h.peers.publish(topic{all: true}, prefix, true, 0, "")
 	putScratch(bp, prefix)
 	return nil
@@ -182,10 +190,10 @@ func (h *Hub) Broadcast(m Message) error {
 // connections when publishChannel returns; otherwise (business code's
 // Publish) it may be on its way to the broker still, which assigns it a
 // position before anyone receives it.
-func (h *Hub) publishChannel(m *Message, wait bool) {
+func (h *Hub) publishChannel(m *Message, wait bool, at int64) {
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], m)
-	m.Offset, m.Epoch = h.publishOn(topic{ch: m.ChannelId}, prefix, m.Transient, wait)
+	m.Offset, m.Epoch = h.publishOn(topic{ch: m.ChannelId}, prefix, m.Transient, wait, at)
 	putScratch(bp, prefix)
 }
 
@@ -193,13 +201,13 @@ func (h *Hub) publishChannel(m *Message, wait bool) {
 // recipient and of its sender, each stamped with its place in that user's
 // inbox; m ends with the sender's. The two appends go out together: the
 // recipient's is not waited for when the sender's is.
-func (h *Hub) publishDirect(m *Message) {
+func (h *Hub) publishDirect(m *Message, at int64) {
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], m)
 	both := m.UserId != m.ToUserId && m.UserId != 0
-	m.Offset, m.Epoch = h.publishOn(topic{uid: m.ToUserId}, prefix, m.Transient, !both)
+	m.Offset, m.Epoch = h.publishOn(topic{uid: m.ToUserId}, prefix, m.Transient, !both, at)
 	if both {
-		m.Offset, m.Epoch = h.publishOn(topic{uid: m.UserId}, prefix, m.Transient, true)
+		m.Offset, m.Epoch = h.publishOn(topic{uid: m.UserId}, prefix, m.Transient, true, at)
 	}
 	putScratch(bp, prefix)
 }
@@ -209,29 +217,29 @@ func (h *Hub) publishDirect(m *Message) {
 // local connections subscribed to t at its position, and hands it to the
 // other nodes. wait: it returns the position once the message is queued
 // here; otherwise at once, with none.
-func (h *Hub) publishOn(t topic, prefix []byte, transient, wait bool) (off uint64, epoch string) {
+func (h *Hub) publishOn(t topic, prefix []byte, transient, wait bool, at int64) (off uint64, epoch string) {
 	if transient {
-		h.deliverAt(t, framePrefix(prefix, 0, ""), 0, "")
+		h.deliverAt(t, stampedFrame(prefix, 0, "", at), 0, "")
 		h.peers.publish(t, prefix, true, 0, "")
 		return 0, ""
 	}
 	if !wait {
 		h.streams.appendThen(t, prefix, false, func(data []byte, off uint64, epoch string, share bool) {
-			h.publishAt(t, data, off, epoch, share)
+			h.publishAt(t, data, off, epoch, share, at)
 		})
 		return 0, ""
 	}
 	h.streams.appendThen(t, prefix, true, func(data []byte, o uint64, e string, share bool) {
 		off, epoch = o, e
-		h.publishAt(t, data, o, e, share)
+		h.publishAt(t, data, o, e, share, at)
 	})
 	return off, epoch
 }
 
 // publishAt queues a message of stream t, appended at offset off, on the
 // local connections, and hands it to the other nodes when share.
-func (h *Hub) publishAt(t topic, prefix []byte, off uint64, epoch string, share bool) {
-	h.deliverAt(t, framePrefix(prefix, off, epoch), off, epoch)
+func (h *Hub) publishAt(t topic, prefix []byte, off uint64, epoch string, share bool, at int64) {
+	h.deliverAt(t, stampedFrame(prefix, off, epoch, at), off, epoch)
 	if share {
 		h.peers.publish(t, prefix, false, off, epoch)
 	}
@@ -274,11 +282,13 @@ func (h *Hub) deliverUser(uid uint64, f []byte, off uint64) {
 
 func (h *Hub) deliver(conns []*Conn, f []byte, t topic, off uint64) {
 	var n uint64
+	var tally queueTally
 	for _, c := range conns {
-		if c.enqueueAt(f, t, off) {
+		if c.enqueueTallied(f, t, off, &tally) {
 			n++
 		}
 	}
+	tally.flush()
 	h.stats.out.Add(n)
 	h.stats.dropped.Add(uint64(len(conns)) - n)
 }

@@ -20,6 +20,12 @@ func (c *Conn) enqueue(f []byte) bool {
 // enqueueAt queues a message frame at its place in stream t (offset 0:
 // none). While the connection recovers (hold), message frames wait there.
 func (c *Conn) enqueueAt(f []byte, t topic, off uint64) bool {
+	return c.enqueueTallied(f, t, off, nil)
+}
+
+// enqueueTallied is enqueueAt for a fan-out: the frame is counted in
+// tally, which the caller adds to the hub's counters when it is done.
+func (c *Conn) enqueueTallied(f []byte, t topic, off uint64, tally *queueTally) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.hold != nil && c.state.Load() == connOpen {
@@ -41,7 +47,7 @@ func (c *Conn) enqueueAt(f []byte, t topic, off uint64) bool {
 		// already, in the replay.
 		return true
 	}
-	return c.pushLocked(f, t, off)
+	return c.push(f, t, off, tally)
 }
 
 // held is a message frame waiting while its connection recovers.
@@ -58,6 +64,11 @@ type held struct {
 // of the user's own inbox on a connection without chart.v1 counts as
 // acknowledged once written. The caller holds c.mu.
 func (c *Conn) pushLocked(f []byte, t topic, off uint64) bool {
+	return c.push(f, t, off, nil)
+}
+
+// push is pushLocked counting f in tally, or at once when tally is nil.
+func (c *Conn) push(f []byte, t topic, off uint64, tally *queueTally) bool {
 	cfg := &c.hub.cfg
 	if c.state.Load() != connOpen {
 		return false
@@ -76,17 +87,24 @@ func (c *Conn) pushLocked(f []byte, t topic, off uint64) bool {
 			c.slowLocked()
 			return false
 		}
-		dropped := 0
+		dropped, size, length := 0, 0, len(q.frames)
 		for full() {
+			size += len(q.frames[0])
 			c.qbytes -= len(q.frames[0])
 			q.frames[0] = nil
 			q.frames = q.frames[1:]
 			dropped++
 		}
+		c.stat().unqueued(length, dropped, size)
 		c.hub.stats.dropped.Add(uint64(dropped))
 	}
 	q.frames = append(q.frames, f)
 	c.qbytes += len(f)
+	if tally != nil {
+		tally.queued(c, len(q.frames), len(f))
+	} else {
+		c.stat().queued(len(q.frames), len(f))
+	}
 	if off > q.inbox && !c.v1 && t.ch == "" && t.uid == c.uid {
 		q.inbox = off
 	}
@@ -142,13 +160,15 @@ func (c *Conn) writeLoop() {
 				continue
 			}
 			c.writing = false
-			c.queue = nil // an idle connection holds no queue
+			c.unqueueLocked() // dead: what was queued is discarded
+			c.queue = nil     // an idle connection holds no queue
 			c.mu.Unlock()
 			if batch != nil {
 				batch.release()
 			}
 			return
 		}
+		c.unqueueLocked()
 		c.queue, c.qbytes = nil, 0
 		c.mu.Unlock()
 		if !c.writeBatch(batch) {
@@ -158,12 +178,29 @@ func (c *Conn) writeLoop() {
 }
 
 // writeBatch writes a batch of frames in one writev; false when the
-// connection broke (it is then aborted).
+// connection broke (it is then aborted). Once written, the stamped frames'
+// delivery latencies are observed.
 func (c *Conn) writeBatch(batch *sendQueue) bool {
 	c.nc.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteWait))
+	// The stamps are read before writing (WriteTo clears frames), into a
+	// buffer that only writers at work hold.
+	sp := stampBufs.Get().(*[]int64)
+	stamps := (*sp)[:0]
+	for _, f := range batch.frames {
+		if at := frameStamp(f); at != 0 {
+			stamps = append(stamps, at)
+		}
+	}
 	c.bufs = batch.frames
 	_, err := c.bufs.WriteTo(c.nc)
 	c.bufs = nil
+	if err == nil && len(stamps) > 0 {
+		c.stat().observe(stamps)
+	}
+	if cap(stamps) <= 1024 {
+		*sp = stamps[:0]
+		stampBufs.Put(sp)
+	}
 	inbox := batch.inbox
 	batch.release()
 	if err == nil && inbox > 0 {
@@ -199,12 +236,24 @@ type sendQueue struct {
 	inbox  uint64 // the newest of the user's inbox among frames, to acknowledge once written
 }
 
+// stampBufs holds the writers' buffers of a batch's stamps.
+var stampBufs = sync.Pool{New: func() any { b := make([]int64, 0, 64); return &b }}
+
 var sendQueues = sync.Pool{New: func() any { return &sendQueue{frames: make([][]byte, 0, 16)} }}
 
 func (q *sendQueue) reset() {
 	clear(q.frames)
 	q.frames = q.frames[:0]
 	q.inbox = 0
+}
+
+// unqueueLocked counts c's queued frames as gone from the send queues: the
+// writer took them, or they are discarded. The caller holds c.mu and
+// empties or drops the queue.
+func (c *Conn) unqueueLocked() {
+	if q := c.queue; q != nil {
+		c.stat().unqueued(len(q.frames), len(q.frames), c.qbytes)
+	}
 }
 
 func (q *sendQueue) release() {
