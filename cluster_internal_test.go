@@ -78,12 +78,9 @@ func FuzzEnvelope(f *testing.F) {
 	})
 }
 
-// TestSequencerRearmsAfterStaleRead: a hole's wait expires and the stream
-// is read; while the read runs, the hole fills, but the messages still
-// held wait for a second hole, whose publish was lost. They get a wait of
-// their own and are read from the stream, not held forever (they were,
-// under load, when the stale read left the fired timer in place).
-func TestSequencerRearmsAfterStaleRead(t *testing.T) {
+// seqNode is a node of a cluster on a memory bus with uid 1 connected (c)
+// and in channel "r".
+func seqNode(t *testing.T) (*MemoryBus, *Hub, *client) {
 	bus := NewMemoryBus()
 	rec := newRecorder()
 	s := startServer(t, Config{Broker: bus.Broker()}, rec)
@@ -91,7 +88,17 @@ func TestSequencerRearmsAfterStaleRead(t *testing.T) {
 	if err := s.hub.JoinChannelIds(1, "r"); err != nil {
 		t.Fatal(err)
 	}
-	h, r := s.hub, topic{ch: "r"}
+	return bus, s.hub, c
+}
+
+// TestSequencerRearmsAfterStaleRead: a hole's wait expires and the stream
+// is read; while the read runs, the hole fills, but the messages still
+// held wait for a second hole, whose publish was lost. They get a wait of
+// their own and are read from the stream, not held forever (they were,
+// under load, when the stale read left the fired timer in place).
+func TestSequencerRearmsAfterStaleRead(t *testing.T) {
+	bus, h, c := seqNode(t)
+	r := topic{ch: "r"}
 	var frames [6][]byte
 	var epoch string
 	for off := uint64(1); off <= 5; off++ {
@@ -127,14 +134,8 @@ func TestSequencerRearmsAfterStaleRead(t *testing.T) {
 // the one before it, still on its way, instead of going out past a hole
 // (which left the late one out of order).
 func TestSequencerWaitsBeyondTheRead(t *testing.T) {
-	bus := NewMemoryBus()
-	rec := newRecorder()
-	s := startServer(t, Config{Broker: bus.Broker()}, rec)
-	c := s.login(t, rec, 1)
-	if err := s.hub.JoinChannelIds(1, "r"); err != nil {
-		t.Fatal(err)
-	}
-	h, r := s.hub, topic{ch: "r"}
+	bus, h, c := seqNode(t)
+	r := topic{ch: "r"}
 	var prefixes [6][]byte
 	var epoch string
 	for off := uint64(1); off <= 5; off++ {
@@ -193,14 +194,8 @@ func want(t *testing.T, c *client, off int) {
 // comes and does not turn the order back to the old epoch: the new
 // epoch's messages keep flowing, with no hole.
 func TestSequencerOldEpochLate(t *testing.T) {
-	bus := NewMemoryBus()
-	rec := newRecorder()
-	s := startServer(t, Config{Broker: bus.Broker()}, rec)
-	c := s.login(t, rec, 1)
-	if err := s.hub.JoinChannelIds(1, "r"); err != nil {
-		t.Fatal(err)
-	}
-	h, r := s.hub, topic{ch: "r"}
+	_, h, c := seqNode(t)
+	r := topic{ch: "r"}
 	frame := func(content, epoch string, off uint64) []byte {
 		m := Message{ChannelId: "r", Type: TypeText, Content: content}
 		return framePrefix(appendPrefix(nil, &m), off, epoch)

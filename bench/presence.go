@@ -181,12 +181,9 @@ func runPresence(cfg *config, spec *libSpec) (presenceResult, bool) {
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	var firstErr atomic.Value
-	every := time.Duration(float64(time.Second) / cfg.presenceRate)
-	pace := time.NewTicker(every)
-	for i := 0; i < n; i++ {
-		<-pace.C
+	connect := func(i int) { // user i's connection, on its own goroutine
 		wg.Add(1)
-		go func(i int) {
+		go func() {
 			defer wg.Done()
 			c, err := connectClient(addr, spec, i, int64(i)+1, chans, s)
 			if err != nil {
@@ -195,7 +192,13 @@ func runPresence(cfg *config, spec *libSpec) (presenceResult, bool) {
 				return
 			}
 			clients[i] = c
-		}(i)
+		}()
+	}
+	every := time.Duration(float64(time.Second) / cfg.presenceRate)
+	pace := time.NewTicker(every)
+	for i := 0; i < n; i++ {
+		<-pace.C
+		connect(i)
 	}
 	pace.Stop()
 	wg.Wait()
@@ -218,21 +221,10 @@ func runPresence(cfg *config, spec *libSpec) (presenceResult, bool) {
 		s.mu.Unlock()
 		churn[i] = nil
 	}
-	var rwg sync.WaitGroup
 	for i := range churn {
-		rwg.Add(1)
-		go func(i int) {
-			defer rwg.Done()
-			c, err := connectClient(addr, spec, i, int64(i)+1, chans, s)
-			if err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err)
-				return
-			}
-			clients[i] = c
-		}(i)
+		connect(i)
 	}
-	rwg.Wait()
+	wg.Wait()
 	settle(s)
 	close(stop)
 	<-pubDone
