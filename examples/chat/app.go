@@ -127,6 +127,8 @@ func (a *app) routes() http.Handler {
 	mux.Handle("GET /chart.js", chart.ClientScript)
 	// The hub: Authenticate gives it the uid, it checks the Origin.
 	mux.Handle("GET /ws", a.hub)
+	// The hub's metrics, for a scraper on this host (metrics.go).
+	mux.HandleFunc("GET /metrics", a.metrics)
 	a.apiRoutes(mux)
 	return mux
 }
