@@ -171,7 +171,7 @@ func (c *Conn) closeLocked(reason error, code int, text string, how int) {
 	c.state.Store(connClosing)
 	c.reason = reason
 	if how&closeFlush == 0 && c.queue != nil {
-		c.unqueueLocked()
+		c.discardLocked()
 		c.queue.reset()
 		c.qbytes = 0
 	}
@@ -192,7 +192,7 @@ func (c *Conn) abort() {
 	c.mu.Lock()
 	c.state.Store(connDead)
 	c.writing = false
-	c.unqueueLocked()
+	c.discardLocked()
 	c.queue, c.qbytes, c.closeFrame = nil, 0, nil
 	c.mu.Unlock()
 	c.nc.Close()

@@ -160,7 +160,7 @@ func (c *Conn) writeLoop() {
 				continue
 			}
 			c.writing = false
-			c.unqueueLocked() // dead: what was queued is discarded
+			c.discardLocked() // dead: what was queued is discarded
 			c.queue = nil     // an idle connection holds no queue
 			c.mu.Unlock()
 			if batch != nil {
@@ -182,6 +182,7 @@ func (c *Conn) writeLoop() {
 // delivery latencies are observed.
 func (c *Conn) writeBatch(batch *sendQueue) bool {
 	c.nc.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteWait))
+	n := len(batch.frames)
 	// The stamps are read before writing (WriteTo clears frames), into a
 	// buffer that only writers at work hold.
 	sp := stampBufs.Get().(*[]int64)
@@ -207,6 +208,7 @@ func (c *Conn) writeBatch(batch *sendQueue) bool {
 		c.hub.streams.ackStream(topic{uid: c.uid}, c.uid, "", inbox)
 	}
 	if err != nil {
+		c.hub.stats.dropped.Add(uint64(n)) // not known to have been written
 		c.setReason(&Error{Kind: ErrConnection, Uid: c.uid, Err: err})
 		c.abort()
 		return false
@@ -254,6 +256,15 @@ func (c *Conn) unqueueLocked() {
 	if q := c.queue; q != nil {
 		c.stat().unqueued(len(q.frames), len(q.frames), c.qbytes)
 	}
+}
+
+// discardLocked is unqueueLocked for frames that will never be written:
+// they count as dropped.
+func (c *Conn) discardLocked() {
+	if q := c.queue; q != nil {
+		c.hub.stats.dropped.Add(uint64(len(q.frames)))
+	}
+	c.unqueueLocked()
 }
 
 func (q *sendQueue) release() {
