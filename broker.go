@@ -97,7 +97,9 @@ type Presence interface {
 	// uids its Restore finds offline everywhere. With reap false Heartbeat
 	// only refreshes this node's TTL: the hub asks so for a TTL after an
 	// outage it saw, so that every node has had a full TTL to heartbeat
-	// again before any is reaped.
+	// again before any is reaped. A Heartbeat that fails part way through
+	// reaping returns, with its error, the uids it did take offline, so
+	// that their LogoutServer still runs.
 	Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err error)
 	// HeartbeatInterval is how often the hub calls Heartbeat, well below
 	// the TTL; zero or negative: never.

@@ -255,6 +255,9 @@ func (cl *cluster) heartbeat(first bool) {
 		cl.beatFailed = true
 		cl.beatMu.Unlock()
 		h.brokerFailed(err)
+		// A reap cut short still took its gone uids offline: nobody else
+		// will see them go.
+		cl.logoutGone(gone)
 		return
 	}
 	cl.beatMu.Lock()
@@ -297,6 +300,28 @@ func (cl *cluster) heartbeat(first bool) {
 			cl.streams.heal()
 		}
 	}()
+}
+
+// logoutGone runs, on a goroutine of the loop, LogoutServer for uids a
+// failed heartbeat reaped before it failed.
+func (cl *cluster) logoutGone(gone []uint64) {
+	h := cl.hub
+	var drain []uint64
+	for _, uid := range gone {
+		if h.queueEvent(uid, func() { h.gone(uid) }) {
+			drain = append(drain, uid)
+		}
+	}
+	if len(gone) > 0 {
+		h.presenceBeat(gone)
+	}
+	if len(drain) > 0 {
+		cl.spawn(func() {
+			for _, uid := range drain {
+				h.drainEvents(uid)
+			}
+		})
+	}
 }
 
 // gone runs LogoutServer for a uid reaped from a dead node.

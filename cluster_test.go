@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -368,4 +369,46 @@ func startBus(t *testing.T, bus *chart.MemoryBus, n int) (*charttest.Cluster, []
 		return b
 	})
 	return c, brokers
+}
+
+// cutShort is a node's broker whose heartbeats fail after reaping, as a
+// NATS heartbeat cut off part way through its reap does: the uids it took
+// offline come back with the error.
+type cutShort struct {
+	chart.Broker
+	chart.Presence
+	fail atomic.Bool
+}
+
+func (c *cutShort) Heartbeat(reap bool) ([]uint64, bool, bool, error) {
+	gone, lost, reaped, err := c.Presence.Heartbeat(reap)
+	if err == nil && len(gone) > 0 && c.fail.Load() {
+		err = errors.New("heartbeat cut short")
+	}
+	return gone, lost, reaped, err
+}
+
+// TestReapCutShort: a heartbeat that reaped a dead node's uid and then
+// failed still runs its LogoutServer (nobody else will see it go).
+func TestReapCutShort(t *testing.T) {
+	bus := chart.NewMemoryBus()
+	bus.TTL = 300 * time.Millisecond
+	var a *cutShort
+	c := charttest.StartCluster(t, 2, func() chart.Broker {
+		b := bus.Broker()
+		if a == nil {
+			a = &cutShort{Broker: b, Presence: b.(chart.Presence)}
+			a.fail.Store(true)
+			return a
+		}
+		return b
+	})
+	c.Nodes[1].Login(t, c.Rec, 7)
+	c.Nodes[1].Kill() // node B dies; A reaps it, and its heartbeat then fails
+	if uid := charttest.Recv(t, c.Rec.Logouts, "uid 7's logout"); uid != 7 {
+		t.Fatalf("logout of %d, want 7", uid)
+	}
+	if c.Nodes[0].Hub.IsOnline(7) {
+		t.Fatal("uid 7 still online after the reap")
+	}
 }
