@@ -91,6 +91,20 @@ func seqNode(t *testing.T) (*MemoryBus, *Hub, *client) {
 	return bus, s.hub, c
 }
 
+// freezeRead freezes bus and waits until a sequencer's expiry reads the
+// stream from it (the read then waits for Freeze(false)).
+func freezeRead(t *testing.T, bus *MemoryBus) {
+	t.Helper()
+	bus.Freeze(true)
+	deadline := time.Now().Add(wait)
+	for bus.Waiting() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the wait for the hole never read the stream")
+		}
+		time.Sleep(time.Millisecond) // polling a count: the bus has no event for it
+	}
+}
+
 // TestSequencerRearmsAfterStaleRead: a hole's wait expires and the stream
 // is read; while the read runs, the hole fills, but the messages still
 // held wait for a second hole, whose publish was lost. They get a wait of
@@ -113,14 +127,7 @@ func TestSequencerRearmsAfterStaleRead(t *testing.T) {
 	h.seq.deliver(r, frames[1], 1, epoch)
 	h.seq.deliver(r, frames[3], 3, epoch) // waits for 2
 	h.seq.deliver(r, frames[5], 5, epoch) // waits for 2 and 4
-	bus.Freeze(true)                      // the expiry's read waits here
-	deadline := time.Now().Add(wait)
-	for bus.Waiting() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the wait for offset 2 never read the stream")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	freezeRead(t, bus)
 	h.seq.deliver(r, frames[2], 2, epoch) // the hole fills: 2 and 3 go out, 5 waits for 4
 	bus.Freeze(false)
 	for off := 1; off <= 5; off++ {
@@ -148,14 +155,7 @@ func TestSequencerWaitsBeyondTheRead(t *testing.T) {
 	frame := func(off uint64) []byte { return framePrefix(prefixes[off], off, epoch) }
 	h.seq.deliver(r, frame(1), 1, epoch)
 	h.seq.deliver(r, frame(3), 3, epoch) // waits for 2
-	bus.Freeze(true)                     // the expiry's read waits here
-	deadline := time.Now().Add(wait)
-	for bus.Waiting() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the wait for offset 2 never read the stream")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	freezeRead(t, bus)
 	h.seq.deliver(r, frame(5), 5, epoch) // 4 and 5 are appended after the read
 	bus.Freeze(false)
 	for off := 1; off <= 3; off++ {

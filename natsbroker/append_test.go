@@ -147,25 +147,9 @@ func TestAppendBatchTwoBrokers(t *testing.T) {
 // servers, the stream with three replicas, the brokers on different
 // servers.
 func TestAppendBatchCluster(t *testing.T) {
-	servers := startNATSCluster(t, 3)
-	var brokers []*Broker
-	for i := range 2 {
-		urls := []string{servers[i].url(), servers[2].url(), servers[1-i].url()}
-		nc, err := nats.Connect(strings.Join(urls, ","), nats.DontRandomize())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		b, err := New(nc, Options{Prefix: "cl", Bucket: "cl"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close() })
-		if b.opt.Replicas != 3 {
-			t.Fatalf("replicas %d, want 3", b.opt.Replicas)
-		}
+	brokers := clusterBrokers(t)
+	for _, b := range brokers {
 		checkMode(t, b, true)
-		brokers = append(brokers, b)
 	}
 	concurrentBatches(t, brokers)
 }

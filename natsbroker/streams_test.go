@@ -58,6 +58,14 @@ func TestStreamsConcurrentAppend(t *testing.T) {
 // servers, the stream with three replicas, the brokers on different
 // servers (Read's consumer may be on a replica that lags behind).
 func TestStreamsCluster(t *testing.T) {
+	concurrentAppends(t, clusterBrokers(t)...)
+}
+
+// clusterBrokers starts three clustered servers and returns two brokers of
+// one cluster on different servers (each prefers its own, then the
+// third), their streams with three replicas.
+func clusterBrokers(t *testing.T) []*Broker {
+	t.Helper()
 	servers := startNATSCluster(t, 3)
 	var brokers []*Broker
 	for i := range 2 {
@@ -77,7 +85,7 @@ func TestStreamsCluster(t *testing.T) {
 		}
 		brokers = append(brokers, b)
 	}
-	concurrentAppends(t, brokers...)
+	return brokers
 }
 
 func concurrentAppends(t *testing.T, brokers ...*Broker) {
