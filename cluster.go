@@ -629,17 +629,20 @@ func (b *brokerStreams) appendWait(t topic, data []byte) (uint64, string, error)
 	return b.s.Append(t.name(), data)
 }
 
-func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, then func(data []byte, off uint64, epoch string, share bool)) {
+func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, deliver, share func(data []byte, off uint64, epoch string)) {
+	then := func(data []byte, off uint64, epoch string, err error) {
+		off, epoch, ok := b.settle(t, off, epoch, err)
+		deliver(data, off, epoch)
+		if ok {
+			share(data, off, epoch)
+		}
+	}
 	if b.pipe != nil && !wait {
-		b.pipe.submit(t, data, func(data []byte, off uint64, epoch string, err error) {
-			off, epoch, share := b.settle(t, off, epoch, err)
-			then(data, off, epoch, share)
-		})
+		b.pipe.submit(t, data, then)
 		return
 	}
 	off, epoch, err := b.appendWait(t, data)
-	off, epoch, share := b.settle(t, off, epoch, err)
-	then(data, off, epoch, share)
+	then(data, off, epoch, err)
 }
 
 // settle takes an append's outcome: a failure is reported and leaves a

@@ -16,12 +16,14 @@ import (
 // node, or the Broker's Streams (brokerStreams, cluster.go).
 type store interface {
 	append(t topic, data []byte) (offset uint64, epoch string)
-	// appendThen appends data to t and calls then with the position and
-	// whether the other nodes are to be sent the message: at once, or
-	// later on another goroutine when the store pipelines its appends
-	// and the caller does not wait (then sees data, or a copy; calls for
-	// one stream keep their order).
-	appendThen(t topic, data []byte, wait bool, then func(data []byte, off uint64, epoch string, share bool))
+	// appendThen appends data to t, then calls deliver with the position
+	// (under the stream's ordering lock when the store has one: no
+	// network I/O there), then share, with no lock held, when the other
+	// nodes are to be sent the message: at once, or later on another
+	// goroutine when the store pipelines its appends and the caller does
+	// not wait (they see data, or a copy; calls for one stream keep their
+	// order).
+	appendThen(t topic, data []byte, wait bool, deliver, share func(data []byte, off uint64, epoch string))
 	read(t topic, after uint64, limit int) (entries []entry, epoch string, complete bool, last uint64)
 	ackStream(t topic, uid uint64, epoch string, offset uint64)
 	acked(t topic, uid uint64) (offset uint64, epoch string)
@@ -179,15 +181,20 @@ func (hs *history) append(name topic, data []byte) (uint64, string) {
 	return st.last, st.epoch
 }
 
-// appendThen appends under the stream's ordering lock, so that whatever
-// then queues reaches connections in offset order.
-func (hs *history) appendThen(t topic, data []byte, _ bool, then func(data []byte, off uint64, epoch string, share bool)) {
-	if mu := hs.order(t); mu != nil {
+// appendThen appends and delivers under the stream's ordering lock, so
+// that what deliver queues reaches connections in offset order; share runs
+// after it.
+func (hs *history) appendThen(t topic, data []byte, _ bool, deliver, share func(data []byte, off uint64, epoch string)) {
+	mu := hs.order(t)
+	if mu != nil {
 		mu.Lock()
-		defer mu.Unlock()
 	}
 	off, epoch := hs.append(t, data)
-	then(data, off, epoch, true)
+	deliver(data, off, epoch)
+	if mu != nil {
+		mu.Unlock()
+	}
+	share(data, off, epoch)
 }
 
 // cutoff is the oldest time an entry with ttl may have; ttl <= 0: any.

@@ -223,26 +223,18 @@ func (h *Hub) publishOn(t topic, prefix []byte, transient, wait bool, at int64) 
 		h.peers.publish(t, prefix, true, 0, "")
 		return 0, ""
 	}
+	share := func(data []byte, off uint64, epoch string) { h.peers.publish(t, data, false, off, epoch) }
 	if !wait {
-		h.streams.appendThen(t, prefix, false, func(data []byte, off uint64, epoch string, share bool) {
-			h.publishAt(t, data, off, epoch, share, at)
-		})
+		h.streams.appendThen(t, prefix, false, func(data []byte, off uint64, epoch string) {
+			h.deliverAt(t, stampedFrame(data, off, epoch, at), off, epoch)
+		}, share)
 		return 0, ""
 	}
-	h.streams.appendThen(t, prefix, true, func(data []byte, o uint64, e string, share bool) {
+	h.streams.appendThen(t, prefix, true, func(data []byte, o uint64, e string) {
 		off, epoch = o, e
-		h.publishAt(t, data, o, e, share, at)
-	})
+		h.deliverAt(t, stampedFrame(data, o, e, at), o, e)
+	}, share)
 	return off, epoch
-}
-
-// publishAt queues a message of stream t, appended at offset off, on the
-// local connections, and hands it to the other nodes when share.
-func (h *Hub) publishAt(t topic, prefix []byte, off uint64, epoch string, share bool, at int64) {
-	h.deliverAt(t, stampedFrame(prefix, off, epoch, at), off, epoch)
-	if share {
-		h.peers.publish(t, prefix, false, off, epoch)
-	}
 }
 
 // deliverTo queues f, at offset off of stream t, on every local connection
