@@ -196,6 +196,7 @@ func TestChatInBrowsers(t *testing.T) {
 	// One more round trip, so an image error handler would have had time to run.
 	bob.send("That should read as plain text.")
 	ann.waitLastMessage("That should read as plain text.")
+	bob.waitLastMessage("That should read as plain text.") // its echo, before bobBefore is taken
 	for _, p := range []*page{ann, bob} {
 		var pwned string
 		p.eval("check __pwned", `typeof window.__pwned + "/" + document.querySelectorAll("#messages img").length`, &pwned)
