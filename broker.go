@@ -168,6 +168,27 @@ type StreamAppend struct {
 	Err    error
 }
 
+// BatchAcks is implemented by Streams that record many acknowledgements
+// in one round trip (redisbroker, natsbroker and MemoryBus do). Without it
+// the hub calls Ack once for each stream and uid. Either way the calls are
+// made off the connections' goroutines, and the acknowledgements that
+// arrive while a call is on its way are merged: only the newest position
+// of each stream and uid goes out.
+type BatchAcks interface {
+	// AckBatch records each acknowledgement as Ack would. It returns the
+	// first error; the others are still attempted.
+	AckBatch(acks []StreamAck) error
+}
+
+// StreamAck is one acknowledgement of an AckBatch: uid has received Stream
+// up to Offset, when Epoch ("" for any) is the stream's.
+type StreamAck struct {
+	Stream string
+	Uid    uint64
+	Epoch  string
+	Offset uint64
+}
+
 // StreamEntry is one entry of a stream.
 type StreamEntry struct {
 	Offset uint64

@@ -92,6 +92,11 @@ func (h *Hub) connectBackends() {
 		if bs, ok := st.(BatchStreams); ok {
 			cl.streams.pipe = newPipeline(guardedBatch{gs, bs}, cl.spawn)
 		}
+		var ba BatchAcks
+		if bk, ok := st.(BatchAcks); ok {
+			ba = guardedAcks{bk, g}
+		}
+		cl.streams.acks = newAckQueue(gs, ba, cl.spawn, h.brokerFailed)
 		h.streams, h.ids = cl.streams, brokerIds{h, gs}
 		h.seq = newSequencer(h)
 		if g.probe == nil {
@@ -611,6 +616,7 @@ type brokerStreams struct {
 	hub  *Hub
 	s    Streams
 	pipe *pipeline // nil: one append per round trip
+	acks *ackQueue
 
 	mu   sync.Mutex
 	gaps map[topic]struct{}
@@ -728,13 +734,16 @@ func (b *brokerStreams) read(t topic, after uint64, limit int) ([]entry, string,
 	return entries, epoch, complete, last
 }
 
+// ackStream queues the acknowledgement for the broker (acks.go) and
+// returns.
 func (b *brokerStreams) ackStream(t topic, uid uint64, epoch string, offset uint64) {
-	if err := b.s.Ack(t.name(), uid, epoch, offset); err != nil {
-		b.hub.brokerFailed(err)
-	}
+	b.acks.put(t, uid, epoch, offset)
 }
 
+// acked reads uid's acknowledged position in t, once the broker has every
+// acknowledgement made on this node.
 func (b *brokerStreams) acked(t topic, uid uint64) (uint64, string) {
+	b.acks.settle(t, uid)
 	off, epoch, err := b.s.Acked(t.name(), uid)
 	if err != nil {
 		b.hub.brokerFailed(err)

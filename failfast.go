@@ -252,6 +252,23 @@ func (gb guardedBatch) AppendBatch(batch []StreamAppend) {
 	gb.g.done(batchErr(batch))
 }
 
+// guardedAcks is guardedStreams for Streams that acknowledge in batches;
+// like an append batch, a batch of acknowledgements is sent by a flusher
+// and is refused, uncounted, while the broker is failing or stuck.
+type guardedAcks struct {
+	b BatchAcks
+	g *guard
+}
+
+func (ga guardedAcks) AckBatch(acks []StreamAck) error {
+	if err := ga.g.enter(false); err != nil {
+		return err
+	}
+	err := ga.b.AckBatch(acks)
+	ga.g.done(err)
+	return err
+}
+
 // batchErr is a batch's outcome for the guard: nil when one append
 // succeeded (the broker answers), else the first error.
 func batchErr(batch []StreamAppend) error {

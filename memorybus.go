@@ -541,6 +541,17 @@ func (m *memoryBroker) Ack(stream string, uid uint64, epoch string, offset uint6
 	return err
 }
 
+// AckBatch records each acknowledgement in turn.
+func (m *memoryBroker) AckBatch(acks []StreamAck) error {
+	var first error
+	for _, a := range acks {
+		if err := m.Ack(a.Stream, a.Uid, a.Epoch, a.Offset); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // Acked returns uid's position in the stream.
 func (m *memoryBroker) Acked(stream string, uid uint64) (uint64, string, error) {
 	st, t, err := m.streamsOf(stream)

@@ -313,7 +313,13 @@ func fanoutPhase(cfg *config, lib string, set serverSet, s *fanoutSink, clients 
 // captureProfile records a CPU profile of the server for most of a fan-out
 // phase and returns `go tool pprof -top` output for it.
 func captureProfile(cfg *config, srv *serverProc, name string) string {
-	secs := int(cfg.fanoutDuration.Seconds()) - 1
+	return captureProfileFor(cfg, srv, name, int(cfg.fanoutDuration.Seconds())-1)
+}
+
+// captureProfileFor records a CPU profile of srv for secs seconds (at
+// least one), saves it in cfg.outDir as name.pprof and returns its
+// `go tool pprof -top` output.
+func captureProfileFor(cfg *config, srv *serverProc, name string, secs int) string {
 	if secs < 1 {
 		secs = 1
 	}

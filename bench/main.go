@@ -49,6 +49,7 @@ type config struct {
 	repeat           int
 	dialConcurrency  int
 	pprof            bool
+	profileRooms     bool
 	profileLib       string
 	outDir           string
 	doc              string
@@ -115,6 +116,7 @@ func main() {
 		hCap      = flag.Int64("history-cap", 0, "history workload: chart's MaxHistoryBytes (default chart's, 64 MiB)")
 		dialConc  = flag.Int("dial-concurrency", 256, "connections opened at once when setting up fan-out and rooms")
 		pprofFlag = flag.Bool("pprof", true, "profile the server of -profile-lib during the largest fan-out phase")
+		profRooms = flag.Bool("profile-rooms", false, "rooms and direct workloads: save a CPU profile of the (first) chart server during each send phase in -out")
 		profLib   = flag.String("profile-lib", "chart", "peer whose server is profiled")
 		outDir    = flag.String("out", "out", "directory for results JSON, profiles and the quick report")
 		doc       = flag.String("doc", "", "markdown report path (default ../docs/benchmarks.md for -all, out/quick.md otherwise)")
@@ -139,7 +141,7 @@ func main() {
 		fanoutSubs: []int{1000, 10000}, fanoutDuration: 4 * time.Second, window: *window,
 		roomsConns: 10000, roomsRates: floats(*rRate), quietBudget: 4 * time.Minute, roomsSize: *rSize, roomsDuration: 8 * time.Second,
 		stormConns: 10000, stormConcurrency: *sConc, stormSequential: 500, repeat: 3, dialConcurrency: *dialConc,
-		pprof: *pprofFlag, profileLib: *profLib, outDir: *outDir, doc: *doc, svg: *svg, strict: *strict,
+		pprof: *pprofFlag, profileRooms: *profRooms, profileLib: *profLib, outDir: *outDir, doc: *doc, svg: *svg, strict: *strict,
 		histChannels: 1000, histUsers: 50000, histFlood: 2000000, histCap: *hCap,
 		presenceUsers: 10000, presenceRate: *pRate, presenceChurn: 1000,
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -135,6 +136,16 @@ func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s 
 	waitQuiet(cfg)
 	cpu := set.startCPU()
 	start := time.Now()
+	var profiled chan struct{}
+	if cfg.profileRooms && (r.Kind != "" || r.Lib == cfg.profileLib) {
+		profiled = make(chan struct{})
+		name := strings.NewReplacer(" ", "-", "/", "-").Replace(fmt.Sprintf("%s-%s-%g", label, r.Kind, rate))
+		go func() {
+			defer close(profiled)
+			top := captureProfileFor(cfg, set.procs[0], name, int(cfg.roomsDuration.Seconds())-1)
+			logf("profile: %s", strings.SplitN(top, "\n", 2)[0])
+		}()
+	}
 	ticker := time.NewTicker(time.Millisecond)
 	var k int64
 	for {
@@ -155,6 +166,9 @@ func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s 
 	}
 	ticker.Stop()
 	sendTime := time.Since(start)
+	if profiled != nil {
+		<-profiled
+	}
 	r.Sent = k
 	r.SendRate = float64(k) / sendTime.Seconds()
 

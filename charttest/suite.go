@@ -52,6 +52,7 @@ func (s Suite) Run(t *testing.T) {
 	}
 	t.Run("ReapedMark", s.reapedMark)
 	t.Run("AppendBatch", s.appendBatch)
+	t.Run("AckBatch", s.ackBatch)
 	t.Run("RoomsUnderLoad", s.roomsUnderLoad)
 	t.Run("Presence", s.presence)
 	if s.Outage != nil {
@@ -850,6 +851,59 @@ func (s Suite) reapedMark(t *testing.T) {
 		}
 		return err == nil && lost
 	})
+}
+
+// ackBatch: a broker whose Streams acknowledge in batches (chart.BatchAcks)
+// records each acknowledgement as Ack does: only forward, only within the
+// stream's epoch ("" for any) and offsets; a bad stream name fails alone
+// and is reported; what one node acknowledged, another reads. Skipped for
+// a broker without batches.
+func (s Suite) ackBatch(t *testing.T) {
+	newNode := s.NewCluster(t)
+	ba, bb := newNode(), newNode()
+	defer ba.Close()
+	defer bb.Close()
+	a, ok := ba.(chart.BatchAcks)
+	b, _ := bb.(chart.Streams)
+	if !ok {
+		t.Skip("the broker acknowledges no batches (chart.BatchAcks)")
+	}
+	st := ba.(chart.Streams)
+	var epoch string
+	for i := 0; i < 3; i++ {
+		_, e, err := st.Append("c:ack-x", []byte{'x', byte('0' + i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		epoch = e
+		if _, _, err := st.Append("u:98", []byte{'u', byte('0' + i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := a.AckBatch([]chart.StreamAck{
+		{Stream: "c:ack-x", Uid: 1, Offset: 2},
+		{Stream: "u:98", Uid: 98, Epoch: "", Offset: 3},
+		{Stream: "bad", Uid: 1, Offset: 1},
+		{Stream: "c:ack-x", Uid: 2, Epoch: "not-" + epoch, Offset: 3},
+		{Stream: "c:ack-x", Uid: 3, Offset: 99},
+		{Stream: "c:ack-x", Uid: 4, Epoch: epoch, Offset: 3},
+	})
+	if err == nil {
+		t.Fatal("AckBatch with a bad stream name: no error")
+	}
+	if err := a.AckBatch([]chart.StreamAck{{Stream: "c:ack-x", Uid: 1, Offset: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		stream string
+		uid    uint64
+		want   uint64
+	}{{"c:ack-x", 1, 2}, {"u:98", 98, 3}, {"c:ack-x", 2, 0}, {"c:ack-x", 3, 0}, {"c:ack-x", 4, 3}} {
+		off, e, err := b.Acked(c.stream, c.uid)
+		if err != nil || off != c.want || e == "" {
+			t.Errorf("Acked(%s, %d) on the other node = %d, %q, %v; want %d", c.stream, c.uid, off, e, err, c.want)
+		}
+	}
 }
 
 // appendBatch: a broker whose Streams take batches (chart.BatchStreams)

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -350,10 +351,44 @@ func parseAck(v []byte) (epoch string, off uint64) {
 	return e, off
 }
 
+// ackParallel bounds the acknowledgements of an AckBatch in flight at once.
+const ackParallel = 16
+
+// AckBatch records every acknowledgement as Ack does, up to ackParallel
+// at once (each is a read of the stream's tail and a compare-and-set of
+// the key), and returns the first error.
+func (b *Broker) AckBatch(acks []chart.StreamAck) error {
+	var (
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+		slots = make(chan struct{}, ackParallel)
+	)
+	for _, a := range acks {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			if err := b.Ack(a.Stream, a.Uid, a.Epoch, a.Offset); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
 // Ack records that uid has received stream up to offset, when epoch is the
 // stream's ("": whatever it is), offset is within it, and above what uid
 // acknowledged.
 func (b *Broker) Ack(stream string, uid uint64, epoch string, offset uint64) error {
+	if !validStream(stream) {
+		return errors.New("natsbroker: bad stream name " + strconv.Quote(stream))
+	}
 	ctx, cancel := b.ctx()
 	defer cancel()
 	t, _, err := b.last(ctx, b.streamSubject(stream))

@@ -141,20 +141,24 @@ end
 for k = i, #list do out[#out + 1] = list[k] end
 return out`)
 
-	// ack: KEYS sm, sa; ARGV epoch ('' : any), uid, offset. Only forward,
-	// only within the stream's epoch and offsets.
+	// ack: KEYS sm, sa per acknowledgement; ARGV epoch ('' : any), uid,
+	// offset per acknowledgement. Only forward, only within the stream's
+	// epoch and offsets. Returns how many moved.
 	ackScript = redis.NewScript(`
-local m, a = KEYS[1], KEYS[2]
-local meta = redis.call('HMGET', m, 'epoch', 'last')
-if not meta[1] then return 0 end
-if ARGV[1] ~= '' and ARGV[1] ~= meta[1] then return 0 end
-local off = tonumber(ARGV[3])
-if off > tonumber(meta[2] or '0') then return 0 end
-if off <= tonumber(redis.call('HGET', a, ARGV[2]) or '0') then return 0 end
-redis.call('HSET', a, ARGV[2], ARGV[3])
-local ttl = redis.call('PTTL', m)
-if ttl > 0 then redis.call('PEXPIRE', a, ttl) end
-return 1`)
+local n = 0
+for i = 1, #KEYS / 2 do
+  local m, a = KEYS[2*i-1], KEYS[2*i]
+  local epoch, uid, off = ARGV[3*i-2], ARGV[3*i-1], tonumber(ARGV[3*i])
+  local meta = redis.call('HMGET', m, 'epoch', 'last')
+  if meta[1] and (epoch == '' or epoch == meta[1]) and off <= tonumber(meta[2] or '0')
+     and off > tonumber(redis.call('HGET', a, uid) or '0') then
+    redis.call('HSET', a, uid, ARGV[3*i])
+    local ttl = redis.call('PTTL', m)
+    if ttl > 0 then redis.call('PEXPIRE', a, ttl) end
+    n = n + 1
+  end
+end
+return n`)
 
 	// acked: KEYS sm, sa; ARGV uid. Returns {} for no stream, else {epoch, offset}.
 	ackedScript = redis.NewScript(`
@@ -300,6 +304,30 @@ func (b *Broker) Ack(stream string, uid uint64, epoch string, offset uint64) err
 	}
 	_, err = b.runKeys(ackScript, []string{keys[0], keys[2]}, epoch, uidArg(uid), strconv.FormatUint(offset, 10))
 	return err
+}
+
+// AckBatch records every acknowledgement in one script call, one round
+// trip. An acknowledgement with a bad stream name fails alone: its error
+// is returned after the others are recorded.
+func (b *Broker) AckBatch(acks []chart.StreamAck) error {
+	keys := make([]string, 0, 2*len(acks))
+	args := make([]any, 0, 3*len(acks))
+	var bad error
+	for _, a := range acks {
+		k, err := b.streamKeys(a.Stream)
+		if err != nil {
+			bad = err
+			continue
+		}
+		keys = append(keys, k[0], k[2])
+		args = append(args, a.Epoch, uidArg(a.Uid), strconv.FormatUint(a.Offset, 10))
+	}
+	if len(keys) > 0 {
+		if _, err := b.runKeys(ackScript, keys, args...); err != nil {
+			return err
+		}
+	}
+	return bad
 }
 
 // Acked returns the offset uid acknowledged in stream and the stream's
