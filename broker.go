@@ -168,6 +168,16 @@ type StreamAppend struct {
 	Err    error
 }
 
+// BatchPresence is implemented by Presence that answers IsOnline for many
+// uids in one round trip (redisbroker, natsbroker and MemoryBus do). With
+// it, the lookups that concurrent senders of direct messages make while
+// one is on its way go to the broker together.
+type BatchPresence interface {
+	// IsOnlineBatch reports, for each uid, whether it is online on some
+	// node: online[i] is uids[i]'s answer.
+	IsOnlineBatch(uids []uint64) (online []bool, err error)
+}
+
 // BatchAcks is implemented by Streams that record many acknowledgements
 // in one round trip (redisbroker, natsbroker and MemoryBus do). Without it
 // the hub calls Ack once for each stream and uid. Either way the calls are

@@ -83,7 +83,11 @@ func (h *Hub) connectBackends() {
 	cl := &cluster{hub: h, b: b, id: b.NodeID(), subs: make(map[topic]*subState), done: make(chan struct{})}
 	g := &guard{cl: cl, wait: int64(h.cfg.BrokerWait), start: time.Now()}
 	if p, ok := b.(Presence); ok {
-		h.presence = guardedPresence{p, g}
+		gp := guardedPresence{p: p, g: g}
+		if bp, ok := p.(BatchPresence); ok {
+			gp.q = newLookupQueue(bp, g, cl.spawn)
+		}
+		h.presence = gp
 		g.probe = func() error { _, err := p.IsOnline(0); return err }
 	}
 	if st, ok := b.(Streams); ok {

@@ -119,6 +119,7 @@ func guarded[T any](g *guard, call func() (T, error)) (T, error) {
 type guardedPresence struct {
 	p Presence
 	g *guard
+	q *lookupQueue // IsOnline in batches; nil: one call each
 }
 
 func (gp guardedPresence) Connect(uid uint64) (bool, error) {
@@ -156,6 +157,9 @@ func (gp guardedPresence) Online() ([]uint64, error) {
 }
 
 func (gp guardedPresence) IsOnline(uid uint64) (bool, error) {
+	if gp.q != nil {
+		return gp.q.isOnline(uid)
+	}
 	return guarded(gp.g, func() (bool, error) { return gp.p.IsOnline(uid) })
 }
 

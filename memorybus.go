@@ -424,6 +424,19 @@ func (m *memoryBroker) IsOnline(uid uint64) (bool, error) {
 	return m.bus.users[uid] != nil, nil
 }
 
+// IsOnlineBatch answers IsOnline for each uid.
+func (m *memoryBroker) IsOnlineBatch(uids []uint64) ([]bool, error) {
+	online := make([]bool, len(uids))
+	for i, uid := range uids {
+		ok, err := m.IsOnline(uid)
+		if err != nil {
+			return nil, err
+		}
+		online[i] = ok
+	}
+	return online, nil
+}
+
 func (m *memoryBroker) NodeUids() ([]uint64, error) {
 	if err := m.lock(); err != nil {
 		return nil, err

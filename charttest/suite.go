@@ -53,6 +53,7 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("ReapedMark", s.reapedMark)
 	t.Run("AppendBatch", s.appendBatch)
 	t.Run("AckBatch", s.ackBatch)
+	t.Run("IsOnlineBatch", s.isOnlineBatch)
 	t.Run("RoomsUnderLoad", s.roomsUnderLoad)
 	t.Run("Presence", s.presence)
 	if s.Outage != nil {
@@ -851,6 +852,41 @@ func (s Suite) reapedMark(t *testing.T) {
 		}
 		return err == nil && lost
 	})
+}
+
+// isOnlineBatch: a broker whose Presence answers in batches
+// (chart.BatchPresence) answers each uid as IsOnline does, in the order
+// asked, repeats included, uids of either node alike. Skipped for a broker
+// without batches.
+func (s Suite) isOnlineBatch(t *testing.T) {
+	newNode := s.NewCluster(t)
+	ba, bb := newNode(), newNode()
+	defer ba.Close()
+	defer bb.Close()
+	a, ok := ba.(chart.BatchPresence)
+	if !ok {
+		t.Skip("the broker answers no batches (chart.BatchPresence)")
+	}
+	for _, c := range []struct {
+		b   chart.Broker
+		uid uint64
+	}{{ba, 501}, {bb, 502}, {bb, 503}} {
+		if _, err := c.b.(chart.Presence).Connect(c.uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := bb.(chart.Presence).Disconnect(503); err != nil {
+		t.Fatal(err)
+	}
+	uids := []uint64{502, 504, 501, 503, 502}
+	got, err := a.IsOnlineBatch(uids)
+	want := []bool{true, false, true, false, true}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("IsOnlineBatch(%v) = %v, %v; want %v", uids, got, err, want)
+	}
+	if got, err := a.IsOnlineBatch(nil); err != nil || len(got) != 0 {
+		t.Fatalf("IsOnlineBatch(nil) = %v, %v", got, err)
+	}
 }
 
 // ackBatch: a broker whose Streams acknowledge in batches (chart.BatchAcks)

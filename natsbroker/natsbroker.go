@@ -619,6 +619,51 @@ func (b *Broker) IsOnline(uid uint64) (bool, error) {
 	return r != nil, err
 }
 
+// IsOnlineBatch reports for each uid whether it is online on some node,
+// asking for up to batchParallel uids at once.
+func (b *Broker) IsOnlineBatch(uids []uint64) ([]bool, error) {
+	online := make([]bool, len(uids))
+	err := parallel(len(uids), func(i int) (err error) {
+		online[i], err = b.IsOnline(uids[i])
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return online, nil
+}
+
+// batchParallel bounds the calls of a batch (IsOnlineBatch, AckBatch) in
+// flight at once.
+const batchParallel = 16
+
+// parallel runs f(0), ..., f(n-1), up to batchParallel at once, and
+// returns the first error.
+func parallel(n int, f func(i int) error) error {
+	var (
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+		slots = make(chan struct{}, batchParallel)
+	)
+	for i := 0; i < n; i++ {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			if err := f(i); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
 // keys lists the keys under filter (a subject filter on key names).
 func (b *Broker) keys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
 	if !b.nc.IsConnected() {

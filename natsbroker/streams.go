@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -351,35 +350,14 @@ func parseAck(v []byte) (epoch string, off uint64) {
 	return e, off
 }
 
-// ackParallel bounds the acknowledgements of an AckBatch in flight at once.
-const ackParallel = 16
-
-// AckBatch records every acknowledgement as Ack does, up to ackParallel
+// AckBatch records every acknowledgement as Ack does, up to batchParallel
 // at once (each is a read of the stream's tail and a compare-and-set of
 // the key), and returns the first error.
 func (b *Broker) AckBatch(acks []chart.StreamAck) error {
-	var (
-		mu    sync.Mutex
-		first error
-		wg    sync.WaitGroup
-		slots = make(chan struct{}, ackParallel)
-	)
-	for _, a := range acks {
-		slots <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
-			if err := b.Ack(a.Stream, a.Uid, a.Epoch, a.Offset); err != nil {
-				mu.Lock()
-				if first == nil {
-					first = err
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return first
+	return parallel(len(acks), func(i int) error {
+		a := acks[i]
+		return b.Ack(a.Stream, a.Uid, a.Epoch, a.Offset)
+	})
 }
 
 // Ack records that uid has received stream up to offset, when epoch is the

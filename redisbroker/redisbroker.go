@@ -574,6 +574,25 @@ func (b *Broker) IsOnline(uid uint64) (bool, error) {
 	return ok, b.done(err)
 }
 
+// IsOnlineBatch reports for each uid whether it is online on some node, in
+// one round trip (SMISMEMBER: Redis 6.2 or later).
+func (b *Broker) IsOnlineBatch(uids []uint64) ([]bool, error) {
+	if len(uids) == 0 {
+		return nil, nil
+	}
+	if err := b.allow(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	members := make([]any, len(uids))
+	for i, uid := range uids {
+		members[i] = uidArg(uid)
+	}
+	online, err := b.rdb.SMIsMember(ctx, b.opt.Prefix+"online", members...).Result()
+	return online, b.done(err)
+}
+
 // NodeUids returns the uids online on this node.
 func (b *Broker) NodeUids() ([]uint64, error) {
 	return b.uids(b.opt.Prefix + "nu:" + b.opt.NodeID)
