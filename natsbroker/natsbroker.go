@@ -77,6 +77,12 @@ type Options struct {
 	StreamSize int
 	// StreamTTL is how long the streams keep an entry. Default 24 h.
 	StreamTTL time.Duration
+	// MaxBytes bounds the bytes the JetStream stream holding every chart
+	// stream keeps (its MaxBytes, with the oldest entries discarded
+	// first, whatever their subject): a stream that lost its oldest
+	// entries reads as incomplete, one that lost them all starts again
+	// under a new epoch. Default DefaultMaxBytes; negative: no bound.
+	MaxBytes int64
 }
 
 // Broker is a chart.Broker on NATS. Create it with New or Connect.
@@ -140,6 +146,9 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 	}
 	if opt.StreamTTL <= 0 {
 		opt.StreamTTL = 24 * time.Hour
+	}
+	if opt.MaxBytes == 0 {
+		opt.MaxBytes = DefaultMaxBytes
 	}
 	if opt.NodeID == "" {
 		var b [8]byte

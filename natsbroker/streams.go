@@ -78,6 +78,9 @@ const (
 // streamName is the JetStream stream keeping the chart streams.
 func (o Options) streamName() string { return o.Bucket + "_streams" }
 
+// DefaultMaxBytes is Options.MaxBytes by default: 256 MiB.
+const DefaultMaxBytes = 256 << 20
+
 // streamSubject is a chart stream's subject.
 func (b *Broker) streamSubject(stream string) string {
 	return b.opt.Prefix + ".s." + token(stream)
@@ -96,6 +99,7 @@ func (b *Broker) ensureStream(ctx context.Context) error {
 		Discard:            jetstream.DiscardOld,
 		MaxMsgsPerSubject:  int64(b.opt.StreamSize),
 		MaxAge:             b.opt.StreamTTL,
+		MaxBytes:           max(b.opt.MaxBytes, -1),
 		Storage:            b.opt.storage(),
 		Replicas:           b.opt.Replicas,
 		AllowDirect:        true,

@@ -1,6 +1,7 @@
 package natsbroker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -407,5 +408,59 @@ func TestStreamsReset(t *testing.T) {
 	}
 	if off, _, err := b.Acked("c:r", 5); err != nil || off != 0 {
 		t.Fatalf("Acked after Reset = %d, %v", off, err)
+	}
+}
+
+// TestMaxBytes: appends to many inboxes (direct messages to random uids)
+// keep the JetStream stream within Options.MaxBytes: the oldest entries
+// go, the newest stay; a stream that lost all its entries starts again
+// under a new epoch.
+func TestMaxBytes(t *testing.T) {
+	srv := startNATS(t)
+	const maxBytes = 64 << 10
+	b := connectStreams(t, srv.url(), Options{Prefix: "maxbytes", Bucket: "maxbytes", MaxBytes: maxBytes})
+	var epochs [3]string
+	for i := range 3 {
+		_, epochs[i], _ = b.Append("c:old", []byte(fmt.Sprintf("m%d", i+1)))
+	}
+	_, first, err := b.Append("u:0", []byte("m1"))
+	if err != nil || epochs[0] == "" || epochs[2] != epochs[0] {
+		t.Fatalf("appends: %v, epochs %q", err, epochs)
+	}
+	payload := bytes.Repeat([]byte("x"), 100)
+	const uids = 2000
+	batch := make([]chart.StreamAppend, 0, 256)
+	for uid := 1; uid <= uids; uid++ {
+		batch = append(batch, chart.StreamAppend{Stream: fmt.Sprintf("u:%d", uid), Data: payload})
+		if len(batch) == cap(batch) || uid == uids {
+			b.AppendBatch(batch)
+			for _, a := range batch {
+				if a.Err != nil || a.Offset != 1 {
+					t.Fatalf("%s: offset %d, %v", a.Stream, a.Offset, a.Err)
+				}
+			}
+			batch = batch[:0]
+		}
+	}
+	info, err := b.jsStream().Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d inboxes appended: the stream keeps %d messages, %d bytes (cap %d)", uids, info.State.Msgs, info.State.Bytes, maxBytes)
+	if info.State.Bytes > maxBytes || info.State.Msgs < 100 {
+		t.Fatalf("the stream holds %d bytes in %d messages; want at most %d bytes", info.State.Bytes, info.State.Msgs, maxBytes)
+	}
+	es, _, complete, _, err := b.Read(fmt.Sprintf("u:%d", uids), 0, 0)
+	if err != nil || len(es) != 1 || !complete {
+		t.Fatalf("the newest inbox: %d entries, complete %v, %v", len(es), complete, err)
+	}
+	off, epoch, err := b.Append("u:0", []byte("m1"))
+	if err != nil || off != 1 || epoch == first {
+		t.Fatalf("append to a discarded stream: offset %d epoch %q (was %q), %v; want 1 under a new epoch", off, epoch, first, err)
+	}
+	// c:old: its three entries are gone; a fourth starts a new epoch.
+	off, epoch, err = b.Append("c:old", []byte("m4"))
+	if err != nil || epoch == epochs[0] || off != 1 {
+		t.Fatalf("c:old after the flood: offset %d epoch %q, %v", off, epoch, err)
 	}
 }

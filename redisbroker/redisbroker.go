@@ -16,7 +16,9 @@
 // member uids); per stream of chart.Streams (STREAM is c:CHANNEL or
 // u:UID) sm:STREAM (hash: epoch, last offset), se:STREAM (list of entries)
 // and sa:STREAM (hash: uid, acknowledged offset), all expiring
-// Options.StreamTTL after the stream's last append. Pub/sub channels:
+// Options.StreamTTL after the stream's last append; streams:bytes,
+// streams:age and streams:total, which bound the bytes all streams hold
+// (Options.MaxBytes). Pub/sub channels:
 // PREFIX + the hub's topic, that is PREFIX c:CHANNEL and PREFIX u:UID (Redis
 // keeps pub/sub channel names apart from keys, so these do not collide with
 // the c:CHANNEL sets).
@@ -66,6 +68,14 @@ type Options struct {
 	// StreamTTL is how long a stream's entries are kept, and how long its
 	// keys live after the last append. Default DefaultStreamTTL.
 	StreamTTL time.Duration
+	// MaxBytes bounds the bytes all streams hold together, counted as
+	// each entry's data plus a header of about 20 bytes, and 1 KiB per
+	// stream for its keys (Redis's own overhead per entry, about 50 bytes,
+	// comes on top). Over it, an
+	// append deletes the streams appended to longest ago, whole: their
+	// next append starts a new epoch, and clients with positions there
+	// learn recovered: false. Default DefaultMaxBytes; negative: no bound.
+	MaxBytes int64
 }
 
 // Broker is a chart.Broker on Redis. Create it with New or Dial.
@@ -169,6 +179,9 @@ func New(rdb redis.UniversalClient, opt Options) *Broker {
 	}
 	if opt.StreamTTL < time.Millisecond {
 		opt.StreamTTL = DefaultStreamTTL
+	}
+	if opt.MaxBytes == 0 {
+		opt.MaxBytes = DefaultMaxBytes
 	}
 	if opt.NodeID == "" {
 		var b [8]byte

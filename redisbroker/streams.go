@@ -21,6 +21,9 @@ import (
 //	PREFIX se:STREAM  list of the kept entries, oldest first, each "OFFSET:UNIXMS:DATA"
 //	PREFIX sa:STREAM  hash: uid -> acknowledged offset
 //	PREFIX sb:TOKEN   an append batch's result, for 2 x Options.Timeout
+//	PREFIX streams:bytes  hash: STREAM -> bytes its entries hold, + 1024 for its keys
+//	PREFIX streams:age    sorted set: STREAM by its last append (Unix ms)
+//	PREFIX streams:total  the bytes all streams' entries hold
 //
 // The hub appends in batches (chart.BatchStreams): one script call, one
 // round trip, appends a batch's entries to their streams. go-redis sends a
@@ -42,10 +45,12 @@ import (
 // that keeps streams, are 100 entries / 10 min per channel and 1000 / 24 h
 // per inbox).
 
-// Stream defaults: Options.StreamSize and Options.StreamTTL.
+// Stream defaults: Options.StreamSize, Options.StreamTTL and
+// Options.MaxBytes.
 const (
 	DefaultStreamSize = 1000
 	DefaultStreamTTL  = 24 * time.Hour
+	DefaultMaxBytes   = 256 << 20
 )
 
 var _ chart.BatchStreams = (*Broker)(nil)
@@ -64,41 +69,89 @@ end
 `
 
 var (
-	// append: KEYS token, then sm, se, sa of each entry; ARGV size, ttl
-	// ms, new epoch, token ttl ms, then each entry's data. Returns {offset,
-	// epoch} of each entry, flat. The result is kept under the batch's
-	// token for a while, so that a batch the client retries (the reply
-	// was lost with the connection) is not appended twice.
+	// append: KEYS token, sizes, by-age, total, then sm, se, sa of each
+	// entry; ARGV size, ttl ms, new epoch, token ttl ms, max bytes (0:
+	// none), key prefix, then each entry's stream name and data. Returns
+	// {offset, epoch} of each entry, flat. The result is kept under the
+	// batch's token for a while, so that a batch the client retries (the
+	// reply was lost with the connection) is not appended twice.
+	//
+	// The byte cap: sizes (hash: stream -> bytes of its kept entries, plus
+	// 1024 for the stream's keys) and total count what the streams hold; by-age (sorted set: stream -> last
+	// append, ms) finds the streams appended to longest ago. Streams whose
+	// keys expired (no append for ttl) leave sizes and by-age a few per
+	// batch; while total is over max bytes, the stream appended to longest
+	// ago is deleted whole (its next append starts a new epoch).
 	appendScript = redis.NewScript(streamHead + `
 local kept = redis.call('GET', KEYS[1])
 if kept then return cjson.decode(kept) end
-local size, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local sizes, byage, total = KEYS[2], KEYS[3], KEYS[4]
+local size, ttl, maxb, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5]), ARGV[6]
 local now = nowms()
 local cut = now - ttl
-local out = {}
-for i = 0, (#KEYS - 1) / 3 - 1 do
-  local m, e, a = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
+local delta = 0
+local function forget(name)
+  delta = delta - tonumber(redis.call('HGET', sizes, name) or '0')
+  redis.call('HDEL', sizes, name)
+  redis.call('ZREM', byage, name)
+end
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', byage, '-inf', cut, 'LIMIT', 0, 8)) do
+  forget(name)
+end
+local out, touched = {}, {}
+for i = 0, (#KEYS - 4) / 3 - 1 do
+  local m, e, a = KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i]
+  local name = ARGV[7 + 2 * i]
   local epoch = redis.call('HGET', m, 'epoch')
+  local grew = 0
   if not epoch then
     epoch = ARGV[3]
     redis.call('DEL', m, e, a)
+    forget(name)
     redis.call('HSET', m, 'epoch', epoch)
+    grew = 1024
   end
   local off = redis.call('HINCRBY', m, 'last', 1)
-  redis.call('RPUSH', e, string.format('%d:%d:', off, now) .. ARGV[5 + i])
-  redis.call('LTRIM', e, -size, -1)
+  local entry = string.format('%d:%d:', off, now) .. ARGV[8 + 2 * i]
+  grew = grew + #entry
+  local n = redis.call('RPUSH', e, entry)
+  while n > size do
+    grew = grew - #redis.call('LPOP', e)
+    n = n - 1
+  end
   while true do
     local h = redis.call('LINDEX', e, 0)
     if not h then break end
     local _, at = head(h)
     if at >= cut then break end
-    redis.call('LPOP', e)
+    grew = grew - #redis.call('LPOP', e)
   end
-  redis.call('PEXPIRE', m, ttl)
-  redis.call('PEXPIRE', e, ttl)
-  redis.call('PEXPIRE', a, ttl)
+  redis.call('HINCRBY', sizes, name, grew)
+  delta = delta + grew
+  touched[name] = {m, e, a}
   out[#out + 1] = off
   out[#out + 1] = epoch
+end
+for name, k in pairs(touched) do
+  redis.call('PEXPIRE', k[1], ttl)
+  redis.call('PEXPIRE', k[2], ttl)
+  redis.call('PEXPIRE', k[3], ttl)
+  redis.call('ZADD', byage, now, name)
+end
+local t = redis.call('INCRBY', total, delta)
+if t < 0 then
+  redis.call('SET', total, 0)
+  t = 0
+end
+while maxb > 0 and t > maxb do
+  local oldest = redis.call('ZRANGE', byage, 0, 0)
+  if #oldest == 0 or touched[oldest[1]] then break end
+  local name = oldest[1]
+  local b = tonumber(redis.call('HGET', sizes, name) or '0')
+  redis.call('HDEL', sizes, name)
+  redis.call('ZREM', byage, name)
+  redis.call('DEL', prefix .. 'sm:' .. name, prefix .. 'se:' .. name, prefix .. 'sa:' .. name)
+  t = redis.call('DECRBY', total, b)
 end
 redis.call('SET', KEYS[1], cjson.encode(out), 'PX', ARGV[4])
 return out`)
@@ -208,22 +261,7 @@ func (b *Broker) Append(stream string, data []byte) (uint64, string, error) {
 // atomic, entries of one stream at consecutive offsets in the order given.
 // An entry with a bad stream name fails alone.
 func (b *Broker) AppendBatch(batch []chart.StreamAppend) {
-	token := newEpoch()
-	keys := []string{b.opt.Prefix + "sb:" + token}
-	args := []any{b.opt.StreamSize, b.opt.StreamTTL.Milliseconds(), token, (2 * b.opt.Timeout).Milliseconds()}
-	idx := make([]int, 0, len(batch))
-	for i := range batch {
-		a := &batch[i]
-		a.Offset, a.Epoch, a.Err = 0, "", nil
-		k, err := b.streamKeys(a.Stream)
-		if err != nil {
-			a.Err = err
-			continue
-		}
-		keys = append(keys, k...)
-		args = append(args, a.Data)
-		idx = append(idx, i)
-	}
+	keys, args, idx := b.appendCall(newEpoch(), batch)
 	if len(idx) == 0 {
 		return
 	}
@@ -246,6 +284,29 @@ func (b *Broker) AppendBatch(batch []chart.StreamAppend) {
 		}
 		a.Offset, a.Epoch = uint64(off), epoch
 	}
+}
+
+// appendCall returns the append script's keys and arguments for batch,
+// under the batch's token, and the indexes of the entries it appends
+// (those with a good stream name); it sets the others' Err.
+func (b *Broker) appendCall(token string, batch []chart.StreamAppend) (keys []string, args []any, idx []int) {
+	p := b.opt.Prefix
+	keys = []string{p + "sb:" + token, p + "streams:bytes", p + "streams:age", p + "streams:total"}
+	args = []any{b.opt.StreamSize, b.opt.StreamTTL.Milliseconds(), token, (2 * b.opt.Timeout).Milliseconds(), max(b.opt.MaxBytes, 0), p}
+	idx = make([]int, 0, len(batch))
+	for i := range batch {
+		a := &batch[i]
+		a.Offset, a.Epoch, a.Err = 0, "", nil
+		k, err := b.streamKeys(a.Stream)
+		if err != nil {
+			a.Err = err
+			continue
+		}
+		keys = append(keys, k...)
+		args = append(args, a.Stream, a.Data)
+		idx = append(idx, i)
+	}
+	return keys, args, idx
 }
 
 // Read returns stream's entries with offsets above after, oldest first, at

@@ -392,12 +392,7 @@ func TestStreamReset(t *testing.T) {
 func TestAppendRetriedOnce(t *testing.T) {
 	srv := startRedis(t)
 	b := streamBroker(t, srv, Options{})
-	keys, err := b.streamKeys("c:retry")
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys = append([]string{b.opt.Prefix + "sb:token1"}, keys...)
-	args := []any{b.opt.StreamSize, b.opt.StreamTTL.Milliseconds(), "epoch1", int64(10000), []byte("m1")}
+	keys, args, _ := b.appendCall("token1", []chart.StreamAppend{{Stream: "c:retry", Data: []byte("m1")}})
 	first, err := b.runKeys(appendScript, keys, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -406,12 +401,136 @@ func TestAppendRetriedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(first) != "[1 epoch1]" || fmt.Sprint(again) != fmt.Sprint(first) {
-		t.Fatalf("first run %v, retry %v; want [1 epoch1] twice", first, again)
+	if fmt.Sprint(first) != "[1 token1]" || fmt.Sprint(again) != fmt.Sprint(first) {
+		t.Fatalf("first run %v, retry %v; want [1 token1] twice (the token is a new stream's epoch)", first, again)
 	}
 	r := mustRead(t, b, "c:retry", 0, 0)
 	wantEntries(t, r, 1)
 	if off, _ := mustAppend(t, b, "c:retry", "m2"); off != 2 {
 		t.Fatalf("next append at offset %d, want 2", off)
+	}
+}
+
+// streamBytes reads what the byte cap counts (streams:total and the sum
+// of streams:bytes) and what the lists of b's streams really hold.
+func streamBytes(t *testing.T, b *Broker) (total, counted, held int64, streams int) {
+	t.Helper()
+	ctx := context.Background()
+	p := b.opt.Prefix
+	total, _ = b.rdb.Get(ctx, p+"streams:total").Int64()
+	sizes, err := b.rdb.HGetAll(ctx, p+"streams:bytes").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range sizes {
+		var n int64
+		fmt.Sscan(v, &n)
+		counted += n
+	}
+	keys, err := b.rdb.Keys(ctx, p+"se:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		es, err := b.rdb.LRange(ctx, k, 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		held += 1024 // a stream's keys
+		for _, e := range es {
+			held += int64(len(e))
+		}
+	}
+	return total, counted, held, len(keys)
+}
+
+// TestMaxBytes: appends to many inboxes (direct messages to random uids)
+// stay within Options.MaxBytes: the streams appended to longest ago are
+// deleted whole, the newest keep everything, the count matches what the
+// lists hold, and Redis's memory stops growing with the cap. A deleted
+// stream starts again under a new epoch.
+func TestMaxBytes(t *testing.T) {
+	srv := startRedis(t)
+	const maxBytes = 64 << 10
+	b := streamBroker(t, srv, Options{MaxBytes: maxBytes})
+	ctx := context.Background()
+	used := func() int64 {
+		info, err := b.rdb.Info(ctx, "memory").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+				fmt.Sscan(v, &n)
+			}
+		}
+		return n
+	}
+	_, firstEpoch := mustAppend(t, b, "u:0", "m1")
+	before := used()
+	payload := strings.Repeat("x", 100)
+	const uids = 20000
+	batch := make([]chart.StreamAppend, 0, 256)
+	for uid := 1; uid <= uids; uid++ {
+		batch = append(batch, chart.StreamAppend{Stream: fmt.Sprintf("u:%d", uid), Data: []byte(payload)})
+		if len(batch) == cap(batch) || uid == uids {
+			b.AppendBatch(batch)
+			for _, a := range batch {
+				if a.Err != nil || a.Offset != 1 {
+					t.Fatalf("%s: offset %d, %v", a.Stream, a.Offset, a.Err)
+				}
+			}
+			batch = batch[:0]
+		}
+	}
+	// The batches' results (sb:TOKEN, kept 2 x Timeout for retries) are
+	// not streams: they expire in seconds. Count without them.
+	tokens, _ := b.rdb.Keys(ctx, b.opt.Prefix+"sb:*").Result()
+	b.rdb.Del(ctx, tokens...)
+	grew := used() - before
+	total, counted, held, streams := streamBytes(t, b)
+	t.Logf("%d inboxes appended: %d kept, %d bytes counted, Redis used_memory grew %d KiB (cap %d KiB)", uids, streams, total, grew>>10, maxBytes>>10)
+	if total > maxBytes || total != counted || total != held {
+		t.Fatalf("total %d, sizes sum %d, lists hold %d; want equal and <= %d", total, counted, held, maxBytes)
+	}
+	if streams < 45 || streams > 60 { // 1 KiB + ~120 bytes a stream
+		t.Fatalf("%d streams kept, want about %d", streams, maxBytes/1144)
+	}
+	if grew > 512<<10 { // without the cap: about 14 MiB
+
+		t.Fatalf("Redis memory grew %d KiB for a %d KiB cap", grew>>10, maxBytes>>10)
+	}
+	if r := mustRead(t, b, fmt.Sprintf("u:%d", uids), 0, 0); len(r.entries) != 1 || !r.complete {
+		t.Fatalf("the newest inbox: %d entries, complete %v", len(r.entries), r.complete)
+	}
+	if r := mustRead(t, b, "u:0", 0, 0); r.epoch != "" || len(r.entries) != 0 {
+		t.Fatalf("the oldest inbox: epoch %q, %d entries; want deleted", r.epoch, len(r.entries))
+	}
+	if off, epoch := mustAppend(t, b, "u:0", "m1"); off != 1 || epoch == firstEpoch {
+		t.Fatalf("append to a deleted stream: offset %d epoch %q (was %q); want 1 under a new epoch", off, epoch, firstEpoch)
+	}
+}
+
+// TestMaxBytesExpired: a stream whose keys expired (no append for
+// StreamTTL) stops counting at a later append, so that expired streams
+// neither hold the cap nor grow the index.
+func TestMaxBytesExpired(t *testing.T) {
+	srv := startRedis(t)
+	b := streamBroker(t, srv, Options{StreamTTL: 100 * time.Millisecond})
+	ctx := context.Background()
+	mustAppend(t, b, "c:old", "m1")
+	deadline := time.Now().Add(10 * time.Second)
+	for b.rdb.Exists(ctx, b.opt.Prefix+"sm:c:old").Val() == 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("c:old did not expire")
+		}
+		time.Sleep(20 * time.Millisecond) // waiting for Redis to expire the key
+	}
+	mustAppend(t, b, "c:new", "m1")
+	total, counted, held, _ := streamBytes(t, b)
+	names, _ := b.rdb.ZRange(ctx, b.opt.Prefix+"streams:age", 0, -1).Result()
+	if total != held || counted != held || len(names) != 1 || names[0] != "c:new" {
+		t.Fatalf("total %d, sizes %d, held %d, index %v; want c:new's bytes and [c:new]", total, counted, held, names)
 	}
 }
