@@ -644,7 +644,7 @@ func (b *Broker) IsOnlineBatch(uids []uint64) ([]bool, error) {
 
 // batchParallel bounds the calls of a batch (IsOnlineBatch, AckBatch) in
 // flight at once.
-const batchParallel = 16
+const batchParallel = 64
 
 // parallel runs f(0), ..., f(n-1), up to batchParallel at once, and
 // returns the first error.
