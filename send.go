@@ -1,6 +1,9 @@
 package chart
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // Sending: every message, from a client frame or from business code, is
 // encoded into one WebSocket frame here, queued on the local connections
@@ -127,8 +130,7 @@ func (h *Hub) sendDirect(m *Message, at int64) error {
 	if !m.Online && !m.Transient && !h.streams.keepsInboxes() {
 		return &Error{Kind: ErrUserOffline, Uid: m.UserId, ToUid: m.ToUserId}
 	}
-	h.publishDirect(m, at)
-	return nil
+	return h.publishDirect(m, at)
 }
 
 // Publish sends a message to every member of a channel without the sender
@@ -199,17 +201,53 @@ func (h *Hub) publishChannel(m *Message, wait bool, at int64) {
 
 // publishDirect sends a direct message to every connection of its
 // recipient and of its sender, each stamped with its place in that user's
-// inbox; m ends with the sender's. The two appends go out together: the
-// recipient's is not waited for when the sender's is.
-func (h *Hub) publishDirect(m *Message, at int64) {
+// inbox; m ends with the sender's. When the recipient has a connection
+// here (or the streams are this node's own), the two appends go out
+// together and only the sender's is waited for: the recipient gets the
+// message here whatever becomes of its append. Otherwise the recipient's
+// append comes first: if it fails, the message reached nobody (no other
+// node is sent it, no inbox holds it), so the sender's is not made and
+// the send is refused with ErrBroker: nothing is echoed to the sender as
+// sent that was not.
+func (h *Hub) publishDirect(m *Message, at int64) error {
 	bp := scratch.Get().(*[]byte)
 	prefix := appendPrefix((*bp)[:0], m)
+	defer putScratch(bp, prefix)
 	both := m.UserId != m.ToUserId && m.UserId != 0
-	m.Offset, m.Epoch = h.publishOn(topic{uid: m.ToUserId}, prefix, m.Transient, !both, at)
+	to := topic{uid: m.ToUserId}
+	if both && !m.Transient && h.streams.shared() && h.lookupUser(m.ToUserId) == nil {
+		if off, _ := h.publishOnly(to, prefix, at); off == 0 {
+			return &Error{Kind: ErrBroker, Uid: m.UserId, ToUid: m.ToUserId, Err: errNotAppended}
+		}
+	} else {
+		m.Offset, m.Epoch = h.publishOn(to, prefix, m.Transient, !both, at)
+	}
 	if both {
 		m.Offset, m.Epoch = h.publishOn(topic{uid: m.UserId}, prefix, m.Transient, true, at)
 	}
-	putScratch(bp, prefix)
+	return nil
+}
+
+// errNotAppended is the cause of a direct message refused because its
+// recipient's append failed.
+var errNotAppended = errors.New("chart: the recipient's inbox could not be appended to; nobody received the message")
+
+// publishOnly is publishOn(t, prefix, false, true, at) for a message that
+// must reach t's stream or nobody: when its append fails, the other nodes
+// are not sent it (they would deliver it without a position) and off is
+// 0.
+func (h *Hub) publishOnly(t topic, prefix []byte, at int64) (off uint64, epoch string) {
+	h.streams.appendThen(t, prefix, true, func(data []byte, o uint64, e string) {
+		off, epoch = o, e
+		if o != 0 {
+			h.deliverAt(t, stampedFrame(data, o, e, at), o, e)
+		}
+	}, func(data []byte, o uint64, e string) {
+		if o != 0 {
+			h.peers.publish(t, data, false, o, e)
+		}
+	})
+	return off, epoch
 }
 
 // publishOn sends prefix, a message framed up to its position, on stream

@@ -228,3 +228,49 @@ func TestHeartbeatFenced(t *testing.T) {
 		t.Fatalf("next heartbeat: gone %v, err %v; want [7]", gone, err)
 	}
 }
+
+// TestDirectRefusedWhenNotAppended: Redis refuses writes (out of memory)
+// but answers reads, so the recipient is found online on the other node
+// while its inbox cannot be appended to. The direct message reaches
+// nobody, and the sender is told so (broker_failed) instead of seeing its
+// echo; once Redis takes writes again, the next message goes through and
+// is the first the recipient gets.
+func TestDirectRefusedWhenNotAppended(t *testing.T) {
+	srv := startRedis(t)
+	rec := charttest.NewRecorder()
+	opt := Options{TTL: time.Minute} // no heartbeat (a write) during the test
+	node := func() *charttest.Server {
+		b, err := Dial(srv.url(), opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return charttest.Start(t, chart.Config{Broker: b}, rec)
+	}
+	a, b := node(), node()
+	c1 := a.Login(t, rec, 1)
+	c2 := b.Login(t, rec, 2)
+	ctl := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.url(), "redis://")})
+	defer ctl.Close()
+	ctx := context.Background()
+	if err := ctl.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c1.SendToUser(2, "lost?")
+	f := c1.NextErr("broker_failed")
+	if f.ToUserId != 2 {
+		t.Fatalf("error frame %+v, want one naming to_user_id 2", f)
+	}
+	rec.WantErr(t, chart.ErrBroker)
+	if err := ctl.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The node refuses at once until it sees Redis answer again (failfast).
+	charttest.Eventually(t, "node A sees uid 2 online", func() bool { return a.Hub.IsOnline(2) })
+	c1.SendToUser(2, "after")
+	if m := c1.NextMsg(); m.Content != "after" {
+		t.Fatalf("sender got %+v, want its echo of \"after\"", m)
+	}
+	if m := c2.NextMsg(); m.Content != "after" || m.Offset == 0 {
+		t.Fatalf("recipient's first message %+v, want \"after\" with its offset", m)
+	}
+}

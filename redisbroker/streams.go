@@ -84,7 +84,11 @@ var (
 	// ago is deleted whole (its next append starts a new epoch).
 	appendScript = redis.NewScript(streamHead + `
 local kept = redis.call('GET', KEYS[1])
-if kept then return cjson.decode(kept) end
+if kept and kept ~= '' then return cjson.decode(kept) end
+-- Redis checks maxmemory at a script's first write only, and only for a
+-- command that may grow memory (a DEL or HDEL first would let every
+-- later write through): this SET comes first.
+redis.call('SET', KEYS[1], '', 'PX', ARGV[4])
 local sizes, byage, total = KEYS[2], KEYS[3], KEYS[4]
 local size, ttl, maxb, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5]), ARGV[6]
 local now = nowms()
