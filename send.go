@@ -103,7 +103,10 @@ func (h *Hub) memberships(uid uint64, res map[string]bool) (online bool, err err
 // connections when uid is online, so that all its devices show the
 // conversation. When toUid is offline the message waits in its inbox
 // (Config.InboxSize, InboxTTL) and is delivered on its next connection;
-// only with inboxes off does it return ErrUserOffline.
+// only with inboxes off does it return ErrUserOffline. In a cluster it
+// returns an ErrBroker error when the broker cannot tell whether toUid is
+// online, or when toUid is not connected to this node and its inbox could
+// not be appended to: then nobody received the message.
 func (h *Hub) SendMessageToUid(uid, toUid uint64, msg string) error {
 	at := monotime()
 	m := Message{UserId: uid, ToUserId: toUid, Type: TypeText, Content: msg, SendTime: now()}
