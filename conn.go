@@ -30,7 +30,7 @@ type Conn struct {
 	ws      *websocket.Conn // gorilla's reader reads; nil: the connection is polled
 	nc      net.Conn
 	ip      string // the client's IP, kept while MaxConnsPerIP counts it
-	proto   string // the subprotocol, of a polled connection
+	proto   string // the subprotocol of a polled connection without chart.v1
 	v1      bool   // the client speaks chart.v1 (recovery.go)
 
 	// A polled connection's: idle is set while it waits in the poller with
@@ -96,6 +96,9 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 // connection (Config.Subprotocols), or "".
 func (c *Conn) Subprotocol() string {
 	if c.ws == nil {
+		if c.v1 {
+			return ProtocolV1
+		}
 		return c.proto
 	}
 	return c.ws.Subprotocol()

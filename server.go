@@ -127,7 +127,10 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request, uid uint64, meta any
 		// Polled: gorilla's reader (which has read nothing: Upgrade
 		// refuses a client that sends before the handshake completes) is
 		// not needed, and not kept.
-		c.ws, c.proto = nil, ws.Subprotocol()
+		c.ws = nil
+		if !c.v1 {
+			c.proto = ws.Subprotocol()
+		}
 	} else {
 		ws.SetReadLimit(h.cfg.MaxMessageSize)
 		ws.SetPingHandler(c.onPing)
