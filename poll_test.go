@@ -333,3 +333,21 @@ func TestTLSKeepsGoroutineReader(t *testing.T) {
 	}
 	rec.NoErr(t)
 }
+
+// TestNoPongWaitKeepsIdle: with PongWait off, a connection that sent a
+// message is not dropped MessageTimeout later (the message's read
+// deadline is lifted once it is read).
+func TestNoPongWaitKeepsIdle(t *testing.T) {
+	_, rec, sender, reader := pollPair(t, chart.Config{PongWait: -1, MessageTimeout: 100 * time.Millisecond})
+	nc := sender.UnderlyingConn()
+	if _, err := nc.Write(clientFrame(0x1, true, roomMessage("first"))); err != nil {
+		t.Fatal(err)
+	}
+	reader.WantContent("first")
+	reader.Quiet(300 * time.Millisecond) // three MessageTimeouts idle
+	if _, err := nc.Write(clientFrame(0x1, true, roomMessage("still here"))); err != nil {
+		t.Fatal(err)
+	}
+	reader.WantContent("still here")
+	rec.NoErr(t)
+}
