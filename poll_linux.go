@@ -13,10 +13,11 @@ import (
 // The poller: on Linux a connection over a plain socket waits for its
 // client's next frame in an epoll set shared by many connections, instead
 // of in a goroutine of its own with its buffers (read.go, readPolled). A
-// few pollers (one per core, at most 8) each wait in epoll_wait, and for
-// each readable connection only start its reader goroutine; the reader
-// does the work, and gives the connection back when it has read all that
-// came. A poller's goroutine runs only while it has connections.
+// few pollers (one per core, at most 8), each an epoll set that one
+// goroutine waits on (in Go's own netpoller, as on a socket), only start
+// the reader goroutine of each readable connection; the reader does the
+// work, and gives the connection back when it has read all that came. A
+// poller's goroutine runs only while it has connections.
 //
 // Each registration is one-shot (EPOLLONESHOT), so that one reader at a
 // time reads a connection: the poller starts a reader only if it takes the
@@ -79,10 +80,15 @@ func (p *poller) init() {
 		p.file = os.NewFile(uintptr(epfd), "chart-epoll")
 		if rc, err := p.file.SyscallConn(); err == nil {
 			p.rc = rc
+		} else {
+			p.file.Close() // closes epfd
+			p.file, epfd = nil, -1
 		}
 	}
 	if p.rc == nil {
-		syscall.Close(epfd)
+		if epfd >= 0 {
+			syscall.Close(epfd)
+		}
 		syscall.Close(p.wake[0])
 		syscall.Close(p.wake[1])
 		return
@@ -192,11 +198,16 @@ func (p *poller) loop() {
 	var drain [64]byte
 	for {
 		var n int
-		p.rc.Read(func(fd uintptr) bool {
+		err := p.rc.Read(func(fd uintptr) bool {
 			var err error
 			n, err = syscall.EpollWait(int(fd), events[:], 0)
 			return n > 0 || err != nil && err != syscall.EINTR && err != syscall.EAGAIN
 		})
+		if err != nil {
+			// Go's poller cannot wait for the epoll set (it was not
+			// registered): wait in the system call.
+			n, _ = syscall.EpollWait(p.epfd, events[:], -1)
+		}
 		for _, ev := range events[:max(n, 0)] {
 			key := uint32(ev.Fd)
 			if key == 0 {
