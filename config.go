@@ -157,7 +157,9 @@ type Config struct {
 
 	// ReadBufferSize is the per-connection read buffer. Default 128 bytes:
 	// it holds frame headers and small messages, larger payloads are read
-	// past it straight into the message buffer.
+	// past it straight into the message buffer. Connections that wait in
+	// the poller (Linux, plain TCP) have none: they read through pooled
+	// buffers, held only while reading, and ignore it.
 	ReadBufferSize int
 
 	// MaxChannelIdLen bounds the length of channel ids. Default 256 bytes.

@@ -14,9 +14,12 @@ import (
 // (ConnectHandler, DisconnectHandler, MessageFilter) receive it; its
 // methods are safe for concurrent use.
 //
-// A Conn has a read goroutine (read.go) for as long as it lives, and a
-// writer goroutine (write.go) only while it has something to send; the
-// writer is the only code that writes to the socket.
+// A Conn has a reader goroutine (read.go) while it reads: on Linux, over
+// a plain socket, only while the client's frames are being read, the
+// connection waiting for them in a shared poller meanwhile
+// (poll_linux.go); elsewhere for as long as it lives. It has a writer
+// goroutine (write.go) only while it has something to send; the writer is
+// the only code that writes to the socket.
 type Conn struct {
 	hub     *Hub
 	id      uint64
@@ -24,10 +27,21 @@ type Conn struct {
 	meta    any
 	handler Handler
 	user    *user
-	ws      *websocket.Conn
+	ws      *websocket.Conn // gorilla's reader reads; nil: the connection is polled
 	nc      net.Conn
 	ip      string // the client's IP, kept while MaxConnsPerIP counts it
+	proto   string // the subprotocol of a polled connection without chart.v1
 	v1      bool   // the client speaks chart.v1 (recovery.go)
+
+	// A polled connection's: idle is set while it waits in the poller with
+	// no reader, and whoever takes it (CompareAndSwap) becomes its reader;
+	// deadline (unix nanoseconds) is when a read gives up, which its
+	// timer, due at armedAt (under mu), enforces while no reader reads.
+	idle     atomic.Bool
+	pollKey  uint32 // its key in the poller; the reader's
+	deadline atomic.Int64
+	armedAt  int64
+	timer    *time.Timer
 
 	// The read goroutine's own state.
 	refused     int   // rate-limited messages in a row
@@ -80,7 +94,15 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
 // Subprotocol returns the WebSocket subprotocol negotiated for the
 // connection (Config.Subprotocols), or "".
-func (c *Conn) Subprotocol() string { return c.ws.Subprotocol() }
+func (c *Conn) Subprotocol() string {
+	if c.ws == nil {
+		if c.v1 {
+			return ProtocolV1
+		}
+		return c.proto
+	}
+	return c.ws.Subprotocol()
+}
 
 // Close closes the connection with CloseDisconnected (4001) and reason as
 // the close frame's text, after the messages already queued: clients do not
@@ -196,6 +218,7 @@ func (c *Conn) abort() {
 	c.queue, c.qbytes, c.closeFrame = nil, 0, nil
 	c.mu.Unlock()
 	c.nc.Close()
+	c.wake() // a polled connection's socket closed: no poller tells
 }
 
 // setReason records why the connection ends, unless that is known already.
@@ -236,9 +259,13 @@ func (c *Conn) teardown(readErr error) {
 	if clean {
 		c.writer.Wait() // bounded by WriteWait
 	}
+	pollRemove(c)
 	c.nc.Close()
 	c.mu.Lock()
 	c.state.Store(connDead)
+	if c.timer != nil {
+		c.timer.Stop() // and armTimer arms it no more
+	}
 	c.mu.Unlock()
 	c.writer.Wait()
 

@@ -42,11 +42,15 @@
 //
 //   - Exactly one goroutine writes to each connection: its writer, which
 //     sends messages, pings, pongs and close frames. It runs only while the
-//     connection has something queued, so an idle connection costs one
-//     goroutine, its reader. (The one exception is inside gorilla/websocket:
-//     on a protocol violation by the client its reader writes a close frame
-//     itself as the connection dies; the socket's write lock keeps frames
-//     whole.)
+//     connection has something queued. On Linux, over a plain socket, the
+//     reader too runs only while the client's frames are being read: an
+//     idle connection waits in a poller that a few goroutines share (an
+//     epoll set each), which only starts its reader, so it costs no
+//     goroutine; elsewhere, and over TLS, it costs one, its reader. (The
+//     one exception to the single writer is inside gorilla/websocket, which
+//     reads those other connections: on a protocol violation by the client
+//     its reader writes a close frame itself as the connection dies; the
+//     socket's write lock keeps frames whole.)
 //   - Hub state lives in sharded maps behind mutexes; there is no central
 //     goroutine, so the hub cannot block behind one. Publishing never
 //     blocks on a connection: each has a bounded queue, and one that

@@ -90,15 +90,173 @@ func (c *Conn) extendReadDeadline() {
 	if d := time.Unix(0, c.msgDeadline); c.msgDeadline != 0 && (t.IsZero() || d.Before(t)) {
 		t = d
 	}
-	if t.IsZero() {
-		return
-	}
-	c.nc.SetReadDeadline(t)
+	// With no PongWait, the zero time lifts the message's deadline.
+	c.setReadDeadline(t, false)
 	if c.state.Load() != connOpen {
 		// The writer may have set the close deadline between the check and
 		// the line above; restore it.
-		c.nc.SetReadDeadline(time.Now().Add(cfg.CloseGrace))
+		c.setReadDeadline(time.Now().Add(cfg.CloseGrace), true)
 	}
+}
+
+// setReadDeadline sets when reading gives up (the zero time: never): the
+// socket's read deadline, and for a polled connection, which may have no
+// reader to see it, the time its timer makes sure a reader looks. The
+// reader sets it without arming the timer while it reads (the socket's
+// deadline stops it), and arms it before it parks (park); anyone else
+// arms it.
+func (c *Conn) setReadDeadline(t time.Time, arm bool) {
+	c.nc.SetReadDeadline(t)
+	if c.ws != nil {
+		return
+	}
+	var d int64
+	if !t.IsZero() {
+		d = t.UnixNano()
+	}
+	c.deadline.Store(d)
+	if arm {
+		c.armTimer()
+	}
+}
+
+// armTimer makes sure a polled connection's timer is due by its read
+// deadline. The timer is only ever moved earlier: due before the
+// deadline, it moves itself on (onDeadline).
+func (c *Conn) armTimer() {
+	d := c.deadline.Load()
+	if d == 0 {
+		return
+	}
+	c.mu.Lock()
+	switch {
+	case c.state.Load() == connDead:
+	case c.timer == nil:
+		c.timer = time.AfterFunc(time.Duration(d-time.Now().UnixNano()), c.onDeadline)
+		c.armedAt = d
+	case c.armedAt == 0 || d < c.armedAt:
+		c.timer.Reset(time.Duration(d - time.Now().UnixNano()))
+		c.armedAt = d
+	}
+	c.mu.Unlock()
+}
+
+// onDeadline runs when a polled connection's timer is due. If its read
+// deadline has passed and it waits in the poller, it becomes its reader,
+// whose read then fails with the timeout; with a reader at work, the
+// socket's deadline stops it, or park sees it.
+func (c *Conn) onDeadline() {
+	c.mu.Lock()
+	d := c.deadline.Load()
+	now := time.Now().UnixNano()
+	switch {
+	case c.state.Load() == connDead || d == 0:
+		c.armedAt = 0
+		c.mu.Unlock()
+		return
+	case now < d:
+		c.timer.Reset(time.Duration(d - now))
+		c.armedAt = d
+		c.mu.Unlock()
+		return
+	}
+	c.armedAt = 0
+	c.mu.Unlock()
+	if c.idle.CompareAndSwap(true, false) {
+		c.readPolled()
+	}
+}
+
+// pastDeadline reports whether a polled connection's read deadline has passed.
+func (c *Conn) pastDeadline() bool {
+	d := c.deadline.Load()
+	return d != 0 && time.Now().UnixNano() >= d
+}
+
+// wake makes a polled connection whose socket was closed read, so that
+// its read fails and it ends: closing a socket takes it out of the epoll
+// set silently.
+func (c *Conn) wake() {
+	if c.ws == nil && c.idle.CompareAndSwap(true, false) {
+		go c.readPolled()
+	}
+}
+
+// startPolled puts a new polled connection into its poller, or when that
+// fails, reads it from a goroutine.
+func (c *Conn) startPolled() {
+	c.extendReadDeadline()
+	c.armTimer()
+	if pollAdd(c) != nil {
+		go c.readPolled()
+	}
+}
+
+// readPolled is the reader of a polled connection. It runs when the
+// socket is readable, its read deadline passed or it was closed, reads
+// what came, and returns the connection to the poller as soon as it is
+// between messages with nothing buffered; it ends the connection when a
+// read fails. It reads frames itself (wsread.go) with the limits and
+// deadlines readLoop has; the next message's read deadline is set before
+// the connection waits for it, not when it is readable.
+func (c *Conn) readPolled() {
+	fr := getFrameReader(c)
+	var err error
+	for {
+		var mt int
+		if mt, err = fr.nextMessage(); err != nil {
+			break
+		}
+		if c.state.Load() != connOpen {
+			// Closing: discard everything until the client's close frame.
+			if _, err = io.Copy(io.Discard, fr); err != nil {
+				break
+			}
+		} else if err = c.handle(mt, fr); err != nil {
+			break
+		}
+		c.extendReadDeadline()
+		if fr.idle() {
+			fr.put()
+			if c.park() {
+				return
+			}
+			fr = getFrameReader(c)
+		}
+	}
+	fr.put()
+	if c.state.Load() == connClosing && !errors.As(err, new(*websocket.CloseError)) {
+		// A close frame of ours is due (a protocol violation, an oversize
+		// frame; or the client's close is awaited): let the writer send it
+		// and drop the socket before teardown closes it.
+		c.drain()
+	}
+	c.teardown(err)
+	c.hub.readers.Done()
+}
+
+// park gives a polled connection back to the poller: it sets it idle, then
+// re-arms it. It returns false when the reader must read on: the socket
+// could not be re-armed (it was closed), or the read deadline passed
+// meanwhile, whose timer may have found the reader still at work; in both
+// cases only if it takes the connection back (else whoever took it reads).
+func (c *Conn) park() bool {
+	c.armTimer()
+	c.idle.Store(true)
+	if pollArm(c) != nil || c.pastDeadline() {
+		return !c.idle.CompareAndSwap(true, false)
+	}
+	return true
+}
+
+// drain reads and drops what the client sends until the socket fails: the
+// writer drops it after its close frame, or the close deadline passes.
+func (c *Conn) drain() {
+	fr := getFrameReader(c)
+	for fr.fill() == nil {
+		fr.r = fr.w
+	}
+	fr.put()
 }
 
 // readBufs pools small read buffers; a large message gets its own.

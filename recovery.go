@@ -52,6 +52,10 @@ func (c *Conn) start() {
 		c.helloTimer = time.AfterFunc(c.hub.cfg.HelloTimeout, func() { c.recover(&positions{}) })
 		c.mu.Unlock()
 	}
+	if c.ws == nil {
+		c.startPolled()
+		return
+	}
 	go c.readLoop()
 }
 

@@ -583,6 +583,11 @@ func TestBigInboxNoLockout(t *testing.T) {
 	// reads the inbox), up to half a queue too (acknowledged by being
 	// written), then live.
 	plain := s.Dial(t, 5)
+	// Dial may have taken the registration of dialV1's connection above
+	// (charttest's Open waits for any registration of the uid): wait for
+	// this one's, or "live again" finds uid 5 offline and stays in its
+	// inbox, past what the replay gives.
+	charttest.Eventually(t, "the plain connection registered", func() bool { return hub.IsOnline(5) })
 	hub.SendMessageToUid(9, 5, "live again")
 	first := 0
 	for k := 0; ; k++ {

@@ -123,10 +123,20 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request, uid uint64, meta any
 	}
 	c := &Conn{hub: h, id: h.connIDs.Add(1), uid: uid, meta: meta, handler: handler, ws: ws, nc: ws.NetConn(), ip: ip,
 		v1: ws.Subprotocol() == ProtocolV1, hold: []held{}}
-	ws.SetReadLimit(h.cfg.MaxMessageSize)
-	ws.SetPingHandler(c.onPing)
-	ws.SetPongHandler(c.onPong)
-	ws.SetCloseHandler(func(int, string) error { return nil }) // the writer answers
+	if pollable(c.nc) {
+		// Polled: gorilla's reader (which has read nothing: Upgrade
+		// refuses a client that sends before the handshake completes) is
+		// not needed, and not kept.
+		c.ws = nil
+		if !c.v1 {
+			c.proto = ws.Subprotocol()
+		}
+	} else {
+		ws.SetReadLimit(h.cfg.MaxMessageSize)
+		ws.SetPingHandler(c.onPing)
+		ws.SetPongHandler(c.onPong)
+		ws.SetCloseHandler(func(int, string) error { return nil }) // the writer answers
+	}
 	if !h.connect(c) {
 		h.releaseIP(ip)
 		return

@@ -226,7 +226,7 @@ func (c *Conn) writeClose(cf []byte, hangUp bool) bool {
 		c.abort()
 		return false
 	}
-	c.nc.SetReadDeadline(time.Now().Add(cfg.CloseGrace))
+	c.setReadDeadline(time.Now().Add(cfg.CloseGrace), true)
 	return true
 }
 

@@ -1,0 +1,18 @@
+//go:build !linux
+
+package chart
+
+import (
+	"errors"
+	"net"
+)
+
+// Elsewhere than on Linux, every connection keeps a read goroutine, with
+// gorilla's reader (read.go, readLoop).
+
+var errNoPoller = errors.New("chart: no poller on this platform")
+
+func pollable(net.Conn) bool { return false }
+func pollAdd(*Conn) error    { return errNoPoller }
+func pollArm(*Conn) error    { return errNoPoller }
+func pollRemove(*Conn)       {}
