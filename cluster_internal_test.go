@@ -216,3 +216,33 @@ func TestSequencerOldEpochLate(t *testing.T) {
 		t.Fatalf("%d holes skipped, want none", holes)
 	}
 }
+
+// TestSequencerFirstMessagesCross: the first two messages of a stream this
+// node has just begun to follow arrive crossed (offset 7 before 6: one
+// node published 6 just before the other published 7). They go out in
+// order, and the next follows at once. (They went out crossed, and a
+// client that keeps the highest offset dropped 6 as a double.)
+func TestSequencerFirstMessagesCross(t *testing.T) {
+	_, h, c := seqNode(t)
+	r := topic{ch: "r"}
+	var frames [9][]byte
+	for off := uint64(1); off <= 8; off++ {
+		m := Message{ChannelId: "r", Type: TypeText, Content: "m" + strconv.FormatUint(off, 10)}
+		prefix := appendPrefix(nil, &m)
+		got, e := h.streams.append(r, prefix) // appended, never published
+		if got != off {
+			t.Fatalf("appended at %d, want %d", got, off)
+		}
+		frames[off] = framePrefix(prefix, off, e)
+	}
+	_, epoch := h.Acked(0, "r")
+	h.seq.deliver(r, frames[7], 7, epoch)
+	h.seq.deliver(r, frames[6], 6, epoch)
+	want(t, c, 6)
+	want(t, c, 7)
+	h.seq.deliver(r, frames[8], 8, epoch)
+	want(t, c, 8)
+	if holes := h.Stats().Holes; holes != 0 {
+		t.Fatalf("%d holes skipped, want none", holes)
+	}
+}

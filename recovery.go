@@ -1,6 +1,8 @@
 package chart
 
 import (
+	"cmp"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -67,6 +69,7 @@ type replay struct {
 	live   bool     // nothing replayed: live messages only
 	acked  bool     // replayed from what the user acknowledged, not from the client's position
 	pos    position // where the client is after the replay
+	last   uint64   // the stream's newest offset when it was read
 }
 
 // recover sends a connection what it missed, then its held live messages
@@ -90,8 +93,16 @@ func (c *Conn) recover(hello *positions) {
 		return
 	}
 	replays := c.replays(hello)
+	// A stream this node begins to follow for this connection starts
+	// where the read found it: a live message published before the read
+	// and arriving after a later one (from another node) then goes out
+	// in its place, not after it.
+	for _, r := range replays {
+		c.hub.seq.startAt(r.t, r.pos.Epoch, r.last)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	inOrder(c.hold)
 	last := make(map[topic]uint64, len(replays))
 	for i := range replays {
 		r := &replays[i]
@@ -250,9 +261,36 @@ func (h *Hub) replay(t topic, p position, known bool, b *budget, partial bool) r
 			r.live, r.pos.Offset = true, last
 		}
 	}
-	r.pos.Epoch = epoch
+	r.pos.Epoch, r.last = epoch, last
 	r.pos.Recovered = &recovered
 	return r
+}
+
+// inOrder puts each stream's messages in hold in offset order, keeping
+// the places the stream's messages take among the others': messages that
+// crossed on their way (from two nodes) while the connection recovered go
+// out in order.
+func inOrder(hold []held) {
+	idx := make(map[topic][]int)
+	for i, m := range hold {
+		if m.off != 0 {
+			idx[m.t] = append(idx[m.t], i)
+		}
+	}
+	var ms []held
+	for _, is := range idx {
+		if len(is) < 2 {
+			continue
+		}
+		ms = ms[:0]
+		for _, i := range is {
+			ms = append(ms, hold[i])
+		}
+		slices.SortStableFunc(ms, func(a, b held) int { return cmp.Compare(a.off, b.off) })
+		for k, i := range is {
+			hold[i] = ms[k]
+		}
+	}
 }
 
 // encodeWelcome is the frame that ends a chart.v1 recovery:

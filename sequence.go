@@ -35,8 +35,9 @@ const (
 	// either, everything held goes out, in order, skipping the hole.
 	reorderMax   = 8192
 	reorderBytes = 4 << 20
-	// reorderIdle is how long a stream is followed without traffic.
-	reorderIdle = time.Minute
+	// reorderIdle is how long a stream is followed without traffic (a
+	// stream is forgotten anyway when its last local subscriber goes).
+	reorderIdle = 10 * time.Minute
 )
 
 // sequencer keeps the shared streams' delivery order on this node. A nil
@@ -137,6 +138,13 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 		s.reset(t, q, epoch)
 	}
 	switch {
+	case q.next == 0 && off > 1:
+		// The first message since this node followed the stream: one
+		// published just before it may still be on its way, and would
+		// come after it. The first messages wait (reorderWait), then go
+		// out in order; what came before them and comes later is late.
+		q.insert(held{f, t, off})
+		s.wait(t, q)
 	case q.next == 0 || off == q.next:
 		if q.next == 0 {
 			q.first = off
@@ -337,6 +345,18 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 		q.mu.Unlock()
 		return // the hole filled; a new wait may have begun
 	}
+	if q.next == 0 {
+		// The first messages of a newly followed stream waited for any
+		// published just before them: they go out in order, from the
+		// lowest, and what is missing between them is waited for as a
+		// hole.
+		q.timer = nil
+		q.next, q.first = q.held[0].off, q.held[0].off
+		s.drain(t, q)
+		s.wait(t, q)
+		q.mu.Unlock()
+		return
+	}
 	from, epoch := q.next, q.epoch
 	q.mu.Unlock()
 
@@ -434,6 +454,33 @@ func (s *sequencer) catchUp() {
 		}
 		f.q.mu.Unlock()
 	}
+}
+
+// startAt tells the sequencer, after a connection's recovery read t's
+// stream up to offset last under epoch, where a stream this node has just
+// begun to follow stands: the next offset due is last+1 (what was read
+// went out in the replay). A stream it already follows keeps its order.
+func (s *sequencer) startAt(t topic, epoch string, last uint64) {
+	if s == nil || epoch == "" {
+		return
+	}
+	q := s.lookup(t)
+	defer q.mu.Unlock()
+	if q.epoch != "" && q.epoch != epoch {
+		return // reset meanwhile: the live messages tell the new epoch
+	}
+	if q.next != 0 && q.epoch == epoch {
+		return
+	}
+	q.epoch = epoch
+	q.next, q.first = last+1, last+1
+	k := 0
+	for k < len(q.held) && q.held[k].off <= last {
+		k++
+	}
+	q.release(k) // went out in the replay
+	s.drain(t, q)
+	s.wait(t, q)
 }
 
 // forget stops following t: what it holds is dropped.

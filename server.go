@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"cmp"
 	"errors"
 	"io"
 	"net/http"
@@ -82,7 +83,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status, body := http.StatusUnauthorized, "unauthorized"
 		var e *Error
 		if errors.As(err, &e) {
-			status, body = cmp(e.Status, status), cmp(clip(e.Code), body)
+			status, body = cmp.Or(e.Status, status), cmp.Or(clip(e.Code), body)
 		}
 		http.Error(w, "chart: "+body, status)
 		if e != nil && e.Err != nil {
@@ -92,15 +93,6 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.serve(w, r, uid, meta, handler)
-}
-
-// cmp returns v, or def when v is the zero value.
-func cmp[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // serve upgrades an admitted request and registers its connection.

@@ -10,7 +10,9 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/wuyan94zl/chart"
@@ -21,7 +23,9 @@ type Server struct {
 	Hub        *chart.Hub
 	URL        string // ws://.../ws
 	srv        *httptest.Server
-	registered chan uint64
+	mu         sync.Mutex
+	dials      uint64
+	registered map[string]chan struct{} // by the dial's token, until NewServer returned
 	killed     bool
 
 	// Strict makes the Clients dialled or attached from here afterwards
@@ -55,16 +59,17 @@ func Start(t testing.TB, cfg chart.Config, h chart.Handler) *Server {
 func Serve(t testing.TB, hub *chart.Hub, h chart.Handler) *Server {
 	t.Helper()
 	mux := http.NewServeMux()
-	s := &Server{Hub: hub, registered: make(chan uint64, 10000)}
+	s := &Server{Hub: hub, registered: make(map[string]chan struct{})}
 	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
 		uid, _ := strconv.ParseUint(r.FormValue("id"), 10, 64)
 		hw := &hijackWatch{ResponseWriter: w}
 		hub.NewServer(hw, r, uid, h)
-		if hw.hijacked {
-			select {
-			case s.registered <- uid:
-			default:
-			}
+		s.mu.Lock()
+		done := s.registered[r.FormValue("dial")]
+		delete(s.registered, r.FormValue("dial"))
+		s.mu.Unlock()
+		if hw.hijacked && done != nil {
+			close(done)
 		}
 	})
 	s.srv = httptest.NewServer(mux)
@@ -107,16 +112,27 @@ func (s *Server) DialHeader(t testing.TB, uid uint64, hdr http.Header) *Client {
 // later. The test's cleanup closes it.
 func (s *Server) Open(t testing.TB, uid uint64, hdr http.Header) *websocket.Conn {
 	t.Helper()
-	ws, status, err := s.dial(uid, hdr)
+	// The handshake answer can reach the client before NewServer has
+	// registered the connection; wait for that (this very dial's, named
+	// by a token), so that the test may use the API for this uid at once.
+	s.mu.Lock()
+	s.dials++
+	token := strconv.FormatUint(s.dials, 10)
+	done := make(chan struct{})
+	s.registered[token] = done
+	s.mu.Unlock()
+	ws, status, err := s.dialToken(uid, hdr, token)
 	if err != nil {
+		s.mu.Lock()
+		delete(s.registered, token)
+		s.mu.Unlock()
 		t.Fatalf("dial uid %d: %v (HTTP %d)", uid, err, status)
 	}
 	t.Cleanup(func() { ws.Close() })
-	// The handshake answer can reach the client before NewServer has
-	// registered the connection; wait for that, so that the test may use
-	// the API for this uid at once.
-	for got := uint64(0); got != uid; {
-		got = Recv(t, s.registered, "registration")
+	select {
+	case <-done:
+	case <-time.After(Wait):
+		t.Fatalf("uid %d: connection not registered within %v", uid, Wait)
 	}
 	return ws
 }
@@ -147,8 +163,17 @@ func (s *Server) DialRefused(t testing.TB, uid uint64, hdr http.Header) int {
 
 // dial connects uid; status is the HTTP status of the answer, 0 if none.
 func (s *Server) dial(uid uint64, hdr http.Header) (ws *websocket.Conn, status int, err error) {
+	return s.dialToken(uid, hdr, "")
+}
+
+// dialToken is dial naming the dial by token, for Open.
+func (s *Server) dialToken(uid uint64, hdr http.Header, token string) (ws *websocket.Conn, status int, err error) {
 	d := websocket.Dialer{HandshakeTimeout: Wait}
-	ws, resp, err := d.Dial(s.URL+"?id="+strconv.FormatUint(uid, 10), hdr)
+	url := s.URL + "?id=" + strconv.FormatUint(uid, 10)
+	if token != "" {
+		url += "&dial=" + token
+	}
+	ws, resp, err := d.Dial(url, hdr)
 	if resp != nil {
 		status = resp.StatusCode
 	}
