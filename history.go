@@ -118,6 +118,11 @@ const (
 	entryOverhead  = 96
 )
 
+// entrySize is what an entry with data counts against the byte cap: the
+// memory its copy of data takes (its capacity: the allocator's size
+// class, up to a quarter more than its length) and the overhead.
+func entrySize(data []byte) int { return cap(data) + entryOverhead }
+
 func newHistory(cfg *Config) *history {
 	if cfg.HistorySize < 0 && cfg.InboxSize < 0 {
 		return nil
@@ -175,7 +180,7 @@ func (hs *history) append(name topic, data []byte) (uint64, string) {
 	st.entries = append(st.entries, entry{off: st.last, at: now, data: append([]byte(nil), data...)})
 	sh.fifo = append(sh.fifo, entryRef{st, st.last})
 	sh.live++
-	sh.bytes += int64(len(data) + entryOverhead)
+	sh.bytes += int64(entrySize(st.entries[len(st.entries)-1].data))
 	sh.expire(st, size, cutoff(now, ttl))
 	hs.trim(sh, st)
 	return st.last, st.epoch
@@ -209,7 +214,7 @@ func cutoff(now, ttl int64) int64 {
 func (sh *historyShard) expire(st *stream, size int, cutoff int64) {
 	n := 0
 	for n < len(st.entries) && (len(st.entries)-n > size || st.entries[n].at < cutoff) {
-		sh.bytes -= int64(len(st.entries[n].data) + entryOverhead)
+		sh.bytes -= int64(entrySize(st.entries[n].data))
 		n++
 	}
 	if n > 0 {
@@ -230,7 +235,7 @@ func (hs *history) trim(sh *historyShard, appending *stream) {
 		sh.fifo = sh.fifo[1:]
 		st := ref.s
 		if len(st.entries) > 0 && st.entries[0].off == ref.off {
-			sh.bytes -= int64(len(st.entries[0].data) + entryOverhead)
+			sh.bytes -= int64(entrySize(st.entries[0].data))
 			st.entries[0] = entry{}
 			st.entries = st.entries[1:]
 			sh.live--
@@ -310,7 +315,7 @@ func (hs *history) reset(t topic) {
 	defer sh.mu.Unlock()
 	if st := sh.streams[t]; st != nil {
 		for _, e := range st.entries {
-			sh.bytes -= int64(len(e.data) + entryOverhead)
+			sh.bytes -= int64(entrySize(e.data))
 		}
 		sh.live -= len(st.entries)
 		st.entries = nil // the FIFO's refs to it are dead now
