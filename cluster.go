@@ -38,6 +38,13 @@ type peers interface {
 	// failed counts a failed broker or presence call; true when it begins
 	// an outage, which is then reported once.
 	failed(err error) bool
+	// deferLogout takes the LogoutServer of uid, whose last connection
+	// here closed while the broker could not say whether it is online
+	// elsewhere, until the broker can (logouts.go); false: the caller
+	// runs it now. cancelLogout drops a deferred one, for a uid that
+	// connected here again, and reports whether there was one.
+	deferLogout(uid uint64, h Handler, chans []string) bool
+	cancelLogout(uid uint64) bool
 	// stop ends the heartbeat and closes the broker, once.
 	stop()
 }
@@ -71,6 +78,8 @@ func (noPeers) control(uint64, bool, []string) error        { return nil }
 func (noPeers) kick(uint64, string) error                   { return nil }
 func (noPeers) notify(topic, byte, []byte)                  {}
 func (noPeers) failed(error) bool                           { return false }
+func (noPeers) deferLogout(uint64, Handler, []string) bool  { return false }
+func (noPeers) cancelLogout(uint64) bool                    { return false }
 func (noPeers) stop()                                       {}
 
 // connectBackends chooses the hub's presence and peers from its Config.
@@ -150,6 +159,9 @@ type cluster struct {
 	catching atomic.Bool // a catch-up runs
 	relogin  atomic.Bool // this node was reaped: the next republish logs its uids in again
 	again    atomic.Bool // the broker resumed again while it ran
+
+	logoutMu sync.Mutex
+	logouts  map[uint64]deferred // LogoutServer calls waiting for the broker (logouts.go)
 }
 
 // subState serialises the (un)subscribe calls of one topic without holding
@@ -267,6 +279,7 @@ func (cl *cluster) heartbeat(first bool) {
 		// A reap cut short still took its gone uids offline: nobody else
 		// will see them go.
 		cl.logoutGone(gone)
+		cl.expireLogouts(now)
 		return
 	}
 	cl.beatMu.Lock()
@@ -362,8 +375,19 @@ func (cl *cluster) republish() {
 	if err != nil {
 		h.brokerFailed(err)
 	}
+	held := cl.takeLogouts()
 	for _, uid := range uids {
-		if h.queueEvent(uid, func() { cl.purge(uid) }) {
+		step := func() { cl.purge(uid) }
+		if d, ok := held[uid]; ok {
+			delete(held, uid)
+			step = func() { cl.settleLogout(uid, d, true) }
+		}
+		if h.queueEvent(uid, step) {
+			drain = append(drain, uid)
+		}
+	}
+	for uid, d := range held { // not in this node's presence (lost with the broker's data)
+		if h.queueEvent(uid, func() { cl.settleLogout(uid, d, false) }) {
 			drain = append(drain, uid)
 		}
 	}

@@ -59,6 +59,9 @@ func (h *Hub) up(u *user) {
 		h.brokerFailed(err)
 		first = true // serve as a single node until the broker is back
 	}
+	if h.peers.cancelLogout(uid) {
+		first = false // its logout waited for the broker: it never left
+	}
 	var chans []string
 	if !first {
 		if chans, err = h.presence.Channels(uid); err != nil {
@@ -110,21 +113,38 @@ func (h *Hub) down(uid uint64, chans []string, handler Handler) {
 	last, err := h.presence.Disconnect(uid)
 	if err != nil {
 		h.brokerFailed(err)
-		last = true
+		// Online elsewhere or not, the broker will tell (logouts.go).
+		last = !h.peers.deferLogout(uid, handler, chans)
 	}
-	if last && h.pres.on {
-		// In a cluster a uid leaves its channels when it is offline
-		// everywhere; presence has dropped them now.
-		for i, pres := range h.presenceIds(chans) {
-			if pres {
-				h.recordShared(uid, false, chans[i:i+1])
-			}
-		}
+	if last {
+		h.leftChannels(uid, chans)
 	}
 	h.peers.follow(topic{uid: uid})
 	h.followChannels(chans)
 	if last {
 		h.call(handler, uid, "LogoutServer", func() { handler.LogoutServer(uid) })
+	}
+}
+
+// loggedOut ends the session of uid, offline everywhere now (a logout that
+// waited for the broker, logouts.go): its presence events leave its
+// channels, and LogoutServer runs.
+func (h *Hub) loggedOut(uid uint64, chans []string, handler Handler) {
+	h.leftChannels(uid, chans)
+	h.call(handler, uid, "LogoutServer", func() { handler.LogoutServer(uid) })
+}
+
+// leftChannels records, for the channels with presence events, that uid
+// left them: in a cluster a uid leaves its channels when it is offline
+// everywhere, and presence has dropped them now.
+func (h *Hub) leftChannels(uid uint64, chans []string) {
+	if !h.pres.on {
+		return
+	}
+	for i, pres := range h.presenceIds(chans) {
+		if pres {
+			h.recordShared(uid, false, chans[i:i+1])
+		}
 	}
 }
 
