@@ -171,6 +171,9 @@ type subState struct{ have, busy, again bool }
 
 func (cl *cluster) stop() {
 	cl.stopOnce.Do(func() {
+		if !cl.hub.killed.Load() {
+			cl.endLogouts()
+		}
 		cl.goMu.Lock()
 		cl.stopped = true
 		cl.goMu.Unlock()

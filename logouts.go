@@ -13,7 +13,7 @@ import "time"
 // A uid that connects here again meanwhile was never logged out: its
 // deferred logout is dropped and no LoginServer runs for it. An outage
 // longer than the node TTL (three heartbeats) ends the wait: the node
-// then decides alone, as the other nodes reap it.
+// then decides alone, as the other nodes reap it; so does Shutdown.
 
 // deferred is a LogoutServer waiting for the broker.
 type deferred struct {
@@ -93,21 +93,42 @@ func (cl *cluster) settleLogout(uid uint64, d deferred, inPresence bool) {
 // expireLogouts runs the deferred logouts that waited a node TTL (three
 // heartbeat intervals) for the broker: the node decides alone.
 func (cl *cluster) expireLogouts(now time.Time) {
+	drain := cl.decideLogouts(func(d deferred) bool { return now.Sub(d.since) >= 3*cl.hub.presence.HeartbeatInterval() })
+	if len(drain) > 0 {
+		cl.spawn(func() {
+			for _, uid := range drain {
+				cl.hub.drainEvents(uid)
+			}
+		})
+	}
+}
+
+// endLogouts runs every deferred logout, the node deciding alone: it
+// stops (Shutdown runs LogoutServer for every user it had).
+func (cl *cluster) endLogouts() {
+	for _, uid := range cl.decideLogouts(func(deferred) bool { return true }) {
+		cl.hub.drainEvents(uid)
+	}
+}
+
+// decideLogouts queues the LogoutServer of the deferred logouts that due
+// selects, in their uids' event queues, and returns the uids whose queue
+// the caller must drain.
+func (cl *cluster) decideLogouts(due func(deferred) bool) []uint64 {
 	h := cl.hub
-	ttl := 3 * h.presence.HeartbeatInterval()
 	cl.logoutMu.Lock()
-	var due []uint64
+	var uids []uint64
 	var ds []deferred
 	for uid, d := range cl.logouts {
-		if now.Sub(d.since) >= ttl {
-			due = append(due, uid)
+		if due(d) {
+			uids = append(uids, uid)
 			ds = append(ds, d)
 			delete(cl.logouts, uid)
 		}
 	}
 	cl.logoutMu.Unlock()
 	var drain []uint64
-	for i, uid := range due {
+	for i, uid := range uids {
 		d := ds[i]
 		step := func() {
 			if !h.killed.Load() && h.lookupUser(uid) == nil {
@@ -118,11 +139,5 @@ func (cl *cluster) expireLogouts(now time.Time) {
 			drain = append(drain, uid)
 		}
 	}
-	if len(drain) > 0 {
-		cl.spawn(func() {
-			for _, uid := range drain {
-				h.drainEvents(uid)
-			}
-		})
-	}
+	return drain
 }

@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -92,5 +93,29 @@ func TestLogoutDecidedAloneAfterTTL(t *testing.T) {
 	c.closeNow()
 	if got := recv(t, ra.logouts, "uid 4's logout"); got != 4 {
 		t.Fatalf("logout of %d, want 4", got)
+	}
+}
+
+// TestShutdownEndsDeferredLogouts: Shutdown runs the LogoutServer of a uid
+// whose logout waits for the broker, as it does for every user it had.
+func TestShutdownEndsDeferredLogouts(t *testing.T) {
+	bus := NewMemoryBus()
+	ra := newRecorder()
+	ba := bus.Broker()
+	a := startServer(t, Config{Broker: ba}, ra)
+	c := a.login(t, ra, 5)
+	bus.Cut(ba, true)
+	c.closeNow()
+	cl := a.hub.peers.(*cluster)
+	eventually(t, "the logout deferred", func() bool {
+		cl.logoutMu.Lock()
+		defer cl.logoutMu.Unlock()
+		return len(cl.logouts) == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	a.hub.Shutdown(ctx)
+	if got := recv(t, ra.logouts, "uid 5's logout"); got != 5 {
+		t.Fatalf("logout of %d, want 5", got)
 	}
 }
