@@ -20,8 +20,10 @@ import (
 // publish failed, or is slow) is read from the stream, or skipped if the
 // stream no longer has it; a message that comes after its turn is dropped:
 // it went out from the stream already, or the connections went on. A node
-// starts following a stream at the first
-// message it delivers from it, and forgets it after reorderIdle without
+// starts following a stream where a connection's recovery read it
+// (startAt), or else with the first messages it receives, which wait
+// reorderWait for any published just before them; it forgets the stream
+// when its last local subscriber goes, or after reorderIdle without
 // traffic, so what it holds is bounded by the streams with local
 // subscribers.
 //
