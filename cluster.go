@@ -42,9 +42,10 @@ type peers interface {
 	// here closed while the broker could not say whether it is online
 	// elsewhere, until the broker can (logouts.go); false: the caller
 	// runs it now. cancelLogout drops a deferred one, for a uid that
-	// connected here again, and reports whether there was one.
+	// connected here again, and reports whether there was one, with the
+	// channels uid had when it left.
 	deferLogout(uid uint64, h Handler, chans []string) bool
-	cancelLogout(uid uint64) bool
+	cancelLogout(uid uint64) (chans []string, ok bool)
 	// stop ends the heartbeat and closes the broker, once.
 	stop()
 }
@@ -79,7 +80,7 @@ func (noPeers) kick(uint64, string) error                   { return nil }
 func (noPeers) notify(topic, byte, []byte)                  {}
 func (noPeers) failed(error) bool                           { return false }
 func (noPeers) deferLogout(uint64, Handler, []string) bool  { return false }
-func (noPeers) cancelLogout(uint64) bool                    { return false }
+func (noPeers) cancelLogout(uint64) ([]string, bool)        { return nil, false }
 func (noPeers) stop()                                       {}
 
 // connectBackends chooses the hub's presence and peers from its Config.

@@ -59,13 +59,15 @@ func (h *Hub) up(u *user) {
 		h.brokerFailed(err)
 		first = true // serve as a single node until the broker is back
 	}
-	if h.peers.cancelLogout(uid) {
+	held, back := h.peers.cancelLogout(uid)
+	if back {
 		first = false // its logout waited for the broker: it never left
 	}
 	var chans []string
 	if !first {
 		if chans, err = h.presence.Channels(uid); err != nil {
 			h.brokerFailed(err)
+			chans = held // the channels it had here when it left
 		}
 	}
 	h.loaded(u, chans)

@@ -11,7 +11,8 @@ import "time"
 // offline here and runs LogoutServer only if that was the uid's last node
 // (or, when the broker lost its data, only if the uid is online nowhere).
 // A uid that connects here again meanwhile was never logged out: its
-// deferred logout is dropped and no LoginServer runs for it. An outage
+// deferred logout is dropped, no LoginServer runs for it, and it is back in
+// the channels it had (from presence, or else as it left them). An outage
 // longer than the node TTL (three heartbeats) ends the wait: the node
 // then decides alone, as the other nodes reap it; so does Shutdown.
 
@@ -34,12 +35,12 @@ func (cl *cluster) deferLogout(uid uint64, h Handler, chans []string) bool {
 	return true
 }
 
-func (cl *cluster) cancelLogout(uid uint64) bool {
+func (cl *cluster) cancelLogout(uid uint64) ([]string, bool) {
 	cl.logoutMu.Lock()
 	defer cl.logoutMu.Unlock()
-	_, ok := cl.logouts[uid]
+	d, ok := cl.logouts[uid]
 	delete(cl.logouts, uid)
-	return ok
+	return d.chans, ok
 }
 
 // takeLogouts returns the deferred logouts, which the caller settles.

@@ -22,7 +22,8 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // than the TTL) while three uids' last connections there close: uid 1 is
 // still connected to node B, uid 2 is gone for good, uid 3 comes back to A
 // during the cut. A defers their LogoutServer; once the cut ends, only uid
-// 2, offline everywhere, is logged out, and uid 3 gets no second login.
+// 2, offline everywhere, is logged out, and uid 3 gets no second login and
+// keeps its channel.
 // (Deciding alone, A logged out 1 and 3 and logged 3 in again.)
 func TestLogoutWaitsForTheBroker(t *testing.T) {
 	bus := NewMemoryBus()
@@ -35,6 +36,9 @@ func TestLogoutWaitsForTheBroker(t *testing.T) {
 	b.dial(t, 1) // online on B too: no login there
 	c2 := a.login(t, ra, 2)
 	c3 := a.login(t, ra, 3)
+	if err := a.hub.JoinChannelIds(3, "k"); err != nil {
+		t.Fatal(err)
+	}
 	cl := a.hub.peers.(*cluster)
 	deferredUids := func() map[uint64]bool {
 		cl.logoutMu.Lock()
@@ -53,6 +57,9 @@ func TestLogoutWaitsForTheBroker(t *testing.T) {
 	eventually(t, "three logouts deferred", func() bool { return len(deferredUids()) == 3 })
 	a.dial(t, 3)
 	eventually(t, "uid 3's logout dropped", func() bool { d := deferredUids(); return len(d) == 2 && !d[3] })
+	if chans, _ := a.hub.localChannels(3); len(chans) != 1 || chans[0] != "k" {
+		t.Fatalf("uid 3 back in %v during the cut, want [k] (as it left)", chans)
+	}
 	bus.Cut(ba, false)
 
 	if got := recv(t, ra.logouts, "uid 2's logout"); got != 2 {
@@ -74,6 +81,10 @@ func TestLogoutWaitsForTheBroker(t *testing.T) {
 		t.Fatalf("logout of %d on B, want none", uid)
 	default:
 	}
+	eventually(t, "uid 3 in k on node B's view", func() bool {
+		ids := b.hub.ChannelUserIds("k")
+		return len(ids) == 1 && ids[0] == 3
+	})
 	if !b.hub.IsOnline(1) || !b.hub.IsOnline(3) || b.hub.IsOnline(2) {
 		t.Fatalf("online 1 %v, 2 %v, 3 %v; want true, false, true", b.hub.IsOnline(1), b.hub.IsOnline(2), b.hub.IsOnline(3))
 	}
