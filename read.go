@@ -207,12 +207,16 @@ func (c *Conn) readPolled() {
 		if mt, err = fr.nextMessage(); err != nil {
 			break
 		}
-		if c.state.Load() != connOpen {
+		switch {
+		case mt == 0:
+			// Control frames only, nothing more buffered: park.
+		case c.state.Load() != connOpen:
 			// Closing: discard everything until the client's close frame.
-			if _, err = io.Copy(io.Discard, fr); err != nil {
-				break
-			}
-		} else if err = c.handle(mt, fr); err != nil {
+			_, err = io.Copy(io.Discard, fr)
+		default:
+			err = c.handle(mt, fr)
+		}
+		if err != nil {
 			break
 		}
 		c.extendReadDeadline()

@@ -143,7 +143,10 @@ const (
 // nextMessage skips what is left of the current message and returns the
 // type of the next one, whose payload Read then returns. Control frames on
 // the way are handled as gorilla does: pings and pongs go to onPing and
-// onPong, a close frame ends reading with a *websocket.CloseError.
+// onPong, a close frame ends reading with a *websocket.CloseError. After a
+// control frame with nothing more buffered it returns 0 (no message), so
+// that the connection can wait in the poller again: a client that sends
+// pings, or answers the server's, must not keep a reader for good.
 func (fr *frameReader) nextMessage() (int, error) {
 	if fr.inMsg {
 		if _, err := io.Copy(io.Discard, fr); err != nil {
@@ -160,6 +163,9 @@ func (fr *frameReader) nextMessage() (int, error) {
 		if op == opText || op == opBinary {
 			fr.inMsg = true
 			return op, nil
+		}
+		if fr.r == fr.w {
+			return 0, nil
 		}
 	}
 	return 0, fr.err
