@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -344,5 +346,51 @@ func TestAttackControlFramesKeepReader(t *testing.T) {
 			})
 			rec.NoErr(t)
 		})
+	}
+}
+
+// TestAttackEOFWithoutCloseFrame: a client whose stream ends without a
+// close frame (its process died, it half-closed) is not answered with a
+// close frame 1006, which RFC 6455 (7.4.1) forbids on the wire, and is not
+// counted as having closed (Stats: client_closed is "sent a close frame").
+func TestAttackEOFWithoutCloseFrame(t *testing.T) {
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{}, rec)
+	for i, name := range []string{"nothing sent", "after a message", "header cut short"} {
+		t.Run(name, func(t *testing.T) {
+			uid := uint64(i + 1)
+			ws := s.Open(t, uid, nil)
+			rec.WantLogin(t, uid)
+			nc := ws.UnderlyingConn().(*net.TCPConn)
+			switch i {
+			case 1:
+				nc.Write(clientFrame(0x1, true, []byte(`{"to_user_id":99,"content":"x"}`)))
+			case 2:
+				nc.Write(clientFrame(0x1, true, roomMessage("x"))[:3])
+			}
+			nc.CloseWrite()
+			nc.SetReadDeadline(time.Now().Add(charttest.Wait))
+			out, err := io.ReadAll(nc)
+			if isTimeout(err) {
+				t.Fatal("connection not ended")
+			}
+			// Skip what the server sent before (an error frame for the
+			// message to an offline user).
+			for len(out) >= 2 && out[0]&0xf != 0x8 {
+				n := int(out[1] & 0x7f)
+				if n == 126 {
+					n = 2 + int(binary.BigEndian.Uint16(out[2:]))
+				}
+				out = out[min(len(out), 2+n):]
+			}
+			if len(out) >= 4 {
+				t.Fatalf("server sent a close frame with code %d", binary.BigEndian.Uint16(out[2:]))
+			}
+			charttest.Recv(t, rec.Logouts, "logout")
+			rec.WantErr(t, chart.ErrConnection)
+		})
+	}
+	if n := s.Hub.Stats().DisconnectReasons.ClientClosed; n != 0 {
+		t.Fatalf("%d counted as closed by the client", n)
 	}
 }
