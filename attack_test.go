@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -407,7 +408,7 @@ func TestAttackEOFWithoutCloseFrame(t *testing.T) {
 func TestAttackCloseWhileReading(t *testing.T) {
 	const n = 60
 	rec := charttest.NewRecorder()
-	s := start(t, chart.Config{RateLimit: -1, ReadRate: -1}, rec)
+	s := start(t, chart.Config{RateLimit: -1, ReadRate: -1, CloseGrace: 100 * time.Millisecond}, rec)
 	conns := make([]*websocket.Conn, n)
 	for i := range conns {
 		conns[i] = s.Open(t, uint64(i+1), nil)
@@ -461,4 +462,40 @@ func TestAttackCloseWhileReading(t *testing.T) {
 		ws.UnderlyingConn().Close() // the writers of the disconnected ones stop
 	}
 	wg.Wait()
+}
+
+// TestAttackPingFloodNoRateLimit: with RateLimit off, a flood of 20000
+// pings in one write is read through and every ping answered, in order,
+// before the close that follows it.
+func TestAttackPingFloodNoRateLimit(t *testing.T) {
+	rec := charttest.NewRecorder()
+	s := start(t, chart.Config{RateLimit: -1, ReadRate: -1}, rec)
+	ws := s.Open(t, 1, nil)
+	rec.WantLogin(t, 1)
+	const n = 20000
+	var flood []byte
+	for i := 0; i < n; i++ {
+		flood = append(flood, clientFrame(0x9, true, []byte(strconv.Itoa(i)))...)
+	}
+	flood = append(flood, clientFrame(0x8, true, []byte{0x03, 0xe8})...)
+	pongs := 0
+	ws.SetPongHandler(func(data string) error {
+		if data != strconv.Itoa(pongs) {
+			return errors.New("pong " + data + ", want " + strconv.Itoa(pongs))
+		}
+		pongs++
+		return nil
+	})
+	began := time.Now()
+	written := make(chan error, 1)
+	go func() { _, err := ws.UnderlyingConn().Write(flood); written <- err }()
+	if code := closeCodeOf(t, ws); code != 1000 || pongs != n {
+		t.Fatalf("close %d after %d pongs, want 1000 after %d", code, pongs, n)
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d pings (%d bytes) answered in %v", n, len(flood), time.Since(began))
+	charttest.Recv(t, rec.Logouts, "logout")
+	rec.NoErr(t)
 }
