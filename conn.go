@@ -235,7 +235,7 @@ func (c *Conn) setReason(err error) {
 // connection and runs the callbacks that follow.
 func (c *Conn) teardown(readErr error) {
 	var ce *websocket.CloseError
-	clean := errors.As(readErr, &ce)
+	clean := errors.As(readErr, &ce) && ce.Code != websocket.CloseAbnormalClosure // 1006: the stream ended without a close frame
 	c.mu.Lock()
 	if clean && c.state.Load() == connOpen {
 		// The client closed first: answer with its status code.

@@ -203,16 +203,21 @@ func (c *Conn) readPolled() {
 	fr := getFrameReader(c)
 	var err error
 	for {
+		c.boundFrame()
 		var mt int
 		if mt, err = fr.nextMessage(); err != nil {
 			break
 		}
-		if c.state.Load() != connOpen {
+		switch {
+		case mt == 0:
+			// A control frame: park if nothing more is buffered.
+		case c.state.Load() != connOpen:
 			// Closing: discard everything until the client's close frame.
-			if _, err = io.Copy(io.Discard, fr); err != nil {
-				break
-			}
-		} else if err = c.handle(mt, fr); err != nil {
+			_, err = io.Copy(io.Discard, fr)
+		default:
+			err = c.handle(mt, fr)
+		}
+		if err != nil {
 			break
 		}
 		c.extendReadDeadline()
@@ -233,6 +238,23 @@ func (c *Conn) readPolled() {
 	}
 	c.teardown(err)
 	c.hub.readers.Done()
+}
+
+// boundFrame gives the frame a polled connection's reader is about to
+// read MessageTimeout at most to arrive, whatever time PongWait leaves:
+// the reader woke because bytes came, and a client that sends a byte of a
+// frame header and stalls must not hold a reader goroutine and its buffer
+// (some 9 KiB, against some 3 KiB idle) for PongWait. The deadline is only
+// brought forward: one passed (the reader woke for it) stays.
+func (c *Conn) boundFrame() {
+	mt := c.hub.cfg.MessageTimeout
+	if mt <= 0 {
+		return
+	}
+	t := time.Now().Add(mt)
+	if d := c.deadline.Load(); d == 0 || t.UnixNano() < d {
+		c.setReadDeadline(t, false)
+	}
 }
 
 // park gives a polled connection back to the poller: it sets it idle, then

@@ -143,7 +143,11 @@ const (
 // nextMessage skips what is left of the current message and returns the
 // type of the next one, whose payload Read then returns. Control frames on
 // the way are handled as gorilla does: pings and pongs go to onPing and
-// onPong, a close frame ends reading with a *websocket.CloseError.
+// onPong, a close frame ends reading with a *websocket.CloseError. After a
+// control frame it returns 0 (no message): the reader bounds the next
+// frame's wait again, or with nothing buffered gives the connection back
+// to the poller (a client that sends pings, or answers the server's, must
+// not keep a reader for good).
 func (fr *frameReader) nextMessage() (int, error) {
 	if fr.inMsg {
 		if _, err := io.Copy(io.Discard, fr); err != nil {
@@ -161,6 +165,7 @@ func (fr *frameReader) nextMessage() (int, error) {
 			fr.inMsg = true
 			return op, nil
 		}
+		return 0, nil
 	}
 	return 0, fr.err
 }
