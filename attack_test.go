@@ -213,14 +213,7 @@ func TestAttackSlowloris(t *testing.T) {
 	s := start(t, chart.Config{PingInterval: time.Hour, PongWait: pongWait, MessageTimeout: 200 * time.Millisecond}, rec)
 	base := runtime.NumGoroutine()
 	heap0, stack0 := liveHeap(), stackInuse()
-	conns := make([]*websocket.Conn, n)
-	for i := range conns {
-		conns[i] = s.Open(t, uint64(i+1), nil)
-		rec.WantLogin(t, uint64(i+1))
-	}
-	charttest.Eventually(t, "idle connections without goroutines", func() bool {
-		return runtime.NumGoroutine()-base < n/10
-	})
+	conns := openIdle(t, s, rec, n, base)
 	idleG, idleHeap, idleStack := runtime.NumGoroutine()-base, liveHeap()-heap0, stackInuse()-stack0
 	began := time.Now()
 	for _, ws := range conns {
@@ -319,14 +312,7 @@ func TestAttackControlFramesKeepReader(t *testing.T) {
 			rec := charttest.NewRecorder()
 			s := start(t, chart.Config{PingInterval: time.Hour, PongWait: time.Hour}, rec)
 			base := runtime.NumGoroutine()
-			conns := make([]*websocket.Conn, n)
-			for i := range conns {
-				conns[i] = s.Open(t, uint64(i+1), nil)
-				rec.WantLogin(t, uint64(i+1))
-			}
-			charttest.Eventually(t, "idle connections without goroutines", func() bool {
-				return runtime.NumGoroutine()-base < n/10
-			})
+			conns := openIdle(t, s, rec, n, base)
 			for _, ws := range conns {
 				// A pong, then a ping whose answer tells that both were read.
 				f := clientFrame(op, true, []byte("hb"))

@@ -48,6 +48,22 @@ func clientFrame(op byte, fin bool, payload []byte) []byte {
 	return f
 }
 
+// openIdle opens n connections, uids 1 to n, waits for their logins and
+// then until they hold no goroutine each (fewer than n/10 above base, the
+// goroutine count before they were opened).
+func openIdle(t *testing.T, s *charttest.Server, rec *charttest.Recorder, n, base int) []*websocket.Conn {
+	t.Helper()
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = s.Open(t, uint64(i+1), nil)
+		rec.WantLogin(t, uint64(i+1))
+	}
+	charttest.Eventually(t, "idle connections without goroutines", func() bool {
+		return runtime.NumGoroutine()-base < n/10
+	})
+	return conns
+}
+
 func roomMessage(content string) []byte {
 	b, _ := json.Marshal(map[string]any{"channel_id": "room", "content": content, "type": 3})
 	return b
@@ -268,14 +284,7 @@ func TestPolledIdleHoldsNoGoroutine(t *testing.T) {
 	s := start(t, chart.Config{}, rec)
 	base := runtime.NumGoroutine()
 	const n = 200
-	conns := make([]*websocket.Conn, n)
-	for i := range conns {
-		conns[i] = s.Open(t, uint64(i+1), nil)
-		rec.WantLogin(t, uint64(i+1))
-	}
-	charttest.Eventually(t, "idle connections without goroutines", func() bool {
-		return runtime.NumGoroutine()-base < n/10
-	})
+	conns := openIdle(t, s, rec, n, base)
 	reader := s.Login(t, rec, 1000)
 	s.Hub.JoinChannelIds(1000, "room")
 	for i, ws := range conns {
