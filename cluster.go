@@ -376,10 +376,15 @@ func (cl *cluster) republish() {
 		}
 	}
 	uids, err := h.presence.NodeUids()
+	held := cl.takeLogouts()
 	if err != nil {
 		h.brokerFailed(err)
+		// Without this node's uids, a deferred logout cannot be told
+		// from a uid that presence still lists here: they wait for the
+		// next republish (brokerFailed asked for one).
+		cl.returnLogouts(held)
+		held = nil
 	}
-	held := cl.takeLogouts()
 	for _, uid := range uids {
 		step := func() { cl.purge(uid) }
 		if d, ok := held[uid]; ok {

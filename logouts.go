@@ -55,6 +55,20 @@ func (cl *cluster) takeLogouts() map[uint64]deferred {
 	return held
 }
 
+// returnLogouts puts taken logouts back, unless newer ones replaced them.
+func (cl *cluster) returnLogouts(held map[uint64]deferred) {
+	cl.logoutMu.Lock()
+	defer cl.logoutMu.Unlock()
+	for uid, d := range held {
+		if cl.logouts == nil {
+			cl.logouts = make(map[uint64]deferred)
+		}
+		if _, ok := cl.logouts[uid]; !ok {
+			cl.logouts[uid] = d
+		}
+	}
+}
+
 // settleLogout runs uid's deferred LogoutServer if uid is offline
 // everywhere, now that the broker answers: marking it offline here when
 // this node's presence still has it (inPresence), else asking. It runs in
@@ -76,14 +90,7 @@ func (cl *cluster) settleLogout(uid uint64, d deferred, inPresence bool) {
 	}
 	if err != nil {
 		h.brokerFailed(err)
-		cl.logoutMu.Lock()
-		if cl.logouts == nil {
-			cl.logouts = make(map[uint64]deferred)
-		}
-		if _, ok := cl.logouts[uid]; !ok {
-			cl.logouts[uid] = d
-		}
-		cl.logoutMu.Unlock()
+		cl.returnLogouts(map[uint64]deferred{uid: d})
 		return
 	}
 	if last {
