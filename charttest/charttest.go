@@ -9,6 +9,9 @@ package charttest
 
 import (
 	"errors"
+	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +30,9 @@ type Recorder struct {
 	Errs    chan error
 	// OnLogin, when set, runs inside LoginServer before it is recorded.
 	OnLogin func(uid uint64)
+
+	mu    sync.Mutex
+	calls map[uint64][]bool // per uid, each callback in order: true for a login
 }
 
 // NewRecorder returns an empty Recorder.
@@ -52,11 +58,91 @@ func (r *Recorder) LoginServer(uid uint64) {
 	if r.OnLogin != nil {
 		r.OnLogin(uid)
 	}
+	r.log(uid, true)
 	r.Logins <- uid
 }
 
 // LogoutServer records uid.
-func (r *Recorder) LogoutServer(uid uint64) { r.Logouts <- uid }
+func (r *Recorder) LogoutServer(uid uint64) {
+	r.log(uid, false)
+	r.Logouts <- uid
+}
+
+func (r *Recorder) log(uid uint64, login bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.calls == nil {
+		r.calls = make(map[uint64][]bool)
+	}
+	r.calls[uid] = append(r.calls[uid], login)
+}
+
+// Calls returns uid's LoginServer (true) and LogoutServer (false) calls
+// so far, in the order they ran, on every hub sharing r.
+func (r *Recorder) Calls(uid uint64) []bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls[uid])
+}
+
+// Paired checks the callbacks of every uid recorded so far, on every hub
+// sharing r: they alternate, login first (login, logout, login, ...), and
+// a uid in online ends logged in, any other logged out (or never seen).
+// It returns nil or an error naming each uid that breaks the rule with its
+// calls. Callbacks are recorded as they start, so a uid's logout on one
+// node and its next login on another started within a broker round trip
+// of each other may be recorded in either order: tests leave a round trip
+// between such changes.
+func (r *Recorder) Paired(online ...uint64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	uids := make([]uint64, 0, len(r.calls))
+	for uid := range r.calls {
+		uids = append(uids, uid)
+	}
+	for _, uid := range online {
+		if _, ok := r.calls[uid]; !ok {
+			uids = append(uids, uid)
+		}
+	}
+	slices.Sort(uids)
+	for _, uid := range uids {
+		calls := r.calls[uid]
+		ok := true
+		for i, login := range calls {
+			if login != (i%2 == 0) {
+				ok = false
+			}
+		}
+		want := slices.Contains(online, uid)
+		if in := len(calls)%2 == 1; in != want {
+			ok = false
+		}
+		if !ok {
+			errs = append(errs, fmt.Errorf("uid %d: %s (want it logged %s)", uid, callString(calls), map[bool]string{true: "in", false: "out"}[want]))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func callString(calls []bool) string {
+	if len(calls) == 0 {
+		return "no callback"
+	}
+	b := make([]byte, 0, 8*len(calls))
+	for i, login := range calls {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		if login {
+			b = append(b, "login"...)
+		} else {
+			b = append(b, "logout"...)
+		}
+	}
+	return string(b)
+}
 
 // ErrorLogServer records err, dropping it when the buffer is full.
 func (r *Recorder) ErrorLogServer(err error) {
