@@ -63,10 +63,15 @@ func TestPartialMessageHolders(t *testing.T) {
 	s.Hub.JoinChannelIds(1, "room")
 	base := liveHeap()
 	const n = 200
+	// Open them all first: MessageTimeout runs from each one's first
+	// fragment, and the 200 must hold at once.
+	var wss []*websocket.Conn
+	for i := 0; i < n; i++ {
+		wss = append(wss, s.Open(t, uint64(100+i), nil))
+	}
 	var pingers []<-chan struct{}
 	began := time.Now()
-	for i := 0; i < n; i++ {
-		ws := s.Open(t, uint64(100+i), nil)
+	for _, ws := range wss {
 		pingers = append(pingers, holdPartial(t, ws, 60000))
 	}
 	charttest.Eventually(t, "partial messages held", func() bool { return s.Hub.Stats().PendingBytes >= n*56<<10 })
