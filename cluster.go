@@ -38,9 +38,16 @@ type peers interface {
 	// failed counts a failed broker or presence call; true when it begins
 	// an outage, which is then reported once.
 	failed(err error) bool
+	// deferLogin takes the LoginServer of uid, whose first connection
+	// here came while the broker could not say whether it is online
+	// elsewhere, until the broker can (deferred.go); false: the caller
+	// runs it now. cancelLogin drops it, for a uid whose last connection
+	// here closed before, and reports whether there was one.
+	deferLogin(uid uint64) bool
+	cancelLogin(uid uint64) bool
 	// deferLogout takes the LogoutServer of uid, whose last connection
 	// here closed while the broker could not say whether it is online
-	// elsewhere, until the broker can (logouts.go); false: the caller
+	// elsewhere, until the broker can (deferred.go); false: the caller
 	// runs it now. cancelLogout drops a deferred one, for a uid that
 	// connected here again, and reports whether there was one, with the
 	// channels uid had when it left.
@@ -79,6 +86,8 @@ func (noPeers) control(uint64, bool, []string) error        { return nil }
 func (noPeers) kick(uint64, string) error                   { return nil }
 func (noPeers) notify(topic, byte, []byte)                  {}
 func (noPeers) failed(error) bool                           { return false }
+func (noPeers) deferLogin(uint64) bool                      { return false }
+func (noPeers) cancelLogin(uint64) bool                     { return false }
 func (noPeers) deferLogout(uint64, Handler, []string) bool  { return false }
 func (noPeers) cancelLogout(uint64) ([]string, bool)        { return nil, false }
 func (noPeers) stop()                                       {}
@@ -154,6 +163,7 @@ type cluster struct {
 	beatMu     sync.Mutex // heartbeats may overlap (the loop's, Resumed's)
 	beatFailed bool       // the last heartbeat failed
 	backAt     time.Time  // when a heartbeat succeeded after failing
+	lostAt     time.Time  // when a heartbeat found this node's presence lost, not reaped
 
 	goMu     sync.Mutex // guards starting goroutines (spawn) against stop
 	stopped  bool
@@ -161,8 +171,10 @@ type cluster struct {
 	relogin  atomic.Bool // this node was reaped: the next republish logs its uids in again
 	again    atomic.Bool // the broker resumed again while it ran
 
-	logoutMu sync.Mutex
-	logouts  map[uint64]deferred // LogoutServer calls waiting for the broker (logouts.go)
+	// Callbacks waiting for the broker (deferred.go).
+	deferMu sync.Mutex
+	logins  map[uint64]struct{}
+	logouts map[uint64]deferred
 }
 
 // subState serialises the (un)subscribe calls of one topic without holding
@@ -283,12 +295,14 @@ func (cl *cluster) heartbeat(first bool) {
 		// A reap cut short still took its gone uids offline: nobody else
 		// will see them go.
 		cl.logoutGone(gone)
-		cl.expireLogouts(now)
 		return
 	}
 	cl.beatMu.Lock()
 	if cl.beatFailed {
 		cl.beatFailed, cl.backAt = false, now
+	}
+	if lost && !reaped && !first {
+		cl.lostAt = now
 	}
 	cl.beatMu.Unlock()
 	cl.down.Store(false)
@@ -303,12 +317,21 @@ func (cl *cluster) heartbeat(first bool) {
 		cl.relogin.Store(true) // the next republish logs the reaped uids in again
 	}
 	republish := cl.stale.Swap(false) || (lost && !first)
-	if republish && !cl.working.CompareAndSwap(false, true) {
-		cl.stale.Store(true) // the running worker may have missed changes: again next time
-		republish = false
+	// Callbacks that waited for the broker's data to settle (deferred.go).
+	settle := false
+	if !republish {
+		if waiting, _ := cl.pending(); waiting && !cl.unsettled(now) {
+			settle = true
+		}
+	}
+	if (republish || settle) && !cl.working.CompareAndSwap(false, true) {
+		if republish {
+			cl.stale.Store(true) // the running worker may have missed changes: again next time
+		}
+		republish, settle = false, false
 	}
 	heal := cl.streams != nil && cl.streams.holed()
-	if len(drain) == 0 && !republish && !heal {
+	if len(drain) == 0 && !republish && !settle && !heal {
 		return
 	}
 	cl.loop.Add(1)
@@ -317,10 +340,11 @@ func (cl *cluster) heartbeat(first bool) {
 		for _, uid := range drain {
 			h.drainEvents(uid)
 		}
-		if republish {
-			cl.republish()
+		if republish || settle {
+			if cl.republish(republish) {
+				h.presenceRepublished()
+			}
 			cl.working.Store(false)
-			h.presenceRepublished()
 		}
 		if heal {
 			cl.streams.heal()
@@ -365,14 +389,28 @@ func (h *Hub) gone(uid uint64) {
 // republish restores every local uid's presence, and disconnects in
 // presence the uids this node no longer holds (their Disconnect failed
 // during the outage), each through its uid's event queue so that it
-// cannot overtake a connect or disconnect.
-func (cl *cluster) republish() {
+// cannot overtake a connect or disconnect; and it settles the callbacks
+// that waited for the broker (deferred.go). With all false it only
+// settles them. It reports whether it re-published uids: the presence
+// events of every node then resync.
+func (cl *cluster) republish(all bool) bool {
 	h := cl.hub
 	relogin := cl.relogin.Swap(false)
+	wait := cl.unsettled(time.Now())
+	_, logins := cl.pending()
 	var drain []uint64
-	for _, uid := range h.localUids() {
-		if h.queueEvent(uid, func() { cl.restore(uid, relogin) }) {
+	queue := func(uid uint64, step func()) {
+		if h.queueEvent(uid, step) {
 			drain = append(drain, uid)
+		}
+	}
+	if all {
+		for _, uid := range h.localUids() {
+			queue(uid, func() { cl.restore(uid, relogin, wait) })
+		}
+	} else {
+		for _, uid := range logins {
+			queue(uid, func() { cl.restore(uid, relogin, wait) })
 		}
 	}
 	uids, err := h.presence.NodeUids()
@@ -386,31 +424,45 @@ func (cl *cluster) republish() {
 		held = nil
 	}
 	for _, uid := range uids {
-		step := func() { cl.purge(uid) }
 		if d, ok := held[uid]; ok {
 			delete(held, uid)
-			step = func() { cl.settleLogout(uid, d, true) }
-		}
-		if h.queueEvent(uid, step) {
-			drain = append(drain, uid)
+			queue(uid, func() { cl.settleLogout(uid, d, true) })
+		} else if all {
+			queue(uid, func() { cl.purge(uid) })
 		}
 	}
-	for uid, d := range held { // not in this node's presence (lost with the broker's data)
-		if h.queueEvent(uid, func() { cl.settleLogout(uid, d, false) }) {
-			drain = append(drain, uid)
+	// The rest are not in this node's presence.
+	switch {
+	case relogin:
+		// Reaped: the reaper ran LogoutServer for those that were only
+		// here.
+	case wait:
+		// The broker lost its data: offline everywhere may mean not
+		// re-published yet. Until the others have, these uids are
+		// restored here, so that a node whose login of one waits finds
+		// it online; their logouts settle then, as for a short outage.
+		for uid, d := range held {
+			queue(uid, func() { cl.keepLogout(uid, d) })
+		}
+	default:
+		for uid, d := range held {
+			queue(uid, func() { cl.settleLogout(uid, d, false) })
 		}
 	}
 	for _, uid := range drain {
 		h.drainEvents(uid)
 	}
+	return all || (len(logins) > 0 && !wait)
 }
 
 // restore re-publishes the presence of uid, if it is still connected here.
 //
-// With relogin (another node reaped this one and ran LogoutServer for the
-// uids that were only here), a uid that the restore finds offline
-// everywhere gets its LoginServer again: its callbacks stay paired.
-func (cl *cluster) restore(uid uint64, relogin bool) {
+// Its LoginServer runs when the restore finds it offline everywhere and
+// either it waited (it connected here during an outage, deferred.go) or
+// relogin is set (another node reaped this one and ran LogoutServer for
+// the uids that were only here): its callbacks stay paired. A uid whose
+// login waits is not restored while the broker's data settles (wait).
+func (cl *cluster) restore(uid uint64, relogin, wait bool) {
 	h := cl.hub
 	if h.killed.Load() {
 		return
@@ -419,13 +471,23 @@ func (cl *cluster) restore(uid uint64, relogin bool) {
 	if !ok {
 		return
 	}
+	waited := cl.loginPending(uid)
+	if waited && wait {
+		return
+	}
 	first, err := h.presence.Restore(uid, chans)
 	if err != nil {
 		h.brokerFailed(err)
 		return
 	}
-	if relogin && first {
+	if waited {
+		cl.cancelLogin(uid)
+	}
+	if first && (relogin || waited) {
 		handler := h.fallbackHandler()
+		if u := h.lookupUser(uid); u != nil {
+			handler = u.handler
+		}
 		if handler == nil {
 			handler = nopHandler{}
 		}

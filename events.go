@@ -55,16 +55,18 @@ func (h *Hub) up(u *user) {
 	uid := u.uid
 	h.peers.follow(topic{uid: uid})
 	first, err := h.presence.Connect(uid)
+	held, back := h.peers.cancelLogout(uid)
 	if err != nil {
 		h.brokerFailed(err)
-		first = true // serve as a single node until the broker is back
+		// Served at once; whether it is online elsewhere, the broker
+		// will tell (deferred.go).
+		first = !back && !h.peers.deferLogin(uid)
 	}
-	held, back := h.peers.cancelLogout(uid)
 	if back {
 		first = false // its logout waited for the broker: it never left
 	}
 	var chans []string
-	if !first {
+	if !first && (err == nil || back) {
 		if chans, err = h.presence.Channels(uid); err != nil {
 			h.brokerFailed(err)
 			chans = held // the channels it had here when it left
@@ -112,24 +114,26 @@ func (h *Hub) down(uid uint64, chans []string, handler Handler) {
 	if h.killed.Load() {
 		return
 	}
+	// A uid whose LoginServer still waits for the broker gets neither.
+	waited := h.peers.cancelLogin(uid)
 	last, err := h.presence.Disconnect(uid)
 	if err != nil {
 		h.brokerFailed(err)
-		// Online elsewhere or not, the broker will tell (logouts.go).
-		last = !h.peers.deferLogout(uid, handler, chans)
+		// Online elsewhere or not, the broker will tell (deferred.go).
+		last = !waited && !h.peers.deferLogout(uid, handler, chans)
 	}
 	if last {
 		h.leftChannels(uid, chans)
 	}
 	h.peers.follow(topic{uid: uid})
 	h.followChannels(chans)
-	if last {
+	if last && !waited {
 		h.call(handler, uid, "LogoutServer", func() { handler.LogoutServer(uid) })
 	}
 }
 
 // loggedOut ends the session of uid, offline everywhere now (a logout that
-// waited for the broker, logouts.go): its presence events leave its
+// waited for the broker, deferred.go): its presence events leave its
 // channels, and LogoutServer runs.
 func (h *Hub) loggedOut(uid uint64, chans []string, handler Handler) {
 	h.leftChannels(uid, chans)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,6 +37,8 @@ type MemoryBus struct {
 	frozen    chan struct{}   // closed to thaw; nil: not frozen
 	waiting   int             // calls waiting for the thaw
 	ids       sends           // the cluster's client message ids
+
+	failNodeUids atomic.Int32 // tests: the next NodeUids calls that fail
 }
 
 type memUser struct {
@@ -438,6 +441,11 @@ func (m *memoryBroker) IsOnlineBatch(uids []uint64) ([]bool, error) {
 }
 
 func (m *memoryBroker) NodeUids() ([]uint64, error) {
+	for n := m.bus.failNodeUids.Load(); n > 0; n = m.bus.failNodeUids.Load() {
+		if m.bus.failNodeUids.CompareAndSwap(n, n-1) {
+			return nil, ErrBusDown
+		}
+	}
 	if err := m.lock(); err != nil {
 		return nil, err
 	}

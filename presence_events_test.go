@@ -296,6 +296,7 @@ func TestPresenceChurnConverges(t *testing.T) {
 // again, and every list is ChannelUserIds.
 func TestPresenceAfterOutage(t *testing.T) {
 	bus := chart.NewMemoryBus()
+	bus.TTL = 900 * time.Millisecond
 	app := charttest.NewPresenceRecorder()
 	var nodes []*charttest.Server
 	for i := 0; i < 2; i++ {
@@ -323,12 +324,15 @@ func TestPresenceAfterOutage(t *testing.T) {
 	b.Hub.UnJoinChannelIds(3, "room") // b's members hear of it; a's cannot
 	c2.AwaitMembers(rs[1], "room", uids(1, 2))
 	app.WantEvent(t, "room", nil, uids(3)) // after b's envelope was lost
-	c4 := b.Login(t, app.Recorder, 4)      // nothing changes on a: only a resync tells it
+	// Nothing changes on a: only a resync tells it. (uid 4's LoginServer
+	// waits for the broker.)
+	c4 := b.Dial(t, 4)
 	b.Hub.JoinChannelIds(4, "room")
 	r4 := charttest.NewRoster(4)
 	c4.AwaitMembers(r4, "room", uids(1, 2, 4))
 	app.WantEvent(t, "room", uids(4), nil)
 	bus.SetDown(false)
+	app.WantLogin(t, 4)
 
 	charttest.Eventually(t, "presence re-published", func() bool {
 		return slices.Equal(a.Hub.ChannelUserIds("room"), uids(1, 2, 4)) && slices.Equal(b.Hub.ChannelUserIds("room"), uids(1, 2, 4))
