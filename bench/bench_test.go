@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/wuyan94zl/chart"
 )
 
 // TestMain lets the test binary act as the server (and NATS) subprocess,
@@ -68,6 +69,60 @@ func TestHistogramQuantiles(t *testing.T) {
 	for v := int64(0); v < 1<<20; v = v*3/2 + 1 {
 		if b := bucketOf(v); bucketValue(b) < v/2 || bucketValue(b) > v*2+1 {
 			t.Fatalf("bucket of %d represents %d", v, bucketValue(b))
+		}
+	}
+}
+
+// TestLatencyQuantile checks the interpolation in chart's delivery
+// histogram buckets and the difference of two histograms.
+func TestLatencyQuantile(t *testing.T) {
+	var before, after chart.Latency
+	le := time.Duration(100 * time.Microsecond)
+	for k := range after.Buckets {
+		after.Buckets[k].Le, before.Buckets[k].Le = le, le
+		if k%3 == 0 {
+			le = le * 5 / 2 // 100 µs, 250 µs, 500 µs, 1 ms, ...
+		} else {
+			le *= 2
+		}
+	}
+	// 100 observations: 50 in (100 µs, 250 µs], 50 in (250 µs, 500 µs],
+	// after 10 in (0, 100 µs] that the difference removes.
+	for k := range after.Buckets {
+		switch {
+		case k == 0:
+			after.Buckets[k].Count, before.Buckets[k].Count = 10, 10
+		case k == 1:
+			after.Buckets[k].Count, before.Buckets[k].Count = 60, 10
+		default:
+			after.Buckets[k].Count, before.Buckets[k].Count = 110, 10
+		}
+	}
+	after.Count, before.Count = 110, 10
+	d := latencyDiff(after, before)
+	if d.Count != 100 {
+		t.Fatalf("count %d", d.Count)
+	}
+	for q, want := range map[float64]time.Duration{0.5: 250 * time.Microsecond, 0.25: 175 * time.Microsecond, 0.99: 495 * time.Microsecond, 1: 500 * time.Microsecond} {
+		if got := latencyQuantile(d, q); got != want {
+			t.Errorf("quantile %g = %v, want %v", q, got, want)
+		}
+	}
+	if got := latencyQuantile(chart.Latency{}, 0.5); got != 0 {
+		t.Errorf("empty quantile %v", got)
+	}
+}
+
+// TestFixedAfterFanout checks that the fixed-rate fan-out runs after the
+// saturated one that sets its rates.
+func TestFixedAfterFanout(t *testing.T) {
+	for in, want := range map[string]string{
+		"fanout-fixed,rooms,fanout": "rooms,fanout,fanout-fixed",
+		"fanout,rooms,fanout-fixed": "fanout,rooms,fanout-fixed",
+		"fanout-fixed,storm":        "fanout-fixed,storm",
+	} {
+		if got := strings.Join(fixedAfterFanout(splitList(in)), ","); got != want {
+			t.Errorf("%s: %s, want %s", in, got, want)
 		}
 	}
 }
@@ -141,16 +196,18 @@ func TestSmoke(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cfg := &config{
-		mode: "test", workloads: []string{wlFanout, wlRooms, wlStorm, wlHistory}, sizes: []int{100, 1024},
+		mode: "test", workloads: []string{wlFixed, wlFanout, wlRooms, wlStorm, wlHistory}, sizes: []int{100, 1024},
 		fanoutSubs: []int{20, 50}, fanoutDuration: 200 * time.Millisecond, window: 16, repeat: 1,
 		roomsConns: 50, roomsRates: []float64{5}, roomsSize: 100, roomsDuration: 300 * time.Millisecond,
 		stormConns: 50, stormConcurrency: 8, stormSequential: 10, dialConcurrency: 16,
 		// An 8 MiB history cap (512 KiB per shard) keeps about 13,000
 		// direct messages to offline users: the flood passes it 6 times.
 		histChannels: 10, histUsers: 300, histFlood: 80000, histCap: 8 << 20,
+		fixedFraction: 0.5, fixedDuration: 300 * time.Millisecond,
 		outDir: dir, doc: filepath.Join(dir, "bench.md"), svg: filepath.Join(dir, "fanout.svg"),
 	}
 	cfg.libs = append(cfg.libs, libOrder...)
+	cfg.workloads = fixedAfterFanout(cfg.workloads)
 	rep := run(cfg)
 	for _, f := range rep.Fanout {
 		if f.Err != "" || f.Lost != 0 || f.Published == 0 {
@@ -160,9 +217,36 @@ func TestSmoke(t *testing.T) {
 	if len(rep.Fanout) != len(libOrder)*4 {
 		t.Errorf("%d fan-out results, want %d", len(rep.Fanout), len(libOrder)*4)
 	}
+	// The fixed rate of a configuration is half the slowest peer's
+	// saturated rate, the same for every peer.
+	if len(rep.Fixed) != len(libOrder)*4 {
+		t.Errorf("%d fixed-rate results, want %d", len(rep.Fixed), len(libOrder)*4)
+	}
+	for _, f := range rep.Fixed {
+		slowest := 0.0
+		for _, g := range rep.Fanout {
+			if g.Subs == f.Subs && g.Size == f.Size && (slowest == 0 || g.Rate < slowest) {
+				slowest = g.Rate
+			}
+		}
+		if f.Err != "" || f.Lost != 0 || f.Published == 0 || f.P50us <= 0 || f.Offered != slowest/2 {
+			t.Errorf("fixed %s subs=%d size=%d: offered %.0f (slowest saturated %.0f), published %d lost %d: %s", f.Lib, f.Subs, f.Size, f.Offered, slowest, f.Published, f.Lost, f.Err)
+		}
+		if hub := f.Hub != nil && f.Hub.Count == uint64(f.Deliveries) && f.Hub.MeanUs > 0; hub != (f.Lib == "chart") {
+			t.Errorf("fixed %s subs=%d size=%d: hub stage %+v for %d deliveries", f.Lib, f.Subs, f.Size, f.Hub, f.Deliveries)
+		}
+	}
+	for _, f := range rep.Fanout {
+		if (f.Hub != nil) != (f.Lib == "chart") {
+			t.Errorf("fanout %s: hub stage %+v", f.Lib, f.Hub)
+		}
+	}
 	for _, r := range rep.Rooms {
 		if r.Err != "" || r.Lost != 0 || r.Sent == 0 {
 			t.Errorf("rooms %s: sent %d lost %d: %s", r.Lib, r.Sent, r.Lost, r.Err)
+		}
+		if (r.Hub != nil && r.Hub.Count > 0) != (r.Lib == "chart") {
+			t.Errorf("rooms %s: hub stage %+v", r.Lib, r.Hub)
 		}
 	}
 	for _, s := range rep.Storm {
@@ -196,7 +280,8 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	md, err := os.ReadFile(cfg.doc)
-	if err != nil || !bytes.Contains(md, []byte("| fan-out 50 subs, 1 KiB | deliveries/s ↑ |")) || !bytes.Contains(md, []byte("| 80,000 | ")) {
+	if err != nil || !bytes.Contains(md, []byte("| fan-out 50 subs, 1 KiB | deliveries/s ↑ |")) || !bytes.Contains(md, []byte("| 80,000 | ")) ||
+		!bytes.Contains(md, []byte("## Fan-out at a fixed rate")) || !bytes.Contains(md, []byte("## Where chart's latency goes")) {
 		t.Fatalf("report: %v\n%s", err, md)
 	}
 	svg, err := os.ReadFile(cfg.svg)

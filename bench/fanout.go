@@ -28,6 +28,11 @@ type fanoutSink struct {
 	warm      atomic.Int64
 	warmDone  chan struct{}
 	hist      atomic.Pointer[histogram]
+	// callHist, when set, records latency from the publish call rather
+	// than from the payload's timestamp: the fixed-rate pacer stamps the
+	// scheduled time and puts how late the call was (ns) in the sender
+	// field.
+	callHist atomic.Pointer[histogram]
 }
 
 // onPayload is called from every client's read loop.
@@ -43,6 +48,9 @@ func (s *fanoutSink) onPayload(c *client, h payloadHeader, now int64) {
 	case kindFanout:
 		if hist := s.hist.Load(); hist != nil {
 			hist.record(c.idx, now-h.ts)
+		}
+		if hist := s.callHist.Load(); hist != nil {
+			hist.record(c.idx, now-h.ts-h.sender)
 		}
 		if h.seq != c.lastSeq+1 {
 			c.gaps.Add(1)
@@ -74,7 +82,10 @@ type fanoutResult struct {
 	MinRate      float64 `json:"min_deliveries_per_sec"`
 	MaxRate      float64 `json:"max_deliveries_per_sec"`
 	P50us        float64 `json:"p50_us"`
+	P90us        float64 `json:"p90_us"`
 	P99us        float64 `json:"p99_us"`
+	MaxUs        float64 `json:"max_us"`
+	MeanUs       float64 `json:"mean_us"`
 	Lost         int64   `json:"lost"`
 	SeqErrors    int64   `json:"seq_errors"`
 	Disconnected int     `json:"disconnected"`
@@ -87,6 +98,22 @@ type fanoutResult struct {
 	WritesPerK float64 `json:"server_writes_per_1000_deliveries"`
 	ReadsPerK  float64 `json:"client_reads_per_1000_deliveries"`
 	Err        string  `json:"error,omitempty"`
+	// Hub is chart's accepted-to-written latency (Stats().Delivery) over
+	// the same measurement; nil for the other peers.
+	Hub *hubStage `json:"hub_stage,omitempty"`
+	// The fixed-rate fan-out only: the offered deliveries/s and where that
+	// rate comes from, and how late the server's pacer published against
+	// its schedule.
+	Offered       float64 `json:"offered_deliveries_per_sec,omitempty"`
+	OfferedFrom   string  `json:"offered_from,omitempty"`
+	PacerLagP50us float64 `json:"pacer_lag_p50_us,omitempty"`
+	PacerLagP99us float64 `json:"pacer_lag_p99_us,omitempty"`
+	PacerLagMaxUs float64 `json:"pacer_lag_max_us,omitempty"`
+	// CallP50us, CallP99us and CallMeanUs are the latency from the actual
+	// publish call (the scheduled time plus the pacer's lag) to receive.
+	CallP50us  float64 `json:"call_p50_us,omitempty"`
+	CallP99us  float64 `json:"call_p99_us,omitempty"`
+	CallMeanUs float64 `json:"call_mean_us,omitempty"`
 }
 
 // waitNotify waits for a signal on ch or until d passes; it reports whether
@@ -179,8 +206,8 @@ func fanoutSizes(cfg *config, lib string, set serverSet, s *fanoutSink, clients 
 				prof = func() { profile = captureProfile(cfg, pub, fmt.Sprintf("%s-fanout-%d-%d", lib, subs, size)) }
 			}
 			r := fanoutPhase(cfg, lib, set, s, clients, &seq, size, cfg.fanoutDuration, prof)
-			logf("fanout %-12s subs=%-6d size=%-5d %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  msgs=%d lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f writes/1k=%.0f reads/1k=%.0f %s",
-				lib, subs, size, r.Rate, r.P50us, r.P99us, r.Published, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, r.WritesPerK, r.ReadsPerK, r.Err)
+			logf("fanout %-12s subs=%-6d size=%-5d %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  msgs=%d lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f writes/1k=%.0f reads/1k=%.0f%s %s",
+				lib, subs, size, r.Rate, r.P50us, r.P99us, r.Published, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, r.WritesPerK, r.ReadsPerK, hubLog(r.Hub), r.Err)
 			reps = append(reps, r)
 			if r.Disconnected > 0 {
 				break
@@ -250,6 +277,7 @@ func fanoutPhase(cfg *config, lib string, set serverSet, s *fanoutSink, clients 
 			prof()
 		}()
 	}
+	stage := startStage(set)
 	cpu := set.startCPU()
 	start := time.Now()
 	base := *seq
@@ -282,6 +310,7 @@ func fanoutPhase(cfg *config, lib string, set serverSet, s *fanoutSink, clients 
 	}
 	elapsed := time.Since(start)
 	cpu.stop()
+	r.Hub = stage.stop()
 	profWG.Wait()
 	var recv, gaps int64
 	for _, c := range clients {
@@ -297,8 +326,7 @@ func fanoutPhase(cfg *config, lib string, set serverSet, s *fanoutSink, clients 
 	r.SeqErrors = gaps - gaps0
 	r.Seconds = elapsed.Seconds()
 	r.Rate = float64(r.Deliveries) / r.Seconds
-	_, q := hist.quantiles(0.5, 0.99)
-	r.P50us, r.P99us = us(q[0]), us(q[1])
+	fillLatency(&r, hist)
 	r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU = cpu.server, cpu.broker, cpu.clnt, cpu.other
 	if r.Deliveries > 0 {
 		r.WritesPerK = 1000 * float64(cpu.srvWrites) / float64(r.Deliveries)

@@ -66,7 +66,12 @@ func (h *histogram) snapshot() []uint64 {
 
 // quantiles returns the total count and the requested quantiles (0..1).
 func (h *histogram) quantiles(qs ...float64) (uint64, []time.Duration) {
-	counts := h.snapshot()
+	return countQuantiles(h.snapshot(), qs...)
+}
+
+// countQuantiles returns the total count and the requested quantiles of
+// the bucket counts of a snapshot.
+func countQuantiles(counts []uint64, qs ...float64) (uint64, []time.Duration) {
 	var total uint64
 	for _, c := range counts {
 		total += c
@@ -90,4 +95,21 @@ func (h *histogram) quantiles(qs ...float64) (uint64, []time.Duration) {
 		}
 	}
 	return total, res
+}
+
+// summary returns the total count, the mean (of the buckets' middles) and
+// the requested quantiles (0..1; 1 is the largest value's bucket).
+func (h *histogram) summary(qs ...float64) (uint64, time.Duration, []time.Duration) {
+	counts := h.snapshot()
+	total, q := countQuantiles(counts, qs...)
+	if total == 0 {
+		return 0, 0, q
+	}
+	var sum float64
+	for i, c := range counts {
+		if c != 0 {
+			sum += float64(c) * float64(bucketValue(i))
+		}
+	}
+	return total, time.Duration(sum / float64(total)), q
 }

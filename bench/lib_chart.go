@@ -75,6 +75,9 @@ func (l *chartLib) publish(channel string, payload []byte) error {
 	return chart.Publish(channel, chart.Message{ChannelId: channel, Type: 3, Content: string(payload)})
 }
 
+// delivery returns the hub's accepted-to-written latency histogram.
+func (l *chartLib) delivery() chart.Latency { return chart.DefaultHub.Stats().Delivery }
+
 // keptInChannel returns how many messages channel keeps in its history.
 func (l *chartLib) keptInChannel(channel string) (int, error) {
 	msgs, _, err := chart.DefaultHub.History(channel, 0, 0)

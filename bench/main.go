@@ -11,7 +11,7 @@
 // (/ctl/publish, /ctl/stats, /debug/pprof). Clients and server are separate
 // processes so that each stays below the file descriptor limit.
 //
-//	cd bench && go run . -quick   # smoke run, < 2 minutes, writes out/quick.md
+//	cd bench && go run . -quick   # smoke run, < 3 minutes, writes out/quick.md
 //	cd bench && go run . -quick -workloads history # history memory only, ~15 s, also printed
 //	cd bench && go run . -all     # full run, writes ../docs/benchmarks.md and ../docs/fanout.svg
 //	cd bench && go run . -cluster # chart on one node vs two nodes over Redis and NATS, writes ../docs/benchmarks-cluster.md
@@ -55,14 +55,17 @@ type config struct {
 	doc              string
 	svg              string
 	strict           bool
-	setups           []string // -cluster: "single", "redis", "nats"
-	histChannels     int      // history: channels filled with their default history
-	histUsers        int      // history: offline users with one direct message each
-	histFlood        int      // history: direct messages to offline users in the flood past MaxHistoryBytes (0: none)
-	presenceUsers    int      // presence: users logging in to the room
-	presenceRate     float64  // presence: logins per second
-	presenceChurn    int      // presence: users dropping and reconnecting at once
-	histCap          int64    // history: chart's MaxHistoryBytes (0: its default)
+	setups           []string      // -cluster: "single", "redis", "nats"
+	histChannels     int           // history: channels filled with their default history
+	histUsers        int           // history: offline users with one direct message each
+	histFlood        int           // history: direct messages to offline users in the flood past MaxHistoryBytes (0: none)
+	presenceUsers    int           // presence: users logging in to the room
+	presenceRate     float64       // presence: logins per second
+	presenceChurn    int           // presence: users dropping and reconnecting at once
+	histCap          int64         // history: chart's MaxHistoryBytes (0: its default)
+	fixedRate        float64       // fanout-fixed: offered deliveries/s of every configuration (0: from the saturated fan-out)
+	fixedFraction    float64       // fanout-fixed: share of the slowest peer's saturated deliveries/s offered
+	fixedDuration    time.Duration // fanout-fixed: publishing time per phase
 }
 
 // logf prints a progress line to stderr.
@@ -89,15 +92,18 @@ func main() {
 		lib       = flag.String("lib", "", "server role: peer to serve")
 		workload  = flag.String("workload", "", "server role: fanout, rooms, storm or history")
 		all       = flag.Bool("all", false, "full run of every workload; writes ../docs/benchmarks.md and ../docs/fanout.svg")
-		quick     = flag.Bool("quick", false, "quick smoke run (< 2 min) at reduced scale; writes out/quick.md")
+		quick     = flag.Bool("quick", false, "quick smoke run (< 3 min) at reduced scale; writes out/quick.md")
 		cluster   = flag.Bool("cluster", false, "chart on one node vs two nodes sharing a broker (< 5 min); writes ../docs/benchmarks-cluster.md")
 		setups    = flag.String("cluster-setups", "single,redis,nats", "-cluster: setups to run (single: one node, no broker; redis, nats: two nodes)")
 		libsFlag  = flag.String("libs", "", "comma-separated peers (default: all)")
-		wlFlag    = flag.String("workloads", "fanout,rooms,storm,history,presence", "comma-separated workloads")
+		wlFlag    = flag.String("workloads", "fanout,fanout-fixed,rooms,storm,history,presence", "comma-separated workloads")
 		subsFlag  = flag.String("fanout-subs", "", "fan-out subscriber counts (default 1000,10000; quick 500,2000)")
 		sizesFlag = flag.String("sizes", "100,1024", "fan-out payload sizes in bytes")
 		fanDur    = flag.Duration("fanout-duration", 0, "publishing time per fan-out phase (default 4s; quick 1s)")
 		repeat    = flag.Int("repeat", 0, "fan-out repetitions per configuration, the median is reported (default 3; quick 1)")
+		fxRate    = flag.Float64("fixed-rate", 0, "fanout-fixed: offered deliveries/s (messages/s × subscribers), the same for every peer and configuration; 0: -fixed-fraction of the slowest peer's saturated deliveries/s in this run's fan-out of the same configuration, or 40000 when that did not run")
+		fxFrac    = flag.Float64("fixed-fraction", 0.5, "fanout-fixed: share of the slowest peer's saturated fan-out deliveries/s offered (when -fixed-rate is 0)")
+		fxDur     = flag.Duration("fixed-duration", 0, "fanout-fixed: publishing time per phase, at most 50s (default 5s; quick 2s)")
 		window    = flag.Int("window", 64, "fan-out publisher window: messages published but not yet received by every subscriber")
 		rConns    = flag.Int("rooms-conns", 0, "rooms workload connections (default 10000; quick 2000)")
 		rRate     = flag.String("rooms-rate", "0.5,1", "rooms workload: messages per second per user, one run per value")
@@ -144,11 +150,13 @@ func main() {
 		pprof: *pprofFlag, profileRooms: *profRooms, profileLib: *profLib, outDir: *outDir, doc: *doc, svg: *svg, strict: *strict,
 		histChannels: 1000, histUsers: 50000, histFlood: 2000000, histCap: *hCap,
 		presenceUsers: 10000, presenceRate: *pRate, presenceChurn: 1000,
+		fixedRate: *fxRate, fixedFraction: *fxFrac, fixedDuration: 5 * time.Second,
 	}
 	if *quick {
 		cfg.mode = "quick"
 		cfg.fanoutSubs = []int{500, 2000}
 		cfg.fanoutDuration = time.Second
+		cfg.fixedDuration = 2 * time.Second
 		cfg.roomsConns, cfg.roomsDuration, cfg.stormConns = 2000, 2*time.Second, 2000
 		cfg.presenceUsers, cfg.presenceChurn = 2000, 200
 		cfg.stormSequential, cfg.repeat, cfg.quietBudget = 200, 1, 0
@@ -171,6 +179,14 @@ func main() {
 	if *fanDur > 0 {
 		cfg.fanoutDuration = *fanDur
 	}
+	if *fxDur > 0 {
+		cfg.fixedDuration = *fxDur
+	}
+	if cfg.fixedDuration > 50*time.Second || cfg.fixedRate < 0 || cfg.fixedFraction <= 0 {
+		fmt.Fprintln(os.Stderr, "-fixed-duration must be at most 50s, -fixed-rate not negative and -fixed-fraction positive")
+		os.Exit(2)
+	}
+	cfg.workloads = fixedAfterFanout(cfg.workloads)
 	if *rConns > 0 {
 		cfg.roomsConns = *rConns
 	}
@@ -294,6 +310,10 @@ func run(cfg *config) *report {
 						rep.Profile = prof
 					}
 				}
+			case wlFixed:
+				for _, subs := range cfg.fanoutSubs {
+					rep.Fixed = append(rep.Fixed, runFixed(cfg, spec, subs, rep)...)
+				}
 			case wlRooms:
 				for _, rate := range cfg.roomsRates {
 					rep.Rooms = append(rep.Rooms, runRooms(cfg, spec, rate))
@@ -316,6 +336,19 @@ func run(cfg *config) *report {
 	rep.Seconds = time.Since(start).Seconds()
 	rep.QuietWaited = cfg.quietWaited.Seconds()
 	return rep
+}
+
+// fixedAfterFanout moves the fixed-rate fan-out right after the saturated
+// one when both are selected: its rates come from the saturated results of
+// every peer.
+func fixedAfterFanout(wls []string) []string {
+	i, j := slices.Index(wls, wlFanout), slices.Index(wls, wlFixed)
+	if i < 0 || j < 0 || j > i {
+		return wls
+	}
+	out := slices.Delete(slices.Clone(wls), j, j+1)
+	i = slices.Index(out, wlFanout)
+	return slices.Insert(out, i+1, wlFixed)
 }
 
 // splitList splits a comma-separated list, dropping empty items.

@@ -42,6 +42,7 @@ type report struct {
 	Params   map[string]any   `json:"params"`
 	Libs     []libInfo        `json:"libs"`
 	Fanout   []fanoutResult   `json:"fanout"`
+	Fixed    []fanoutResult   `json:"fanout_fixed,omitempty"`
 	Rooms    []roomsResult    `json:"rooms"`
 	Storm    []stormResult    `json:"storm"`
 	History  []historyResult  `json:"history,omitempty"`
@@ -73,6 +74,7 @@ func newReport(cfg *config) *report {
 			"setup_dial_concurrency": cfg.dialConcurrency,
 			"history_channels":       cfg.histChannels, "history_offline_users": cfg.histUsers, "history_flood": cfg.histFlood,
 			"history_max_history_bytes": histCap(cfg),
+			"fixed_rate":                cfg.fixedRate, "fixed_fraction": cfg.fixedFraction, "fixed_seconds_per_phase": cfg.fixedDuration.Seconds(),
 		},
 		cfg: cfg,
 	}
@@ -97,6 +99,9 @@ func (r *report) failures(lib string) int {
 		}
 	}
 	for _, f := range r.Fanout {
+		count(f.Lib, f.Err)
+	}
+	for _, f := range r.Fixed {
 		count(f.Lib, f.Err)
 	}
 	for _, f := range r.Rooms {
@@ -332,6 +337,7 @@ func markdown(r *report) string {
 			add(p99)
 		}
 	}
+	rows = append(rows, fixedSummary(r)...)
 	for _, rr := range r.cfg.roomsRates {
 		wl := fmt.Sprintf("rooms %s conns / %d per room, %g msg/s/user", groupDigits(int64(r.cfg.roomsConns)), roomSize, rr)
 		rate := summaryRow{workload: wl, metric: "deliveries/s ↑", fmtv: fmtRate, values: map[string]float64{}, failed: map[string]bool{}}
@@ -439,6 +445,9 @@ func markdown(r *report) string {
 		}
 		w("\n")
 	}
+	if len(r.Fixed) > 0 {
+		b.WriteString(fixedMarkdown(r))
+	}
 	if len(r.Rooms) > 0 {
 		w("## Rooms\n\n")
 		w("%s connections in rooms of %d; every user sends a %d-byte payload to its room at a fixed rate, one run per rate (a 1 ms pacer in the client process sends everything due, users visited in a strided order); the send timestamp is taken by the client. Whether a sender also receives its own message is the peer's behaviour and is reported; expected deliveries count it accordingly. A peer that keeps up delivers the offered load (rate × connections × room size per second), so compare latency and server CPU; a peer that does not shows it in latency, lost messages and disconnections.\n\n", groupDigits(int64(r.cfg.roomsConns)), roomSize, r.cfg.roomsSize)
@@ -448,6 +457,7 @@ func markdown(r *report) string {
 		}
 		w("\n")
 	}
+	b.WriteString(stagesMarkdown(r))
 	if len(r.Storm) > 0 {
 		w("## Connect storm and idle memory\n\n")
 		w("%s connections are opened by %d workers in the client process, each opening its next connection as soon as the previous one is ready. **Connect-to-ready** is measured per connection from just before the TCP dial until the client receives a probe message that server business code published, through the peer's API, to that connection's own channel `u<uid>` (chart.Publish after JoinChannelIds in LoginServer; melody Session.Write on the session registered in HandleConnect; centrifuge node.Publish after the client's connect and subscribe commands were answered; hub broadcast to the client's room). After the WebSocket handshake (and centrifuge's connect/subscribe round trips) the client asks the server over a kept-alive HTTP control connection to publish the probe, and asks again every %v until it arrives (\"retried\" counts connections that needed more than one probe because they were not registered yet). With %d connections in flight, the storm's latency is mostly queueing behind the others; after the memory measurement %d more connections are opened one at a time, with the storm's connections still open, to give the unloaded connect-to-ready (\"one at a time\").\n\n", groupDigits(int64(r.cfg.stormConns)), r.cfg.stormConcurrency, probeInterval, r.cfg.stormConcurrency, r.cfg.stormSequential)
@@ -515,6 +525,7 @@ func writeTargets(b *strings.Builder, r *report) {
 	if m, ok := minRatio("centrifuge"); ok {
 		fmt.Fprintf(&rows, "| fan-out deliveries/s ≥ 1× centrifuge (every configuration) | worst %.2f× | %s |\n", m, yes(m >= 1))
 	}
+	rows.WriteString(equalLoadTargets(r))
 	for _, s := range r.Storm {
 		if s.Lib == "chart" {
 			fmt.Fprintf(&rows, "| idle RSS per connection ≤ 4 KiB (issue 15) | %s | %s |\n", fmtBytes(s.RSSPer), yes(s.RSSPer > 0 && s.RSSPer <= 4096))

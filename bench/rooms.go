@@ -64,6 +64,7 @@ type roomsResult struct {
 	Rate         float64 `json:"deliveries_per_sec"`
 	P50us        float64 `json:"p50_us"`
 	P99us        float64 `json:"p99_us"`
+	MeanUs       float64 `json:"mean_us"`
 	Lost         int64   `json:"lost"`
 	SeqErrors    int64   `json:"seq_errors"`
 	Disconnected int     `json:"disconnected"`
@@ -72,6 +73,9 @@ type roomsResult struct {
 	ClientCPU    float64 `json:"client_cores"`
 	OtherCPU     float64 `json:"other_cores"`
 	Err          string  `json:"error,omitempty"`
+	// Hub is chart's accepted-to-written latency (Stats().Delivery) over
+	// the same measurement; nil for the other peers.
+	Hub *hubStage `json:"hub_stage,omitempty"`
 }
 
 // runRooms measures one peer with cfg.roomsConns connections in rooms of
@@ -134,6 +138,7 @@ func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s 
 	var buf []byte
 	var sendErrs int
 	waitQuiet(cfg)
+	stage := startStage(set)
 	cpu := set.startCPU()
 	start := time.Now()
 	var profiled chan struct{}
@@ -206,6 +211,7 @@ func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s 
 	poll.Stop()
 	elapsed := time.Since(start)
 	cpu.stop()
+	r.Hub = stage.stop()
 
 	recv, self := sum()
 	r.Echo = self > 0
@@ -220,13 +226,13 @@ func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s 
 	}
 	r.Seconds = elapsed.Seconds()
 	r.Rate = float64(recv) / r.Seconds
-	_, q := s.hist.quantiles(0.5, 0.99)
-	r.P50us, r.P99us = us(q[0]), us(q[1])
+	_, mean, q := s.hist.summary(0.5, 0.99)
+	r.P50us, r.P99us, r.MeanUs = us(q[0]), us(q[1]), us(mean)
 	r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU = cpu.server, cpu.broker, cpu.clnt, cpu.other
 	if r.Lost != 0 || r.SeqErrors != 0 || r.Disconnected != 0 || sendErrs != 0 {
 		r.Err = fmt.Sprintf("lost %d, sequence errors %d, disconnected %d, send errors %d", r.Lost, r.SeqErrors, r.Disconnected, sendErrs)
 	}
-	logf("rooms  %-12s conns=%d rate=%.1f/s/user  %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  sent=%d echo=%v lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f %s",
-		label, n, rate, r.Rate, r.P50us, r.P99us, r.Sent, r.Echo, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, r.Err)
+	logf("rooms  %-12s conns=%d rate=%.1f/s/user  %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  sent=%d echo=%v lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f%s %s",
+		label, n, rate, r.Rate, r.P50us, r.P99us, r.Sent, r.Echo, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, hubLog(r.Hub), r.Err)
 	return r
 }

@@ -206,6 +206,17 @@ func runServer(libName, workload string) error {
 			GoVersion:  runtime.Version(),
 		})
 	})
+	// /ctl/delivery returns the peer's own accepted-to-written latency
+	// histogram (chart's Stats().Delivery) as JSON; 404 for other peers.
+	mux.HandleFunc("/ctl/delivery", func(w http.ResponseWriter, r *http.Request) {
+		d, ok := lib.(deliveryReporter)
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(d.delivery())
+	})
+	handlePaceCtl(mux, lib)
 	handleHistoryCtl(mux, lib)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
