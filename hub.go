@@ -42,6 +42,9 @@ type Hub struct {
 	ips         [shardCount]ipShard
 	stats       counters
 	pauses      pauses // the watchdog that tells a resumed process (pause.go)
+	// fanning counts the large fan-outs under way: while one is, a writer
+	// that emptied its queue lingers for the frames still coming (write.go).
+	fanning atomic.Int32
 }
 
 // New returns a Hub configured by cfg; zero fields take their defaults.

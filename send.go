@@ -314,6 +314,10 @@ func (h *Hub) deliverUser(uid uint64, f []byte, off uint64) {
 }
 
 func (h *Hub) deliver(conns []*Conn, f []byte, t topic, off uint64) {
+	if len(conns) >= lingerFanOut {
+		h.fanning.Add(1)
+		defer h.fanning.Add(-1)
+	}
 	var n uint64
 	var tally queueTally
 	for _, c := range conns {

@@ -128,6 +128,10 @@ func (c *Conn) startWriterLocked() {
 	}
 }
 
+// lingerFanOut is the number of recipients from which a fan-out makes
+// writers linger (Hub.fanning).
+const lingerFanOut = 64
+
 // writeLoop writes queued frames until the queue is empty, then the close
 // frame if one is due, then exits. Frames queued meanwhile go out together
 // in one writev system call, each still its own WebSocket frame.
@@ -147,13 +151,15 @@ func (c *Conn) writeLoop() {
 				}
 				continue
 			}
-			if lingered < 2 && !dead {
-				// Before exiting, twice let the goroutines waiting to run
-				// go first, among them a publisher in the middle of a
-				// fan-out: what it queues meanwhile leaves in this
-				// writer's next writev instead of costing a new
+			if lingered < 2 && !dead && c.hub.fanning.Load() > 0 {
+				// Before exiting, while a large fan-out is under way,
+				// twice let the goroutines waiting to run go first, among
+				// them the publisher: what it queues meanwhile leaves in
+				// this writer's next writev instead of costing a new
 				// goroutine and a system call each (at 10,000
-				// subscribers: +45% deliveries/s, bench/).
+				// subscribers: +45% deliveries/s, bench/). Otherwise
+				// (small rooms, direct messages) the yields would only
+				// add scheduling to every delivery.
 				lingered++
 				c.mu.Unlock()
 				runtime.Gosched()
