@@ -93,3 +93,78 @@ func faults(srv *redisServer) charttest.Faults {
 		},
 	}
 }
+
+// TestTimeoutBoundsFrozenCall: a call into a frozen Redis (SIGSTOP) fails
+// within Options.Timeout, not go-redis's own read timeout (5 s): the one
+// call the hub lets through to a stuck broker waits that long.
+func TestTimeoutBoundsFrozenCall(t *testing.T) {
+	srv := startRedis(t)
+	const timeout = 300 * time.Millisecond
+	b, err := Dial(srv.url(), Options{Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.IsOnline(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.cmd.Process.Signal(syscall.SIGCONT)
+	for _, call := range []struct {
+		name string
+		f    func() error
+	}{
+		{"IsOnline", func() error { _, err := b.IsOnline(1); return err }},
+		{"Connect", func() error { _, err := b.Connect(1); return err }},
+		{"Append", func() error { _, _, err := b.Append("c:x", []byte("x")); return err }},
+	} {
+		b.down.Store(false) // each call reaches Redis
+		start := time.Now()
+		err := call.f()
+		took := time.Since(start)
+		if err == nil {
+			t.Fatalf("%s on a frozen Redis succeeded", call.name)
+		}
+		if took > timeout+200*time.Millisecond {
+			t.Errorf("%s on a frozen Redis failed after %v, want within Timeout %v (+200 ms): %v", call.name, took, timeout, err)
+		}
+	}
+}
+
+// TestDownCallsFailAtOnce: with Redis killed, every call fails within
+// 100 ms, the probes let through every 100 ms included (each dials once:
+// go-redis's default of 5 dials 100 ms apart held each probe for about
+// 0.4 s, and the hub's API call that made it).
+func TestDownCallsFailAtOnce(t *testing.T) {
+	srv := startRedis(t)
+	b, err := Dial(srv.url(), Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.IsOnline(1); err != nil {
+		t.Fatal(err)
+	}
+	srv.stop()
+	var worst time.Duration
+	calls, failed := 0, 0
+	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); calls++ {
+		start := time.Now()
+		_, err := b.IsOnline(1)
+		took := time.Since(start)
+		worst = max(worst, took)
+		if err == nil {
+			t.Fatal("IsOnline succeeded with Redis killed")
+		}
+		if took > 100*time.Millisecond {
+			failed++
+		}
+		time.Sleep(10 * time.Millisecond) // pacing the calls, across several probes
+	}
+	if failed > 0 {
+		t.Fatalf("%d of %d calls to a killed Redis took over 100 ms, the slowest %v", failed, calls, worst)
+	}
+	t.Logf("%d calls, the slowest %v", calls, worst)
+}
