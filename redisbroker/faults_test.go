@@ -3,6 +3,8 @@ package redisbroker
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -168,3 +170,65 @@ func TestDownCallsFailAtOnce(t *testing.T) {
 	}
 	t.Logf("%d calls, the slowest %v", calls, worst)
 }
+
+// TestReachedAtOnceAfterLongOutage: after more failed publishes than
+// go-redis's pipeline pool size (its dial circuit breaker then stops
+// dialing and tries again once a second in the background), messages
+// published once Redis is back go out at once, not up to a second later
+// (lost meanwhile).
+func TestReachedAtOnceAfterLongOutage(t *testing.T) {
+	srv := startRedis(t)
+	b, err := Dial(srv.url(), Options{Prefix: "p:", Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &errNode{errs: make(chan error, 1000)}
+	if err := b.Attach(n); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	srv.stop()
+	for i := 0; i < 30; i++ { // the pipeline pool holds 10
+		b.down.Store(false) // past the broker's own gate
+		if err := b.Publish("t", []byte("lost")); err != nil {
+			t.Fatal(err)
+		}
+		if err := charttest.Recv(t, n.errs, "the publish's failure"); err == nil {
+			t.Fatal("nil error")
+		}
+	}
+	srv.start() // returns once a PING on a fresh client is answered
+	back := time.Now()
+	sub := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.url(), "redis://")})
+	defer sub.Close()
+	ps := sub.Subscribe(context.Background(), "p:t")
+	defer ps.Close()
+	if _, err := ps.Receive(context.Background()); err != nil { // subscribed
+		t.Fatal(err)
+	}
+	subscribed := time.Since(back)
+	for i := 0; ; i++ {
+		b.down.Store(false)
+		b.Publish("t", []byte(strconv.Itoa(i)))
+		if m, err := ps.ReceiveTimeout(context.Background(), 5*time.Millisecond); err == nil {
+			if msg, ok := m.(*redis.Message); ok {
+				took := time.Since(back)
+				t.Logf("subscribed %v, message %s received %v after Redis was back", subscribed, msg.Payload, took)
+				if took > subscribed+100*time.Millisecond {
+					t.Fatalf("first message received %v after Redis was back (subscribed after %v), want within 100 ms", took, subscribed)
+				}
+				return
+			}
+		}
+		if time.Since(back) > 3*time.Second {
+			t.Fatalf("no message through %v after Redis was back", time.Since(back))
+		}
+	}
+}
+
+// errNode is a chart.Node that keeps the broker errors.
+type errNode struct{ errs chan error }
+
+func (*errNode) Receive([]byte)          {}
+func (n *errNode) BrokerError(err error) { n.errs <- err }
+func (*errNode) Resumed()                {}

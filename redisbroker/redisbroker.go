@@ -38,6 +38,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -207,6 +208,12 @@ func Dial(url string, opt Options) (*Broker, error) {
 	// One dial per attempt: go-redis's default, 5 dials 100 ms apart,
 	// held each call let through to a down Redis (the probes) 0.4-0.8 s.
 	o.DialerRetries = 1
+	// The retry at once: go-redis waits 8 to 512 ms before it, so that a
+	// call begun while Redis was down failed up to half a second after
+	// Redis was back, and the hub took the failure for news and refused
+	// calls again.
+	o.MinRetryBackoff, o.MaxRetryBackoff = -1, -1
+	o.Dialer = dialer(redis.NewDialer(o))
 	// Options.Timeout, each call's context deadline, bounds the call:
 	// without this go-redis ignores it and a call into a frozen Redis
 	// waits for its ReadTimeout (5 s).
@@ -221,6 +228,37 @@ func Dial(url string, opt Options) (*Broker, error) {
 	}
 	return b, nil
 }
+
+// dialer wraps go-redis's dial so that it never fails: a failed dial
+// returns a connection whose reads and writes fail with the dial's error,
+// which the caller gets all the same. go-redis's pools stop dialing after
+// PoolSize failed dials (10 for its pipeline pool), counted over the
+// client's life, and then try again only once a second in the background:
+// a node took up to a second after Redis was back to reach it (its calls
+// failing with the stale dial error meanwhile), and messages published
+// then were lost. A failure on a connection is an ordinary bad
+// connection: the next call dials again.
+func dialer(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return deadConn{err}, nil
+		}
+		return c, nil
+	}
+}
+
+// deadConn is a connection whose dial failed with err.
+type deadConn struct{ err error }
+
+func (c deadConn) Read([]byte) (int, error)       { return 0, c.err }
+func (c deadConn) Write([]byte) (int, error)      { return 0, c.err }
+func (deadConn) Close() error                     { return nil }
+func (deadConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (deadConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (deadConn) SetDeadline(time.Time) error      { return nil }
+func (deadConn) SetReadDeadline(time.Time) error  { return nil }
+func (deadConn) SetWriteDeadline(time.Time) error { return nil }
 
 // NodeID returns the node's id.
 func (b *Broker) NodeID() string { return b.opt.NodeID }
