@@ -232,3 +232,37 @@ type errNode struct{ errs chan error }
 func (*errNode) Receive([]byte)          {}
 func (n *errNode) BrokerError(err error) { n.errs <- err }
 func (*errNode) Resumed()                {}
+
+// TestPublishWhileThoughtDown: a publish made while the broker still
+// holds Redis for unreachable (its last call failed a moment ago) but
+// Redis is back goes out: the node learns that Redis is back only after
+// it is, and the message was dropped (ErrUnreachable) meanwhile.
+func TestPublishWhileThoughtDown(t *testing.T) {
+	srv := startRedis(t)
+	b, err := Dial(srv.url(), Options{Prefix: "p:", Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &errNode{errs: make(chan error, 1000)}
+	if err := b.Attach(n); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	sub := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.url(), "redis://")})
+	defer sub.Close()
+	ps := sub.Subscribe(context.Background(), "p:t")
+	defer ps.Close()
+	if _, err := ps.Receive(context.Background()); err != nil { // subscribed
+		t.Fatal(err)
+	}
+	// A call failed a moment ago; Redis answers again.
+	b.down.Store(true)
+	b.lastTry.Store(time.Now().UnixNano())
+	if err := b.Publish("t", []byte("after")); err != nil {
+		t.Fatalf("Publish while Redis is thought down: %v", err)
+	}
+	m, err := ps.ReceiveTimeout(context.Background(), charttest.Wait)
+	if msg, ok := m.(*redis.Message); err != nil || !ok || msg.Payload != "after" {
+		t.Fatalf("subscriber got %v, %v; want the message", m, err)
+	}
+}

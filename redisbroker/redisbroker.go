@@ -288,15 +288,20 @@ func (b *Broker) Attach(n chart.Node) error {
 // publish cut cross-node fan-out to a quarter). The queue holds a copy of
 // data, since the caller may reuse it once Publish returns. Failures of the
 // pipeline go to the node as broker errors.
+//
+// While Redis is known to be unreachable, Publish still queues (the
+// message goes out if Redis is back by the time publishLoop sends it: a
+// node learns that Redis is back only after it is) but does not wait for
+// room: a full queue fails at once.
 func (b *Broker) Publish(topic string, data []byte) error {
-	if err := b.allow(); err != nil {
-		return err
-	}
 	m := pubMsg{b.opt.Prefix + topic, bytes.Clone(data)}
 	select {
 	case b.pubq <- m:
 		return nil
 	default:
+	}
+	if b.down.Load() {
+		return ErrUnreachable
 	}
 	t := time.NewTimer(publishWait)
 	defer t.Stop()
