@@ -1,6 +1,7 @@
 package charttest
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -376,8 +377,13 @@ func firstN(s []string, n int) []string {
 // once the backend tells that it was offline everywhere); a uid online on
 // another node connects (uid 1 on node 2: no second login); and a new uid
 // connects to two nodes at once (uid 9 on nodes 0 and 2: one login).
+//
+// API calls are made on every node before the changes too (the first call
+// to reach a frozen backend is one of the application's) and after them
+// until the time until.
 func (w *faultWorld) churn(phase string, until time.Time) {
 	w.t.Helper()
+	w.hammer(phase, time.Now().Add(50*time.Millisecond))
 	w.close(w.conn(1, 7))
 	w.close(w.conn(0, 2))
 	w.dial(1, 8)
@@ -486,7 +492,7 @@ func (w *faultWorld) paired(phase string, back time.Time) {
 		}
 		time.Sleep(5 * time.Millisecond) // polling state that has no event
 	}
-	t.Logf("%s: callbacks paired %v after the backend came back", phase, time.Since(back).Round(time.Millisecond))
+	t.Logf("%s: callbacks paired (checked after the messages, %v after the backend came back)", phase, time.Since(back).Round(time.Millisecond))
 	// Nothing to wait for: the check is that nothing happens meanwhile.
 	time.Sleep(time.Until(back.Add(2 * w.ttl)))
 	if err := w.rec.Paired(w.connected()...); err != nil {
@@ -779,6 +785,7 @@ func (f Faults) nodeCut(t *testing.T) {
 	w.begin()
 	cut := time.Now()
 	w.proxy.Blackhole()
+	w.hammer(phase, cut.Add(50*time.Millisecond), 2)
 	w.close(w.conn(2, 6))
 	w.dial(2, 10)
 	w.hammer(phase, cut.Add(w.hb), 2)
@@ -821,4 +828,32 @@ func (f Faults) concurrent(t *testing.T) {
 		w.forget(fc)
 	}
 	w.settle("concurrent disconnects", time.Now())
+	w.brokerErrors("concurrent connects and disconnects, the broker up")
+}
+
+// brokerErrors logs the broker errors the hubs reported (drained from the
+// Recorder): with the backend up there should be none.
+func (w *faultWorld) brokerErrors(phase string) {
+	n, down := 0, 0
+	var first error
+	for {
+		select {
+		case err := <-w.rec.Errs:
+			if errors.Is(err, chart.ErrBroker) {
+				n++
+				if errors.Is(err, chart.ErrBrokerDown) {
+					down++
+				}
+				if first == nil {
+					first = err
+				}
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if n > 0 {
+		w.t.Errorf("%s: %d broker errors reported (%d of them calls refused at once as the broker seemed stuck); the first: %v", phase, n, down, first)
+	}
 }
