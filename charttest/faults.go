@@ -127,7 +127,8 @@ type faultWorld struct {
 	room  map[uint64]bool // the uids expected in faultRoom
 
 	phaseStart time.Time // when the current fault began
-	slow       []string  // calls over the fail-fast bound
+	mu         sync.Mutex
+	slow       []string // calls over the fail-fast bound
 	calls      int
 	worst      time.Duration
 }
@@ -302,6 +303,8 @@ func (w *faultWorld) timed(phase string, i int, name string, call func()) {
 	start := time.Now()
 	call()
 	d := time.Since(start)
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.calls++
 	w.worst = max(w.worst, d)
 	if d > w.brokerWait+w.f.CallMargin {
@@ -311,43 +314,51 @@ func (w *faultWorld) timed(phase string, i int, name string, call func()) {
 }
 
 // hammer makes API calls on every live node (those in nodes, or all)
-// until the time until, one round every 20 ms, timing each (timed). It is
-// also how a scenario lets the fault last: the test waits for time to
-// pass, not for an event.
+// until the time until, timing each (timed): on each node, on a goroutine
+// of its own, one round every 20 ms. It is also how a scenario lets the
+// fault last: the test waits for time to pass, not for an event.
 func (w *faultWorld) hammer(phase string, until time.Time, nodes ...int) {
+	<-w.hammerAsync(phase, until, nodes...)
+}
+
+// hammerAsync is hammer on other goroutines, while the test makes changes;
+// the channel it returns is closed when they are done.
+func (w *faultWorld) hammerAsync(phase string, until time.Time, nodes ...int) <-chan struct{} {
 	if len(nodes) == 0 {
 		nodes = w.live()
 	}
-	for time.Now().Before(until) {
-		for _, i := range nodes {
-			h := w.nodes[i].Hub
-			remote := w.remoteUid(i)
-			w.timed(phase, i, "OnlineUserIds", func() { h.OnlineUserIds() })
-			w.timed(phase, i, "IsOnline", func() { h.IsOnline(remote) })
-			w.timed(phase, i, "ChannelUserIds", func() { h.ChannelUserIds(faultRoom) })
-			w.timed(phase, i, "UserChannelIds", func() { h.UserChannelIds(remote) })
-			w.timed(phase, i, "JoinChannelIds", func() { h.JoinChannelIds(remote, faultRoom) })
-			w.timed(phase, i, "UnJoinChannelIds", func() { h.UnJoinChannelIds(remote, "none") })
-			w.timed(phase, i, "SendMessageToChannelIds", func() { h.SendMessageToChannelIds(remote, "noise", faultRoom) })
-			w.timed(phase, i, "SendMessageToUid", func() { h.SendMessageToUid(900, remote, "noise") })
-			w.timed(phase, i, "Publish", func() { h.Publish(faultRoom, chart.Message{Content: "noise"}) })
+	var wg sync.WaitGroup
+	for _, i := range nodes {
+		h := w.nodes[i].Hub
+		// A member of faultRoom that never connects to node i: the calls
+		// about it change nothing there.
+		remote := uint64(5)
+		if i == 2 {
+			remote = 3
 		}
-		time.Sleep(20 * time.Millisecond) // pacing the calls, not waiting for anything
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(until) {
+				w.timed(phase, i, "OnlineUserIds", func() { h.OnlineUserIds() })
+				w.timed(phase, i, "IsOnline", func() { h.IsOnline(remote) })
+				w.timed(phase, i, "ChannelUserIds", func() { h.ChannelUserIds(faultRoom) })
+				w.timed(phase, i, "UserChannelIds", func() { h.UserChannelIds(remote) })
+				w.timed(phase, i, "JoinChannelIds", func() { h.JoinChannelIds(remote, faultRoom) })
+				w.timed(phase, i, "UnJoinChannelIds", func() { h.UnJoinChannelIds(remote, "none") })
+				w.timed(phase, i, "SendMessageToChannelIds", func() { h.SendMessageToChannelIds(remote, "noise", faultRoom) })
+				w.timed(phase, i, "SendMessageToUid", func() { h.SendMessageToUid(900, remote, "noise") })
+				w.timed(phase, i, "Publish", func() { h.Publish(faultRoom, chart.Message{Content: "noise"}) })
+				time.Sleep(20 * time.Millisecond) // pacing the calls, not waiting for anything
+			}
+		}()
 	}
-}
-
-// remoteUid is a member of faultRoom with no connection on node i.
-func (w *faultWorld) remoteUid(i int) uint64 {
-	for _, uid := range w.members() {
-		here := false
-		for _, x := range w.conns {
-			here = here || (x.c.Uid == uid && x.node == i)
-		}
-		if !here {
-			return uid
-		}
-	}
-	return 999
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	return done
 }
 
 // failFast reports the calls that hammer found over the bound.
@@ -383,14 +394,15 @@ func firstN(s []string, n int) []string {
 // until the time until.
 func (w *faultWorld) churn(phase string, until time.Time) {
 	w.t.Helper()
-	w.hammer(phase, time.Now().Add(50*time.Millisecond))
+	hammered := w.hammerAsync(phase, until)
+	time.Sleep(20 * time.Millisecond) // nothing to wait for: the first calls reach the backend first
 	w.close(w.conn(1, 7))
 	w.close(w.conn(0, 2))
 	w.dial(1, 8)
 	w.dial(2, 1)
 	w.dialConcurrently(9, 0, 2)
 	w.t.Logf("%s: churn done %v into the fault", phase, time.Since(w.phaseStart).Round(time.Millisecond))
-	w.hammer(phase, until)
+	<-hammered
 }
 
 // dialConcurrently connects uid to each node given at the same moment.
@@ -785,10 +797,11 @@ func (f Faults) nodeCut(t *testing.T) {
 	w.begin()
 	cut := time.Now()
 	w.proxy.Blackhole()
-	w.hammer(phase, cut.Add(50*time.Millisecond), 2)
+	hammered := w.hammerAsync(phase, cut.Add(w.hb), 2)
+	time.Sleep(20 * time.Millisecond) // nothing to wait for: the first calls reach the backend first
 	w.close(w.conn(2, 6))
 	w.dial(2, 10)
-	w.hammer(phase, cut.Add(w.hb), 2)
+	<-hammered
 	w.detected(phase, cut, 2, 5, 6)
 	w.hammer(phase, cut.Add(2*w.ttl), 2)
 	w.failFast(phase)
