@@ -89,6 +89,7 @@ func (f Faults) Run(t *testing.T) {
 	}{
 		{"OutageShort", func(t *testing.T) { f.outage(t, false) }},
 		{"OutageLong", func(t *testing.T) { f.outage(t, true) }},
+		{"OnlineElsewhere", f.onlineElsewhere},
 		{"Freeze", f.freeze},
 		{"NodeCrash", f.nodeCrash},
 		{"NodeCut", f.nodeCut},
@@ -385,9 +386,10 @@ func firstN(s []string, n int) []string {
 // nodes closes one connection (uid 7 on node 1: no logout); a uid closes
 // its only connection (uid 2: logged out once the backend tells that it
 // is offline everywhere); a new uid connects (uid 8 on node 1: logged in
-// once the backend tells that it was offline everywhere); a uid online on
-// another node connects (uid 1 on node 2: no second login); and a new uid
-// connects to two nodes at once (uid 9 on nodes 0 and 2: one login).
+// once the backend tells that it was offline everywhere); and a new uid
+// connects to two nodes at once (uid 9 on nodes 0 and 2: one login). A
+// uid online on another node connecting has a scenario of its own
+// (OnlineElsewhere).
 //
 // API calls are made on every node before the changes too (the first call
 // to reach a frozen backend is one of the application's) and after them
@@ -399,7 +401,6 @@ func (w *faultWorld) churn(phase string, until time.Time) {
 	w.close(w.conn(1, 7))
 	w.close(w.conn(0, 2))
 	w.dial(1, 8)
-	w.dial(2, 1)
 	w.dialConcurrently(9, 0, 2)
 	w.t.Logf("%s: churn done %v into the fault", phase, time.Since(w.phaseStart).Round(time.Millisecond))
 	<-hammered
@@ -500,6 +501,9 @@ func (w *faultWorld) paired(phase string, back time.Time) {
 		}
 		if time.Now().After(deadline) {
 			t.Errorf("%s: callbacks not paired %v after the backend came back:\n%v", phase, time.Since(back).Round(time.Millisecond), err)
+			if err := w.presenceErr(); err != nil {
+				t.Errorf("%s: presence wrong %v after the backend came back: %v", phase, time.Since(back).Round(time.Millisecond), err)
+			}
 			return
 		}
 		time.Sleep(5 * time.Millisecond) // polling state that has no event
@@ -719,6 +723,27 @@ func (f Faults) outage(t *testing.T, long bool) {
 		w.survived(phase)
 	}
 	w.settle(phase, back)
+}
+
+// onlineElsewhere: during an outage shorter than the TTL, uids online on
+// another node, members of faultRoom, connect to a node where they have
+// no connection (uid 1 on node 2, uid 3 on node 0): no second
+// LoginServer, and once the backend is back they are still members, on
+// their new connections too (a uid is one member wherever its
+// connections are).
+func (f Faults) onlineElsewhere(t *testing.T) {
+	w := f.start(t, false)
+	w.populate()
+	phase := "uids online elsewhere connect during an outage"
+	w.begin()
+	restart := f.Kill(t)
+	hammered := w.hammerAsync(phase, w.phaseStart.Add(w.ttl/2))
+	w.dial(2, 1)
+	w.dial(0, 3)
+	<-hammered
+	w.failFast(phase)
+	restart()
+	w.settle(phase, time.Now())
 }
 
 // survived requires a restarted persistent backend to have kept presence:
