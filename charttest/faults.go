@@ -790,7 +790,9 @@ func (f Faults) freeze(t *testing.T) {
 
 // nodeCrash: node 1 dies (Server.Kill) with uids 3 and 4 connected only
 // there and uid 7 also on node 0: 3 and 4 are offline and logged out once
-// within the detection bound, 7 stays logged in; messages go on.
+// within the detection bound, 7 stays logged in; messages go on. Direct
+// messages sent to uid 3 before its node is reaped are not lost: uid 3
+// gets those SendMessageToUid accepted when it connects again.
 func (f Faults) nodeCrash(t *testing.T) {
 	w := f.start(t, false)
 	w.populate()
@@ -808,7 +810,35 @@ func (f Faults) nodeCrash(t *testing.T) {
 			w.forget(x)
 		}
 	}
+	var sent []string
+	refused := 0
+	for k := 0; k < 5; k++ {
+		content := fmt.Sprintf("f|dead|%d", k)
+		if err := w.nodes[0].Hub.SendMessageToUid(800, 3, content); err != nil {
+			refused++
+			continue
+		}
+		sent = append(sent, content)
+	}
 	w.detected("node crash", killed, 1, 3, 4)
+	three := w.dial(0, 3)
+	w.loggedIn(3)
+	var got []string
+	deadline := time.Now().Add(5 * w.ttl)
+	for len(got) < len(sent) {
+		f, ok := three.c.next(max(time.Until(deadline), time.Millisecond))
+		if !ok {
+			break
+		}
+		if strings.HasPrefix(f.Content, "f|dead|") {
+			got = append(got, f.Content)
+		}
+	}
+	t.Logf("node crash: uid 3, back on node 0, got %d of the %d direct messages accepted for it while its dead node was not yet reaped (%d refused)", len(got), len(sent), refused)
+	if !slices.Equal(got, sent) {
+		t.Errorf("node crash: uid 3, back on node 0, got %q of the %d direct messages sent to it while its dead node was not yet reaped (%d accepted: %q; %d refused)",
+			got, 5, len(sent), sent, refused)
+	}
 	w.settle("node crash", time.Now())
 }
 
