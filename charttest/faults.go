@@ -1,6 +1,7 @@
 package charttest
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -40,6 +41,20 @@ import (
 //   - detection: a dead or cut-off node's users are offline on the others,
 //     with their LogoutServer run once, within TTL plus a heartbeat
 //     interval plus PresenceMargin.
+//
+// The scenarios (subtests): OutageShort and OutageLong (the backend
+// killed for half a TTL, or two, then restarted, while API calls are made
+// on every node and users connect and disconnect: a uid on two nodes
+// closes one connection, a uid closes its only one, a new uid connects, a
+// new uid connects to two nodes at once); OnlineElsewhere (during an
+// outage, uids online on one node connect to another); Freeze (the backend
+// stopped for two TTLs, with the same changes); NodeCrash (a node dies
+// with users connected, one of them on another node too; direct messages
+// to its users before it is reaped wait in their inboxes); NodeCut (one
+// node cut off for two TTLs while its users stay connected, one of them
+// leaving and a new one coming meanwhile: the others reap it, and back it
+// logs in again those offline everywhere); ConcurrentConnects (uids
+// connecting to two nodes at once, then closing both at once).
 //
 // The nodes' TTL is read from the broker (three heartbeat intervals):
 // make it short, about a second, so that the suite runs in seconds.
@@ -81,8 +96,8 @@ type Faults struct {
 
 // Run runs every scenario as a subtest.
 func (f Faults) Run(t *testing.T) {
-	f.CallMargin = cmpOr(f.CallMargin, 100*time.Millisecond)
-	f.PresenceMargin = cmpOr(f.PresenceMargin, 250*time.Millisecond)
+	f.CallMargin = cmp.Or(f.CallMargin, 100*time.Millisecond)
+	f.PresenceMargin = cmp.Or(f.PresenceMargin, 250*time.Millisecond)
 	for _, s := range []struct {
 		name string
 		run  func(*testing.T)
@@ -100,13 +115,6 @@ func (f Faults) Run(t *testing.T) {
 		}
 		t.Run(s.name, s.run)
 	}
-}
-
-func cmpOr(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
 }
 
 // The channel every user of a scenario joins.
@@ -233,14 +241,14 @@ func (w *faultWorld) live() []int {
 }
 
 // populate connects the users every scenario starts with: uids 1 and 2 on
-// node 0, 3 and 4 on node 1, 5 and 6 on node 2, and 7 on nodes 0 and 1;
+// node 0, 3 and 4 on node 1, 5 and 6 on node 2, and 7 on nodes 2 and 1;
 // all of them in faultRoom, logged in once, presence agreeing, and every
 // node routing the room to every connection.
 func (w *faultWorld) populate() {
 	t := w.t
 	t.Helper()
 	for i, uid := range []uint64{1, 2, 3, 4, 5, 6, 7} {
-		node := min(i/2, 2)
+		node := min(i/2, 2) // uid 7 on node 2 (and on node 1 below)
 		w.dial(node, uid)
 		w.loggedIn(uid)
 		if err := w.nodes[node].Hub.JoinChannelIds(uid, faultRoom); err != nil {
@@ -789,7 +797,7 @@ func (f Faults) freeze(t *testing.T) {
 }
 
 // nodeCrash: node 1 dies (Server.Kill) with uids 3 and 4 connected only
-// there and uid 7 also on node 0: 3 and 4 are offline and logged out once
+// there and uid 7 also on node 2: 3 and 4 are offline and logged out once
 // within the detection bound, 7 stays logged in; messages go on. Direct
 // messages sent to uid 3 before its node is reaped are not lost: uid 3
 // gets those SendMessageToUid accepted when it connects again.
@@ -842,11 +850,12 @@ func (f Faults) nodeCrash(t *testing.T) {
 	w.settle("node crash", time.Now())
 }
 
-// nodeCut: node 2 (uids 5 and 6) is cut off from the backend (its Proxy
-// blackholed: bytes dropped, new connections refused) for two TTLs while
-// its users stay connected; meanwhile uid 6 disconnects there and uid 10
-// connects there. The others reap it: 5 and 6 are logged out once within
-// the detection bound. Back, node 2 logs in again the uids it holds that
+// nodeCut: node 2 (uids 5 and 6, and 7 which is on node 1 too) is cut
+// off from the backend (its Proxy blackholed: bytes dropped, new
+// connections refused) for two TTLs while its users stay connected;
+// meanwhile uid 6 disconnects there and uid 10 connects there. The others
+// reap it: 5 and 6 are logged out once within the detection bound, 7 stays
+// logged in. Back, node 2 logs in again the uids it holds that
 // are offline everywhere (5, 10), and drops its deferred logout of 6 (the
 // reaper logged 6 out). Every API call on node 2 during the cut fails
 // fast.
