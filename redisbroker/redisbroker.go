@@ -38,6 +38,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -194,6 +195,9 @@ func New(rdb redis.UniversalClient, opt Options) *Broker {
 // Dial connects to the Redis server at url (redis://[user:pass@]host:port/db),
 // checks that it answers a PING within Options.Timeout, and returns a
 // Broker that owns the connection. It fails when Redis is unreachable.
+// Its client fails fast: each call is bounded by Options.Timeout and dials
+// at most twice (one retry). A client given to New keeps its own options:
+// set ContextTimeoutEnabled there for Options.Timeout to bound its calls.
 func Dial(url string, opt Options) (*Broker, error) {
 	o, err := redis.ParseURL(url)
 	if err != nil {
@@ -201,6 +205,19 @@ func Dial(url string, opt Options) (*Broker, error) {
 	}
 	o.MaxRetries = 1 // fail fast while Redis is away: the hub goes on locally
 	o.DialTimeout = 2 * time.Second
+	// One dial per attempt: go-redis's default, 5 dials 100 ms apart,
+	// held each call let through to a down Redis (the probes) 0.4-0.8 s.
+	o.DialerRetries = 1
+	// The retry at once: go-redis waits 8 to 512 ms before it, so that a
+	// call begun while Redis was down failed up to half a second after
+	// Redis was back, and the hub took the failure for news and refused
+	// calls again.
+	o.MinRetryBackoff, o.MaxRetryBackoff = -1, -1
+	o.Dialer = dialer(redis.NewDialer(o))
+	// Options.Timeout, each call's context deadline, bounds the call:
+	// without this go-redis ignores it and a call into a frozen Redis
+	// waits for its ReadTimeout (5 s).
+	o.ContextTimeoutEnabled = true
 	b := New(redis.NewClient(o), opt)
 	b.owned = true
 	ctx, cancel := b.ctx()
@@ -211,6 +228,37 @@ func Dial(url string, opt Options) (*Broker, error) {
 	}
 	return b, nil
 }
+
+// dialer wraps go-redis's dial so that it never fails: a failed dial
+// returns a connection whose reads and writes fail with the dial's error,
+// which the caller gets all the same. go-redis's pools stop dialing after
+// PoolSize failed dials (10 for its pipeline pool), counted over the
+// client's life, and then try again only once a second in the background:
+// a node took up to a second after Redis was back to reach it (its calls
+// failing with the stale dial error meanwhile), and messages published
+// then were lost. A failure on a connection is an ordinary bad
+// connection: the next call dials again.
+func dialer(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return deadConn{err}, nil
+		}
+		return c, nil
+	}
+}
+
+// deadConn is a connection whose dial failed with err.
+type deadConn struct{ err error }
+
+func (c deadConn) Read([]byte) (int, error)       { return 0, c.err }
+func (c deadConn) Write([]byte) (int, error)      { return 0, c.err }
+func (deadConn) Close() error                     { return nil }
+func (deadConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (deadConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (deadConn) SetDeadline(time.Time) error      { return nil }
+func (deadConn) SetReadDeadline(time.Time) error  { return nil }
+func (deadConn) SetWriteDeadline(time.Time) error { return nil }
 
 // NodeID returns the node's id.
 func (b *Broker) NodeID() string { return b.opt.NodeID }
@@ -240,15 +288,20 @@ func (b *Broker) Attach(n chart.Node) error {
 // publish cut cross-node fan-out to a quarter). The queue holds a copy of
 // data, since the caller may reuse it once Publish returns. Failures of the
 // pipeline go to the node as broker errors.
+//
+// While Redis is known to be unreachable, Publish still queues (the
+// message goes out if Redis is back by the time publishLoop sends it: a
+// node learns that Redis is back only after it is) but does not wait for
+// room: a full queue fails at once.
 func (b *Broker) Publish(topic string, data []byte) error {
-	if err := b.allow(); err != nil {
-		return err
-	}
 	m := pubMsg{b.opt.Prefix + topic, bytes.Clone(data)}
 	select {
 	case b.pubq <- m:
 		return nil
 	default:
+	}
+	if b.down.Load() {
+		return ErrUnreachable
 	}
 	t := time.NewTimer(publishWait)
 	defer t.Stop()

@@ -30,6 +30,9 @@ type redisServer struct {
 	port int
 	cmd  *exec.Cmd
 	done chan struct{}
+	// aof, when set, is the directory where the server keeps an
+	// append-only file (appendfsync always), the same across restarts.
+	aof string
 }
 
 func freePort(t *testing.T) int {
@@ -43,13 +46,20 @@ func freePort(t *testing.T) int {
 
 func startRedis(t *testing.T) *redisServer {
 	t.Helper()
+	return startRedisIn(t, "")
+}
+
+// startRedisIn is startRedis keeping an append-only file in dir, unless
+// dir is empty.
+func startRedisIn(t *testing.T, dir string) *redisServer {
+	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
 		}
 		t.Skip("redis-server is not installed: apt-get install redis-server to run the Redis broker tests")
 	}
-	r := &redisServer{t: t, port: freePort(t)}
+	r := &redisServer{t: t, port: freePort(t), aof: dir}
 	r.start()
 	t.Cleanup(r.stop)
 	return r
@@ -60,8 +70,12 @@ func (r *redisServer) url() string { return fmt.Sprintf("redis://127.0.0.1:%d", 
 func (r *redisServer) start() {
 	t := r.t
 	t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
+	args := []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"}
+	if r.aof != "" {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always", "--dir", r.aof)
+	}
+	r.cmd = exec.Command("redis-server", args...)
 	r.done = make(chan struct{})
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
