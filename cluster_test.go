@@ -228,7 +228,8 @@ func TestCatchUpAfterCut(t *testing.T) {
 }
 
 // TestFailFast: the broker freezes (calls hang, as with a stopped
-// process). The call in flight waits, but once none has completed for
+// process). The first API call into it gives up after BrokerWait (the
+// call itself waits on, abandoned), and once none has completed for
 // BrokerWait the node refuses further broker calls at once: API calls
 // answer within that bound (presence falls back to this node, a direct
 // message to a remote uid fails with ErrBroker, channel messages reach
@@ -251,16 +252,22 @@ func TestFailFast(t *testing.T) {
 		}
 	}
 	defer thaw()
-	stuck := make(chan bool)
+	const bound = 250 * time.Millisecond // BrokerWait is 50 ms; slack for a loaded machine
 	w := bus.Waiting() // the heartbeats' calls may wait too
-	go func() { stuck <- a.Hub.IsOnline(3) }()
-	charttest.Eventually(t, "a call waiting for the frozen bus", func() bool { return bus.Waiting() > w })
-	// Once BrokerWait (50 ms) passed without an answer, calls fail fast.
-	time.Sleep(60 * time.Millisecond) // the condition is time without an answer
+	start := time.Now()
+	if a.Hub.IsOnline(3) {
+		t.Fatal("IsOnline(3) = true")
+	}
+	if d := time.Since(start); d > bound {
+		t.Fatalf("the first call into the frozen broker took %v", d)
+	}
+	if n := bus.Waiting(); n <= w {
+		t.Fatalf("%d calls waiting for the frozen bus, want the abandoned one (more than %d)", n, w)
+	}
+	// BrokerWait (50 ms) passed without an answer: calls fail fast.
 	if err := a.Hub.SendMessageToUid(1, 2, "x"); !errors.Is(err, chart.ErrBrokerDown) {
 		t.Fatalf("SendMessageToUid = %v, want ErrBrokerDown", err)
 	}
-	const bound = 250 * time.Millisecond // BrokerWait is 50 ms; slack for a loaded machine
 	timed := func(what string, call func()) {
 		t.Helper()
 		start := time.Now()
@@ -284,7 +291,6 @@ func TestFailFast(t *testing.T) {
 		ca.WantContent(fmt.Sprint("local ", i))
 	}
 	thaw()
-	<-stuck
 	charttest.Eventually(t, "the broker answers again", func() bool { return a.Hub.IsOnline(2) })
 
 	// Frozen again: Shutdown returns within its context.
@@ -292,7 +298,7 @@ func TestFailFast(t *testing.T) {
 	thawed = false
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	start := time.Now()
+	start = time.Now()
 	a.Hub.Shutdown(ctx)
 	if d := time.Since(start); d > 200*time.Millisecond+bound {
 		t.Fatalf("Shutdown took %v with a 200 ms context", d)

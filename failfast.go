@@ -18,7 +18,13 @@ import (
 //     heartbeat;
 //   - or it stopped answering: calls are in flight and none has completed
 //     for Config.BrokerWait (50 ms by default). The calls already in
-//     flight then wait for their own timeouts (the broker's options).
+//     flight then wait for their own timeouts (the broker's options),
+//     except those an API caller waits for (presence reads, joins and
+//     leaves, lookups: bounded): their caller gets ErrBrokerDown once
+//     BrokerWait has passed without an answer, and the call finishes on
+//     its own goroutine, its result dropped. What such a call changes
+//     on the broker if it lands later, the re-publishing of presence
+//     after the outage overwrites.
 //
 // Stream reads (recovery) and batched appends (pipeline.go) are refused
 // in both cases, but do not count as calls in flight: a long read or a big
@@ -114,6 +120,59 @@ func guarded[T any](g *guard, call func() (T, error)) (T, error) {
 	return v, err
 }
 
+// bounded is guarded for a call an API caller waits for: it waits at most
+// the guard's wait for an answer that does not come, then returns
+// ErrBrokerDown, leaving the call to finish on a goroutine of its own
+// (counted in flight until it does).
+func bounded[T any](g *guard, call func() (T, error)) (T, error) {
+	var zero T
+	if err := g.enter(true); err != nil {
+		return zero, err
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	run := func() {
+		v, err := call()
+		g.exit(err)
+		ch <- result{v, err}
+	}
+	if !g.cl.spawn(run) {
+		run() // the cluster stops: no goroutine may outlive it
+	}
+	if r, ok := await(g, ch); ok {
+		return r.v, r.err
+	}
+	return zero, ErrBrokerDown
+}
+
+// await waits for ch until the broker has given no answer for the guard's
+// wait: while other calls complete, the broker is slow, not stuck.
+func await[T any](g *guard, ch <-chan T) (T, bool) {
+	select {
+	case v := <-ch:
+		return v, true
+	default:
+	}
+	t := time.NewTimer(time.Duration(g.wait))
+	defer t.Stop()
+	for {
+		select {
+		case v := <-ch:
+			return v, true
+		case <-t.C:
+			idle := g.now() - g.progress.Load()
+			if idle >= g.wait {
+				var zero T
+				return zero, false
+			}
+			t.Reset(time.Duration(g.wait - idle))
+		}
+	}
+}
+
 // guardedPresence is the broker's Presence behind the guard. Heartbeat is
 // not guarded: it is the cluster's own probe, on its own goroutine.
 type guardedPresence struct {
@@ -135,32 +194,32 @@ func (gp guardedPresence) Restore(uid uint64, channelIds []string) (bool, error)
 }
 
 func (gp guardedPresence) Join(uid uint64, channelIds []string) error {
-	_, err := guarded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Join(uid, channelIds) })
+	_, err := bounded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Join(uid, channelIds) })
 	return err
 }
 
 func (gp guardedPresence) Leave(uid uint64, channelIds []string) error {
-	_, err := guarded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Leave(uid, channelIds) })
+	_, err := bounded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Leave(uid, channelIds) })
 	return err
 }
 
 func (gp guardedPresence) Channels(uid uint64) ([]string, error) {
-	return guarded(gp.g, func() ([]string, error) { return gp.p.Channels(uid) })
+	return bounded(gp.g, func() ([]string, error) { return gp.p.Channels(uid) })
 }
 
 func (gp guardedPresence) Members(channelId string) ([]uint64, error) {
-	return guarded(gp.g, func() ([]uint64, error) { return gp.p.Members(channelId) })
+	return bounded(gp.g, func() ([]uint64, error) { return gp.p.Members(channelId) })
 }
 
 func (gp guardedPresence) Online() ([]uint64, error) {
-	return guarded(gp.g, gp.p.Online)
+	return bounded(gp.g, gp.p.Online)
 }
 
 func (gp guardedPresence) IsOnline(uid uint64) (bool, error) {
 	if gp.q != nil {
 		return gp.q.isOnline(uid)
 	}
-	return guarded(gp.g, func() (bool, error) { return gp.p.IsOnline(uid) })
+	return bounded(gp.g, func() (bool, error) { return gp.p.IsOnline(uid) })
 }
 
 func (gp guardedPresence) NodeUids() ([]uint64, error) {

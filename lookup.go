@@ -17,7 +17,8 @@ import (
 //
 // A lookup waits for its batch; like any broker call, it is refused at
 // once while the broker is failing or stuck (failfast.go), and the batch
-// call counts as one call in flight.
+// call counts as one call in flight. A lookup whose batch gets no answer
+// for BrokerWait gives up with ErrBrokerDown (bounded).
 
 // lookupBatch bounds the uids of one batch.
 const lookupBatch = 512
@@ -57,7 +58,9 @@ func (q *lookupQueue) isOnline(uid uint64) (bool, error) {
 	if start && !q.spawn(q.flush) {
 		q.flush() // the cluster stops: ask here
 	}
-	<-l.done
+	if _, ok := await(q.g, l.done); !ok {
+		return false, ErrBrokerDown // the batch goes on; its answer is dropped
+	}
 	return l.online, l.err
 }
 
