@@ -169,6 +169,7 @@ type cluster struct {
 	stopped  bool
 	catching atomic.Bool // a catch-up runs
 	relogin  atomic.Bool // this node was reaped: the next republish logs its uids in again
+	later    atomic.Bool // a republish skipped uids until the broker's data settles (deferred.go)
 	again    atomic.Bool // the broker resumed again while it ran
 
 	// Callbacks waiting for the broker (deferred.go).
@@ -319,8 +320,10 @@ func (cl *cluster) heartbeat(first bool) {
 	republish := cl.stale.Swap(false) || (lost && !first)
 	// Callbacks that waited for the broker's data to settle (deferred.go).
 	settle := false
-	if !republish {
-		if waiting, _ := cl.pending(); waiting && !cl.unsettled(now) {
+	if !republish && !cl.unsettled(now) {
+		if cl.later.Swap(false) {
+			republish = true // uids skipped while the data settled
+		} else if waiting, _ := cl.pending(); waiting {
 			settle = true
 		}
 	}
@@ -404,6 +407,15 @@ func (cl *cluster) republish(all bool) bool {
 			drain = append(drain, uid)
 		}
 	}
+	uids, err := h.presence.NodeUids()
+	if wait && err == nil && len(uids) > 0 {
+		// This node's record was lost (its TTL expired) but not its uids:
+		// the broker kept its data, the other nodes' records too.
+		cl.beatMu.Lock()
+		cl.lostAt = time.Time{}
+		cl.beatMu.Unlock()
+		wait = false
+	}
 	if all {
 		for _, uid := range h.localUids() {
 			queue(uid, func() { cl.restore(uid, relogin, wait) })
@@ -413,7 +425,6 @@ func (cl *cluster) republish(all bool) bool {
 			queue(uid, func() { cl.restore(uid, relogin, wait) })
 		}
 	}
-	uids, err := h.presence.NodeUids()
 	held := cl.takeLogouts()
 	if err != nil {
 		h.brokerFailed(err)
@@ -461,18 +472,31 @@ func (cl *cluster) republish(all bool) bool {
 // either it waited (it connected here during an outage, deferred.go) or
 // relogin is set (another node reaped this one and ran LogoutServer for
 // the uids that were only here): its callbacks stay paired. A uid whose
-// login waits is not restored while the broker's data settles (wait).
+// login waits, or whose channels this node could not load (unsynced), is
+// restored by resync, not while the broker's data settles (wait).
 func (cl *cluster) restore(uid uint64, relogin, wait bool) {
 	h := cl.hub
 	if h.killed.Load() {
 		return
 	}
-	chans, ok := h.localChannels(uid)
+	chans, unsynced, ok := h.localState(uid)
 	if !ok {
 		return
 	}
 	waited := cl.loginPending(uid)
-	if waited && wait {
+	if (waited || unsynced) && wait {
+		// Its channels held elsewhere, as far as re-published yet (the
+		// rest come as the other nodes restore it); presence waits.
+		if chans, err := h.presence.Channels(uid); err != nil {
+			h.brokerFailed(err)
+		} else if len(chans) > 0 {
+			cl.apply(uid, true, chans)
+		}
+		cl.later.Store(true) // the next settle re-publishes again
+		return
+	}
+	if waited || unsynced {
+		cl.resync(uid, waited, relogin)
 		return
 	}
 	first, err := h.presence.Restore(uid, chans)
@@ -480,19 +504,31 @@ func (cl *cluster) restore(uid uint64, relogin, wait bool) {
 		h.brokerFailed(err)
 		return
 	}
-	if waited {
-		cl.cancelLogin(uid)
-	}
-	if first && (relogin || waited) {
-		handler := h.fallbackHandler()
-		if u := h.lookupUser(uid); u != nil {
-			handler = u.handler
+	if len(chans) > 0 && wait {
+		// The broker lost its data: a node where uid connected during
+		// the outage could not load its channels, and may have read
+		// them before this restore. Tell it, as a join made here does.
+		if err := cl.control(uid, true, chans); err != nil {
+			h.brokerFailed(err)
 		}
-		if handler == nil {
-			handler = nopHandler{}
-		}
-		h.call(handler, uid, "LoginServer", func() { handler.LoginServer(uid) })
 	}
+	if first && relogin {
+		cl.login(uid)
+	}
+}
+
+// login runs LoginServer for uid, connected here, after the broker
+// answered again.
+func (cl *cluster) login(uid uint64) {
+	h := cl.hub
+	handler := h.fallbackHandler()
+	if u := h.lookupUser(uid); u != nil {
+		handler = u.handler
+	}
+	if handler == nil {
+		handler = nopHandler{}
+	}
+	h.call(handler, uid, "LoginServer", func() { handler.LoginServer(uid) })
 }
 
 // purge disconnects uid in presence if it has no connection here. Its

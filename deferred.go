@@ -168,6 +168,60 @@ func (cl *cluster) settleLogout(uid uint64, d deferred, inPresence bool) {
 	}
 }
 
+// resync re-publishes the presence of uid, connected here, whose
+// channels this node could not load from presence (they are not all of
+// them: Restore would set them as if they were) or whose login waits
+// (waited): it marks uid online here without touching its channels, adds
+// the channels it joined here, and joins it here to those it holds
+// elsewhere. A waited uid is first marked offline here, in case its
+// Connect during the outage reached the broker after its caller gave up:
+// Connect then tells whether another node holds it, and its LoginServer
+// runs if none does. It runs in uid's event queue; a failure leaves it for
+// the next re-publishing.
+func (cl *cluster) resync(uid uint64, waited, relogin bool) {
+	h := cl.hub
+	fail := func(err error) { h.brokerFailed(err) }
+	if waited {
+		if _, err := h.presence.Disconnect(uid); err != nil {
+			fail(err)
+			return
+		}
+	}
+	first, err := h.presence.Connect(uid)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if local, _, ok := h.localState(uid); ok && len(local) > 0 {
+		if err := h.presence.Join(uid, local); err != nil {
+			fail(err)
+			return
+		}
+	}
+	var chans []string
+	if !first {
+		if chans, err = h.presence.Channels(uid); err != nil {
+			fail(err)
+			return
+		}
+	}
+	s := h.userShard(uid)
+	s.mu.Lock()
+	if u := s.users[uid]; u != nil {
+		u.unsynced = false
+	}
+	s.mu.Unlock()
+	if len(chans) > 0 {
+		cl.apply(uid, true, chans)
+	}
+	if waited {
+		cl.cancelLogin(uid)
+	}
+	if first && (waited || relogin) {
+		cl.login(uid)
+	}
+}
+
 // keepLogout restores uid, whose logout waits, in this node's presence
 // after the broker lost its data, and defers the logout again: it settles
 // once every node has re-published its presence. It runs in uid's event

@@ -66,21 +66,26 @@ func (h *Hub) up(u *user) {
 		first = false // its logout waited for the broker: it never left
 	}
 	var chans []string
-	if !first && (err == nil || back) {
+	synced := err == nil
+	if !first && synced {
 		if chans, err = h.presence.Channels(uid); err != nil {
 			h.brokerFailed(err)
-			chans = held // the channels it had here when it left
+			synced = false
 		}
 	}
-	h.loaded(u, chans)
+	if !synced && back {
+		chans = held // the channels it had here when it left
+	}
+	h.loaded(u, chans, synced)
 	if first {
 		h.call(u.handler, uid, "LoginServer", func() { u.handler.LoginServer(uid) })
 	}
 }
 
 // loaded joins u to the channels it holds elsewhere and applies the joins
-// and leaves that arrived while they loaded.
-func (h *Hub) loaded(u *user, chans []string) {
+// and leaves that arrived while they loaded. Not synced: presence could
+// not be read, the channels are only what this node knows.
+func (h *Hub) loaded(u *user, chans []string, synced bool) {
 	pres := h.presenceIds(chans)
 	s := h.userShard(u.uid)
 	s.mu.Lock()
@@ -99,6 +104,7 @@ func (h *Hub) loaded(u *user, chans []string) {
 	}
 	u.pending = nil
 	u.loading = false
+	u.unsynced = !synced
 	s.mu.Unlock()
 	for _, err := range errs {
 		h.report(u.handler, err)

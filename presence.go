@@ -81,6 +81,19 @@ func (h *Hub) localChannels(uid uint64) (ids []string, ok bool) {
 	return u.channels.keys(), true
 }
 
+// localState returns the channels of uid, connected here, and whether
+// they are unsynced (not loaded from presence).
+func (h *Hub) localState(uid uint64) (ids []string, unsynced, ok bool) {
+	s := h.userShard(uid)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	u := s.users[uid]
+	if u == nil {
+		return nil, false, false
+	}
+	return u.channels.keys(), u.unsynced, true
+}
+
 // leavingChannels returns the channels of uid while its logout runs.
 func (h *Hub) leavingChannels(uid uint64) (ids []string, ok bool) {
 	s := h.userShard(uid)

@@ -48,6 +48,11 @@ type user struct {
 	// shard lock.
 	loading bool
 	pending []memberOp
+	// unsynced is set when up could not load the uid's channels from
+	// presence (the broker failing): this node's channels of the uid are
+	// not all of them, and the re-publishing of presence must not set them
+	// as if they were (cluster.resync). Guarded by the shard lock.
+	unsynced bool
 	rates   atomic.Pointer[rateLimits] // inbound limits shared by its connections (read.go)
 }
 
