@@ -106,6 +106,11 @@ type Broker struct {
 	wg          sync.WaitGroup
 	onceEnd     sync.Once
 
+	// Reaping (reap.go): one heartbeat reaps at a time, and attempts are
+	// its writes and reports not read back yet.
+	reapMu   sync.Mutex
+	attempts map[string]*attempt
+
 	// Appends (append.go).
 	tails       tails
 	replies     *replies
@@ -161,7 +166,7 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 	}
 	b := &Broker{nc: nc, js: js, opt: opt, subs: make(map[string]*nats.Subscription),
 		msgs: make(chan *nats.Msg, 1<<16), closed: make(chan struct{}),
-		maxAtomic: maxAtomic, batchPrefix: newEpoch() + "."}
+		maxAtomic: maxAtomic, batchPrefix: newEpoch() + ".", attempts: make(map[string]*attempt)}
 	// Creating replicated buckets waits for their groups to form: longer
 	// than one call.
 	ctx, cancel := context.WithTimeout(context.Background(), max(10*time.Second, opt.Timeout))
@@ -185,35 +190,38 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 // Connect connects to the NATS server at url and returns a Broker that
 // owns the connection, which reconnects forever.
 func Connect(url string, opt Options) (*Broker, error) {
-	var b *Broker
+	// The handlers may run before New returns (a reconnect while it
+	// creates the buckets).
+	var ptr atomic.Pointer[Broker]
 	nc, err := nats.Connect(url,
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(20*time.Millisecond), // back within ~50 ms of the server
 		nats.ReconnectJitter(10*time.Millisecond, 10*time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if b != nil {
+			if b := ptr.Load(); b != nil {
 				b.lost(err)
 			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
-			if b != nil {
+			if b := ptr.Load(); b != nil {
 				b.resumed()
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			if b != nil {
+			if b := ptr.Load(); b != nil {
 				b.lost(err)
 			}
 		}))
 	if err != nil {
 		return nil, err
 	}
-	b, err = New(nc, opt)
+	b, err := New(nc, opt)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
 	b.owned = true
+	ptr.Store(b)
 	return b, nil
 }
 
@@ -380,10 +388,20 @@ func (b *Broker) subscribe(subj string, on bool) error {
 }
 
 // record is the presence of one uid: the nodes it is connected to and the
-// channels it joined.
+// channels it joined. Pending are the reaps that took it offline and are
+// not reported yet (see reap.go): they stay in its key, a delete marker's
+// body while it is offline, until the reaper has reported them.
 type record struct {
 	Nodes    []string `json:"n"`
 	Channels []string `json:"c,omitempty"`
+	Pending  []trace  `json:"p,omitempty"`
+}
+
+func (r *record) clone() *record {
+	if r == nil {
+		return nil
+	}
+	return &record{Nodes: slices.Clone(r.Nodes), Channels: slices.Clone(r.Channels), Pending: slices.Clone(r.Pending)}
 }
 
 func conflict(err error) bool {
@@ -393,52 +411,27 @@ func conflict(err error) bool {
 }
 
 // update applies fn to uid's record with compare-and-swap, retrying on
-// conflict. fn gets nil when uid has no record, and returns the new record
-// (nil: delete it). It returns the records before and after.
+// conflict. fn gets nil when uid is offline, and returns the new record
+// (nil: offline). The reaps pending in the key stay there. It returns the
+// records before and after.
 func (b *Broker) update(ctx context.Context, uid uint64, fn func(r *record) (*record, error)) (before, after *record, err error) {
 	if !b.nc.IsConnected() {
 		return nil, nil, errDisconnected
 	}
-	kv, _ := b.buckets()
-	key := "u." + uidStr(uid)
 	for {
-		var rev uint64
-		before = nil
-		e, err := kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
+		st, err := b.readUid(ctx, uid, false)
+		if err != nil {
 			return nil, nil, err
-		default:
-			rev = e.Revision()
-			before = new(record)
-			if err := json.Unmarshal(e.Value(), before); err != nil {
-				return nil, nil, err
-			}
 		}
-		var cp *record
-		if before != nil {
-			cp = &record{Nodes: slices.Clone(before.Nodes), Channels: slices.Clone(before.Channels)}
-		}
-		after, err = fn(cp)
+		before = st.rec
+		after, err = fn(before.clone())
 		if err != nil {
 			return before, nil, err
 		}
-		switch {
-		case after == nil && before == nil:
+		if after == nil && before == nil {
 			return nil, nil, nil
-		case after == nil:
-			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
-		case before == nil:
-			data, _ := json.Marshal(after)
-			_, err = kv.Create(ctx, key, data)
-			if errors.Is(err, jetstream.ErrKeyExists) {
-				continue
-			}
-		default:
-			data, _ := json.Marshal(after)
-			_, err = kv.Update(ctx, key, data, rev)
 		}
+		err = b.writeUid(ctx, uid, after, st.pending, st.rev)
 		if conflict(err) {
 			continue
 		}
@@ -690,6 +683,10 @@ func (b *Broker) keys(ctx context.Context, kv jetstream.KeyValue, filter string)
 		keys = append(keys, k)
 	}
 	l.Stop() // already stopped once listed; its error says so
+	if err := ctx.Err(); err != nil {
+		// The lister ends quietly at the deadline: a partial list.
+		return nil, err
+	}
 	return keys, nil
 }
 
@@ -726,72 +723,4 @@ func (b *Broker) NodeUids() ([]uint64, error) {
 	defer cancel()
 	kv, _ := b.buckets()
 	return lastUids(b.keys(ctx, kv, "nu."+b.opt.NodeID+".*"))
-}
-
-// Heartbeat refreshes the node's liveness key and reaps dead nodes. After
-// a server restart that lost the buckets it creates them again and reports
-// lost.
-func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err error) {
-	if !b.nc.IsConnected() {
-		return nil, false, false, errDisconnected
-	}
-	ctx, cancel := b.ctx()
-	defer cancel()
-	kv, alive := b.buckets()
-	if _, err := alive.Get(ctx, b.opt.NodeID); err != nil {
-		lost = true
-	}
-	if _, err := alive.Put(ctx, b.opt.NodeID, nil); err != nil {
-		if err := b.ensureBuckets(ctx); err != nil {
-			return nil, false, false, err
-		}
-		kv, alive = b.buckets()
-		if _, err := alive.Put(ctx, b.opt.NodeID, nil); err != nil {
-			return nil, false, false, err
-		}
-		lost = true
-	}
-	if lost {
-		if _, err := kv.Put(ctx, "node."+b.opt.NodeID, nil); err != nil {
-			return nil, lost, false, err
-		}
-		// Reaped by another node, which left this mark.
-		if _, err := kv.Get(ctx, "reaped."+b.opt.NodeID); err == nil {
-			reaped = true
-			kv.Delete(ctx, "reaped."+b.opt.NodeID)
-		}
-	}
-	if !reap {
-		return nil, lost, reaped, nil
-	}
-	nodes, err := b.keys(ctx, kv, "node.*")
-	if err != nil {
-		return nil, lost, reaped, err
-	}
-	for _, k := range nodes {
-		node := strings.TrimPrefix(k, "node.")
-		if node == b.opt.NodeID {
-			continue
-		}
-		if _, err := alive.Get(ctx, node); !errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // alive, or unknown: reap only what is surely dead
-		}
-		uids, err := lastUids(b.keys(ctx, kv, "nu."+node+".*"))
-		if err != nil {
-			return gone, lost, reaped, err
-		}
-		for _, uid := range uids {
-			last, err := b.drop(ctx, node, uid)
-			if err != nil {
-				return gone, lost, reaped, err
-			}
-			if last {
-				gone = append(gone, uid)
-			}
-			kv.Delete(ctx, "nu."+node+"."+uidStr(uid))
-		}
-		kv.Delete(ctx, k)
-		kv.Put(ctx, "reaped."+node, nil) // for the node, should it come back
-	}
-	return gone, lost, reaped, nil
 }
