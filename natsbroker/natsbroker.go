@@ -111,6 +111,11 @@ type Broker struct {
 	reapMu   sync.Mutex
 	attempts map[string]*attempt
 
+	// conn is the context of the calls made on the current connection
+	// (Connect only): cancelled when it drops.
+	conn    context.Context
+	endConn context.CancelFunc
+
 	// Appends (append.go).
 	tails       tails
 	replies     *replies
@@ -190,15 +195,25 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 // Connect connects to the NATS server at url and returns a Broker that
 // owns the connection, which reconnects forever.
 func Connect(url string, opt Options) (*Broker, error) {
+	return connect(url, opt)
+}
+
+// connect is Connect with more options for the connection (tests).
+func connect(url string, opt Options, more ...nats.Option) (*Broker, error) {
 	// The handlers may run before New returns (a reconnect while it
 	// creates the buckets).
 	var ptr atomic.Pointer[Broker]
-	nc, err := nats.Connect(url,
+	nc, err := nats.Connect(url, append([]nats.Option{
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(20*time.Millisecond), // back within ~50 ms of the server
+		// A connection that stopped answering (a blackholed network) is
+		// given up after two unanswered pings, 4 to 6 s, rather than the
+		// client's default of minutes: its calls fail at once then.
+		nats.PingInterval(2 * time.Second),
+		nats.ReconnectWait(20 * time.Millisecond), // back within ~50 ms of the server
 		nats.ReconnectJitter(10*time.Millisecond, 10*time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if b := ptr.Load(); b != nil {
+				b.dropped()
 				b.lost(err)
 			}
 		}),
@@ -211,7 +226,7 @@ func Connect(url string, opt Options) (*Broker, error) {
 			if b := ptr.Load(); b != nil {
 				b.lost(err)
 			}
-		}))
+		})}, more...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -221,6 +236,7 @@ func Connect(url string, opt Options) (*Broker, error) {
 		return nil, err
 	}
 	b.owned = true
+	b.dropped() // from now on calls end with the connection
 	ptr.Store(b)
 	return b, nil
 }
@@ -296,8 +312,36 @@ func (b *Broker) NodeID() string { return b.opt.NodeID }
 // HeartbeatInterval is a third of the TTL.
 func (b *Broker) HeartbeatInterval() time.Duration { return b.opt.TTL / 3 }
 
+// ctx bounds a call by Options.Timeout, and, with a Broker made by
+// Connect, by the connection it starts on: a request sent before the
+// connection dropped gets no answer on the next one, so that its call
+// fails at once instead of holding the node's broker calls (see
+// chart.Config.BrokerWait) for the whole Timeout.
 func (b *Broker) ctx() (context.Context, context.CancelFunc) {
+	b.mu.Lock()
+	parent := b.conn
+	b.mu.Unlock()
+	if parent == nil {
+		parent = context.Background()
+	}
+	return context.WithTimeout(parent, b.opt.Timeout)
+}
+
+// plainCtx bounds a call by Options.Timeout only: appends, whose timeout
+// tells the hub "maybe stored" (a call ended by a dropped connection
+// would read as not stored).
+func (b *Broker) plainCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), b.opt.Timeout)
+}
+
+// dropped ends the calls made on the connection that just dropped.
+func (b *Broker) dropped() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.endConn != nil {
+		b.endConn()
+	}
+	b.conn, b.endConn = context.WithCancel(context.Background())
 }
 
 // token encodes s as one subject token (and key token): unpadded
@@ -341,6 +385,11 @@ func (b *Broker) Close() error {
 		}
 		b.mu.Unlock()
 		b.replies.sub.Unsubscribe()
+		b.mu.Lock()
+		if b.endConn != nil {
+			b.endConn()
+		}
+		b.mu.Unlock()
 		close(b.closed)
 		b.wg.Wait()
 		if b.owned {
@@ -363,7 +412,8 @@ func (b *Broker) Subscribe(topic string) error { return b.subscribe(b.subject(to
 func (b *Broker) Unsubscribe(topic string) error { return b.subscribe(b.subject(topic), false) }
 
 // subscribe (un)subscribes a subject and waits until the server has it, so
-// that messages published after it returns are received. The NATS client
+// that messages published after it returns are received, at most
+// subscribeWait. The NATS client
 // keeps subscriptions across reconnects.
 func (b *Broker) subscribe(subj string, on bool) error {
 	b.mu.Lock()
@@ -384,8 +434,16 @@ func (b *Broker) subscribe(subj string, on bool) error {
 	if !b.nc.IsConnected() {
 		return errDisconnected
 	}
-	return b.nc.FlushTimeout(b.opt.Timeout)
+	return b.nc.FlushTimeout(min(b.opt.Timeout, subscribeWait))
 }
+
+// subscribeWait bounds how long Subscribe and Unsubscribe wait for the
+// server to confirm: the hub calls them on its callers' goroutines (a
+// join), so a server that stopped answering must not hold them for
+// Options.Timeout. Past it they fail; the subscription stays, and takes
+// effect once the server answers (or is made again on the next
+// connection).
+const subscribeWait = 100 * time.Millisecond
 
 // record is the presence of one uid: the nodes it is connected to and the
 // channels it joined. Pending are the reaps that took it offline and are
@@ -666,29 +724,59 @@ func parallel(n int, f func(i int) error) error {
 	return first
 }
 
-// keys lists the keys under filter (a subject filter on key names).
+// keys lists the keys under filter (a subject filter on key names). It
+// scans the bucket's stream with batched direct gets, which any replica
+// answers, and skips deleted keys: no consumer to create (the stream's
+// leader, which may be away for seconds after its server died), and every
+// request bounded by ctx.
 func (b *Broker) keys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
 	if !b.nc.IsConnected() {
 		return nil, errDisconnected
 	}
-	l, err := kv.ListKeysFiltered(ctx, filter)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
+	prefix := "$KV." + kv.Bucket() + "."
+	inbox := b.nc.NewRespInbox()
+	sub, err := b.nc.SubscribeSync(inbox)
 	if err != nil {
 		return nil, err
 	}
+	defer sub.Unsubscribe()
 	var keys []string
-	for k := range l.Keys() {
-		keys = append(keys, k)
+	for seq := uint64(1); ; {
+		req, _ := json.Marshal(map[string]any{"seq": seq, "next_by_subj": prefix + filter, "batch": keysBatch})
+		err := b.nc.PublishRequest(jetstream.DefaultAPIPrefix+"DIRECT.GET.KV_"+kv.Bucket(), inbox, req)
+		if err != nil {
+			return nil, err
+		}
+		for {
+			m, err := sub.NextMsgWithContext(ctx)
+			if err != nil {
+				return nil, err
+			}
+			switch s := status(m); s {
+			case "":
+				if m.Header.Get(kvOperation) == "" {
+					keys = append(keys, strings.TrimPrefix(m.Header.Get(jetstream.SubjectHeader), prefix))
+				}
+				continue
+			case "404": // nothing (more) under filter
+				return keys, nil
+			case "204": // end of the batch
+			default:
+				return nil, errors.New("natsbroker: direct get: " + s + " " + m.Header.Get("Description"))
+			}
+			pending, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+			lastSeq, err := strconv.ParseUint(m.Header.Get("Nats-Last-Sequence"), 10, 64)
+			if pending == 0 || err != nil || lastSeq < seq {
+				return keys, nil
+			}
+			seq = lastSeq + 1
+			break
+		}
 	}
-	l.Stop() // already stopped once listed; its error says so
-	if err := ctx.Err(); err != nil {
-		// The lister ends quietly at the deadline: a partial list.
-		return nil, err
-	}
-	return keys, nil
 }
+
+// keysBatch is how many entries a direct get of keys returns at once.
+const keysBatch = 1000
 
 // lastUids parses the last token of each key as a uid.
 func lastUids(keys []string, err error) ([]uint64, error) {

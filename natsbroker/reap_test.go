@@ -235,3 +235,44 @@ func TestReapFenced(t *testing.T) {
 		t.Errorf("node B still listed: %v", err)
 	}
 }
+
+// TestKeysPaged: a key list longer than a batch of direct gets comes whole,
+// without the deleted keys.
+func TestKeysPaged(t *testing.T) {
+	srv := startNATS(t)
+	br, err := Connect(srv.url(), Options{Prefix: "paged", Bucket: "paged"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	kv, _ := br.buckets()
+	ctx := context.Background()
+	const n = 2*keysBatch + 10
+	for uid := uint64(1); uid <= n; uid++ {
+		if _, err := kv.Put(ctx, br.memberKey("room", uid), nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, br.memberKey("other", uid), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for uid := uint64(1); uid <= n; uid += 7 {
+		if err := kv.Delete(ctx, br.memberKey("room", uid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := br.Members("room")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(map[uint64]bool)
+	for _, uid := range got {
+		if seen[uid] || uid%7 == 1 || uid < 1 || uid > n {
+			t.Fatalf("Members lists %d (twice, deleted, or unknown)", uid)
+		}
+		seen[uid] = true
+	}
+	if want := n - (n+6)/7; len(seen) != want {
+		t.Fatalf("Members lists %d uids, want %d", len(seen), want)
+	}
+}
