@@ -14,7 +14,8 @@
 // base64url, so that it is one token whatever characters it holds. Bucket
 // Options.Bucket holds u.UID (a JSON record of the uid's nodes and
 // channels), c.CHANNEL.UID (member index, the channel id in unpadded
-// base64url), nu.NODE.UID (the node's uids) and node.NODE (known nodes);
+// base64url), nu.NODE.UID (the node's uids), node.NODE (known nodes) and
+// reaped.NODE (the claim of a dead node's reap, see reap.go);
 // bucket Options.Bucket+"_alive" holds one key per live node. The chart
 // streams are the JetStream stream Options.Bucket+"_streams", subjects
 // PREFIX.s.NAME (see streams.go); acknowledgements are keys a.NAME.UID of

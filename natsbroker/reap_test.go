@@ -170,7 +170,7 @@ func TestReapFenced(t *testing.T) {
 	}
 	charttest.Eventually(t, "the reap settled", settled)
 	close(stop)
-	as_.Wait() // an A's heartbeat may take 5 s: see keys
+	as_.Wait()
 	// Whole heartbeats of the As settle what they left; C goes on beating.
 	for _, a := range as {
 		charttest.Eventually(t, "A connected", a.nc.IsConnected)
