@@ -3,10 +3,12 @@ package natsbroker
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -299,4 +301,37 @@ func compare(want, got []int) (missing, dup, order, extra []int) {
 	}
 	slices.Sort(extra)
 	return missing, dup, order, extra
+}
+
+// TestNATSFaults runs charttest.Faults on an embedded nats-server (one
+// server, memory storage: presence does not survive a restart). Kill shuts
+// the server down (not SIGKILL: it is embedded); Freeze is skipped. It
+// fails today (messages published just after the server's return lost,
+// OnlineElsewhere's callbacks and presence, the cut-off node's first call
+// waiting Timeout), so it runs only with CHART_NATS_FAULTS=1.
+func TestNATSFaults(t *testing.T) {
+	if os.Getenv("CHART_NATS_FAULTS") == "" {
+		t.Skip("fails today: run with CHART_NATS_FAULTS=1")
+	}
+	srv := startNATS(t)
+	var seq atomic.Int64
+	charttest.Faults{
+		Addr: strings.TrimPrefix(srv.url(), "nats://"),
+		NewCluster: func(t *testing.T) func(string) chart.Broker {
+			k := seq.Add(1)
+			opt := Options{Prefix: fmt.Sprintf("faults%d", k), Bucket: fmt.Sprintf("faults%d", k),
+				TTL: 1200 * time.Millisecond, Timeout: time.Second}
+			return func(addr string) chart.Broker {
+				b, err := Connect("nats://"+addr, opt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
+			}
+		},
+		Kill: func(t *testing.T) func() {
+			srv.stop()
+			return func() { srv.t = t; srv.start() }
+		},
+	}.Run(t)
 }
