@@ -315,7 +315,12 @@ func TestNATSFaults(t *testing.T) {
 	}
 	srv := startNATS(t)
 	var seq atomic.Int64
+	var only []string
+	if o := os.Getenv("CHART_NATS_FAULTS_ONLY"); o != "" {
+		only = strings.Split(o, ",")
+	}
 	charttest.Faults{
+		Only: only,
 		Addr: strings.TrimPrefix(srv.url(), "nats://"),
 		NewCluster: func(t *testing.T) func(string) chart.Broker {
 			k := seq.Add(1)
