@@ -114,7 +114,7 @@ func (b *Broker) AppendBatch(batch []chart.StreamAppend) {
 	if len(batch) == 0 {
 		return
 	}
-	ctx, cancel := b.ctx()
+	ctx, cancel := b.plainCtx()
 	defer cancel()
 	var runs []*run
 	bySubj := make(map[string]*run)

@@ -14,7 +14,8 @@
 // base64url, so that it is one token whatever characters it holds. Bucket
 // Options.Bucket holds u.UID (a JSON record of the uid's nodes and
 // channels), c.CHANNEL.UID (member index, the channel id in unpadded
-// base64url), nu.NODE.UID (the node's uids) and node.NODE (known nodes);
+// base64url), nu.NODE.UID (the node's uids), node.NODE (known nodes) and
+// reaped.NODE (the claim of a dead node's reap, see reap.go);
 // bucket Options.Bucket+"_alive" holds one key per live node. The chart
 // streams are the JetStream stream Options.Bucket+"_streams", subjects
 // PREFIX.s.NAME (see streams.go); acknowledgements are keys a.NAME.UID of
@@ -106,6 +107,16 @@ type Broker struct {
 	wg          sync.WaitGroup
 	onceEnd     sync.Once
 
+	// Reaping (reap.go): one heartbeat reaps at a time, and attempts are
+	// its writes and reports not read back yet.
+	reapMu   sync.Mutex
+	attempts map[string]*attempt
+
+	// conn is the context of the calls made on the current connection
+	// (Connect only): cancelled when it drops.
+	conn    context.Context
+	endConn context.CancelFunc
+
 	// Appends (append.go).
 	tails       tails
 	replies     *replies
@@ -161,7 +172,7 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 	}
 	b := &Broker{nc: nc, js: js, opt: opt, subs: make(map[string]*nats.Subscription),
 		msgs: make(chan *nats.Msg, 1<<16), closed: make(chan struct{}),
-		maxAtomic: maxAtomic, batchPrefix: newEpoch() + "."}
+		maxAtomic: maxAtomic, batchPrefix: newEpoch() + ".", attempts: make(map[string]*attempt)}
 	// Creating replicated buckets waits for their groups to form: longer
 	// than one call.
 	ctx, cancel := context.WithTimeout(context.Background(), max(10*time.Second, opt.Timeout))
@@ -185,35 +196,49 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 // Connect connects to the NATS server at url and returns a Broker that
 // owns the connection, which reconnects forever.
 func Connect(url string, opt Options) (*Broker, error) {
-	var b *Broker
-	nc, err := nats.Connect(url,
+	return connect(url, opt)
+}
+
+// connect is Connect with more options for the connection (tests).
+func connect(url string, opt Options, more ...nats.Option) (*Broker, error) {
+	// The handlers may run before New returns (a reconnect while it
+	// creates the buckets).
+	var ptr atomic.Pointer[Broker]
+	nc, err := nats.Connect(url, append([]nats.Option{
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(20*time.Millisecond), // back within ~50 ms of the server
+		// A connection that stopped answering (a blackholed network) is
+		// given up after two unanswered pings, 4 to 6 s, rather than the
+		// client's default of minutes: its calls fail at once then.
+		nats.PingInterval(2 * time.Second),
+		nats.ReconnectWait(20 * time.Millisecond), // back within ~50 ms of the server
 		nats.ReconnectJitter(10*time.Millisecond, 10*time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if b != nil {
+			if b := ptr.Load(); b != nil {
+				b.dropped()
 				b.lost(err)
 			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
-			if b != nil {
+			if b := ptr.Load(); b != nil {
 				b.resumed()
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			if b != nil {
+			if b := ptr.Load(); b != nil {
 				b.lost(err)
 			}
-		}))
+		})}, more...)...)
 	if err != nil {
 		return nil, err
 	}
-	b, err = New(nc, opt)
+	b, err := New(nc, opt)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
 	b.owned = true
+	b.dropped() // from now on calls end with the connection
+	ptr.Store(b)
 	return b, nil
 }
 
@@ -288,8 +313,36 @@ func (b *Broker) NodeID() string { return b.opt.NodeID }
 // HeartbeatInterval is a third of the TTL.
 func (b *Broker) HeartbeatInterval() time.Duration { return b.opt.TTL / 3 }
 
+// ctx bounds a call by Options.Timeout, and, with a Broker made by
+// Connect, by the connection it starts on: a request sent before the
+// connection dropped gets no answer on the next one, so that its call
+// fails at once instead of holding the node's broker calls (see
+// chart.Config.BrokerWait) for the whole Timeout.
 func (b *Broker) ctx() (context.Context, context.CancelFunc) {
+	b.mu.Lock()
+	parent := b.conn
+	b.mu.Unlock()
+	if parent == nil {
+		parent = context.Background()
+	}
+	return context.WithTimeout(parent, b.opt.Timeout)
+}
+
+// plainCtx bounds a call by Options.Timeout only: appends, whose timeout
+// tells the hub "maybe stored" (a call ended by a dropped connection
+// would read as not stored).
+func (b *Broker) plainCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), b.opt.Timeout)
+}
+
+// dropped ends the calls made on the connection that just dropped.
+func (b *Broker) dropped() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.endConn != nil {
+		b.endConn()
+	}
+	b.conn, b.endConn = context.WithCancel(context.Background())
 }
 
 // token encodes s as one subject token (and key token): unpadded
@@ -333,6 +386,11 @@ func (b *Broker) Close() error {
 		}
 		b.mu.Unlock()
 		b.replies.sub.Unsubscribe()
+		b.mu.Lock()
+		if b.endConn != nil {
+			b.endConn()
+		}
+		b.mu.Unlock()
 		close(b.closed)
 		b.wg.Wait()
 		if b.owned {
@@ -355,7 +413,8 @@ func (b *Broker) Subscribe(topic string) error { return b.subscribe(b.subject(to
 func (b *Broker) Unsubscribe(topic string) error { return b.subscribe(b.subject(topic), false) }
 
 // subscribe (un)subscribes a subject and waits until the server has it, so
-// that messages published after it returns are received. The NATS client
+// that messages published after it returns are received, at most
+// subscribeWait. The NATS client
 // keeps subscriptions across reconnects.
 func (b *Broker) subscribe(subj string, on bool) error {
 	b.mu.Lock()
@@ -376,14 +435,32 @@ func (b *Broker) subscribe(subj string, on bool) error {
 	if !b.nc.IsConnected() {
 		return errDisconnected
 	}
-	return b.nc.FlushTimeout(b.opt.Timeout)
+	return b.nc.FlushTimeout(min(b.opt.Timeout, subscribeWait))
 }
 
+// subscribeWait bounds how long Subscribe and Unsubscribe wait for the
+// server to confirm: the hub calls them on its callers' goroutines (a
+// join), so a server that stopped answering must not hold them for
+// Options.Timeout. Past it they fail; the subscription stays, and takes
+// effect once the server answers (or is made again on the next
+// connection).
+const subscribeWait = 100 * time.Millisecond
+
 // record is the presence of one uid: the nodes it is connected to and the
-// channels it joined.
+// channels it joined. Pending are the reaps that took it offline and are
+// not reported yet (see reap.go): they stay in its key, a delete marker's
+// body while it is offline, until the reaper has reported them.
 type record struct {
 	Nodes    []string `json:"n"`
 	Channels []string `json:"c,omitempty"`
+	Pending  []trace  `json:"p,omitempty"`
+}
+
+func (r *record) clone() *record {
+	if r == nil {
+		return nil
+	}
+	return &record{Nodes: slices.Clone(r.Nodes), Channels: slices.Clone(r.Channels), Pending: slices.Clone(r.Pending)}
 }
 
 func conflict(err error) bool {
@@ -393,52 +470,27 @@ func conflict(err error) bool {
 }
 
 // update applies fn to uid's record with compare-and-swap, retrying on
-// conflict. fn gets nil when uid has no record, and returns the new record
-// (nil: delete it). It returns the records before and after.
+// conflict. fn gets nil when uid is offline, and returns the new record
+// (nil: offline). The reaps pending in the key stay there. It returns the
+// records before and after.
 func (b *Broker) update(ctx context.Context, uid uint64, fn func(r *record) (*record, error)) (before, after *record, err error) {
 	if !b.nc.IsConnected() {
 		return nil, nil, errDisconnected
 	}
-	kv, _ := b.buckets()
-	key := "u." + uidStr(uid)
 	for {
-		var rev uint64
-		before = nil
-		e, err := kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
+		st, err := b.readUid(ctx, uid, false)
+		if err != nil {
 			return nil, nil, err
-		default:
-			rev = e.Revision()
-			before = new(record)
-			if err := json.Unmarshal(e.Value(), before); err != nil {
-				return nil, nil, err
-			}
 		}
-		var cp *record
-		if before != nil {
-			cp = &record{Nodes: slices.Clone(before.Nodes), Channels: slices.Clone(before.Channels)}
-		}
-		after, err = fn(cp)
+		before = st.rec
+		after, err = fn(before.clone())
 		if err != nil {
 			return before, nil, err
 		}
-		switch {
-		case after == nil && before == nil:
+		if after == nil && before == nil {
 			return nil, nil, nil
-		case after == nil:
-			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
-		case before == nil:
-			data, _ := json.Marshal(after)
-			_, err = kv.Create(ctx, key, data)
-			if errors.Is(err, jetstream.ErrKeyExists) {
-				continue
-			}
-		default:
-			data, _ := json.Marshal(after)
-			_, err = kv.Update(ctx, key, data, rev)
 		}
+		err = b.writeUid(ctx, uid, after, st.pending, st.rev)
 		if conflict(err) {
 			continue
 		}
@@ -673,25 +725,59 @@ func parallel(n int, f func(i int) error) error {
 	return first
 }
 
-// keys lists the keys under filter (a subject filter on key names).
+// keys lists the keys under filter (a subject filter on key names). It
+// scans the bucket's stream with batched direct gets, which any replica
+// answers, and skips deleted keys: no consumer to create (the stream's
+// leader, which may be away for seconds after its server died), and every
+// request bounded by ctx.
 func (b *Broker) keys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
 	if !b.nc.IsConnected() {
 		return nil, errDisconnected
 	}
-	l, err := kv.ListKeysFiltered(ctx, filter)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
+	prefix := "$KV." + kv.Bucket() + "."
+	inbox := b.nc.NewRespInbox()
+	sub, err := b.nc.SubscribeSync(inbox)
 	if err != nil {
 		return nil, err
 	}
+	defer sub.Unsubscribe()
 	var keys []string
-	for k := range l.Keys() {
-		keys = append(keys, k)
+	for seq := uint64(1); ; {
+		req, _ := json.Marshal(map[string]any{"seq": seq, "next_by_subj": prefix + filter, "batch": keysBatch})
+		err := b.nc.PublishRequest(jetstream.DefaultAPIPrefix+"DIRECT.GET.KV_"+kv.Bucket(), inbox, req)
+		if err != nil {
+			return nil, err
+		}
+		for {
+			m, err := sub.NextMsgWithContext(ctx)
+			if err != nil {
+				return nil, err
+			}
+			switch s := status(m); s {
+			case "":
+				if m.Header.Get(kvOperation) == "" {
+					keys = append(keys, strings.TrimPrefix(m.Header.Get(jetstream.SubjectHeader), prefix))
+				}
+				continue
+			case "404": // nothing (more) under filter
+				return keys, nil
+			case "204": // end of the batch
+			default:
+				return nil, errors.New("natsbroker: direct get: " + s + " " + m.Header.Get("Description"))
+			}
+			pending, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+			lastSeq, err := strconv.ParseUint(m.Header.Get("Nats-Last-Sequence"), 10, 64)
+			if pending == 0 || err != nil || lastSeq < seq {
+				return keys, nil
+			}
+			seq = lastSeq + 1
+			break
+		}
 	}
-	l.Stop() // already stopped once listed; its error says so
-	return keys, nil
 }
+
+// keysBatch is how many entries a direct get of keys returns at once.
+const keysBatch = 1000
 
 // lastUids parses the last token of each key as a uid.
 func lastUids(keys []string, err error) ([]uint64, error) {
@@ -726,72 +812,4 @@ func (b *Broker) NodeUids() ([]uint64, error) {
 	defer cancel()
 	kv, _ := b.buckets()
 	return lastUids(b.keys(ctx, kv, "nu."+b.opt.NodeID+".*"))
-}
-
-// Heartbeat refreshes the node's liveness key and reaps dead nodes. After
-// a server restart that lost the buckets it creates them again and reports
-// lost.
-func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err error) {
-	if !b.nc.IsConnected() {
-		return nil, false, false, errDisconnected
-	}
-	ctx, cancel := b.ctx()
-	defer cancel()
-	kv, alive := b.buckets()
-	if _, err := alive.Get(ctx, b.opt.NodeID); err != nil {
-		lost = true
-	}
-	if _, err := alive.Put(ctx, b.opt.NodeID, nil); err != nil {
-		if err := b.ensureBuckets(ctx); err != nil {
-			return nil, false, false, err
-		}
-		kv, alive = b.buckets()
-		if _, err := alive.Put(ctx, b.opt.NodeID, nil); err != nil {
-			return nil, false, false, err
-		}
-		lost = true
-	}
-	if lost {
-		if _, err := kv.Put(ctx, "node."+b.opt.NodeID, nil); err != nil {
-			return nil, lost, false, err
-		}
-		// Reaped by another node, which left this mark.
-		if _, err := kv.Get(ctx, "reaped."+b.opt.NodeID); err == nil {
-			reaped = true
-			kv.Delete(ctx, "reaped."+b.opt.NodeID)
-		}
-	}
-	if !reap {
-		return nil, lost, reaped, nil
-	}
-	nodes, err := b.keys(ctx, kv, "node.*")
-	if err != nil {
-		return nil, lost, reaped, err
-	}
-	for _, k := range nodes {
-		node := strings.TrimPrefix(k, "node.")
-		if node == b.opt.NodeID {
-			continue
-		}
-		if _, err := alive.Get(ctx, node); !errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // alive, or unknown: reap only what is surely dead
-		}
-		uids, err := lastUids(b.keys(ctx, kv, "nu."+node+".*"))
-		if err != nil {
-			return gone, lost, reaped, err
-		}
-		for _, uid := range uids {
-			last, err := b.drop(ctx, node, uid)
-			if err != nil {
-				return gone, lost, reaped, err
-			}
-			if last {
-				gone = append(gone, uid)
-			}
-			kv.Delete(ctx, "nu."+node+"."+uidStr(uid))
-		}
-		kv.Delete(ctx, k)
-		kv.Put(ctx, "reaped."+node, nil) // for the node, should it come back
-	}
-	return gone, lost, reaped, nil
 }

@@ -111,7 +111,7 @@ func TestStorage(t *testing.T) {
 		if got := s.CachedInfo().Config.Storage; got != c.want {
 			t.Errorf("FileStorage %v: stream has %v, want %v", c.file, got, c.want)
 		}
-		for _, name := range []string{bucket, bucket + "_alive"} {
+		for _, name := range []string{bucket, bucket + "_alive", bucket + "_ids"} {
 			kv, err := b.js.KeyValue(context.Background(), name)
 			if err != nil {
 				t.Fatal(err)
