@@ -530,7 +530,7 @@ func writeTargets(b *strings.Builder, r *report) {
 		if s.Lib == "chart" {
 			fmt.Fprintf(&rows, "| idle RSS per connection ≤ 4 KiB (issue 15) | %s | %s |\n", fmtBytes(s.RSSPer), yes(s.RSSPer > 0 && s.RSSPer <= 4096))
 			fmt.Fprintf(&rows, "| connect-to-ready p50 ≤ 2 ms, during the storm (%d connecting at once) | %s | %s |\n", s.Concurrency, fmtUs(s.P50us), yes(s.P50us > 0 && s.P50us <= 2000))
-			fmt.Fprintf(&rows, "| connect-to-ready p50 ≤ 2 ms, one at a time (%d idle connections open) | %s | %s |\n", s.Conns, fmtUs(s.SeqP50us), yes(s.SeqP50us > 0 && s.SeqP50us <= 2000))
+			fmt.Fprintf(&rows, "| connect-to-ready p50 ≤ 0.5 ms, one at a time (%d idle connections open; issue 15) | %s | %s |\n", s.Conns, fmtUs(s.SeqP50us), yes(s.SeqP50us > 0 && s.SeqP50us <= 500))
 		}
 	}
 	for _, h := range r.History {
