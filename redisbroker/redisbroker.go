@@ -472,7 +472,14 @@ local p, node = ARGV[1], ARGV[2]
 `
 
 var (
+	// connect: ARGV[4], when above 0, is the caller's deadline in Redis's
+	// clock (ms); past it the script does nothing and returns -1.
 	connectScript = redis.NewScript(drop + `
+local d = tonumber(ARGV[4])
+if d > 0 then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > d then return -1 end
+end
 return connect(p, node, ARGV[3])`)
 
 	disconnectScript = redis.NewScript(drop + `
@@ -543,9 +550,30 @@ func (b *Broker) run(s *redis.Script, args ...any) (any, error) {
 func uidArg(uid uint64) string { return strconv.FormatUint(uid, 10) }
 
 // Connect marks uid online on this node; first when it was offline.
+//
+// It is fenced as the heartbeat is: a Connect that reaches Redis after its
+// caller gave up (Redis was frozen, the call waited in its socket) does
+// nothing. Applied unseen, it would make the hub, which logs the uid in
+// once Redis answers, find it online already and log nobody in.
 func (b *Broker) Connect(uid uint64) (bool, error) {
-	v, err := b.run(connectScript, b.opt.Prefix, b.opt.NodeID, uidArg(uid))
+	v, err := b.run(connectScript, b.opt.Prefix, b.opt.NodeID, uidArg(uid), b.deadline())
+	if err == nil && v == int64(-1) {
+		err = errFenced
+	}
 	return v == int64(1), err
+}
+
+// errFenced is the error of a call that reached Redis after its deadline
+// (its caller had given up already).
+var errFenced = errors.New("redisbroker: call reached Redis after its deadline, not applied")
+
+// deadline is the deadline of a call sent now, in Redis's clock as the
+// last heartbeat measured it (ms); 0 before one did.
+func (b *Broker) deadline() int64 {
+	if !b.known.Load() {
+		return 0
+	}
+	return time.Now().Add(b.opt.Timeout).UnixMilli() + b.skew.Load()
 }
 
 // Disconnect marks uid offline on this node; last when it is now offline.
@@ -686,10 +714,7 @@ func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err err
 	// since nobody would see the users it took offline. The deadline is
 	// the caller's, in Redis's clock.
 	sent := time.Now()
-	deadline := int64(0)
-	if b.known.Load() {
-		deadline = sent.Add(b.opt.Timeout).UnixMilli() + b.skew.Load()
-	}
+	deadline := b.deadline()
 	v, err := b.run(heartbeatScript, b.opt.Prefix, b.opt.NodeID, b.opt.TTL.Milliseconds(), r, deadline)
 	if err != nil {
 		return nil, false, false, err

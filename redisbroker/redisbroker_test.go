@@ -243,6 +243,53 @@ func TestHeartbeatFenced(t *testing.T) {
 	}
 }
 
+// TestConnectFenced: a Connect that waited in a frozen Redis (SIGSTOP)
+// until after its caller timed out does nothing when Redis runs it: the
+// hub took it as failed, and will log the uid in when Redis answers, which
+// it would not do if it found the uid online already.
+func TestConnectFenced(t *testing.T) {
+	srv := startRedis(t)
+	opt := Options{TTL: 300 * time.Millisecond, Timeout: 200 * time.Millisecond}
+	a, err := Dial(srv.url(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, _, _, err := a.Heartbeat(false); err != nil { // a measures its skew
+		t.Fatal(err)
+	}
+	if _, err := a.Connect(6); err != nil { // Redis has the script
+		t.Fatal(err)
+	}
+	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			srv.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	if _, err := a.Connect(7); err == nil {
+		t.Fatal("Connect to a frozen Redis succeeded")
+	}
+	time.Sleep(2 * opt.Timeout) // Redis is stopped: there is no event to wait for
+	srv.cmd.Process.Signal(syscall.SIGCONT)
+	stopped = false
+	c := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.url(), "redis://")})
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Ping(ctx).Err(); err != nil { // Redis has run what waited before
+		t.Fatal(err)
+	}
+	if online, err := c.SIsMember(ctx, "chart:online", "7").Result(); err != nil || online {
+		t.Fatalf("uid 7 online = %v, %v after the timed-out Connect: it applied unseen", online, err)
+	}
+	if first, err := a.Connect(7); err != nil || !first {
+		t.Fatalf("Connect after the thaw = %v, %v; want first", first, err)
+	}
+}
+
 // TestDirectRefusedWhenNotAppended: Redis refuses writes (out of memory)
 // but answers reads, so the recipient is found online on the other node
 // while its inbox cannot be appended to. The direct message reaches
