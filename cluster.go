@@ -158,6 +158,9 @@ type cluster struct {
 	pubAt atomic.Int64 // when a failed publish was last reported (unix ns)
 	stale atomic.Bool  // presence must be re-published after the next good heartbeat
 
+	upMu sync.Mutex
+	upCh chan struct{} // closed when down ends (up); nil: nobody waits
+
 	streams *brokerStreams // the broker's streams, when it keeps them
 
 	beatMu     sync.Mutex // heartbeats may overlap (the loop's, Resumed's)
@@ -212,13 +215,51 @@ func (cl *cluster) failed(err error) bool {
 	return !cl.down.Swap(true)
 }
 
+// up notes that the broker answers again: calls go through, and the
+// appends waiting for it (awaitUp) go on.
+func (cl *cluster) up() {
+	if !cl.down.Swap(false) {
+		return
+	}
+	cl.upMu.Lock()
+	if cl.upCh != nil {
+		close(cl.upCh)
+		cl.upCh = nil
+	}
+	cl.upMu.Unlock()
+}
+
+// awaitUp waits, at most d, for a failing broker to answer again, and
+// reports whether it does.
+func (cl *cluster) awaitUp(d time.Duration) bool {
+	cl.upMu.Lock()
+	if cl.upCh == nil {
+		cl.upCh = make(chan struct{})
+	}
+	ch := cl.upCh
+	cl.upMu.Unlock()
+	if !cl.down.Load() {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return !cl.down.Load()
+	case <-cl.done:
+		return false
+	}
+}
+
 // Resumed is the Node method through which the broker says that its
 // subscriptions deliver again after a loss. On another goroutine, the node
 // heartbeats at once (re-publishing its presence if the broker lost it),
 // and what it missed meanwhile of the streams it follows is read from them
 // and delivered, in order.
 func (cl *cluster) Resumed() {
-	cl.down.Store(false) // it answers: calls go through again
+	cl.up() // it answers: calls go through again
 	if !cl.catching.CompareAndSwap(false, true) {
 		cl.again.Store(true)
 		return
@@ -306,7 +347,7 @@ func (cl *cluster) heartbeat(first bool) {
 		cl.lostAt = now
 	}
 	cl.beatMu.Unlock()
-	cl.down.Store(false)
+	cl.up()
 	var drain []uint64
 	for _, uid := range gone {
 		if h.queueEvent(uid, func() { h.gone(uid) }) {
