@@ -359,10 +359,10 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 		q.mu.Unlock()
 		return
 	}
-	from, epoch := q.next, q.epoch
+	from, epoch, left := q.next, q.epoch, slices.Clone(q.left)
 	q.mu.Unlock()
 
-	entries, got, last := s.read(t, from)
+	entries, got, last := s.readSince(t, from, epoch, left)
 
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -395,6 +395,18 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 func (s *sequencer) read(t topic, from uint64) ([]entry, string, uint64) {
 	entries, epoch, _, last := s.hub.streams.read(t, max(from, 1)-1, 0)
 	return entries, epoch, last
+}
+
+// readSince is read for a stream this node stands at offset from of,
+// under epoch: when the stream has another epoch now (its history was
+// lost, or reset, since), none of that epoch went out here, and it is
+// read from its start. left are the epochs left behind.
+func (s *sequencer) readSince(t topic, from uint64, epoch string, left []string) ([]entry, string, uint64) {
+	entries, got, last := s.read(t, from)
+	if got != "" && got != epoch && from > 1 && !slices.Contains(left, got) {
+		entries, got, last = s.read(t, 1)
+	}
+	return entries, got, last
 }
 
 // fill adds to what q holds the entries read from its stream, in their
@@ -438,24 +450,44 @@ func (s *sequencer) catchUp() {
 		sh.mu.Unlock()
 	}
 	for _, f := range all {
-		if !s.hub.subscribed(f.t) {
-			continue
-		}
-		f.q.mu.Lock()
-		from, epoch, gone := f.q.next, f.q.epoch, f.q.gone
-		f.q.mu.Unlock()
-		if gone || from == 0 {
-			continue
-		}
-		entries, got, _ := s.read(f.t, from)
-		f.q.mu.Lock()
-		if !f.q.gone && f.q.next == from && f.q.epoch == epoch {
-			s.fill(f.t, f.q, entries, got)
-			s.drain(f.t, f.q)
-			s.wait(f.t, f.q)
-		}
-		f.q.mu.Unlock()
+		s.catchUpOne(f.t, f.q)
 	}
+}
+
+// catchUpStream is catchUp for stream t alone, if this node follows it.
+func (s *sequencer) catchUpStream(t topic) {
+	if s == nil {
+		return
+	}
+	sh := s.shard(t)
+	sh.mu.Lock()
+	q := sh.m[t]
+	sh.mu.Unlock()
+	if q != nil {
+		s.catchUpOne(t, q)
+	}
+}
+
+// catchUpOne reads stream t, followed in q, from where it stands here, and
+// delivers what this node has not.
+func (s *sequencer) catchUpOne(t topic, q *sequence) {
+	if !s.hub.subscribed(t) {
+		return
+	}
+	q.mu.Lock()
+	from, epoch, gone, left := q.next, q.epoch, q.gone, slices.Clone(q.left)
+	q.mu.Unlock()
+	if gone || from == 0 {
+		return
+	}
+	entries, got, _ := s.readSince(t, from, epoch, left)
+	q.mu.Lock()
+	if !q.gone && q.next == from && q.epoch == epoch {
+		s.fill(t, q, entries, got)
+		s.drain(t, q)
+		s.wait(t, q)
+	}
+	q.mu.Unlock()
 }
 
 // startAt tells the sequencer, after a connection's recovery read t's
@@ -483,6 +515,24 @@ func (s *sequencer) startAt(t topic, epoch string, last uint64) {
 	q.release(k) // went out in the replay
 	s.drain(t, q)
 	s.wait(t, q)
+}
+
+// epochOf returns the epoch this node follows t in; "" when it does not
+// follow t or knows no epoch of it yet.
+func (s *sequencer) epochOf(t topic) string {
+	if s == nil {
+		return ""
+	}
+	sh := s.shard(t)
+	sh.mu.Lock()
+	q := sh.m[t]
+	sh.mu.Unlock()
+	if q == nil {
+		return ""
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.epoch
 }
 
 // forget stops following t: what it holds is dropped.
