@@ -69,6 +69,7 @@ type sequence struct {
 	skips [][2]uint64 // the last holes skipped: [from, to)
 	first uint64      // the first offset delivered since following the stream
 	left  []string    // the epochs left behind, oldest first (maxLeft)
+	lost  bool        // a recovery could not read the stream (startLost)
 }
 
 // maxSkips bounds the holes a sequence remembers.
@@ -175,9 +176,14 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 func (s *sequencer) reset(t topic, q *sequence, epoch string) {
 	s.flush(t, q)
 	q.skips = nil
-	if q.epoch == "" {
-		q.next = 0 // new here: the first message sets the order
-	} else {
+	switch {
+	case q.epoch == "" && q.next == 0:
+		// new here: the first message sets the order
+	case q.epoch == "":
+		// The stream was empty when this node began following it
+		// (startEmpty): all of its first epoch is new here.
+		q.next, q.first = 1, 1
+	default:
 		q.next, q.first = 1, 1
 		if len(q.left) == maxLeft {
 			copy(q.left, q.left[1:])
@@ -477,7 +483,11 @@ func (s *sequencer) catchUpOne(t topic, q *sequence) {
 	q.mu.Lock()
 	from, epoch, gone, left := q.next, q.epoch, q.gone, slices.Clone(q.left)
 	q.mu.Unlock()
-	if gone || from == 0 {
+	if gone {
+		return
+	}
+	if from == 0 {
+		s.startAcked(t, q)
 		return
 	}
 	entries, got, _ := s.readSince(t, from, epoch, left)
@@ -533,6 +543,74 @@ func (s *sequencer) epochOf(t topic) string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.epoch
+}
+
+// startEmpty tells the sequencer that a connection's recovery found
+// stream t empty: a stream this node has just begun to follow then owes
+// its connections every entry from offset 1 of whatever epoch it starts,
+// and what of it this node misses (published before its subscription
+// took effect: it came back from an outage later than the publisher) is
+// read from the stream, as a hole.
+func (s *sequencer) startEmpty(t topic) {
+	if s == nil {
+		return
+	}
+	q := s.lookup(t)
+	defer q.mu.Unlock()
+	if q.epoch == "" && q.next == 0 {
+		q.next, q.first = 1, 1
+	}
+}
+
+// startLost tells the sequencer that a connection's recovery could not
+// read stream t (the broker failed): where a stream this node has just
+// begun to follow stands is unknown, and for an inbox it is found, once
+// the broker answers again, from what its user acknowledged (startAcked).
+func (s *sequencer) startLost(t topic) {
+	if s == nil || t.ch != "" || t.all {
+		return
+	}
+	q := s.lookup(t)
+	defer q.mu.Unlock()
+	if q.epoch == "" && q.next == 0 {
+		q.lost = true
+	}
+}
+
+// startAcked starts the order of inbox t, followed in q, whose position
+// was lost (startLost), where its user's acknowledgements stand: what no
+// connection of the user was written yet goes out, the part this node
+// missed while the broker could not deliver to it read from the stream,
+// as a plain connection's recovery would have. It does nothing once a
+// message of t went out here.
+func (s *sequencer) startAcked(t topic, q *sequence) {
+	q.mu.Lock()
+	lost := q.lost && q.next == 0
+	q.mu.Unlock()
+	if !lost {
+		return
+	}
+	off, epoch := s.hub.streams.acked(t, t.uid)
+	if epoch == "" {
+		return // failing, or empty: the first messages set the order
+	}
+	entries, got, _ := s.read(t, off+1)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.gone || q.next != 0 || got != epoch || (q.epoch != "" && q.epoch != epoch) {
+		return
+	}
+	q.lost = false
+	q.epoch = epoch
+	q.next, q.first = off+1, off+1
+	k := 0
+	for k < len(q.held) && q.held[k].off <= off {
+		k++
+	}
+	q.release(k) // written to a connection of the user already
+	s.fill(t, q, entries, got)
+	s.drain(t, q)
+	s.wait(t, q)
 }
 
 // forget stops following t: what it holds is dropped.
