@@ -111,7 +111,7 @@ func (h *Hub) connectBackends() {
 	}
 	if st, ok := b.(Streams); ok {
 		gs := guardedStreams{st, g}
-		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]struct{})}
+		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]string)}
 		if bs, ok := st.(BatchStreams); ok {
 			cl.streams.pipe = newPipeline(guardedBatch{gs, bs}, cl.spawn)
 		}
@@ -157,6 +157,9 @@ type cluster struct {
 	down  atomic.Bool  // a failure was reported and no heartbeat succeeded since
 	pubAt atomic.Int64 // when a failed publish was last reported (unix ns)
 	stale atomic.Bool  // presence must be re-published after the next good heartbeat
+
+	upMu sync.Mutex
+	upCh chan struct{} // closed when down ends (up); nil: nobody waits
 
 	streams *brokerStreams // the broker's streams, when it keeps them
 
@@ -212,13 +215,51 @@ func (cl *cluster) failed(err error) bool {
 	return !cl.down.Swap(true)
 }
 
+// up notes that the broker answers again: calls go through, and the
+// appends waiting for it (awaitUp) go on.
+func (cl *cluster) up() {
+	if !cl.down.Swap(false) {
+		return
+	}
+	cl.upMu.Lock()
+	if cl.upCh != nil {
+		close(cl.upCh)
+		cl.upCh = nil
+	}
+	cl.upMu.Unlock()
+}
+
+// awaitUp waits, at most d, for a failing broker to answer again, and
+// reports whether it does.
+func (cl *cluster) awaitUp(d time.Duration) bool {
+	cl.upMu.Lock()
+	if cl.upCh == nil {
+		cl.upCh = make(chan struct{})
+	}
+	ch := cl.upCh
+	cl.upMu.Unlock()
+	if !cl.down.Load() {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return !cl.down.Load()
+	case <-cl.done:
+		return false
+	}
+}
+
 // Resumed is the Node method through which the broker says that its
 // subscriptions deliver again after a loss. On another goroutine, the node
 // heartbeats at once (re-publishing its presence if the broker lost it),
 // and what it missed meanwhile of the streams it follows is read from them
 // and delivered, in order.
 func (cl *cluster) Resumed() {
-	cl.down.Store(false) // it answers: calls go through again
+	cl.up() // it answers: calls go through again
 	if !cl.catching.CompareAndSwap(false, true) {
 		cl.again.Store(true)
 		return
@@ -306,7 +347,7 @@ func (cl *cluster) heartbeat(first bool) {
 		cl.lostAt = now
 	}
 	cl.beatMu.Unlock()
-	cl.down.Store(false)
+	cl.up()
 	var drain []uint64
 	for _, uid := range gone {
 		if h.queueEvent(uid, func() { h.gone(uid) }) {
@@ -754,7 +795,7 @@ type brokerStreams struct {
 	acks *ackQueue
 
 	mu   sync.Mutex
-	gaps map[topic]struct{}
+	gaps map[topic]string // the streams with a hole, and their epoch before it ("": unknown)
 }
 
 func (b *brokerStreams) append(t topic, data []byte) (uint64, string) {
@@ -797,8 +838,9 @@ func (b *brokerStreams) settle(t topic, off uint64, epoch string, err error) (ui
 		return 0, "", false
 	}
 	b.hub.brokerFailed(err)
+	epoch = b.hub.seq.epochOf(t)
 	b.mu.Lock()
-	b.gaps[t] = struct{}{}
+	b.gaps[t] = epoch // the hole is in the newest epoch this node knew
 	b.mu.Unlock()
 	return 0, "", !ambiguous(err)
 }
@@ -837,18 +879,37 @@ func (b *brokerStreams) holed() bool {
 }
 
 // heal resets the streams with holes; those it cannot wait for the next
-// heartbeat.
+// heartbeat. A stream whose epoch changed since its hole (the broker
+// restarted without its data) has no hole in its history: it is not
+// reset, for its entries were appended since the broker came back, and
+// nodes that resubscribed later than this one may still have to read
+// them.
 func (b *brokerStreams) heal() {
 	b.mu.Lock()
-	gaps := make([]topic, 0, len(b.gaps))
-	for t := range b.gaps {
-		gaps = append(gaps, t)
+	gaps := make(map[topic]string, len(b.gaps))
+	for t, epoch := range b.gaps {
+		gaps[t] = epoch
 	}
 	b.mu.Unlock()
-	for _, t := range gaps {
-		if err := b.s.Reset(t.name()); err != nil {
-			b.hub.brokerFailed(err)
-			return
+	for t, before := range gaps {
+		reset := true
+		if before != "" {
+			_, epoch, _, _, err := b.s.Read(t.name(), 0, 1) // its newest entry: its epoch
+			if err != nil {
+				b.hub.brokerFailed(err)
+				return
+			}
+			reset = epoch == before
+		}
+		if reset {
+			// What this node has not delivered of the stream yet (appended
+			// by other nodes before it resubscribed) goes out first: the
+			// reset drops it.
+			b.hub.seq.catchUpStream(t)
+			if err := b.s.Reset(t.name()); err != nil {
+				b.hub.brokerFailed(err)
+				return
+			}
 		}
 		b.mu.Lock()
 		delete(b.gaps, t)

@@ -87,7 +87,9 @@ func (g *guard) exit(err error) {
 func (g *guard) done(err error) {
 	if err == nil {
 		g.progress.Store(g.now()) // any answer shows the broker is not frozen
-		g.cl.down.Store(false)
+		if g.cl.down.Load() {
+			g.cl.up()
+		}
 	}
 }
 
@@ -102,7 +104,7 @@ func (g *guard) startProbe() {
 	if !g.cl.spawn(func() {
 		defer g.probing.Store(false)
 		if err := g.probe(); err == nil {
-			g.cl.down.Store(false)
+			g.cl.up()
 		}
 	}) {
 		g.probing.Store(false)
@@ -305,7 +307,14 @@ type guardedBatch struct {
 }
 
 func (gb guardedBatch) AppendBatch(batch []StreamAppend) {
-	if err := gb.g.enter(false); err != nil {
+	err := gb.g.enter(false)
+	if errors.Is(err, ErrBrokerDown) && gb.g.cl.down.Load() {
+		gb.g.startProbe()
+		if gb.g.cl.awaitUp(time.Duration(gb.g.wait)) {
+			err = gb.g.enter(false)
+		}
+	}
+	if err != nil {
 		for i := range batch {
 			batch[i].Err = err
 		}

@@ -70,6 +70,8 @@ type replay struct {
 	acked  bool     // replayed from what the user acknowledged, not from the client's position
 	pos    position // where the client is after the replay
 	last   uint64   // the stream's newest offset when it was read
+	empty  bool     // the read found the stream empty (not failing)
+	failed bool     // the read failed
 }
 
 // recover sends a connection what it missed, then its held live messages
@@ -98,7 +100,14 @@ func (c *Conn) recover(hello *positions) {
 	// and arriving after a later one (from another node) then goes out
 	// in its place, not after it.
 	for _, r := range replays {
-		c.hub.seq.startAt(r.t, r.pos.Epoch, r.last)
+		switch {
+		case r.empty:
+			c.hub.seq.startEmpty(r.t)
+		case r.failed:
+			c.hub.seq.startLost(r.t)
+		default:
+			c.hub.seq.startAt(r.t, r.pos.Epoch, r.last)
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -223,6 +232,8 @@ func (h *Hub) replay(t topic, p position, known bool, b *budget, partial bool) r
 		limit = 1 // only the stream's position is wanted
 	}
 	entries, epoch, complete, last := h.streams.read(t, p.Offset, limit)
+	r.empty = epoch == "" && complete && p.Offset == 0
+	r.failed = epoch == "" && !complete
 	// A client that saw the stream empty (epoch "", offset 0) missed all
 	// of it, from its start. Whether the stream was empty all along or
 	// lost messages since (a restart, an eviction) cannot be told: what it

@@ -69,6 +69,7 @@ type sequence struct {
 	skips [][2]uint64 // the last holes skipped: [from, to)
 	first uint64      // the first offset delivered since following the stream
 	left  []string    // the epochs left behind, oldest first (maxLeft)
+	lost  bool        // a recovery could not read the stream (startLost)
 }
 
 // maxSkips bounds the holes a sequence remembers.
@@ -175,9 +176,14 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 func (s *sequencer) reset(t topic, q *sequence, epoch string) {
 	s.flush(t, q)
 	q.skips = nil
-	if q.epoch == "" {
-		q.next = 0 // new here: the first message sets the order
-	} else {
+	switch {
+	case q.epoch == "" && q.next == 0:
+		// new here: the first message sets the order
+	case q.epoch == "":
+		// The stream was empty when this node began following it
+		// (startEmpty): all of its first epoch is new here.
+		q.next, q.first = 1, 1
+	default:
 		q.next, q.first = 1, 1
 		if len(q.left) == maxLeft {
 			copy(q.left, q.left[1:])
@@ -359,10 +365,10 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 		q.mu.Unlock()
 		return
 	}
-	from, epoch := q.next, q.epoch
+	from, epoch, left := q.next, q.epoch, slices.Clone(q.left)
 	q.mu.Unlock()
 
-	entries, got, last := s.read(t, from)
+	entries, got, last := s.readSince(t, from, epoch, left)
 
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -395,6 +401,18 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 func (s *sequencer) read(t topic, from uint64) ([]entry, string, uint64) {
 	entries, epoch, _, last := s.hub.streams.read(t, max(from, 1)-1, 0)
 	return entries, epoch, last
+}
+
+// readSince is read for a stream this node stands at offset from of,
+// under epoch: when the stream has another epoch now (its history was
+// lost, or reset, since), none of that epoch went out here, and it is
+// read from its start. left are the epochs left behind.
+func (s *sequencer) readSince(t topic, from uint64, epoch string, left []string) ([]entry, string, uint64) {
+	entries, got, last := s.read(t, from)
+	if got != "" && got != epoch && from > 1 && !slices.Contains(left, got) {
+		entries, got, last = s.read(t, 1)
+	}
+	return entries, got, last
 }
 
 // fill adds to what q holds the entries read from its stream, in their
@@ -438,24 +456,48 @@ func (s *sequencer) catchUp() {
 		sh.mu.Unlock()
 	}
 	for _, f := range all {
-		if !s.hub.subscribed(f.t) {
-			continue
-		}
-		f.q.mu.Lock()
-		from, epoch, gone := f.q.next, f.q.epoch, f.q.gone
-		f.q.mu.Unlock()
-		if gone || from == 0 {
-			continue
-		}
-		entries, got, _ := s.read(f.t, from)
-		f.q.mu.Lock()
-		if !f.q.gone && f.q.next == from && f.q.epoch == epoch {
-			s.fill(f.t, f.q, entries, got)
-			s.drain(f.t, f.q)
-			s.wait(f.t, f.q)
-		}
-		f.q.mu.Unlock()
+		s.catchUpOne(f.t, f.q)
 	}
+}
+
+// catchUpStream is catchUp for stream t alone, if this node follows it.
+func (s *sequencer) catchUpStream(t topic) {
+	if s == nil {
+		return
+	}
+	sh := s.shard(t)
+	sh.mu.Lock()
+	q := sh.m[t]
+	sh.mu.Unlock()
+	if q != nil {
+		s.catchUpOne(t, q)
+	}
+}
+
+// catchUpOne reads stream t, followed in q, from where it stands here, and
+// delivers what this node has not.
+func (s *sequencer) catchUpOne(t topic, q *sequence) {
+	if !s.hub.subscribed(t) {
+		return
+	}
+	q.mu.Lock()
+	from, epoch, gone, left := q.next, q.epoch, q.gone, slices.Clone(q.left)
+	q.mu.Unlock()
+	if gone {
+		return
+	}
+	if from == 0 {
+		s.startAcked(t, q)
+		return
+	}
+	entries, got, _ := s.readSince(t, from, epoch, left)
+	q.mu.Lock()
+	if !q.gone && q.next == from && q.epoch == epoch {
+		s.fill(t, q, entries, got)
+		s.drain(t, q)
+		s.wait(t, q)
+	}
+	q.mu.Unlock()
 }
 
 // startAt tells the sequencer, after a connection's recovery read t's
@@ -481,6 +523,92 @@ func (s *sequencer) startAt(t topic, epoch string, last uint64) {
 		k++
 	}
 	q.release(k) // went out in the replay
+	s.drain(t, q)
+	s.wait(t, q)
+}
+
+// epochOf returns the epoch this node follows t in; "" when it does not
+// follow t or knows no epoch of it yet.
+func (s *sequencer) epochOf(t topic) string {
+	if s == nil {
+		return ""
+	}
+	sh := s.shard(t)
+	sh.mu.Lock()
+	q := sh.m[t]
+	sh.mu.Unlock()
+	if q == nil {
+		return ""
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.epoch
+}
+
+// startEmpty tells the sequencer that a connection's recovery found
+// stream t empty: a stream this node has just begun to follow then owes
+// its connections every entry from offset 1 of whatever epoch it starts,
+// and what of it this node misses (published before its subscription
+// took effect: it came back from an outage later than the publisher) is
+// read from the stream, as a hole.
+func (s *sequencer) startEmpty(t topic) {
+	if s == nil {
+		return
+	}
+	q := s.lookup(t)
+	defer q.mu.Unlock()
+	if q.epoch == "" && q.next == 0 {
+		q.next, q.first = 1, 1
+	}
+}
+
+// startLost tells the sequencer that a connection's recovery could not
+// read stream t (the broker failed): where a stream this node has just
+// begun to follow stands is unknown, and for an inbox it is found, once
+// the broker answers again, from what its user acknowledged (startAcked).
+func (s *sequencer) startLost(t topic) {
+	if s == nil || t.ch != "" || t.all {
+		return
+	}
+	q := s.lookup(t)
+	defer q.mu.Unlock()
+	if q.epoch == "" && q.next == 0 {
+		q.lost = true
+	}
+}
+
+// startAcked starts the order of inbox t, followed in q, whose position
+// was lost (startLost), where its user's acknowledgements stand: what no
+// connection of the user was written yet goes out, the part this node
+// missed while the broker could not deliver to it read from the stream,
+// as a plain connection's recovery would have. It does nothing once a
+// message of t went out here.
+func (s *sequencer) startAcked(t topic, q *sequence) {
+	q.mu.Lock()
+	lost := q.lost && q.next == 0
+	q.mu.Unlock()
+	if !lost {
+		return
+	}
+	off, epoch := s.hub.streams.acked(t, t.uid)
+	if epoch == "" {
+		return // failing, or empty: the first messages set the order
+	}
+	entries, got, _ := s.read(t, off+1)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.gone || q.next != 0 || got != epoch || (q.epoch != "" && q.epoch != epoch) {
+		return
+	}
+	q.lost = false
+	q.epoch = epoch
+	q.next, q.first = off+1, off+1
+	k := 0
+	for k < len(q.held) && q.held[k].off <= off {
+		k++
+	}
+	q.release(k) // written to a connection of the user already
+	s.fill(t, q, entries, got)
 	s.drain(t, q)
 	s.wait(t, q)
 }

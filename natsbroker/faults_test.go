@@ -305,19 +305,21 @@ func compare(want, got []int) (missing, dup, order, extra []int) {
 
 // TestNATSFaults runs charttest.Faults on an embedded nats-server (one
 // server, memory storage: presence does not survive a restart). Kill shuts
-// the server down (not SIGKILL: it is embedded); Freeze is skipped. It
-// fails today (messages published just after the server's return lost,
-// OnlineElsewhere's callbacks and presence, the cut-off node's first call
-// waiting Timeout), so it runs only with CHART_NATS_FAULTS=1.
+// the server down (not SIGKILL: it is embedded); Freeze is skipped.
+// OnlineElsewhere runs only with CHART_NATS_FAULTS=1: it fails today (a
+// connection opened during the outage on a node where its uid was not
+// gets its channels when the node re-syncs it, after the server's return,
+// and misses the channel messages that node delivered before).
+// CHART_NATS_FAULTS_ONLY names the scenarios to run (comma-separated).
 func TestNATSFaults(t *testing.T) {
-	if os.Getenv("CHART_NATS_FAULTS") == "" {
-		t.Skip("fails today: run with CHART_NATS_FAULTS=1")
-	}
 	srv := startNATS(t)
 	var seq atomic.Int64
 	var only []string
-	if o := os.Getenv("CHART_NATS_FAULTS_ONLY"); o != "" {
+	switch o := os.Getenv("CHART_NATS_FAULTS_ONLY"); {
+	case o != "":
 		only = strings.Split(o, ",")
+	case os.Getenv("CHART_NATS_FAULTS") == "":
+		only = []string{"OutageShort", "OutageLong", "NodeCrash", "NodeCut", "ConcurrentConnects"}
 	}
 	charttest.Faults{
 		Only: only,

@@ -220,7 +220,7 @@ func connect(url string, opt Options, more ...nats.Option) (*Broker, error) {
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {
 			if b := ptr.Load(); b != nil {
-				b.resumed()
+				b.reconnected()
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
@@ -252,6 +252,27 @@ func (b *Broker) lost(err error) {
 	if n != nil {
 		n.BrokerError(fmt.Errorf("nats: %w", err))
 	}
+}
+
+// reconnected makes sure, on another goroutine, that the buckets and the
+// stream exist (a server restarted without persistence lost them: every
+// call would fail on them until the next heartbeat made them again), then
+// tells the node that the connection is back.
+func (b *Broker) reconnected() {
+	b.mu.Lock()
+	if b.node == nil {
+		b.mu.Unlock()
+		return
+	}
+	b.wg.Add(1)
+	b.mu.Unlock()
+	go func() {
+		defer b.wg.Done()
+		ctx, cancel := b.ctx()
+		b.ensureBuckets(ctx) // failing: the heartbeat tries again, and reports it
+		cancel()
+		b.resumed()
+	}()
 }
 
 // resumed tells the node that the connection is back, with its
