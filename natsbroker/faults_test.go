@@ -342,3 +342,25 @@ func TestNATSFaults(t *testing.T) {
 		},
 	}.Run(t)
 }
+
+// TestFirstCallBounded: NATS blackholed, the first presence call of the
+// node returns within Config.BrokerWait (and a margin), not after the
+// broker's Timeout (here 1 s): the call goes on on its own goroutine.
+func TestFirstCallBounded(t *testing.T) {
+	srv := startNATS(t)
+	proxy := charttest.NewProxy(t, strings.TrimPrefix(srv.url(), "nats://"))
+	b, err := Connect("nats://"+proxy.Addr(), Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := charttest.NewRecorder()
+	n := charttest.Start(t, chart.Config{Broker: b, Handler: rec}, rec)
+	n.Login(t, rec, 1)
+	proxy.Blackhole()
+	defer proxy.Restore()
+	start := time.Now()
+	n.Hub.OnlineUserIds()
+	if d, wait := time.Since(start), n.Hub.Config().BrokerWait; d > wait+100*time.Millisecond {
+		t.Fatalf("OnlineUserIds took %v with NATS blackholed (BrokerWait %v)", d, wait)
+	}
+}

@@ -20,30 +20,6 @@ func rootBug(t *testing.T) {
 	}
 }
 
-// TestRootFirstCallWaitsTimeout: NATS blackholed, the first presence call
-// of the node waits the broker's whole Timeout (here 1 s) instead of
-// failing within Config.BrokerWait: the guard (failfast.go) admits a lone
-// call, and only the calls after it fail fast.
-func TestRootFirstCallWaitsTimeout(t *testing.T) {
-	rootBug(t)
-	srv := startNATS(t)
-	proxy := charttest.NewProxy(t, strings.TrimPrefix(srv.url(), "nats://"))
-	b, err := Connect("nats://"+proxy.Addr(), Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := charttest.NewRecorder()
-	n := charttest.Start(t, chart.Config{Broker: b, Handler: rec}, rec)
-	n.Login(t, rec, 1)
-	proxy.Blackhole()
-	defer proxy.Restore()
-	start := time.Now()
-	n.Hub.OnlineUserIds()
-	if d, wait := time.Since(start), n.Hub.Config().BrokerWait; d > wait+100*time.Millisecond {
-		t.Fatalf("OnlineUserIds took %v with NATS blackholed (BrokerWait %v)", d, wait)
-	}
-}
-
 // TestRootTimedOutAppendLost: node A's NATS is blackholed when uid 1
 // sends to channel "room": SendMessageToChannelIds reports it published,
 // its append times out unstored (the server never got it), and the hub,
