@@ -36,6 +36,10 @@ import "time"
 //     for up to a TTL.
 //   - Shutdown ends the wait: the logouts run, the node deciding alone, as
 //     Shutdown runs LogoutServer for every user it has.
+//   - A node defers at most maxDeferred (65,536) logouts; past that it
+//     decides alone, so that a long outage with many users leaving does
+//     not grow its memory without bound. The logins that wait are bounded
+//     by the connections.
 
 // deferred is a LogoutServer waiting for the broker.
 type deferred struct {
@@ -72,6 +76,11 @@ func (cl *cluster) loginPending(uid uint64) bool {
 	return ok
 }
 
+// maxDeferred bounds the logouts a node defers: past it (users leaving by
+// the tens of thousands during a long outage) it decides alone again, as
+// if it had no broker, rather than hold them all.
+var maxDeferred = 1 << 16
+
 func (cl *cluster) deferLogout(uid uint64, h Handler, chans []string) bool {
 	cl.deferMu.Lock()
 	defer cl.deferMu.Unlock()
@@ -79,6 +88,9 @@ func (cl *cluster) deferLogout(uid uint64, h Handler, chans []string) bool {
 		cl.logouts = make(map[uint64]deferred)
 	}
 	if _, ok := cl.logouts[uid]; !ok {
+		if len(cl.logouts) >= maxDeferred {
+			return false
+		}
 		cl.logouts[uid] = deferred{h, chans}
 	}
 	return true

@@ -331,3 +331,38 @@ func TestDeferredLogoutNodeUidsFails(t *testing.T) {
 		t.Fatalf("NodeUids not called (%d failures left)", n)
 	}
 }
+
+// TestDeferredLogoutsBounded: past maxDeferred deferred logouts, a node
+// cut off from the broker decides alone: the uids leaving after that are
+// logged out at once; the deferred ones wait.
+func TestDeferredLogoutsBounded(t *testing.T) {
+	defer func(n int) { maxDeferred = n }(maxDeferred)
+	maxDeferred = 2
+	bus := NewMemoryBus()
+	bus.TTL = 5 * time.Second
+	log := &callLog{}
+	ba := bus.Broker()
+	a := startServer(t, Config{Broker: ba}, log)
+	var cs []*client
+	for uid := uint64(1); uid <= 4; uid++ {
+		cs = append(cs, a.dial(t, uid))
+	}
+	log.want(t, 0, map[uint64]string{1: "in", 2: "in", 3: "in", 4: "in"})
+	cl := a.hub.peers.(*cluster)
+	bus.Cut(ba, true)
+	for i, c := range cs {
+		c.closeNow()
+		uid := uint64(i + 1)
+		if uid <= 2 {
+			eventually(t, "the logout deferred", func() bool { _, l := cl.deferredState(); return len(l) == i+1 })
+		} else {
+			log.want(t, 0, map[uint64]string{uid: "in out"})
+		}
+	}
+	log.want(t, 100*time.Millisecond, map[uint64]string{1: "in", 2: "in", 3: "in out", 4: "in out"})
+	if _, logouts := cl.deferredState(); !slices.Equal(logouts, []uint64{1, 2}) {
+		t.Fatalf("deferred %v, want [1 2]", logouts)
+	}
+	bus.Cut(ba, false)
+	log.want(t, 100*time.Millisecond, map[uint64]string{1: "in out", 2: "in out", 3: "in out", 4: "in out"})
+}
