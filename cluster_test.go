@@ -253,7 +253,7 @@ func TestFailFast(t *testing.T) {
 	}
 	defer thaw()
 	const bound = 250 * time.Millisecond // BrokerWait is 50 ms; slack for a loaded machine
-	w := bus.Waiting() // the heartbeats' calls may wait too
+	w := bus.Waiting()                   // the heartbeats' calls may wait too
 	start := time.Now()
 	if a.Hub.IsOnline(3) {
 		t.Fatal("IsOnline(3) = true")

@@ -53,7 +53,7 @@ type user struct {
 	// not all of them, and the re-publishing of presence must not set them
 	// as if they were (cluster.resync). Guarded by the shard lock.
 	unsynced bool
-	rates   atomic.Pointer[rateLimits] // inbound limits shared by its connections (read.go)
+	rates    atomic.Pointer[rateLimits] // inbound limits shared by its connections (read.go)
 }
 
 // memberOp is a join or leave that waits until a user's channels loaded.
