@@ -17,32 +17,24 @@ import (
 )
 
 // startNATSCluster starts n embedded nats-servers with JetStream, clustered,
-// and waits until JetStream answers.
+// and waits until JetStream answers. The route ports are picked free
+// beforehand; one taken meanwhile by another process makes a server fail
+// to listen, and the cluster is started again on new ports.
 func startNATSCluster(t *testing.T, n int) []*natsServer {
 	t.Helper()
-	ports := make([]int, n)
-	var routes []string
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	var servers []*natsServer
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if servers, err = tryNATSCluster(t, n); err == nil {
+			break
 		}
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+		t.Logf("starting the cluster: %v; again on other ports", err)
 	}
-	servers := make([]*natsServer, n)
-	for i := range servers {
-		s := &natsServer{t: t, opts: server.Options{
-			ServerName: fmt.Sprintf("s%d", i+1), Host: "127.0.0.1", Port: -1,
-			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-			Cluster: server.ClusterOpts{Name: "chart", Host: "127.0.0.1", Port: ports[i]},
-			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
-		}}
-		s.start()
-		s.opts.Port = s.s.Addr().(*net.TCPAddr).Port
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range servers {
 		t.Cleanup(s.stop)
-		servers[i] = s
 	}
 	nc, err := nats.Connect(servers[0].url())
 	if err != nil {
@@ -57,6 +49,38 @@ func startNATSCluster(t *testing.T, n int) []*natsServer {
 		return err == nil
 	})
 	return servers
+}
+
+func tryNATSCluster(t *testing.T, n int) ([]*natsServer, error) {
+	ports := make([]int, n)
+	var routes []string
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+	}
+	servers := make([]*natsServer, n)
+	for i := range servers {
+		s := &natsServer{t: t, opts: server.Options{
+			ServerName: fmt.Sprintf("s%d", i+1), Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "chart", Host: "127.0.0.1", Port: ports[i]},
+			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
+		}}
+		if err := s.tryStart(5 * time.Second); err != nil {
+			for _, started := range servers[:i] {
+				started.stop()
+			}
+			return nil, fmt.Errorf("server %d (route port %d): %w", i+1, ports[i], err)
+		}
+		s.opts.Port = s.s.Addr().(*net.TCPAddr).Port
+		servers[i] = s
+	}
+	return servers, nil
 }
 
 // TestNATSClusterLosesAServer: three clustered nats-servers; node A's

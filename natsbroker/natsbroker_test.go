@@ -2,6 +2,7 @@ package natsbroker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync/atomic"
@@ -41,16 +42,26 @@ func startNATS(t testing.TB) *natsServer {
 
 func (n *natsServer) start() {
 	n.t.Helper()
+	if err := n.tryStart(10 * time.Second); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// tryStart starts the server and waits at most d until it listens.
+func (n *natsServer) tryStart(d time.Duration) error {
 	opts := n.opts // the server keeps and changes its options
 	s, err := server.NewServer(&opts)
 	if err != nil {
-		n.t.Fatal(err)
+		return err
 	}
 	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		n.t.Fatal("nats-server did not start")
+	if !s.ReadyForConnections(d) {
+		s.Shutdown()
+		s.WaitForShutdown()
+		return errors.New("nats-server did not start")
 	}
 	n.s = s
+	return nil
 }
 
 func (n *natsServer) stop() {
