@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -184,6 +185,28 @@ func TestDialUnreachable(t *testing.T) {
 	t.Log(err)
 }
 
+// freeze stops srv (SIGSTOP) until thaw, or the end of the test. thaw
+// resumes it and returns a client on a fresh connection whose PING was
+// answered: Redis has run what waited in its sockets before.
+func freeze(t *testing.T, srv *redisServer) (thaw func() *redis.Client) {
+	t.Helper()
+	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	cont := func() { once.Do(func() { srv.cmd.Process.Signal(syscall.SIGCONT) }) }
+	t.Cleanup(cont)
+	return func() *redis.Client {
+		cont()
+		c := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.url(), "redis://")})
+		t.Cleanup(func() { c.Close() })
+		if err := c.Ping(context.Background()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+}
+
 // TestHeartbeatFenced: a heartbeat that waited in a frozen Redis (SIGSTOP)
 // until after its caller timed out does not reap when Redis runs it: the
 // users it would take offline would be seen by nobody. The next heartbeat
@@ -211,29 +234,14 @@ func TestHeartbeatFenced(t *testing.T) {
 		t.Fatal(err)
 	}
 	// b stops heartbeating; Redis freezes; a's heartbeat times out.
-	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := true
-	defer func() {
-		if stopped {
-			srv.cmd.Process.Signal(syscall.SIGCONT)
-		}
-	}()
+	thaw := freeze(t, srv)
 	if _, _, _, err := a.Heartbeat(true); err == nil {
 		t.Fatal("heartbeat to a frozen Redis succeeded")
 	}
 	// By the time Redis runs it, b's TTL has passed.
 	time.Sleep(2 * opt.TTL) // Redis is stopped: there is no event to wait for
-	srv.cmd.Process.Signal(syscall.SIGCONT)
-	stopped = false
-	c := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.url(), "redis://")})
-	defer c.Close()
+	c := thaw()
 	ctx := context.Background()
-	// A round trip on a fresh connection: Redis has run what waited before.
-	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
 	if online, err := c.SIsMember(ctx, "chart:online", "7").Result(); err != nil || !online {
 		t.Fatalf("uid 7 online = %v, %v after the timed-out heartbeat: it reaped unseen", online, err)
 	}
@@ -261,27 +269,13 @@ func TestConnectFenced(t *testing.T) {
 	if _, err := a.Connect(6); err != nil { // Redis has the script
 		t.Fatal(err)
 	}
-	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := true
-	defer func() {
-		if stopped {
-			srv.cmd.Process.Signal(syscall.SIGCONT)
-		}
-	}()
+	thaw := freeze(t, srv)
 	if _, err := a.Connect(7); err == nil {
 		t.Fatal("Connect to a frozen Redis succeeded")
 	}
 	time.Sleep(2 * opt.Timeout) // Redis is stopped: there is no event to wait for
-	srv.cmd.Process.Signal(syscall.SIGCONT)
-	stopped = false
-	c := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.url(), "redis://")})
-	defer c.Close()
+	c := thaw()
 	ctx := context.Background()
-	if err := c.Ping(ctx).Err(); err != nil { // Redis has run what waited before
-		t.Fatal(err)
-	}
 	if online, err := c.SIsMember(ctx, "chart:online", "7").Result(); err != nil || online {
 		t.Fatalf("uid 7 online = %v, %v after the timed-out Connect: it applied unseen", online, err)
 	}
