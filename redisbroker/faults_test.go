@@ -178,15 +178,11 @@ func TestDownCallsFailAtOnce(t *testing.T) {
 // (lost meanwhile).
 func TestReachedAtOnceAfterLongOutage(t *testing.T) {
 	srv := startRedis(t)
-	b, err := Dial(srv.url(), Options{Prefix: "p:", Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := mustDial(t, srv, Options{Prefix: "p:", Timeout: time.Second})
 	n := &errNode{errs: make(chan error, 1000)}
 	if err := b.Attach(n); err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
 	srv.stop()
 	for i := 0; i < 30; i++ { // the pipeline pool holds 10
 		b.down.Store(false) // past the broker's own gate
@@ -239,15 +235,11 @@ func (*errNode) Resumed()                {}
 // it is, and the message was dropped (ErrUnreachable) meanwhile.
 func TestPublishWhileThoughtDown(t *testing.T) {
 	srv := startRedis(t)
-	b, err := Dial(srv.url(), Options{Prefix: "p:", Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := mustDial(t, srv, Options{Prefix: "p:", Timeout: time.Second})
 	n := &errNode{errs: make(chan error, 1000)}
 	if err := b.Attach(n); err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
 	sub := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.url(), "redis://")})
 	defer sub.Close()
 	ps := sub.Subscribe(context.Background(), "p:t")

@@ -185,6 +185,17 @@ func TestDialUnreachable(t *testing.T) {
 	t.Log(err)
 }
 
+// mustDial dials srv's Redis, closing the broker at the end of the test.
+func mustDial(t *testing.T, srv *redisServer, opt Options) *Broker {
+	t.Helper()
+	b, err := Dial(srv.url(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
 // freeze stops srv (SIGSTOP) until thaw, or the end of the test. thaw
 // resumes it and returns a client on a fresh connection whose PING was
 // answered: Redis has run what waited in its sockets before.
@@ -214,16 +225,7 @@ func freeze(t *testing.T, srv *redisServer) (thaw func() *redis.Client) {
 func TestHeartbeatFenced(t *testing.T) {
 	srv := startRedis(t)
 	opt := Options{TTL: 300 * time.Millisecond, Timeout: 200 * time.Millisecond}
-	a, err := Dial(srv.url(), opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Dial(srv.url(), opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := mustDial(t, srv, opt), mustDial(t, srv, opt)
 	if _, _, _, err := a.Heartbeat(false); err != nil { // a measures its skew
 		t.Fatal(err)
 	}
@@ -258,11 +260,7 @@ func TestHeartbeatFenced(t *testing.T) {
 func TestConnectFenced(t *testing.T) {
 	srv := startRedis(t)
 	opt := Options{TTL: 300 * time.Millisecond, Timeout: 200 * time.Millisecond}
-	a, err := Dial(srv.url(), opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := mustDial(t, srv, opt)
 	if _, _, _, err := a.Heartbeat(false); err != nil { // a measures its skew
 		t.Fatal(err)
 	}
