@@ -167,6 +167,7 @@ type cluster struct {
 	beatFailed bool       // the last heartbeat failed
 	backAt     time.Time  // when a heartbeat succeeded after failing
 	lostAt     time.Time  // when a heartbeat found this node's presence lost, not reaped
+	failedAt   int64      // monotime of the first failed heartbeat of the last outage
 
 	goMu     sync.Mutex // guards starting goroutines (spawn) against stop
 	stopped  bool
@@ -331,6 +332,9 @@ func (cl *cluster) heartbeat(first bool) {
 	gone, lost, reaped, err := h.presence.Heartbeat(reap)
 	if err != nil {
 		cl.beatMu.Lock()
+		if !cl.beatFailed {
+			cl.failedAt = monotime()
+		}
 		cl.beatFailed = true
 		cl.beatMu.Unlock()
 		h.brokerFailed(err)
@@ -449,7 +453,7 @@ func (cl *cluster) republish(all bool) bool {
 		}
 	}
 	uids, err := h.presence.NodeUids()
-	if wait && err == nil && len(uids) > 0 {
+	if wait && err == nil && cl.survived(uids) {
 		// This node's record was lost (its TTL expired) but not its uids:
 		// the broker kept its data, the other nodes' records too.
 		cl.beatMu.Lock()
@@ -505,6 +509,24 @@ func (cl *cluster) republish(all bool) bool {
 		h.drainEvents(uid)
 	}
 	return all || (len(logins) > 0 && !wait)
+}
+
+// survived reports whether the broker kept this node's presence through
+// the outage: uids lists a uid connected here since before the outage
+// began (one connected since may have been re-published already).
+func (cl *cluster) survived(uids []uint64) bool {
+	cl.beatMu.Lock()
+	since := cl.failedAt
+	cl.beatMu.Unlock()
+	if since == 0 {
+		return false
+	}
+	for _, uid := range uids {
+		if u := cl.hub.lookupUser(uid); u != nil && u.born < since {
+			return true
+		}
+	}
+	return false
 }
 
 // restore re-publishes the presence of uid, if it is still connected here.

@@ -53,6 +53,7 @@ type user struct {
 	// not all of them, and the re-publishing of presence must not set them
 	// as if they were (cluster.resync). Guarded by the shard lock.
 	unsynced bool
+	born     int64                      // monotime when its first connection here registered
 	rates    atomic.Pointer[rateLimits] // inbound limits shared by its connections (read.go)
 }
 
@@ -91,7 +92,7 @@ func (h *Hub) register(c *Conn) (drain, ok bool) {
 	}
 	u := s.users[c.uid]
 	if u == nil {
-		u = &user{uid: c.uid, handler: c.handler, loading: true}
+		u = &user{uid: c.uid, handler: c.handler, loading: true, born: monotime()}
 		u.conns.Store(&[]*Conn{c})
 		s.users[c.uid] = u
 		s.users = shrink(s.users, &s.peak)
