@@ -192,18 +192,31 @@ func (cl *cluster) deferredState() (logins, logouts []uint64) {
 	return logins, logouts
 }
 
+// logNodes starts n hubs on one MemoryBus with the given TTL, sharing a
+// callLog as their Handler; brokers[i] is node i's Broker (to Cut it).
+func logNodes(t *testing.T, ttl time.Duration, n int) (*MemoryBus, *callLog, []*server, []Broker) {
+	t.Helper()
+	bus := NewMemoryBus()
+	bus.TTL = ttl
+	log := &callLog{}
+	var nodes []*server
+	var brokers []Broker
+	for i := 0; i < n; i++ {
+		b := bus.Broker()
+		brokers = append(brokers, b)
+		nodes = append(nodes, startServer(t, Config{Broker: b}, log))
+	}
+	return bus, log, nodes, brokers
+}
+
 // TestLoginWaitsForTheBroker: node A is cut off from the broker while uid
 // 1, online on node B, connects to A, uid 2 connects to A (online nowhere
 // else), and uid 3 connects to A and leaves again. A serves them at once
 // but runs no LoginServer; once the cut ends, only uid 2 is logged in.
 // (Deciding alone, A logged 1 in a second time and logged 3 in and out.)
 func TestLoginWaitsForTheBroker(t *testing.T) {
-	bus := NewMemoryBus()
-	bus.TTL = 5 * time.Second
-	log := &callLog{}
-	ba := bus.Broker()
-	a := startServer(t, Config{Broker: ba}, log)
-	b := startServer(t, Config{Broker: bus.Broker()}, log)
+	bus, log, nodes, brokers := logNodes(t, 5*time.Second, 2)
+	a, b, ba := nodes[0], nodes[1], brokers[0]
 	b.dial(t, 1)
 	log.want(t, 0, map[uint64]string{1: "in"})
 	cl := a.hub.peers.(*cluster)
@@ -242,11 +255,8 @@ func TestLoginWaitsForTheBroker(t *testing.T) {
 // at its own re-publish, A saw 1 and 4 offline whenever B had not
 // re-published yet.)
 func TestDeferredAfterDataLoss(t *testing.T) {
-	bus := NewMemoryBus()
-	bus.TTL = 900 * time.Millisecond
-	log := &callLog{}
-	a := startServer(t, Config{Broker: bus.Broker()}, log)
-	b := startServer(t, Config{Broker: bus.Broker()}, log)
+	bus, log, nodes, _ := logNodes(t, 900*time.Millisecond, 2)
+	a, b := nodes[0], nodes[1]
 	b.dial(t, 1)
 	c3 := a.dial(t, 3)
 	c4 := a.dial(t, 4)
@@ -286,12 +296,8 @@ func TestDeferredAfterDataLoss(t *testing.T) {
 // it logs 4 and 6 out. When the cut ends, A learns it was reaped: it drops
 // its deferred logouts (B ran 4's; 5 is online on B) and logs 6 in again.
 func TestCutLongerThanTTL(t *testing.T) {
-	bus := NewMemoryBus()
-	bus.TTL = 600 * time.Millisecond
-	log := &callLog{}
-	ba := bus.Broker()
-	a := startServer(t, Config{Broker: ba}, log)
-	b := startServer(t, Config{Broker: bus.Broker()}, log)
+	bus, log, nodes, brokers := logNodes(t, 600*time.Millisecond, 2)
+	a, b, ba := nodes[0], nodes[1], brokers[0]
 	c4 := a.dial(t, 4)
 	c5 := a.dial(t, 5)
 	a.dial(t, 6)
@@ -312,11 +318,8 @@ func TestCutLongerThanTTL(t *testing.T) {
 // logout waits for the next re-publish instead of asking IsOnline, which
 // would find the uid still listed here and drop it; it then runs once.
 func TestDeferredLogoutNodeUidsFails(t *testing.T) {
-	bus := NewMemoryBus()
-	bus.TTL = 5 * time.Second
-	log := &callLog{}
-	ba := bus.Broker()
-	a := startServer(t, Config{Broker: ba}, log)
+	bus, log, nodes, brokers := logNodes(t, 5*time.Second, 1)
+	a, ba := nodes[0], brokers[0]
 	c := a.dial(t, 7)
 	log.want(t, 0, map[uint64]string{7: "in"})
 	cl := a.hub.peers.(*cluster)
@@ -338,11 +341,8 @@ func TestDeferredLogoutNodeUidsFails(t *testing.T) {
 func TestDeferredLogoutsBounded(t *testing.T) {
 	defer func(n int) { maxDeferred = n }(maxDeferred)
 	maxDeferred = 2
-	bus := NewMemoryBus()
-	bus.TTL = 5 * time.Second
-	log := &callLog{}
-	ba := bus.Broker()
-	a := startServer(t, Config{Broker: ba}, log)
+	bus, log, nodes, brokers := logNodes(t, 5*time.Second, 1)
+	a, ba := nodes[0], brokers[0]
 	var cs []*client
 	for uid := uint64(1); uid <= 4; uid++ {
 		cs = append(cs, a.dial(t, uid))
