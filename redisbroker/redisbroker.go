@@ -98,6 +98,12 @@ type Broker struct {
 	// pubq feeds the publishing goroutine; see publish.
 	pubq chan pubMsg
 
+	// The subscription changes waiting for the subscribing goroutine;
+	// see subscribe.
+	subMu   sync.Mutex
+	subNext *subBatch
+	subKick chan struct{}
+
 	// skew is Redis's clock minus this node's, in milliseconds, as the
 	// last heartbeat measured it; known says it was measured. It fences
 	// the heartbeat's reaping (see Heartbeat).
@@ -124,6 +130,9 @@ const (
 // ErrPublishQueueFull is returned when messages are published faster than
 // Redis takes them.
 var ErrPublishQueueFull = errors.New("redisbroker: publish queue full")
+
+// errClosed is returned by calls waiting when the broker closes.
+var errClosed = errors.New("redisbroker: closed")
 
 // ErrUnreachable is returned without a network call while Redis is known
 // to be unreachable.
@@ -189,7 +198,8 @@ func New(rdb redis.UniversalClient, opt Options) *Broker {
 		rand.Read(b[:])
 		opt.NodeID = hex.EncodeToString(b[:])
 	}
-	return &Broker{rdb: rdb, opt: opt, closed: make(chan struct{}), pubq: make(chan pubMsg, publishQueue)}
+	return &Broker{rdb: rdb, opt: opt, closed: make(chan struct{}), pubq: make(chan pubMsg, publishQueue),
+		subKick: make(chan struct{}, 1)}
 }
 
 // Dial connects to the Redis server at url (redis://[user:pass@]host:port/db),
@@ -274,9 +284,10 @@ func (b *Broker) ctx() (context.Context, context.CancelFunc) {
 // reconnects (resubscribing) after a lost connection.
 func (b *Broker) Attach(n chart.Node) error {
 	b.ps = b.rdb.Subscribe(context.Background())
-	b.wg.Add(2)
+	b.wg.Add(3)
 	go b.receive(n)
 	go b.publishLoop(n)
+	go b.subscriber()
 	return nil
 }
 
@@ -385,7 +396,12 @@ func (b *Broker) receive(n chart.Node) {
 		if err != nil {
 			var ne interface{ Timeout() bool }
 			if errors.As(err, &ne) && ne.Timeout() {
-				b.ps.Ping(ctx) // a dead connection fails the next receive
+				// A dead connection fails the next receive. Bounded: the
+				// ping holds go-redis's subscriber lock, which the
+				// subscription changes wait for.
+				pctx, cancel := b.ctx()
+				b.ps.Ping(pctx)
+				cancel()
 				continue
 			}
 			if !failing {
@@ -430,20 +446,99 @@ func (b *Broker) Close() error {
 	return err
 }
 
-// Subscribe subscribes to the pub/sub channel Prefix+topic. go-redis
-// records it even when the call fails, and resubscribes when its
-// connection comes back.
-func (b *Broker) Subscribe(topic string) error {
-	ctx, cancel := b.ctx()
-	defer cancel()
-	return b.done(b.ps.Subscribe(ctx, b.opt.Prefix+topic))
+// Subscribe subscribes to the pub/sub channel Prefix+topic; see subscribe.
+func (b *Broker) Subscribe(topic string) error { return b.subscribe(b.opt.Prefix+topic, true) }
+
+// Unsubscribe unsubscribes from the pub/sub channel Prefix+topic; see
+// subscribe.
+func (b *Broker) Unsubscribe(topic string) error { return b.subscribe(b.opt.Prefix+topic, false) }
+
+// subBatch is the subscription changes that go out together: channel ->
+// subscribe (true) or unsubscribe, the last call's. done is closed, and
+// err set, once they went out.
+type subBatch struct {
+	on   map[string]bool
+	done chan struct{}
+	err  error
 }
 
-// Unsubscribe unsubscribes from the pub/sub channel Prefix+topic.
-func (b *Broker) Unsubscribe(topic string) error {
-	ctx, cancel := b.ctx()
-	defer cancel()
-	return b.done(b.ps.Unsubscribe(ctx, b.opt.Prefix+topic))
+// subscribe queues a subscription change for the subscribing goroutine,
+// which sends all that wait in one SUBSCRIBE and one UNSUBSCRIBE, and
+// waits until they went out (at most Timeout). While Redis is known to be
+// unreachable it returns ErrUnreachable at once: the change is kept, and
+// go-redis subscribes to what it holds when it reconnects.
+//
+// go-redis's subscriber serialises its calls under one lock, which a call
+// into a frozen Redis holds for Timeout (reconnecting, dialing, writing):
+// made on the hub's goroutines, one per user connecting or leaving, they
+// waited in line, each for up to Timeout, and piled up with the churn.
+func (b *Broker) subscribe(ch string, on bool) error {
+	b.subMu.Lock()
+	if b.subNext == nil {
+		b.subNext = &subBatch{on: make(map[string]bool), done: make(chan struct{})}
+	}
+	batch := b.subNext
+	batch.on[ch] = on
+	b.subMu.Unlock()
+	select {
+	case b.subKick <- struct{}{}:
+	default:
+	}
+	if b.down.Load() {
+		// No probe here: the subscribing goroutine tries each batch.
+		return ErrUnreachable
+	}
+	t := time.NewTimer(b.opt.Timeout)
+	defer t.Stop()
+	select {
+	case <-batch.done:
+		return batch.err
+	case <-t.C:
+		return b.done(fmt.Errorf("redisbroker: subscribe: %w", context.DeadlineExceeded))
+	case <-b.closed:
+		return errClosed
+	}
+}
+
+// subscriber sends the queued subscription changes until Close.
+func (b *Broker) subscriber() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.subKick:
+		case <-b.closed:
+			return
+		}
+		b.subMu.Lock()
+		batch := b.subNext
+		b.subNext = nil
+		b.subMu.Unlock()
+		if batch == nil {
+			continue
+		}
+		var on, off []string
+		for ch, sub := range batch.on {
+			if sub {
+				on = append(on, ch)
+			} else {
+				off = append(off, ch)
+			}
+		}
+		// go-redis records the channels before it writes: whatever the
+		// outcome, it (re)subscribes to them when it (re)connects.
+		// Unsubscribe with no channel would drop them all.
+		ctx, cancel := b.ctx()
+		var err error
+		if len(on) > 0 {
+			err = b.ps.Subscribe(ctx, on...)
+		}
+		if len(off) > 0 {
+			err = errors.Join(err, b.ps.Unsubscribe(ctx, off...))
+		}
+		cancel()
+		batch.err = b.done(err)
+		close(batch.done)
+	}
 }
 
 // drop is shared by the scripts: uid leaves node; when no node is left it
