@@ -366,3 +366,45 @@ func TestDeferredLogoutsBounded(t *testing.T) {
 	bus.Cut(ba, false)
 	log.want(t, 100*time.Millisecond, map[uint64]string{1: "in out", 2: "in out", 3: "in out", 4: "in out"})
 }
+
+// TestNoSecondLoginAfterDataLoss: after a restart that lost the broker's
+// data, a uid that connected to node A since the return (so the broker
+// lists it for A) is no proof that the broker kept A's presence. Uid 1,
+// logged in on node B, connected to A during the outage: A waits a TTL
+// for the other nodes to re-publish before it decides, and B, away for
+// half a TTL more, re-publishes 1 meanwhile: A runs no second LoginServer
+// for it. (A took any uid listed for it for proof, decided at once, found
+// 1 offline and logged it in again: "in in".)
+func TestNoSecondLoginAfterDataLoss(t *testing.T) {
+	bus, log, nodes, brokers := logNodes(t, 900*time.Millisecond, 2)
+	a, b := nodes[0], nodes[1]
+	b.dial(t, 1)
+	log.want(t, 0, map[uint64]string{1: "in"})
+	cl := a.hub.peers.(*cluster)
+
+	bus.SetDown(true)         // a restart without persistence: presence is lost
+	bus.Cut(brokers[1], true) // and B stays away after the return
+	a.dial(t, 1)
+	eventually(t, "A waits to log 1 in", func() bool { logins, _ := cl.deferredState(); return slices.Equal(logins, []uint64{1}) })
+	eventually(t, "a heartbeat of A failed", func() bool {
+		cl.beatMu.Lock()
+		defer cl.beatMu.Unlock()
+		return cl.failedAt != 0
+	})
+	bus.SetDown(false)
+	a.dial(t, 9)
+	eventually(t, "the broker lists 9 for A", func() bool {
+		bus.mu.Lock()
+		defer bus.mu.Unlock()
+		_, ok := bus.nodeUsers[brokers[0].NodeID()][9]
+		return ok
+	})
+	cl.stale.Store(true)
+	cl.heartbeat(false) // A re-publishes with 9 listed, well within the TTL
+	log.want(t, bus.TTL/2, map[uint64]string{1: "in", 9: "in"})
+	bus.Cut(brokers[1], false)
+	log.want(t, bus.TTL, map[uint64]string{1: "in", 9: "in"})
+	eventually(t, "presence", func() bool {
+		return slices.Equal(a.hub.OnlineUserIds(), []uint64{1, 9}) && slices.Equal(b.hub.OnlineUserIds(), []uint64{1, 9})
+	})
+}
