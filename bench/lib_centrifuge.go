@@ -45,7 +45,8 @@ func newCentrifugeLib(workload string) (serverLib, error) {
 		client.OnSubscribe(func(_ centrifuge.SubscribeEvent, cb centrifuge.SubscribeCallback) {
 			cb(centrifuge.SubscribeReply{}, nil)
 		})
-		client.OnPublish(func(_ centrifuge.PublishEvent, cb centrifuge.PublishCallback) {
+		client.OnPublish(func(e centrifuge.PublishEvent, cb centrifuge.PublishCallback) {
+			noteRead(string(e.Data))
 			cb(centrifuge.PublishReply{}, nil)
 		})
 	})

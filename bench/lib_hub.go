@@ -152,6 +152,7 @@ func (c *hubClient) readPump() {
 		if err != nil {
 			return
 		}
+		noteRead(string(message))
 		if len(c.rooms) > 0 {
 			c.hub.broadcast <- hubMessage{room: c.rooms[0], data: message}
 		}

@@ -53,6 +53,7 @@ func newMelodyLib(workload string) (serverLib, error) {
 	}
 	if workload == wlRooms {
 		l.m.HandleMessage(func(s *melody.Session, msg []byte) {
+			noteRead(string(msg))
 			_ = l.m.BroadcastFilter(msg, func(q *melody.Session) bool {
 				return q.Request.URL.Path == s.Request.URL.Path
 			})

@@ -458,6 +458,7 @@ func markdown(r *report) string {
 		w("\n")
 	}
 	b.WriteString(stagesMarkdown(r))
+	b.WriteString(readMarkdown(r))
 	if len(r.Storm) > 0 {
 		w("## Connect storm and idle memory\n\n")
 		w("%s connections are opened by %d workers in the client process, each opening its next connection as soon as the previous one is ready. **Connect-to-ready** is measured per connection from just before the TCP dial until the client receives a probe message that server business code published, through the peer's API, to that connection's own channel `u<uid>` (chart.Publish after JoinChannelIds in LoginServer; melody Session.Write on the session registered in HandleConnect; centrifuge node.Publish after the client's connect and subscribe commands were answered; hub broadcast to the client's room). After the WebSocket handshake (and centrifuge's connect/subscribe round trips) the client asks the server over a kept-alive HTTP control connection to publish the probe, and asks again every %v until it arrives (\"retried\" counts connections that needed more than one probe because they were not registered yet). With %d connections in flight, the storm's latency is mostly queueing behind the others; after the memory measurement %d more connections are opened one at a time, with the storm's connections still open, to give the unloaded connect-to-ready (\"one at a time\").\n\n", groupDigits(int64(r.cfg.stormConns)), r.cfg.stormConcurrency, probeInterval, r.cfg.stormConcurrency, r.cfg.stormSequential)

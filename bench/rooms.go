@@ -76,6 +76,8 @@ type roomsResult struct {
 	// Hub is chart's accepted-to-written latency (Stats().Delivery) over
 	// the same measurement; nil for the other peers.
 	Hub *hubStage `json:"hub_stage,omitempty"`
+	// Read is the client-send-to-server-read latency (readstage.go).
+	Read *readStage `json:"read_stage,omitempty"`
 }
 
 // runRooms measures one peer with cfg.roomsConns connections in rooms of
@@ -139,6 +141,7 @@ func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s 
 	var sendErrs int
 	waitQuiet(cfg)
 	stage := startStage(set)
+	readBefore := set.readCounts()
 	cpu := set.startCPU()
 	start := time.Now()
 	var profiled chan struct{}
@@ -212,6 +215,7 @@ func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s 
 	elapsed := time.Since(start)
 	cpu.stop()
 	r.Hub = stage.stop()
+	r.Read = readDiff(readBefore, set.readCounts())
 
 	recv, self := sum()
 	r.Echo = self > 0
@@ -232,7 +236,7 @@ func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s 
 	if r.Lost != 0 || r.SeqErrors != 0 || r.Disconnected != 0 || sendErrs != 0 {
 		r.Err = fmt.Sprintf("lost %d, sequence errors %d, disconnected %d, send errors %d", r.Lost, r.SeqErrors, r.Disconnected, sendErrs)
 	}
-	logf("rooms  %-12s conns=%d rate=%.1f/s/user  %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  sent=%d echo=%v lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f%s %s",
-		label, n, rate, r.Rate, r.P50us, r.P99us, r.Sent, r.Echo, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, hubLog(r.Hub), r.Err)
+	logf("rooms  %-12s conns=%d rate=%.1f/s/user  %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  sent=%d echo=%v lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f%s%s %s",
+		label, n, rate, r.Rate, r.P50us, r.P99us, r.Sent, r.Echo, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, hubLog(r.Hub), readLog(r.Read), r.Err)
 	return r
 }

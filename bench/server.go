@@ -217,6 +217,7 @@ func runServer(libName, workload string) error {
 		_ = json.NewEncoder(w).Encode(d.delivery())
 	})
 	handlePaceCtl(mux, lib)
+	handleReadCtl(mux)
 	handleHistoryCtl(mux, lib)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
