@@ -166,16 +166,50 @@ func runFixed(cfg *config, spec *libSpec, subs int, rep *report) []fanoutResult 
 	var results []fanoutResult
 	for _, size := range cfg.sizes {
 		rate, src := fixedRate(cfg, rep, subs, size)
-		r := fixedPhase(cfg, spec.name, set, s, clients, &seq, size, rate, cfg.fixedDuration)
-		r.OfferedFrom = src
-		logf("fixed  %-12s subs=%-6d size=%-5d offered %8.0f/s achieved %8.0f/s  p50=%8.0fus p90=%8.0fus p99=%8.0fus max=%8.0fus  msgs=%d lost=%d srvCPU=%.2f (%.2fus/delivery) cliCPU=%.2f other=%.2f pacer lag p99=%.0fus%s %s",
-			spec.name, subs, size, r.Offered, r.Rate, r.P50us, r.P90us, r.P99us, r.MaxUs, r.Published, r.Lost, r.ServerCPU, perDelivery(r.ServerCPU, r.Rate), r.ClientCPU, r.OtherCPU, r.PacerLagP99us, hubLog(r.Hub), r.Err)
+		var reps []fanoutResult
+		for range cfg.repeat {
+			r := fixedPhase(cfg, spec.name, set, s, clients, &seq, size, rate, cfg.fixedDuration)
+			r.OfferedFrom = src
+			logf("fixed  %-12s subs=%-6d size=%-5d offered %8.0f/s achieved %8.0f/s  p50=%8.0fus p90=%8.0fus p99=%8.0fus max=%8.0fus  msgs=%d lost=%d srvCPU=%.2f (%.2fus/delivery) cliCPU=%.2f other=%.2f pacer lag p99=%.0fus%s %s",
+				spec.name, subs, size, r.Offered, r.Rate, r.P50us, r.P90us, r.P99us, r.MaxUs, r.Published, r.Lost, r.ServerCPU, perDelivery(r.ServerCPU, r.Rate), r.ClientCPU, r.OtherCPU, r.PacerLagP99us, hubLog(r.Hub), r.Err)
+			reps = append(reps, r)
+			if r.Disconnected > 0 {
+				break
+			}
+		}
+		r := medianFixed(reps)
 		results = append(results, r)
 		if r.Disconnected > 0 {
 			break
 		}
 	}
 	return results
+}
+
+// medianFixed combines the repetitions of a fixed-rate configuration:
+// each latency and CPU figure is its median over them (a single phase's
+// p99 at a fixed rate moves by 10-20% from run to run), and the losses
+// and errors of every repetition are carried over.
+func medianFixed(reps []fanoutResult) fanoutResult {
+	m := medianFanout(reps) // the rate's median, and every loss and error
+	med := func(f func(r fanoutResult) float64) float64 {
+		v := make([]float64, len(reps))
+		for i, r := range reps {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	m.P50us = med(func(r fanoutResult) float64 { return r.P50us })
+	m.P90us = med(func(r fanoutResult) float64 { return r.P90us })
+	m.P99us = med(func(r fanoutResult) float64 { return r.P99us })
+	m.MeanUs = med(func(r fanoutResult) float64 { return r.MeanUs })
+	m.MaxUs = med(func(r fanoutResult) float64 { return r.MaxUs })
+	m.CallP50us = med(func(r fanoutResult) float64 { return r.CallP50us })
+	m.CallP99us = med(func(r fanoutResult) float64 { return r.CallP99us })
+	m.CallMeanUs = med(func(r fanoutResult) float64 { return r.CallMeanUs })
+	m.ServerCPU = med(func(r fanoutResult) float64 { return r.ServerCPU })
+	return m
 }
 
 // hubLog formats a hub stage for a progress line.
@@ -250,7 +284,6 @@ func fixedPhase(cfg *config, lib string, set serverSet, s *fanoutSink, clients [
 	r.SeqErrors = gaps - gaps0
 	r.Seconds = elapsed.Seconds()
 	r.Rate = float64(r.Deliveries) / r.Seconds
-	r.Repeats = 1
 	fillLatency(&r, hist)
 	_, mean, q := callHist.summary(0.5, 0.99)
 	r.CallP50us, r.CallP99us, r.CallMeanUs = us(q[0]), us(q[1]), us(mean)

@@ -56,7 +56,7 @@ func fixedMarkdown(r *report) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("## Fan-out at a fixed rate\n\n")
-	w("The fan-out above at equal offered load instead of saturation (`-workloads fanout-fixed`): a pacer in the server process publishes to the one channel at a fixed rate, open loop (no window; nothing waits for deliveries), for %.0f s per configuration, after an unrecorded warm-up phase. ", r.cfg.fixedDuration.Seconds())
+	w("The fan-out above at equal offered load instead of saturation (`-workloads fanout-fixed`): a pacer in the server process publishes to the one channel at a fixed rate, open loop (no window; nothing waits for deliveries), for %.0f s per configuration, %d times (each latency and CPU figure is the median of the repetitions; losses of any count), after an unrecorded warm-up phase. ", r.cfg.fixedDuration.Seconds(), r.cfg.repeat)
 	switch {
 	case r.cfg.fixedRate > 0:
 		w("The offered load is %s deliveries/s (`-fixed-rate`) in every configuration, for every peer. ", fmtRate(r.cfg.fixedRate))

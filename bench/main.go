@@ -100,7 +100,7 @@ func main() {
 		subsFlag  = flag.String("fanout-subs", "", "fan-out subscriber counts (default 1000,10000; quick 500,2000)")
 		sizesFlag = flag.String("sizes", "100,1024", "fan-out payload sizes in bytes")
 		fanDur    = flag.Duration("fanout-duration", 0, "publishing time per fan-out phase (default 4s; quick 1s)")
-		repeat    = flag.Int("repeat", 0, "fan-out repetitions per configuration, the median is reported (default 3; quick 1)")
+		repeat    = flag.Int("repeat", 0, "fan-out and fixed-rate fan-out repetitions per configuration, the median is reported (default 3; quick 1)")
 		fxRate    = flag.Float64("fixed-rate", 0, "fanout-fixed: offered deliveries/s (messages/s × subscribers), the same for every peer and configuration; 0: -fixed-fraction of the slowest peer's saturated deliveries/s in this run's fan-out of the same configuration, or 40000 when that did not run")
 		fxFrac    = flag.Float64("fixed-fraction", 0.5, "fanout-fixed: share of the slowest peer's saturated fan-out deliveries/s offered (when -fixed-rate is 0)")
 		fxDur     = flag.Duration("fixed-duration", 0, "fanout-fixed: publishing time per phase, at most 50s (default 5s; quick 2s)")
