@@ -562,9 +562,21 @@ func (b *Broker) members(ctx context.Context, uid uint64, chans []string, on boo
 }
 
 // Connect marks uid online on this node; first when it was offline.
+//
+// The node's key for uid (nu.NODE.UID, which NodeUids lists) is written
+// before uid's record names the node, and Disconnect deletes it after the
+// record no longer does: a write that reaches NATS after its call gave up
+// (sent just before the server froze, read after it thawed, when the hub
+// had taken the call for failed) cannot leave the record naming this node
+// without the key, so the hub's re-publishing after the outage, which
+// disconnects the uids that NodeUids lists and the node no longer holds,
+// repairs it.
 func (b *Broker) Connect(uid uint64) (bool, error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
+	if err := b.nodeKey(ctx, uid); err != nil {
+		return false, err
+	}
 	before, _, err := b.update(ctx, uid, func(r *record) (*record, error) {
 		if r == nil {
 			r = &record{}
@@ -575,11 +587,17 @@ func (b *Broker) Connect(uid uint64) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	kv, _ := b.buckets()
-	if _, err := kv.Put(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid), nil); err != nil {
-		return before == nil, err
-	}
 	return before == nil, nil
+}
+
+// nodeKey writes this node's key for uid (see Connect).
+func (b *Broker) nodeKey(ctx context.Context, uid uint64) error {
+	if !b.connected() {
+		return errDisconnected
+	}
+	kv, _ := b.buckets()
+	_, err := kv.Put(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid), nil)
+	return err
 }
 
 // drop removes node from uid's record; last when uid went offline.
@@ -617,10 +635,14 @@ func (b *Broker) Disconnect(uid uint64) (bool, error) {
 	return last, kv.Delete(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid))
 }
 
-// Restore marks uid online here with exactly channelIds.
+// Restore marks uid online here with exactly channelIds; the node's key
+// first, as in Connect.
 func (b *Broker) Restore(uid uint64, channelIds []string) (first bool, err error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
+	if err := b.nodeKey(ctx, uid); err != nil {
+		return false, err
+	}
 	before, _, err := b.update(ctx, uid, func(r *record) (*record, error) {
 		if r == nil {
 			r = &record{}
@@ -637,10 +659,6 @@ func (b *Broker) Restore(uid uint64, channelIds []string) (first bool, err error
 		if err := b.members(ctx, uid, removeAll(before.Channels, channelIds...), false); err != nil {
 			return first, err
 		}
-	}
-	kv, _ := b.buckets()
-	if _, err := kv.Put(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid), nil); err != nil {
-		return first, err
 	}
 	return first, b.members(ctx, uid, channelIds, true)
 }
