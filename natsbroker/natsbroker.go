@@ -57,7 +57,11 @@ type Options struct {
 	TTL time.Duration
 	// Timeout bounds each call. Default 5 s (a loaded broker is slow, not
 	// down; calls made while one hangs fail fast anyway, see
-	// chart.Config.BrokerWait).
+	// chart.Config.BrokerWait). With Connect it also bounds each write to
+	// the server (the connection is dropped and made again when the server
+	// takes nothing for that long) and each reconnect attempt (between 1 s
+	// and 2 s): the client holds its lock meanwhile, and with it every
+	// publish. Subscribe and Unsubscribe wait at most 100 ms.
 	Timeout time.Duration
 	// FileStorage keeps the buckets on disk. By default they are in
 	// memory: presence is re-published by every node after a server
