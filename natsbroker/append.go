@@ -163,7 +163,7 @@ func (b *Broker) appendRuns(ctx context.Context, batch []chart.StreamAppend, run
 			return errClosed // its reply subscription is gone
 		default:
 		}
-		if !b.nc.IsConnected() {
+		if !b.connected() {
 			return errDisconnected
 		}
 		var open, read []*run

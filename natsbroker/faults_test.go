@@ -313,31 +313,52 @@ func compare(want, got []int) (missing, dup, order, extra []int) {
 	return missing, dup, order, extra
 }
 
-// TestNATSFaults runs charttest.Faults on an embedded nats-server (one
-// server, memory storage: presence does not survive a restart). Kill shuts
-// the server down (not SIGKILL: it is embedded); Freeze is skipped.
+// TestNATSFaults runs charttest.Faults against real nats-server
+// processes with JetStream (natsProc): killed with SIGKILL and restarted
+// on the same port and store directory, frozen with SIGSTOP and thawed
+// with SIGCONT. Memory: the brokers keep their buckets and stream in
+// memory, so a restart loses presence (Persistent false); every scenario
+// runs. File: Options.FileStorage on a server that fsyncs each write
+// (sync_interval: always), so presence survives the restart (Persistent
+// true); only the restarts differ, so only OutageShort and OutageLong run.
 // OnlineElsewhere runs only with CHART_NATS_FAULTS=1: it fails today (a
 // connection opened during the outage on a node where its uid was not
 // gets its channels when the node re-syncs it, after the server's return,
 // and misses the channel messages that node delivered before).
 // CHART_NATS_FAULTS_ONLY names the scenarios to run (comma-separated).
 func TestNATSFaults(t *testing.T) {
-	srv := startNATS(t)
-	var seq atomic.Int64
-	var only []string
-	switch o := os.Getenv("CHART_NATS_FAULTS_ONLY"); {
-	case o != "":
-		only = strings.Split(o, ",")
-	case os.Getenv("CHART_NATS_FAULTS") == "":
-		only = []string{"OutageShort", "OutageLong", "NodeCrash", "NodeCut", "ConcurrentConnects"}
+	for _, file := range []bool{false, true} {
+		name := "Memory"
+		if file {
+			name = "File"
+		}
+		t.Run(name, func(t *testing.T) {
+			srv := startNATSProc(t, file)
+			f := natsFaults(srv, file)
+			switch o := os.Getenv("CHART_NATS_FAULTS_ONLY"); {
+			case o != "":
+				f.Only = strings.Split(o, ",")
+			case file:
+				f.Only = []string{"OutageShort", "OutageLong"}
+			case os.Getenv("CHART_NATS_FAULTS") == "":
+				f.Only = []string{"OutageShort", "OutageLong", "Freeze", "NodeCrash", "NodeCut", "ConcurrentConnects"}
+			}
+			f.Run(t)
+		})
 	}
-	charttest.Faults{
-		Only: only,
-		Addr: strings.TrimPrefix(srv.url(), "nats://"),
+}
+
+// natsFaults is the Faults of srv; file: the brokers keep their buckets
+// and stream on disk, and presence survives Kill.
+func natsFaults(srv *natsProc, file bool) charttest.Faults {
+	var seq atomic.Int64
+	return charttest.Faults{
+		Addr:       srv.addr(),
+		Persistent: file,
 		NewCluster: func(t *testing.T) func(string) chart.Broker {
 			k := seq.Add(1)
 			opt := Options{Prefix: fmt.Sprintf("faults%d", k), Bucket: fmt.Sprintf("faults%d", k),
-				TTL: 1200 * time.Millisecond, Timeout: time.Second}
+				TTL: 1200 * time.Millisecond, Timeout: time.Second, FileStorage: file}
 			return func(addr string) chart.Broker {
 				b, err := Connect("nats://"+addr, opt)
 				if err != nil {
@@ -347,10 +368,14 @@ func TestNATSFaults(t *testing.T) {
 			}
 		},
 		Kill: func(t *testing.T) func() {
-			srv.stop()
-			return func() { srv.t = t; srv.start() }
+			srv.kill()
+			return func() { srv.restart(t) }
 		},
-	}.Run(t)
+		Freeze: func(t *testing.T) func() {
+			srv.freeze(t)
+			return func() { srv.thaw(t) }
+		},
+	}
 }
 
 // TestFirstCallBounded: NATS blackholed, the first presence call of the

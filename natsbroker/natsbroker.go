@@ -24,6 +24,7 @@
 package natsbroker
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -56,7 +57,11 @@ type Options struct {
 	TTL time.Duration
 	// Timeout bounds each call. Default 5 s (a loaded broker is slow, not
 	// down; calls made while one hangs fail fast anyway, see
-	// chart.Config.BrokerWait).
+	// chart.Config.BrokerWait). With Connect it also bounds each write to
+	// the server (the connection is dropped and made again when the server
+	// takes nothing for that long) and each reconnect attempt (between 1 s
+	// and 2 s): the client holds its lock meanwhile, and with it every
+	// publish. Subscribe and Unsubscribe wait at most 100 ms.
 	Timeout time.Duration
 	// FileStorage keeps the buckets on disk. By default they are in
 	// memory: presence is re-published by every node after a server
@@ -100,7 +105,7 @@ type Broker struct {
 	stream      jetstream.Stream   // the chart streams
 	atomicBatch bool               // the stream takes atomic batches (append.go)
 	maxAtomic   int                // messages an atomic batch may hold
-	subs        map[string]*nats.Subscription
+	sub         *subscriptions     // subs.go
 	node        chart.Node
 	msgs        chan *nats.Msg
 	closed      chan struct{}
@@ -116,6 +121,9 @@ type Broker struct {
 	// (Connect only): cancelled when it drops.
 	conn    context.Context
 	endConn context.CancelFunc
+	// down: the connection dropped and is not back (Connect only; see
+	// connected).
+	down atomic.Bool
 
 	// Appends (append.go).
 	tails       tails
@@ -134,8 +142,18 @@ var (
 var errDisconnected = errors.New("natsbroker: not connected")
 
 // New returns a Broker using nc, which stays the caller's to close. nc
-// should reconnect forever (nats.MaxReconnects(-1)).
+// should reconnect forever (nats.MaxReconnects(-1)). Unlike one made by
+// Connect, such a Broker learns that nc dropped only from nc itself, whose
+// lock the client holds while it reconnects: its calls may wait for that
+// (see subs.go), and Connect's bounds on the client's writes and
+// reconnect attempts are nc's options to set.
 func New(nc *nats.Conn, opt Options) (*Broker, error) {
+	return newBroker(nc, opt, false)
+}
+
+// newBroker is New; owned: the Broker owns nc and its handlers (connect),
+// which tell it when the connection drops and comes back.
+func newBroker(nc *nats.Conn, opt Options, owned bool) (*Broker, error) {
 	if opt.Prefix == "" {
 		opt.Prefix = "chart"
 	}
@@ -146,7 +164,7 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 		opt.TTL = chart.DefaultNodeTTL
 	}
 	if opt.Timeout <= 0 {
-		opt.Timeout = 5 * time.Second
+		opt.Timeout = defaultTimeout
 	}
 	auto := opt.Replicas <= 0
 	if auto {
@@ -170,7 +188,7 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Broker{nc: nc, js: js, opt: opt, subs: make(map[string]*nats.Subscription),
+	b := &Broker{nc: nc, owned: owned, js: js, opt: opt, sub: newSubscriptions(),
 		msgs: make(chan *nats.Msg, 1<<16), closed: make(chan struct{}),
 		maxAtomic: maxAtomic, batchPrefix: newEpoch() + ".", attempts: make(map[string]*attempt)}
 	// Creating replicated buckets waits for their groups to form: longer
@@ -190,6 +208,8 @@ func New(nc *nats.Conn, opt Options) (*Broker, error) {
 	if b.replies, err = newReplies(nc); err != nil {
 		return nil, err
 	}
+	b.wg.Add(1)
+	go b.subscriber()
 	return b, nil
 }
 
@@ -199,13 +219,31 @@ func Connect(url string, opt Options) (*Broker, error) {
 	return connect(url, opt)
 }
 
+// defaultTimeout is Options.Timeout's default.
+const defaultTimeout = 5 * time.Second
+
 // connect is Connect with more options for the connection (tests).
 func connect(url string, opt Options, more ...nats.Option) (*Broker, error) {
 	// The handlers may run before New returns (a reconnect while it
 	// creates the buckets).
 	var ptr atomic.Pointer[Broker]
+	timeout := cmp.Or(max(opt.Timeout, 0), defaultTimeout)
 	nc, err := nats.Connect(url, append([]nats.Option{
 		nats.MaxReconnects(-1),
+		// A write that the server does not take (it stopped reading: a
+		// frozen process, its socket buffers full) is given up after the
+		// call timeout, and the connection with it, rather than after the
+		// client's default of a minute: the client holds its lock while it
+		// writes, so every call on the connection (publishes, the pings
+		// that detect a dead server) would wait as long.
+		nats.FlusherTimeout(timeout),
+		nats.ReconnectOnFlusherError(),
+		// The client holds its lock as well while it dials and waits for
+		// the server's greeting at each reconnect attempt: a server that
+		// accepts connections but does not answer (frozen) holds every
+		// call for that long: the call timeout, between 1 s and the
+		// client's default of 2 s.
+		nats.Timeout(min(max(timeout, time.Second), nats.DefaultTimeout)),
 		// A connection that stopped answering (a blackholed network) is
 		// given up after two unanswered pings, 4 to 6 s, rather than the
 		// client's default of minutes: its calls fail at once then.
@@ -231,13 +269,13 @@ func connect(url string, opt Options, more ...nats.Option) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := New(nc, opt)
+	b, err := newBroker(nc, opt, true)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	b.owned = true
-	b.dropped() // from now on calls end with the connection
+	b.dropped()         // from now on calls end with the connection
+	b.down.Store(false) // which is up: no drop told yet
 	ptr.Store(b)
 	return b, nil
 }
@@ -259,6 +297,7 @@ func (b *Broker) lost(err error) {
 // call would fail on them until the next heartbeat made them again), then
 // tells the node that the connection is back.
 func (b *Broker) reconnected() {
+	b.down.Store(false)
 	b.mu.Lock()
 	if b.node == nil {
 		b.mu.Unlock()
@@ -356,14 +395,27 @@ func (b *Broker) plainCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), b.opt.Timeout)
 }
 
-// dropped ends the calls made on the connection that just dropped.
+// dropped ends the calls made on the connection that just dropped, and
+// makes the calls made until it is back fail at once.
 func (b *Broker) dropped() {
+	b.down.Store(true)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.endConn != nil {
 		b.endConn()
 	}
 	b.conn, b.endConn = context.WithCancel(context.Background())
+}
+
+// connected reports whether the connection is up. A Broker made by
+// Connect knows it from the connection's handlers, without taking the
+// client's lock, which the client holds for seconds at a time while it
+// reconnects to a server that does not answer (see subs.go).
+func (b *Broker) connected() bool {
+	if b.owned {
+		return !b.down.Load()
+	}
+	return b.nc.IsConnected()
 }
 
 // token encodes s as one subject token (and key token): unpadded
@@ -401,19 +453,14 @@ func (b *Broker) Close() error {
 	b.onceEnd.Do(func() {
 		b.mu.Lock()
 		b.node = nil
-		for k, s := range b.subs {
-			s.Unsubscribe()
-			delete(b.subs, k)
-		}
-		b.mu.Unlock()
-		b.replies.sub.Unsubscribe()
-		b.mu.Lock()
 		if b.endConn != nil {
 			b.endConn()
 		}
 		b.mu.Unlock()
 		close(b.closed)
 		b.wg.Wait()
+		b.unsubscribeAll()
+		b.replies.sub.Unsubscribe()
 		if b.owned {
 			b.nc.Close()
 		}
@@ -432,40 +479,6 @@ func (b *Broker) Subscribe(topic string) error { return b.subscribe(b.subject(to
 
 // Unsubscribe unsubscribes from the topic's subject; see subscribe.
 func (b *Broker) Unsubscribe(topic string) error { return b.subscribe(b.subject(topic), false) }
-
-// subscribe (un)subscribes a subject and waits until the server has it, so
-// that messages published after it returns are received, at most
-// subscribeWait. The NATS client
-// keeps subscriptions across reconnects.
-func (b *Broker) subscribe(subj string, on bool) error {
-	b.mu.Lock()
-	s, have := b.subs[subj]
-	switch {
-	case on && !have:
-		var err error
-		if s, err = b.nc.ChanSubscribe(subj, b.msgs); err != nil {
-			b.mu.Unlock()
-			return err
-		}
-		b.subs[subj] = s
-	case !on && have:
-		delete(b.subs, subj)
-		s.Unsubscribe()
-	}
-	b.mu.Unlock()
-	if !b.nc.IsConnected() {
-		return errDisconnected
-	}
-	return b.nc.FlushTimeout(min(b.opt.Timeout, subscribeWait))
-}
-
-// subscribeWait bounds how long Subscribe and Unsubscribe wait for the
-// server to confirm: the hub calls them on its callers' goroutines (a
-// join), so a server that stopped answering must not hold them for
-// Options.Timeout. Past it they fail; the subscription stays, and takes
-// effect once the server answers (or is made again on the next
-// connection).
-const subscribeWait = 100 * time.Millisecond
 
 // record is the presence of one uid: the nodes it is connected to and the
 // channels it joined. Pending are the reaps that took it offline and are
@@ -495,7 +508,7 @@ func conflict(err error) bool {
 // (nil: offline). The reaps pending in the key stay there. It returns the
 // records before and after.
 func (b *Broker) update(ctx context.Context, uid uint64, fn func(r *record) (*record, error)) (before, after *record, err error) {
-	if !b.nc.IsConnected() {
+	if !b.connected() {
 		return nil, nil, errDisconnected
 	}
 	for {
@@ -553,9 +566,21 @@ func (b *Broker) members(ctx context.Context, uid uint64, chans []string, on boo
 }
 
 // Connect marks uid online on this node; first when it was offline.
+//
+// The node's key for uid (nu.NODE.UID, which NodeUids lists) is written
+// before uid's record names the node, and Disconnect deletes it after the
+// record no longer does: a write that reaches NATS after its call gave up
+// (sent just before the server froze, read after it thawed, when the hub
+// had taken the call for failed) cannot leave the record naming this node
+// without the key, so the hub's re-publishing after the outage, which
+// disconnects the uids that NodeUids lists and the node no longer holds,
+// repairs it.
 func (b *Broker) Connect(uid uint64) (bool, error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
+	if err := b.nodeKey(ctx, uid); err != nil {
+		return false, err
+	}
 	before, _, err := b.update(ctx, uid, func(r *record) (*record, error) {
 		if r == nil {
 			r = &record{}
@@ -566,11 +591,17 @@ func (b *Broker) Connect(uid uint64) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	kv, _ := b.buckets()
-	if _, err := kv.Put(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid), nil); err != nil {
-		return before == nil, err
-	}
 	return before == nil, nil
+}
+
+// nodeKey writes this node's key for uid (see Connect).
+func (b *Broker) nodeKey(ctx context.Context, uid uint64) error {
+	if !b.connected() {
+		return errDisconnected
+	}
+	kv, _ := b.buckets()
+	_, err := kv.Put(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid), nil)
+	return err
 }
 
 // drop removes node from uid's record; last when uid went offline.
@@ -608,10 +639,14 @@ func (b *Broker) Disconnect(uid uint64) (bool, error) {
 	return last, kv.Delete(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid))
 }
 
-// Restore marks uid online here with exactly channelIds.
+// Restore marks uid online here with exactly channelIds; the node's key
+// first, as in Connect.
 func (b *Broker) Restore(uid uint64, channelIds []string) (first bool, err error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
+	if err := b.nodeKey(ctx, uid); err != nil {
+		return false, err
+	}
 	before, _, err := b.update(ctx, uid, func(r *record) (*record, error) {
 		if r == nil {
 			r = &record{}
@@ -628,10 +663,6 @@ func (b *Broker) Restore(uid uint64, channelIds []string) (first bool, err error
 		if err := b.members(ctx, uid, removeAll(before.Channels, channelIds...), false); err != nil {
 			return first, err
 		}
-	}
-	kv, _ := b.buckets()
-	if _, err := kv.Put(ctx, "nu."+b.opt.NodeID+"."+uidStr(uid), nil); err != nil {
-		return first, err
 	}
 	return first, b.members(ctx, uid, channelIds, true)
 }
@@ -667,7 +698,7 @@ func (b *Broker) Leave(uid uint64, channelIds []string) error {
 }
 
 func (b *Broker) get(ctx context.Context, uid uint64) (*record, error) {
-	if !b.nc.IsConnected() {
+	if !b.connected() {
 		return nil, errDisconnected
 	}
 	kv, _ := b.buckets()
@@ -752,7 +783,7 @@ func parallel(n int, f func(i int) error) error {
 // leader, which may be away for seconds after its server died), and every
 // request bounded by ctx.
 func (b *Broker) keys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
-	if !b.nc.IsConnected() {
+	if !b.connected() {
 		return nil, errDisconnected
 	}
 	prefix := "$KV." + kv.Bucket() + "."

@@ -214,7 +214,7 @@ func (b *Broker) writeUid(ctx context.Context, uid uint64, r *record, pending []
 // again and reports lost. A node whose own liveness key had expired reaps
 // nobody in that heartbeat.
 func (b *Broker) Heartbeat(reap bool) (gone []uint64, lost, reaped bool, err error) {
-	if !b.nc.IsConnected() {
+	if !b.connected() {
 		return nil, false, false, errDisconnected
 	}
 	ctx, cancel := b.ctx()

@@ -181,7 +181,7 @@ func entryOf(h nats.Header) (uint64, string, error) {
 // last returns the last message of subj; a zero tail when there is none
 // or the JetStream stream is missing (gone reports the latter).
 func (b *Broker) last(ctx context.Context, subj string) (t tail, gone bool, err error) {
-	if !b.nc.IsConnected() {
+	if !b.connected() {
 		return t, false, errDisconnected
 	}
 	m, err := b.jsStream().GetLastMsgForSubject(ctx, subj)
