@@ -2,7 +2,9 @@ package chart
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -124,5 +126,53 @@ func TestOnlineElsewhereLateJoin(t *testing.T) {
 		if offs[i] != offs[i-1]+1 {
 			t.Fatalf("offsets %v: not consecutive at %d", offs, i)
 		}
+	}
+}
+
+// BenchmarkFanoutCluster is BenchmarkFanout's publish on a node of a
+// MemoryBus cluster: appended to the bus's stream and delivered through
+// the sequencer (sequence.out marks each in-order delivery).
+func BenchmarkFanoutCluster(b *testing.B) {
+	for _, n := range []int{10, 1000} {
+		b.Run("subs="+strconv.Itoa(n), func(b *testing.B) {
+			cfg := Config{PingInterval: -1, Broker: NewMemoryBus().Broker()}
+			h, conns := benchHubConfig(b, n, cfg)
+			b.Cleanup(func() {
+				// The connections were never started: no Shutdown.
+				h.killed.Store(true)
+				h.peers.stop()
+			})
+			m := Message{Type: 3, Content: strings.Repeat("x", 100)}
+			// The stream's first message waits reorderWait here: not
+			// timed.
+			h.Publish("room", m)
+			for h.Stats().MessagesOut < uint64(n) {
+				time.Sleep(time.Millisecond)
+			}
+			idle(conns)
+			base := h.Stats().MessagesOut
+			b.ReportAllocs()
+			b.ResetTimer()
+			// Publish returns before the append: every 64 publishes, wait
+			// until they are delivered and written.
+			settle := func(published int) {
+				for st := h.Stats(); st.MessagesOut+st.Dropped < base+uint64(published*n); st = h.Stats() {
+					runtime.Gosched()
+				}
+				idle(conns)
+			}
+			for i := 0; i < b.N; i++ {
+				h.Publish("room", m)
+				if i%64 == 63 {
+					settle(i + 1)
+				}
+			}
+			settle(b.N)
+			b.StopTimer()
+			if st := h.Stats(); st.Dropped != 0 || st.Holes != 0 {
+				b.Fatalf("stats %+v", st)
+			}
+			b.ReportMetric(float64(b.N)*float64(n)/b.Elapsed().Seconds(), "deliveries/s")
+		})
 	}
 }
