@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -37,6 +38,22 @@ func queueIdle(h *Hub, uid uint64) bool {
 	defer s.mu.Unlock()
 	_, busy := s.events[uid]
 	return !busy
+}
+
+// holdQueue queues a step that blocks uid's event queue on h until the
+// returned function is called (at the latest when the test ends), and
+// returns once the step runs.
+func holdQueue(t *testing.T, h *Hub, uid uint64) (release func()) {
+	t.Helper()
+	done, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(done) }) }
+	t.Cleanup(release)
+	if h.queueEvent(uid, func() { close(held); <-done }) {
+		go h.drainEvents(uid)
+	}
+	<-held
+	return release
 }
 
 // TestOnlineElsewhereLateJoin (issue 13): node B is cut off from the
@@ -85,19 +102,7 @@ func TestOnlineElsewhereLateJoin(t *testing.T) {
 		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
 	})
 	// Hold uid 1's event queue on B: its resync waits behind this step.
-	release, held := make(chan struct{}), make(chan struct{})
-	released := false
-	free := func() {
-		if !released {
-			released = true
-			close(release)
-		}
-	}
-	defer free()
-	if b.hub.queueEvent(1, func() { close(held); <-release }) {
-		go b.hub.drainEvents(1)
-	}
-	<-held
+	free := holdQueue(t, b.hub, 1)
 
 	want := publish("d", 3) // during the cut: B catches them up after it
 	bus.Cut(bb, false)
@@ -111,7 +116,14 @@ func TestOnlineElsewhereLateJoin(t *testing.T) {
 	})
 	want = append(want, publish("a", 3)...)
 
-	got, offs := readUntil(t, c1, "a3")
+	gotAll(t, c1, want)
+}
+
+// gotAll reads c's messages up to the last of want and fails unless they
+// are want, in order, at consecutive offsets.
+func gotAll(t *testing.T, c *client, want []string) {
+	t.Helper()
+	got, offs := readUntil(t, c, want[len(want)-1])
 	var missed []string
 	for _, w := range want {
 		if !slices.Contains(got, w) {
@@ -119,7 +131,7 @@ func TestOnlineElsewhereLateJoin(t *testing.T) {
 		}
 	}
 	if len(missed) > 0 || !slices.Equal(got, want) {
-		t.Fatalf("uid 1's connection on B missed %d of %d messages (%s); got %v, want %v",
+		t.Fatalf("the late-joined connection missed %d of %d messages (%s); got %v, want %v",
 			len(missed), len(want), strings.Join(missed, " "), got, want)
 	}
 	for i := 1; i < len(offs); i++ {
@@ -127,6 +139,57 @@ func TestOnlineElsewhereLateJoin(t *testing.T) {
 			t.Fatalf("offsets %v: not consecutive at %d", offs, i)
 		}
 	}
+}
+
+// TestOnlineElsewhereLateJoinDataLoss is TestOnlineElsewhereLateJoin
+// through a broker restart that lost its data (MemoryBus.SetDown): the
+// channel's stream starts a new epoch, and uid 1 is joined on B either by
+// B's restore or by A's (which sends the join to B as it re-publishes),
+// whichever comes first; both are held back until the messages after
+// the return (w*) went out on B.
+func TestOnlineElsewhereLateJoinDataLoss(t *testing.T) {
+	bus, log, nodes, _ := logNodes(t, 3*time.Second, 2)
+	a, b := nodes[0], nodes[1]
+	a.dial(t, 1)
+	c2 := b.dial(t, 2)
+	log.want(t, 0, map[uint64]string{1: "in", 2: "in"})
+	if err := a.hub.JoinChannelIds(1, "room"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.hub.JoinChannelIds(2, "room"); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(prefix string, n int) (names []string) {
+		for k := 1; k <= n; k++ {
+			name := fmt.Sprintf("%s%d", prefix, k)
+			if err := a.hub.Publish("room", Message{Type: TypeText, Content: name}); err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, name)
+		}
+		return names
+	}
+	publish("r", 1)
+	readUntil(t, c2, "r1")
+
+	bus.SetDown(true)
+	c1 := b.dial(t, 1)
+	eventually(t, "uid 1 served on B, in no channel", func() bool {
+		chans, unsynced, ok := b.hub.localState(1)
+		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
+	})
+	freeB, freeA := holdQueue(t, b.hub, 1), holdQueue(t, a.hub, 1)
+	bus.SetDown(false)
+	want := publish("w", 5)
+	readUntil(t, c2, "w5")
+	freeA()
+	freeB()
+	eventually(t, "uid 1 in room on B", func() bool {
+		chans, _, _ := b.hub.localState(1)
+		return slices.Equal(chans, []string{"room"})
+	})
+	want = append(want, publish("a", 3)...)
+	gotAll(t, c1, want)
 }
 
 // BenchmarkFanoutCluster is BenchmarkFanout's publish on a node of a
