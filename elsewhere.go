@@ -22,8 +22,8 @@ import "slices"
 // replay costs a stream read per late-joined channel that had traffic
 // since the outage began.
 
-// lateReads is how many times joinLate reads a stream that moved on while
-// it read, before it joins without the replay.
+// lateReads is how many times joinLate reads again a stream that moved on
+// while it read, before it replays what the last read got.
 const lateReads = 3
 
 // out delivers f, at offset off of t, in its turn, and marks the
@@ -114,7 +114,10 @@ func (h *Hub) joinLateOne(uid uint64, id string, pres bool) error {
 		from, to := q.since(h.seq.outages.Load())
 		var frames []held
 		ok := from == to
-		if !ok && epoch == q.epoch && last+1 >= to {
+		if !ok && epoch == q.epoch && (last+1 >= to || reads == lateReads) {
+			// The last try replays what it read, in order, even if the
+			// node delivered more meanwhile: a busy channel loses those
+			// few rather than all.
 			frames, ok = h.lateFrames(q, t, entries, from, to), true
 		}
 		if ok || reads == lateReads {
