@@ -213,7 +213,11 @@ func (cl *cluster) failed(err error) bool {
 		// every call after it would be refused too.
 		return false
 	}
-	return !cl.down.Swap(true)
+	if cl.down.Swap(true) {
+		return false
+	}
+	cl.hub.seq.outage()
+	return true
 }
 
 // up notes that the broker answers again: calls go through, and the
@@ -1009,6 +1013,18 @@ func (cl *cluster) apply(uid uint64, join bool, ids []string) {
 	if u.loading {
 		u.pending = append(u.pending, memberOp{join, ids, pres})
 		s.mu.Unlock()
+		return
+	}
+	if join && u.unsynced && h.seq != nil {
+		// Connected here during an outage, uid is a member of these
+		// channels since before: its connections here get what they
+		// missed of them (elsewhere.go).
+		handler := u.handler
+		s.mu.Unlock()
+		if err := h.joinLate(uid, ids, pres); err != nil {
+			h.report(handler, err)
+		}
+		h.followChannels(ids)
 		return
 	}
 	err := h.applyLocked(u, join, ids, pres)

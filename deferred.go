@@ -217,15 +217,15 @@ func (cl *cluster) resync(uid uint64, waited, relogin bool) {
 			return
 		}
 	}
+	if len(chans) > 0 {
+		cl.apply(uid, true, chans) // unsynced still: a late join (elsewhere.go)
+	}
 	s := h.userShard(uid)
 	s.mu.Lock()
 	if u := s.users[uid]; u != nil {
 		u.unsynced = false
 	}
 	s.mu.Unlock()
-	if len(chans) > 0 {
-		cl.apply(uid, true, chans)
-	}
 	if waited {
 		cl.cancelLogin(uid)
 	}

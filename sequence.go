@@ -3,6 +3,7 @@ package chart
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -47,6 +48,10 @@ const (
 type sequencer struct {
 	hub    *Hub
 	shards [16]seqShard
+	// outages counts the broker outages this node saw begin; each
+	// sequence marks where it stood when it first delivered after the
+	// latest began (sequence.mark, elsewhere.go).
+	outages atomic.Uint64
 }
 
 type seqShard struct {
@@ -70,6 +75,13 @@ type sequence struct {
 	first uint64      // the first offset delivered since following the stream
 	left  []string    // the epochs left behind, oldest first (maxLeft)
 	lost  bool        // a recovery could not read the stream (startLost)
+	// mark is the first offset delivered in order here, in markEpoch,
+	// since outage markOf began (markOf 0: none since the latest): what
+	// a connection that came during the outage missed starts there
+	// (elsewhere.go).
+	mark      uint64
+	markEpoch string
+	markOf    uint64
 }
 
 // maxSkips bounds the holes a sequence remembers.
@@ -152,7 +164,7 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 		if q.next == 0 {
 			q.first = off
 		}
-		s.hub.deliverTo(t, f, off)
+		s.out(t, q, f, off)
 		q.next = off + 1
 		s.drain(t, q)
 	case off < q.next:
@@ -176,6 +188,9 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 func (s *sequencer) reset(t topic, q *sequence, epoch string) {
 	s.flush(t, q)
 	q.skips = nil
+	if q.markOf != 0 && q.markOf == s.outages.Load() {
+		q.mark, q.markEpoch = 1, epoch // the old epoch's part cannot be read again
+	}
 	switch {
 	case q.epoch == "" && q.next == 0:
 		// new here: the first message sets the order
@@ -277,7 +292,7 @@ func (s *sequencer) drain(t topic, q *sequence) {
 	k := 0
 	for ; k < len(q.held) && q.held[k].off <= q.next; k++ {
 		m := q.held[k]
-		s.hub.deliverTo(t, m.f, m.off)
+		s.out(t, q, m.f, m.off)
 		if m.off == q.next {
 			q.next++
 		}
@@ -293,7 +308,7 @@ func (s *sequencer) flush(t topic, q *sequence) {
 			s.hub.stats.holes.Add(1)
 			q.skip(q.next, m.off)
 		}
-		s.hub.deliverTo(t, m.f, m.off)
+		s.out(t, q, m.f, m.off)
 		q.next = m.off + 1
 	}
 	q.release(len(q.held))
@@ -309,7 +324,7 @@ func (s *sequencer) flushTo(t topic, q *sequence, upTo uint64) {
 			s.hub.stats.holes.Add(1)
 			q.skip(q.next, m.off)
 		}
-		s.hub.deliverTo(t, m.f, m.off)
+		s.out(t, q, m.f, m.off)
 		q.next = m.off + 1
 	}
 	q.release(k)

@@ -1,0 +1,241 @@
+package chart
+
+import (
+	"fmt"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// readUntil reads c's message frames until one with content last, and
+// returns their contents and offsets in the order received.
+func readUntil(t *testing.T, c *client, last string) (contents []string, offs []uint64) {
+	t.Helper()
+	for {
+		c.ws.SetReadDeadline(time.Now().Add(wait))
+		var f frameIn
+		if err := c.ws.ReadJSON(&f); err != nil {
+			t.Fatalf("reading up to %q (got %v so far): %v", last, contents, err)
+		}
+		if f.Content == "" {
+			continue // not a message
+		}
+		contents, offs = append(contents, f.Content), append(offs, f.Offset)
+		if f.Content == last {
+			return contents, offs
+		}
+	}
+}
+
+// queueIdle reports whether uid's event queue on h is empty.
+func queueIdle(h *Hub, uid uint64) bool {
+	s := h.userShard(uid)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, busy := s.events[uid]
+	return !busy
+}
+
+// holdQueue queues a step that blocks uid's event queue on h until the
+// returned function is called (at the latest when the test ends), and
+// returns once the step runs.
+func holdQueue(t *testing.T, h *Hub, uid uint64) (release func()) {
+	t.Helper()
+	done, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(done) }) }
+	t.Cleanup(release)
+	if h.queueEvent(uid, func() { close(held); <-done }) {
+		go h.drainEvents(uid)
+	}
+	<-held
+	return release
+}
+
+// TestOnlineElsewhereLateJoin (issue 13): node B is cut off from the
+// broker while uid 1, online on node A and a member of "room", connects
+// to B, which cannot read its channels: its connection there is in no
+// channel until B re-publishes its presence after the cut (resync). B
+// has a member of "room" of its own (uid 2), so B follows the channel.
+// Messages published on A during the cut (d*), which B catches up after
+// it, and after the cut but before B's resync joins uid 1 there (w*),
+// reach uid 2 on B; they must reach uid 1's connection on B too, in
+// order and once, before the messages published after the join (a*).
+// The resync is held back, deterministically, by a step queued ahead of
+// it in uid 1's event queue (resync runs in that queue).
+// (Before the fix, uid 1's connection on B missed every d* and w*.)
+func TestOnlineElsewhereLateJoin(t *testing.T) {
+	bus, log, nodes, brokers := logNodes(t, 3*time.Second, 2)
+	a, b, bb := nodes[0], nodes[1], brokers[1]
+	a.dial(t, 1)
+	c2 := b.dial(t, 2)
+	// Logged in, so online in presence: a join before that would not
+	// reach presence (ErrUserOffline), and B could not read it back.
+	log.want(t, 0, map[uint64]string{1: "in", 2: "in"})
+	if err := a.hub.JoinChannelIds(1, "room"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.hub.JoinChannelIds(2, "room"); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(prefix string, n int) (names []string) {
+		for k := 1; k <= n; k++ {
+			name := fmt.Sprintf("%s%d", prefix, k)
+			if err := a.hub.Publish("room", Message{Type: TypeText, Content: name}); err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, name)
+		}
+		return names
+	}
+	publish("r", 1)
+	readUntil(t, c2, "r1") // B routes room to uid 2
+
+	bus.Cut(bb, true)
+	c1 := b.dial(t, 1)
+	eventually(t, "uid 1 served on B, in no channel", func() bool {
+		chans, unsynced, ok := b.hub.localState(1)
+		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
+	})
+	// Hold uid 1's event queue on B: its resync waits behind this step.
+	free := holdQueue(t, b.hub, 1)
+
+	want := publish("d", 3) // during the cut: B catches them up after it
+	bus.Cut(bb, false)
+	readUntil(t, c2, "d3")
+	want = append(want, publish("w", 5)...) // before uid 1 is in room on B
+	readUntil(t, c2, "w5")                  // B delivered them (to uid 2)
+	free()
+	eventually(t, "uid 1 in room on B", func() bool {
+		chans, _, _ := b.hub.localState(1)
+		return slices.Equal(chans, []string{"room"})
+	})
+	want = append(want, publish("a", 3)...)
+
+	gotAll(t, c1, want)
+}
+
+// gotAll reads c's messages up to the last of want and fails unless they
+// are want, in order, at consecutive offsets.
+func gotAll(t *testing.T, c *client, want []string) {
+	t.Helper()
+	got, offs := readUntil(t, c, want[len(want)-1])
+	var missed []string
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			missed = append(missed, w)
+		}
+	}
+	if len(missed) > 0 || !slices.Equal(got, want) {
+		t.Fatalf("the late-joined connection missed %d of %d messages (%s); got %v, want %v",
+			len(missed), len(want), strings.Join(missed, " "), got, want)
+	}
+	for i := 1; i < len(offs); i++ {
+		if offs[i] != offs[i-1]+1 {
+			t.Fatalf("offsets %v: not consecutive at %d", offs, i)
+		}
+	}
+}
+
+// TestOnlineElsewhereLateJoinDataLoss is TestOnlineElsewhereLateJoin
+// through a broker restart that lost its data (MemoryBus.SetDown): the
+// channel's stream starts a new epoch, and uid 1 is joined on B either by
+// B's restore or by A's (which sends the join to B as it re-publishes),
+// whichever comes first; both are held back until the messages after
+// the return (w*) went out on B.
+func TestOnlineElsewhereLateJoinDataLoss(t *testing.T) {
+	bus, log, nodes, _ := logNodes(t, 3*time.Second, 2)
+	a, b := nodes[0], nodes[1]
+	a.dial(t, 1)
+	c2 := b.dial(t, 2)
+	log.want(t, 0, map[uint64]string{1: "in", 2: "in"})
+	if err := a.hub.JoinChannelIds(1, "room"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.hub.JoinChannelIds(2, "room"); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(prefix string, n int) (names []string) {
+		for k := 1; k <= n; k++ {
+			name := fmt.Sprintf("%s%d", prefix, k)
+			if err := a.hub.Publish("room", Message{Type: TypeText, Content: name}); err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, name)
+		}
+		return names
+	}
+	publish("r", 1)
+	readUntil(t, c2, "r1")
+
+	bus.SetDown(true)
+	c1 := b.dial(t, 1)
+	eventually(t, "uid 1 served on B, in no channel", func() bool {
+		chans, unsynced, ok := b.hub.localState(1)
+		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
+	})
+	freeB, freeA := holdQueue(t, b.hub, 1), holdQueue(t, a.hub, 1)
+	bus.SetDown(false)
+	want := publish("w", 5)
+	readUntil(t, c2, "w5")
+	freeA()
+	freeB()
+	eventually(t, "uid 1 in room on B", func() bool {
+		chans, _, _ := b.hub.localState(1)
+		return slices.Equal(chans, []string{"room"})
+	})
+	want = append(want, publish("a", 3)...)
+	gotAll(t, c1, want)
+}
+
+// BenchmarkFanoutCluster is BenchmarkFanout's publish on a node of a
+// MemoryBus cluster: appended to the bus's stream and delivered through
+// the sequencer (sequence.out marks each in-order delivery).
+func BenchmarkFanoutCluster(b *testing.B) {
+	for _, n := range []int{10, 1000} {
+		b.Run("subs="+strconv.Itoa(n), func(b *testing.B) {
+			cfg := Config{PingInterval: -1, Broker: NewMemoryBus().Broker()}
+			h, conns := benchHubConfig(b, n, cfg)
+			b.Cleanup(func() {
+				// The connections were never started: no Shutdown.
+				h.killed.Store(true)
+				h.peers.stop()
+			})
+			m := Message{Type: 3, Content: strings.Repeat("x", 100)}
+			// The stream's first message waits reorderWait here: not
+			// timed.
+			h.Publish("room", m)
+			for h.Stats().MessagesOut < uint64(n) {
+				time.Sleep(time.Millisecond)
+			}
+			idle(conns)
+			base := h.Stats().MessagesOut
+			b.ReportAllocs()
+			b.ResetTimer()
+			// Publish returns before the append: every 64 publishes, wait
+			// until they are delivered and written.
+			settle := func(published int) {
+				for st := h.Stats(); st.MessagesOut+st.Dropped < base+uint64(published*n); st = h.Stats() {
+					runtime.Gosched()
+				}
+				idle(conns)
+			}
+			for i := 0; i < b.N; i++ {
+				h.Publish("room", m)
+				if i%64 == 63 {
+					settle(i + 1)
+				}
+			}
+			settle(b.N)
+			b.StopTimer()
+			if st := h.Stats(); st.Dropped != 0 || st.Holes != 0 {
+				b.Fatalf("stats %+v", st)
+			}
+			b.ReportMetric(float64(b.N)*float64(n)/b.Elapsed().Seconds(), "deliveries/s")
+		})
+	}
+}
