@@ -137,14 +137,16 @@ func pollAdd(c *Conn) error {
 	return nil
 }
 
-// pollArm re-arms a connection's one-shot registration, after its reader
-// set it idle; an error means the socket is closed.
-func pollArm(c *Conn) error {
+// pollArm re-arms a connection's one-shot registration under key (its
+// pollKey, read by its reader before it set the connection idle: from
+// then on whoever takes the connection owns pollKey, and may clear it as
+// the connection ends); an error means the socket is closed.
+func pollArm(c *Conn, key uint32) error {
 	p := pollerOf(c)
-	if p == nil || c.pollKey == 0 {
+	if p == nil || key == 0 {
 		return syscall.ENOENT
 	}
-	return p.ctl(c, c.pollKey, syscall.EPOLL_CTL_MOD)
+	return p.ctl(c, key, syscall.EPOLL_CTL_MOD)
 }
 
 // pollRemove takes a connection out of its poller; its reader calls it as

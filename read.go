@@ -264,8 +264,9 @@ func (c *Conn) boundFrame() {
 // cases only if it takes the connection back (else whoever took it reads).
 func (c *Conn) park() bool {
 	c.armTimer()
+	key := c.pollKey // c is not this reader's once idle
 	c.idle.Store(true)
-	if pollArm(c) != nil || c.pastDeadline() {
+	if pollArm(c, key) != nil || c.pastDeadline() {
 		return !c.idle.CompareAndSwap(true, false)
 	}
 	return true
