@@ -89,7 +89,10 @@ type Config struct {
 	// PongWait is how long a connection may stay silent (no frame, no pong)
 	// before it is closed. Default 60 s; negative: forever.
 	PongWait time.Duration
-	// WriteWait bounds every write to a connection. Default 10 s.
+	// WriteWait bounds every write to a connection: a write that has not
+	// completed after WriteWait (up to 1.5 × WriteWait: the writer moves
+	// the socket's deadline once per half WriteWait, not per write) drops
+	// the connection. Default 10 s.
 	WriteWait time.Duration
 	// CloseGrace is how long the server waits for the client to answer its
 	// close frame before dropping the TCP connection. Default 1 s.

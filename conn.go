@@ -57,6 +57,7 @@ type Conn struct {
 	queue      *sendQueue // frames waiting for the writer; nil when empty
 	qbytes     int
 	bufs       net.Buffers        // the writer's current batch
+	wdl        int64              // the writer's: the socket's write deadline it set last (unix ns)
 	writing    bool               // a writer goroutine runs
 	closeFrame []byte             // the close frame the writer sends after the queue; nil once sent
 	hangUp     bool               // drop the socket right after the close frame
