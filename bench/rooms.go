@@ -78,6 +78,8 @@ type roomsResult struct {
 	Hub *hubStage `json:"hub_stage,omitempty"`
 	// Read is the client-send-to-server-read latency (readstage.go).
 	Read *readStage `json:"read_stage,omitempty"`
+	// WritesPerK is the server's write system calls per 1,000 deliveries.
+	WritesPerK float64 `json:"server_writes_per_1k"`
 }
 
 // runRooms measures one peer with cfg.roomsConns connections in rooms of
@@ -233,10 +235,13 @@ func roomsPhase(cfg *config, r roomsResult, set serverSet, clients []*client, s 
 	_, mean, q := s.hist.summary(0.5, 0.99)
 	r.P50us, r.P99us, r.MeanUs = us(q[0]), us(q[1]), us(mean)
 	r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU = cpu.server, cpu.broker, cpu.clnt, cpu.other
+	if recv > 0 {
+		r.WritesPerK = 1000 * float64(cpu.srvWrites) / float64(recv)
+	}
 	if r.Lost != 0 || r.SeqErrors != 0 || r.Disconnected != 0 || sendErrs != 0 {
 		r.Err = fmt.Sprintf("lost %d, sequence errors %d, disconnected %d, send errors %d", r.Lost, r.SeqErrors, r.Disconnected, sendErrs)
 	}
-	logf("rooms  %-12s conns=%d rate=%.1f/s/user  %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  sent=%d echo=%v lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f%s%s %s",
-		label, n, rate, r.Rate, r.P50us, r.P99us, r.Sent, r.Echo, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, hubLog(r.Hub), readLog(r.Read), r.Err)
+	logf("rooms  %-12s conns=%d rate=%.1f/s/user  %10.0f deliveries/s  p50=%8.0fus p99=%8.0fus  sent=%d echo=%v lost=%d srvCPU=%.2f brokerCPU=%.2f cliCPU=%.2f other=%.2f writes/1k=%.0f%s%s %s",
+		label, n, rate, r.Rate, r.P50us, r.P99us, r.Sent, r.Echo, r.Lost, r.ServerCPU, r.BrokerCPU, r.ClientCPU, r.OtherCPU, r.WritesPerK, hubLog(r.Hub), readLog(r.Read), r.Err)
 	return r
 }
