@@ -321,10 +321,12 @@ func compare(want, got []int) (missing, dup, order, extra []int) {
 // runs. File: Options.FileStorage on a server that fsyncs each write
 // (sync_interval: always), so presence survives the restart (Persistent
 // true); only the restarts differ, so only OutageShort and OutageLong run.
-// OnlineElsewhere runs only with CHART_NATS_FAULTS=1: it fails today (a
-// connection opened during the outage on a node where its uid was not
-// gets its channels when the node re-syncs it, after the server's return,
-// and misses the channel messages that node delivered before).
+// OnlineElsewhere runs only with CHART_NATS_FAULTS=1: it fails in about
+// one run in four to eight (a connection opened during the outage on a
+// node where its uid was not starts its inbox after what the uid
+// acknowledged, so a direct message written to its connection on another
+// node before this node caught up is skipped here; its channels are
+// replayed, elsewhere.go).
 // CHART_NATS_FAULTS_ONLY names the scenarios to run (comma-separated).
 func TestNATSFaults(t *testing.T) {
 	for _, file := range []bool{false, true} {
