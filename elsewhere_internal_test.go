@@ -239,3 +239,27 @@ func BenchmarkFanoutCluster(b *testing.B) {
 		})
 	}
 }
+
+// TestJoinBeforeConnect: a join made on the node of a uid's first
+// connection before that connection's login reached presence (its
+// Connect waits in the uid's event queue) is in presence once it does:
+// the other nodes list the uid in the channel. (Presence refused the join
+// as for a uid offline everywhere, and the refusal was dropped: B never
+// listed uid 1.)
+func TestJoinBeforeConnect(t *testing.T) {
+	_, log, nodes, _ := logNodes(t, 3*time.Second, 2)
+	a, b := nodes[0], nodes[1]
+	release := holdQueue(t, a.hub, 1)
+	a.dial(t, 1) // registered; its Connect waits behind the hold
+	if err := a.hub.JoinChannelIds(1, "room"); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	log.want(t, 0, map[uint64]string{1: "in"})
+	eventually(t, "B lists uid 1 in room", func() bool {
+		return slices.Equal(b.hub.ChannelUserIds("room"), []uint64{1})
+	})
+	if ids := b.hub.UserChannelIds(1); !slices.Equal(ids, []string{"room"}) {
+		t.Fatalf("B: uid 1's channels %q, want [room]", ids)
+	}
+}

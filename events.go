@@ -65,6 +65,16 @@ func (h *Hub) up(u *user) {
 	if back {
 		first = false // its logout waited for the broker: it never left
 	}
+	if first && err == nil && h.cfg.Broker != nil {
+		// Joins made here before this Connect reached presence found the
+		// uid offline everywhere, and presence refused them: now it takes
+		// them. (Not first: it was online elsewhere, presence took them.)
+		if own, _, _ := h.localState(uid); len(own) > 0 {
+			if err := h.presence.Join(uid, own); err != nil {
+				h.brokerFailed(err)
+			}
+		}
+	}
 	var chans []string
 	synced := err == nil
 	if !first && synced {
