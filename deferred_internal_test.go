@@ -2,6 +2,7 @@ package chart
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -406,5 +407,32 @@ func TestNoSecondLoginAfterDataLoss(t *testing.T) {
 	log.want(t, bus.TTL, map[uint64]string{1: "in", 9: "in"})
 	eventually(t, "presence", func() bool {
 		return slices.Equal(a.hub.OnlineUserIds(), []uint64{1, 9}) && slices.Equal(b.hub.OnlineUserIds(), []uint64{1, 9})
+	})
+}
+
+// TestAbandonedJoinOwnsItsChannels: a presence join that gives up
+// (BrokerWait) while the broker is frozen leaves the broker's call going
+// on with the channel list, which the caller may reuse once it returned
+// (propagate's list is pooled: the race detector caught the broker
+// reading it while the next join copied into it). The call has its own
+// copy: what the caller writes into its list afterwards does not reach
+// presence.
+func TestAbandonedJoinOwnsItsChannels(t *testing.T) {
+	bus, log, nodes, _ := logNodes(t, 3*time.Second, 1)
+	a := nodes[0]
+	a.dial(t, 1)
+	log.want(t, 0, map[uint64]string{1: "in"})
+	bus.Freeze(true)
+	defer bus.Freeze(false)
+	ids := []string{"a", "b"}
+	if err := a.hub.presence.Join(1, ids); !errors.Is(err, ErrBrokerDown) {
+		t.Fatalf("Join into a frozen broker: %v, want ErrBrokerDown", err)
+	}
+	ids[0], ids[1] = "reused", "list"
+	bus.Freeze(false)
+	eventually(t, "uid 1 in a and b in presence", func() bool {
+		got, _ := a.hub.presence.Channels(1)
+		slices.Sort(got)
+		return slices.Equal(got, []string{"a", "b"})
 	})
 }

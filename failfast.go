@@ -2,6 +2,7 @@ package chart
 
 import (
 	"errors"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -195,13 +196,18 @@ func (gp guardedPresence) Restore(uid uint64, channelIds []string) (bool, error)
 	return guarded(gp.g, func() (bool, error) { return gp.p.Restore(uid, channelIds) })
 }
 
+// Join and Leave hand the broker a copy of channelIds: a call that gives
+// up returns while the broker's goes on, and the caller may reuse its
+// slice (propagate's is pooled) once it has returned.
 func (gp guardedPresence) Join(uid uint64, channelIds []string) error {
-	_, err := bounded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Join(uid, channelIds) })
+	ids := slices.Clone(channelIds)
+	_, err := bounded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Join(uid, ids) })
 	return err
 }
 
 func (gp guardedPresence) Leave(uid uint64, channelIds []string) error {
-	_, err := bounded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Leave(uid, channelIds) })
+	ids := slices.Clone(channelIds)
+	_, err := bounded(gp.g, func() (struct{}, error) { return struct{}{}, gp.p.Leave(uid, ids) })
 	return err
 }
 
