@@ -232,7 +232,13 @@ func TestSmoke(t *testing.T) {
 		if f.Err != "" || f.Lost != 0 || f.Published == 0 || f.P50us <= 0 || f.Offered != slowest/2 {
 			t.Errorf("fixed %s subs=%d size=%d: offered %.0f (slowest saturated %.0f), published %d lost %d: %s", f.Lib, f.Subs, f.Size, f.Offered, slowest, f.Published, f.Lost, f.Err)
 		}
-		if hub := f.Hub != nil && f.Hub.Count == uint64(f.Deliveries) && f.Hub.MeanUs > 0; hub != (f.Lib == "chart") {
+		// The hub counts a delivery once its write returned, and the
+		// driver reads the count once the clients have every message: the
+		// last few may be received before they are counted.
+		counted := func(h *hubStage, n int64) bool {
+			return h != nil && h.Count <= uint64(n) && h.Count+uint64(n/100)+2 >= uint64(n) && h.MeanUs > 0
+		}
+		if hub := counted(f.Hub, f.Deliveries); hub != (f.Lib == "chart") {
 			t.Errorf("fixed %s subs=%d size=%d: hub stage %+v for %d deliveries", f.Lib, f.Subs, f.Size, f.Hub, f.Deliveries)
 		}
 	}
