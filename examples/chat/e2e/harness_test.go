@@ -305,12 +305,23 @@ func (p *page) run(what string, actions ...chromedp.Action) {
 	}
 }
 
-// waitFor polls a JavaScript expression until it is truthy.
+// waitFor polls a JavaScript expression until it is truthy. A poll cut
+// short because the page navigated (it reloads itself when another tab
+// signs in as someone else) starts again on the new page, within the
+// same step timeout.
 func (p *page) waitFor(what, expr string) {
 	p.t.Helper()
-	p.run("wait for "+what, chromedp.Poll(expr, nil,
-		chromedp.WithPollingInterval(50*time.Millisecond),
-		chromedp.WithPollingTimeout(stepTimeout-time.Second)))
+	ctx, cancel := context.WithTimeout(p.ctx, stepTimeout)
+	defer cancel()
+	for {
+		err := chromedp.Run(ctx, chromedp.Poll(expr, nil, chromedp.WithPollingInterval(50*time.Millisecond)))
+		if err == nil {
+			return
+		}
+		if !strings.Contains(err.Error(), "navigated or closed") || ctx.Err() != nil {
+			p.t.Fatalf("%s: wait for %s: %v\npage state: %s", p.name, what, err, p.describe())
+		}
+	}
 }
 
 // eval evaluates a JavaScript expression into res.
