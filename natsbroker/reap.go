@@ -196,7 +196,7 @@ func (b *Broker) writeUid(ctx context.Context, uid uint64, r *record, pending []
 		return err
 	}
 	if len(pending) == 0 {
-		return kv.Delete(ctx, key, jetstream.LastRevision(rev))
+		return b.remove(ctx, kv, key, jetstream.LastRevision(rev))
 	}
 	// A delete marker whose body keeps the traces.
 	data, _ := json.Marshal(record{Pending: pending})
@@ -525,7 +525,7 @@ func (b *Broker) deleteNu(ctx context.Context, node string, uid uint64) error {
 	if err != nil {
 		return err
 	}
-	err = kv.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
+	err = b.remove(ctx, kv, key, jetstream.LastRevision(e.Revision()))
 	if conflict(err) {
 		return nil
 	}
