@@ -344,8 +344,9 @@ func (b *Broker) ensureBuckets(ctx context.Context) error {
 	}
 	kv, err := b.js.CreateOrUpdateKeyValue(ctx, cfg)
 	expiring := err == nil
-	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
-		// A server before 2.11: markers stay (see remove).
+	if err != nil {
+		// A server before 2.11 (ErrLimitMarkerTTLNotSupported), or one
+		// that would not change the bucket: markers stay (see remove).
 		cfg.LimitMarkerTTL = 0
 		kv, err = b.js.CreateOrUpdateKeyValue(ctx, cfg)
 	}
