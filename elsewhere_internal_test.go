@@ -56,21 +56,12 @@ func holdQueue(t *testing.T, h *Hub, uid uint64) (release func()) {
 	return release
 }
 
-// TestOnlineElsewhereLateJoin (issue 13): node B is cut off from the
-// broker while uid 1, online on node A and a member of "room", connects
-// to B, which cannot read its channels: its connection there is in no
-// channel until B re-publishes its presence after the cut (resync). B
-// has a member of "room" of its own (uid 2), so B follows the channel.
-// Messages published on A during the cut (d*), which B catches up after
-// it, and after the cut but before B's resync joins uid 1 there (w*),
-// reach uid 2 on B; they must reach uid 1's connection on B too, in
-// order and once, before the messages published after the join (a*).
-// The resync is held back, deterministically, by a step queued ahead of
-// it in uid 1's event queue (resync runs in that queue).
-// (Before the fix, uid 1's connection on B missed every d* and w*.)
-func TestOnlineElsewhereLateJoin(t *testing.T) {
-	bus, log, nodes, brokers := logNodes(t, 3*time.Second, 2)
-	a, b, bb := nodes[0], nodes[1], brokers[1]
+// roomPair logs uid 1 in on node a and uid 2 on node b, joins both to
+// "room", and returns uid 2's client and a publisher of numbered messages
+// to room on a (prefix1, prefix2, ...; it returns their contents), once b
+// routes room to uid 2.
+func roomPair(t *testing.T, log *callLog, a, b *server) (*client, func(prefix string, n int) []string) {
+	t.Helper()
 	a.dial(t, 1)
 	c2 := b.dial(t, 2)
 	// Logged in, so online in presence: a join before that would not
@@ -93,7 +84,26 @@ func TestOnlineElsewhereLateJoin(t *testing.T) {
 		return names
 	}
 	publish("r", 1)
-	readUntil(t, c2, "r1") // B routes room to uid 2
+	readUntil(t, c2, "r1") // b routes room to uid 2
+	return c2, publish
+}
+
+// TestOnlineElsewhereLateJoin (issue 13): node B is cut off from the
+// broker while uid 1, online on node A and a member of "room", connects
+// to B, which cannot read its channels: its connection there is in no
+// channel until B re-publishes its presence after the cut (resync). B
+// has a member of "room" of its own (uid 2), so B follows the channel.
+// Messages published on A during the cut (d*), which B catches up after
+// it, and after the cut but before B's resync joins uid 1 there (w*),
+// reach uid 2 on B; they must reach uid 1's connection on B too, in
+// order and once, before the messages published after the join (a*).
+// The resync is held back, deterministically, by a step queued ahead of
+// it in uid 1's event queue (resync runs in that queue).
+// (Before the fix, uid 1's connection on B missed every d* and w*.)
+func TestOnlineElsewhereLateJoin(t *testing.T) {
+	bus, log, nodes, brokers := logNodes(t, 3*time.Second, 2)
+	a, b, bb := nodes[0], nodes[1], brokers[1]
+	c2, publish := roomPair(t, log, a, b)
 
 	bus.Cut(bb, true)
 	c1 := b.dial(t, 1)
@@ -150,27 +160,7 @@ func gotAll(t *testing.T, c *client, want []string) {
 func TestOnlineElsewhereLateJoinDataLoss(t *testing.T) {
 	bus, log, nodes, _ := logNodes(t, 3*time.Second, 2)
 	a, b := nodes[0], nodes[1]
-	a.dial(t, 1)
-	c2 := b.dial(t, 2)
-	log.want(t, 0, map[uint64]string{1: "in", 2: "in"})
-	if err := a.hub.JoinChannelIds(1, "room"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.hub.JoinChannelIds(2, "room"); err != nil {
-		t.Fatal(err)
-	}
-	publish := func(prefix string, n int) (names []string) {
-		for k := 1; k <= n; k++ {
-			name := fmt.Sprintf("%s%d", prefix, k)
-			if err := a.hub.Publish("room", Message{Type: TypeText, Content: name}); err != nil {
-				t.Fatal(err)
-			}
-			names = append(names, name)
-		}
-		return names
-	}
-	publish("r", 1)
-	readUntil(t, c2, "r1")
+	c2, publish := roomPair(t, log, a, b)
 
 	bus.SetDown(true)
 	c1 := b.dial(t, 1)
