@@ -598,10 +598,16 @@ func (cl *cluster) login(uid uint64) {
 	h.call(handler, uid, "LoginServer", func() { handler.LoginServer(uid) })
 }
 
-// purge disconnects uid in presence if it has no connection here. Its
-// LogoutServer ran when its last connection here closed.
+// purge disconnects uid in presence if it has no connection here and is
+// not leaving. Its LogoutServer ran when its last connection here closed.
 func (cl *cluster) purge(uid uint64) {
 	if cl.hub.killed.Load() || cl.hub.lookupUser(uid) != nil {
+		return
+	}
+	if _, leaving := cl.hub.leavingChannels(uid); leaving {
+		// Its last connection closed after this step was queued: its
+		// logout step, queued behind, disconnects it and runs
+		// LogoutServer (it would find it gone, and run none).
 		return
 	}
 	if _, err := cl.hub.presence.Disconnect(uid); err != nil {

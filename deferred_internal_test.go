@@ -436,3 +436,26 @@ func TestAbandonedJoinOwnsItsChannels(t *testing.T) {
 		return slices.Equal(got, []string{"a", "b"})
 	})
 }
+
+// TestPurgeLeavesLogoutToDown: the re-publishing queues, in each listed
+// uid's event queue, a purge that disconnects the uid in presence if this
+// node no longer holds it. When the uid's last connection closes after
+// the purge was queued but before it runs, the uid's logout step waits
+// behind the purge: the purge must leave it to that step, which then
+// finds the uid last and runs LogoutServer. (The purge disconnected it;
+// the logout step found it gone, took it for online elsewhere and ran
+// no LogoutServer: a review saw 15,419 logins without logout on a node
+// re-publishing under CPU overload.)
+func TestPurgeLeavesLogoutToDown(t *testing.T) {
+	_, log, nodes, _ := logNodes(t, 3*time.Second, 1)
+	a := nodes[0]
+	c := a.dial(t, 5)
+	log.want(t, 0, map[uint64]string{5: "in"})
+	cl := a.hub.peers.(*cluster)
+	release := holdQueue(t, a.hub, 5)
+	cl.republish(true) // queues uid 5's restore and purge behind the hold
+	c.closeNow()
+	eventually(t, "uid 5 unregistered", func() bool { return a.hub.lookupUser(5) == nil })
+	release()
+	log.want(t, 200*time.Millisecond, map[uint64]string{5: "in out"})
+}
