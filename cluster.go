@@ -3,6 +3,7 @@ package chart
 import (
 	"encoding/binary"
 	"errors"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -949,6 +950,22 @@ func (b *brokerStreams) heal() {
 	}
 }
 
+// tail returns stream t's epoch ("": no such stream) and newest offset,
+// or ok false when the broker fails.
+func (b *brokerStreams) tail(t topic) (epoch string, last uint64, ok bool) {
+	var err error
+	if gs, ok := b.s.(guardedStreams); ok {
+		epoch, last, err = gs.Tail(t.name())
+	} else {
+		_, epoch, _, last, err = b.s.Read(t.name(), math.MaxUint64, 1)
+	}
+	if err != nil {
+		b.hub.brokerFailed(err)
+		return "", 0, false
+	}
+	return epoch, last, true
+}
+
 func (b *brokerStreams) read(t topic, after uint64, limit int) ([]entry, string, bool, uint64) {
 	es, epoch, complete, last, err := b.s.Read(t.name(), after, limit)
 	if err != nil {
@@ -1093,11 +1110,25 @@ func (cl *cluster) subscribe(t topic, have bool) bool {
 	// subscribers, or from before them (what the stream got meanwhile
 	// must not reach the new subscribers as if live).
 	h.seq.forget(t)
+	// A channel's new members here get what is published from now on:
+	// where its stream stands is read before subscribing, and what is
+	// there already (a message appended before the join and still on its
+	// way to this node) is its past. A connection's recovery reads its
+	// streams itself, so an inbox needs no such read.
+	var epoch string
+	var last uint64
+	tailed := false
+	if want && t.ch != "" && cl.streams != nil {
+		epoch, last, tailed = cl.streams.tail(t)
+	}
 	var err error
 	if want {
 		err = cl.b.Subscribe(t.name())
 	} else {
 		err = cl.b.Unsubscribe(t.name())
+	}
+	if tailed {
+		h.seq.startTail(t, epoch, last)
 	}
 	if err != nil {
 		h.brokerFailed(err) // the broker keeps the interest and retries

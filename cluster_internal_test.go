@@ -2,9 +2,12 @@ package chart
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -218,13 +221,15 @@ func TestSequencerOldEpochLate(t *testing.T) {
 }
 
 // TestSequencerFirstMessagesCross: the first two messages of a stream this
-// node has just begun to follow arrive crossed (offset 7 before 6: one
+// node has just begun to follow, not knowing where it stood (the read of
+// its tail at the join failed), arrive crossed (offset 7 before 6: one
 // node published 6 just before the other published 7). They go out in
 // order, and the next follows at once. (They went out crossed, and a
 // client that keeps the highest offset dropped 6 as a double.)
 func TestSequencerFirstMessagesCross(t *testing.T) {
 	_, h, c := seqNode(t)
 	r := topic{ch: "r"}
+	h.seq.forget(r) // where r stands is unknown here
 	var frames [9][]byte
 	for off := uint64(1); off <= 8; off++ {
 		m := Message{ChannelId: "r", Type: TypeText, Content: "m" + strconv.FormatUint(off, 10)}
@@ -244,5 +249,85 @@ func TestSequencerFirstMessagesCross(t *testing.T) {
 	want(t, c, 8)
 	if holes := h.Stats().Holes; holes != 0 {
 		t.Fatalf("%d holes skipped, want none", holes)
+	}
+}
+
+// heldPublisher is a node's memory broker whose publishes to one topic
+// wait, while held, until released: messages appended to their stream
+// and still on their way to the other nodes.
+type heldPublisher struct {
+	*memoryBroker
+	topic string
+	mu    sync.Mutex
+	held  bool
+	queue [][]byte
+}
+
+func (p *heldPublisher) Publish(topic string, data []byte) error {
+	p.mu.Lock()
+	if p.held && topic == p.topic {
+		p.queue = append(p.queue, slices.Clone(data))
+		p.mu.Unlock()
+		return nil
+	}
+	p.mu.Unlock()
+	return p.memoryBroker.Publish(topic, data)
+}
+
+// waiting returns how many publishes wait.
+func (p *heldPublisher) waiting() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.queue)
+}
+
+// release publishes what waits, in order, and stops holding.
+func (p *heldPublisher) release() {
+	p.mu.Lock()
+	q := p.queue
+	p.queue, p.held = nil, false
+	p.mu.Unlock()
+	for _, data := range q {
+		p.memoryBroker.Publish(p.topic, data)
+	}
+}
+
+// TestNewMemberSkipsThePast: messages node B appended to a channel's
+// stream while node A had no member there, and that reach A only after a
+// new member joined on A (on their way meanwhile), are the channel's past
+// for that member: it gets the live messages only, the first one first.
+// (Before, A took the late ones for its first live messages: the new
+// member got "past 1".)
+func TestNewMemberSkipsThePast(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	pb := &heldPublisher{memoryBroker: bus.Broker().(*memoryBroker), topic: topic{ch: "room"}.name()}
+	a := startServer(t, Config{Broker: bus.Broker()}, rec)
+	b := startServer(t, Config{Broker: pb}, rec)
+	c1 := a.login(t, rec, 1)
+	a.hub.JoinChannelIds(1, "room")
+	if err := b.hub.Publish("room", Message{Type: TypeText, Content: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	readUntil(t, c1, "before") // A follows room
+	a.hub.UnJoinChannelIds(1, "room")
+
+	pb.mu.Lock()
+	pb.held = true
+	pb.mu.Unlock()
+	for i := 1; i <= 3; i++ {
+		if err := b.hub.Publish("room", Message{Type: TypeText, Content: fmt.Sprint("past ", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "B's three appends", func() bool { return pb.waiting() == 3 })
+	c2 := a.login(t, rec, 2)
+	a.hub.JoinChannelIds(2, "room")
+	pb.release()
+	if err := b.hub.Publish("room", Message{Type: TypeText, Content: "live"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readUntil(t, c2, "live"); !slices.Equal(got, []string{"live"}) {
+		t.Fatalf("new member got %q, want only the live message", got)
 	}
 }

@@ -353,8 +353,18 @@ func TestNewSubscriberGetsLiveOnly(t *testing.T) {
 	a.Hub.JoinChannelIds(1, "room")
 	charttest.AwaitRoute(t, b, "room", s1)
 	a.Hub.UnJoinChannelIds(1, "room")
+	// A member on B proves each message appended (its node delivers a
+	// message once the stream has it); node A may still receive them
+	// after its new member joined: they are the past all the same.
+	s3 := b.Login(t, c.Rec, 3)
+	b.Hub.JoinChannelIds(3, "room")
 	for i := 0; i < 5; i++ {
 		b.Hub.Publish("room", chart.Message{Content: fmt.Sprint("while nobody was here ", i)})
+	}
+	for i := 0; i < 5; i++ {
+		if m, want := s3.NextMsg(), fmt.Sprint("while nobody was here ", i); m.Content != want {
+			t.Fatalf("member on B got %q, want %q", m.Content, want)
+		}
 	}
 	s2 := a.Login(t, c.Rec, 2)
 	a.Hub.JoinChannelIds(2, "room")

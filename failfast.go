@@ -2,6 +2,7 @@ package chart
 
 import (
 	"errors"
+	"math"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -265,6 +266,20 @@ func (gs guardedStreams) Read(stream string, after uint64, limit int) ([]StreamE
 	es, epoch, complete, last, err := gs.s.Read(stream, after, limit)
 	gs.g.done(err)
 	return es, epoch, complete, last, err
+}
+
+// Tail returns the stream's epoch ("" for a stream that does not exist)
+// and newest offset: a call an API caller waits for (a join), bounded.
+func (gs guardedStreams) Tail(stream string) (string, uint64, error) {
+	type tail struct {
+		epoch string
+		last  uint64
+	}
+	t, err := bounded(gs.g, func() (tail, error) {
+		_, epoch, _, last, err := gs.s.Read(stream, math.MaxUint64, 1)
+		return tail{epoch, last}, err
+	})
+	return t.epoch, t.last, err
 }
 
 func (gs guardedStreams) Ack(stream string, uid uint64, epoch string, offset uint64) error {

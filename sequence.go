@@ -542,6 +542,35 @@ func (s *sequencer) startAt(t topic, epoch string, last uint64) {
 	s.wait(t, q)
 }
 
+// startTail tells the sequencer where stream t stood (under epoch, at
+// offset last; epoch "" when it did not exist) just before this node
+// subscribed to it for a new local member: what comes after is live for
+// the members, what came before is the stream's past, and goes out to
+// nobody even when it arrives late (it was on its way when the node
+// subscribed). A stream this node already follows keeps its order.
+func (s *sequencer) startTail(t topic, epoch string, last uint64) {
+	if s == nil {
+		return
+	}
+	q := s.lookup(t)
+	defer q.mu.Unlock()
+	if q.next != 0 || (q.epoch != "" && q.epoch != epoch) {
+		return // started meanwhile, or reset: the live messages tell
+	}
+	if epoch == "" {
+		last = 0 // everything of the epoch it starts is new here
+	}
+	q.epoch = epoch
+	q.next, q.first = last+1, 1
+	k := 0
+	for k < len(q.held) && q.held[k].off <= last {
+		k++
+	}
+	q.release(k)
+	s.drain(t, q)
+	s.wait(t, q)
+}
+
 // epochOf returns the epoch this node follows t in; "" when it does not
 // follow t or knows no epoch of it yet.
 func (s *sequencer) epochOf(t topic) string {
