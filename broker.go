@@ -203,6 +203,11 @@ type StreamAck struct {
 type StreamEntry struct {
 	Offset uint64
 	Data   []byte
+	// Time is when the backend appended the entry, by its clock, to the
+	// millisecond or better; zero when the backend does not tell. The hub
+	// uses it to find what was appended after a connection opened while
+	// the backend was unreachable.
+	Time time.Time
 }
 
 // Node is the hub side of a Broker, given to Broker.Attach.

@@ -227,6 +227,11 @@ func (cl *cluster) up() {
 	if !cl.down.Swap(false) {
 		return
 	}
+	every := cl.hub.presence.HeartbeatInterval()
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	cl.hub.seq.returned(lateKeep * every)
 	cl.upMu.Lock()
 	if cl.upCh != nil {
 		close(cl.upCh)
@@ -975,6 +980,9 @@ func (b *brokerStreams) read(t topic, after uint64, limit int) ([]entry, string,
 	entries := make([]entry, len(es))
 	for i, e := range es {
 		entries[i] = entry{off: e.Offset, data: e.Data}
+		if !e.Time.IsZero() {
+			entries[i].at = e.Time.UnixNano()
+		}
 	}
 	return entries, epoch, complete, last
 }

@@ -2,6 +2,7 @@ package chart
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -329,5 +330,39 @@ func TestNewMemberSkipsThePast(t *testing.T) {
 	}
 	if got, _ := readUntil(t, c2, "live"); !slices.Equal(got, []string{"live"}) {
 		t.Fatalf("new member got %q, want only the live message", got)
+	}
+}
+
+// TestInOrderWithinEpochs: a recovering connection's held messages go out
+// in offset order within each run of one epoch; where the stream changed
+// epoch (reset) they keep the order they came in. (Sorted by offset
+// alone, the new epoch's first message overtook the old epoch's second:
+// TestSequencerOldEpochLate failed when its connection was still
+// recovering.)
+func TestInOrderWithinEpochs(t *testing.T) {
+	r, o := topic{ch: "r"}, topic{ch: "other"}
+	m := func(t topic, content, epoch string, off uint64) held {
+		msg := Message{ChannelId: t.ch, Type: TypeText, Content: content}
+		return held{framePrefix(appendPrefix(nil, &msg), off, epoch), t, off}
+	}
+	hold := []held{
+		m(r, "a2", "A", 2), m(r, "a1", "A", 1), m(o, "x1", "X", 1), m(r, "b2", "B", 2),
+		m(r, "b1", "B", 1), m(r, "a3", "A", 3), m(o, "x0", "X", 0), m(r, "b4", "B", 4), m(r, "b3", "B", 3),
+	}
+	inOrder(hold)
+	var got []string
+	for _, h := range hold {
+		var f frameIn
+		if h.f[1] >= 126 {
+			t.Fatal("a test frame with a longer header")
+		}
+		if err := json.Unmarshal(h.f[2:], &f); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, f.Content)
+	}
+	want := []string{"a1", "a2", "x1", "b1", "b2", "a3", "x0", "b3", "b4"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("held messages in the order %v, want %v", got, want)
 	}
 }

@@ -1,6 +1,9 @@
 package chart
 
-import "slices"
+import (
+	"slices"
+	"time"
+)
 
 // Late joins (issue 13). A uid online on another node that connects here
 // during a broker outage is served at once, but this node cannot read its
@@ -26,21 +29,133 @@ import "slices"
 // while it read, before it replays what the last read got.
 const lateReads = 3
 
+// lateKeepBytes bounds what a node keeps of its deliveries for late joins
+// (sequence.kept), all streams together.
+const lateKeepBytes = 32 << 20
+
 // out delivers f, at offset off of t, in its turn, and marks the
 // sequence's first delivery since the latest outage began. q.mu is held.
 func (s *sequencer) out(t topic, q *sequence, f []byte, off uint64) {
-	if o := s.outages.Load(); o != 0 && q.markOf != o {
-		q.mark, q.markEpoch, q.markOf = off, q.epoch, o
+	if o := s.outages.Load(); o != 0 {
+		if q.markOf != o {
+			q.mark, q.markEpoch, q.markOf = off, q.epoch, o
+			s.dropKept(q)
+			q.keptAll = true
+		}
+		if q.markEpoch == q.epoch && q.keptAll && s.keeping.Load() {
+			s.keep(q, held{f, t, off})
+		}
 	}
 	s.hub.deliverTo(t, f, off)
 }
 
-// outage notes that a broker outage begins.
+// keep adds m, going out, to what q keeps, unless the node's budget is
+// spent: then q keeps nothing more until the next outage (keptAll false:
+// late joins read its stream). q.mu is held.
+func (s *sequencer) keep(q *sequence, m held) {
+	if s.kept.Add(int64(len(m.f))) > lateKeepBytes {
+		s.kept.Add(-int64(len(m.f)))
+		s.dropKept(q)
+		q.keptAll = false
+		return
+	}
+	q.kept = append(q.kept, m)
+	q.keptBytes += len(m.f)
+	if n := s.lateCap(); len(q.kept) >= 2*n {
+		q.kept = s.capped(q, q.kept, n)
+	}
+}
+
+// capped returns the newest n of frames, a part of what q keeps, in a
+// slice of its own; the bytes of those dropped are uncounted. q.mu is
+// held.
+func (s *sequencer) capped(q *sequence, frames []held, n int) []held {
+	if len(frames) > n {
+		gone := 0
+		for _, m := range frames[:len(frames)-n] {
+			gone += len(m.f)
+		}
+		q.keptBytes -= gone
+		s.kept.Add(-int64(gone))
+		frames = frames[len(frames)-n:]
+	}
+	return slices.Clone(frames)
+}
+
+// dropKept drops what q keeps. q.mu is held.
+func (s *sequencer) dropKept(q *sequence) {
+	if q.keptBytes != 0 {
+		s.kept.Add(-int64(q.keptBytes))
+	}
+	q.kept, q.before, q.keptBytes = nil, nil, 0
+}
+
+// keptSince returns what q kept of its deliveries since the latest
+// outage began, when it kept all of them; ok false: the late join reads
+// the stream. q.mu is held.
+func (s *sequencer) keptSince(q *sequence, outages uint64) (frames []held, ok bool) {
+	if !s.keeping.Load() || q.markOf != outages || !q.keptAll {
+		return nil, false
+	}
+	frames = append(slices.Clone(q.before), q.kept...)
+	if n := s.lateCap(); len(frames) > n {
+		frames = frames[len(frames)-n:]
+	}
+	return frames, true
+}
+
+// outage notes that a broker outage begins: the sequences keep what they
+// deliver from now on until a while after the broker's return.
 func (s *sequencer) outage() {
 	if s != nil {
+		s.keeping.Store(true)
 		s.outages.Add(1)
 	}
 }
+
+// lateKeep is how long, in heartbeat intervals, a node keeps what it
+// delivers after the broker's return: its re-publishing of presence,
+// which makes the late joins, may wait a TTL (three intervals) after a
+// data loss, and then runs through every uid.
+const lateKeep = 6
+
+// returned notes that the broker answers again: the sequences stop
+// keeping what they deliver after d, unless another outage began.
+func (s *sequencer) returned(d time.Duration) {
+	if s == nil {
+		return
+	}
+	o := s.outages.Load()
+	s.keepMu.Lock()
+	defer s.keepMu.Unlock()
+	if s.keepEnd != nil {
+		s.keepEnd.Stop()
+	}
+	s.keepEnd = time.AfterFunc(d, func() {
+		if s.outages.Load() == o {
+			s.endKeeping()
+		}
+	})
+}
+
+// endKeeping stops keeping deliveries and drops what was kept.
+func (s *sequencer) endKeeping() {
+	s.keeping.Store(false)
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, q := range sh.m {
+			q.mu.Lock()
+			s.dropKept(q)
+			q.mu.Unlock()
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// lateCap is the most a late join replays of one channel: half a send
+// queue.
+func (s *sequencer) lateCap() int { return max(s.hub.cfg.SendQueueLen/2, 1) }
 
 // followed returns t's sequence, locked, or nil when this node does not
 // follow t (it delivered nothing of t since it last subscribed).
@@ -111,9 +226,12 @@ func (h *Hub) joinLateOne(uid uint64, id string, pres bool) error {
 		if q == nil {
 			return h.joinReplaying(uid, id, pres, t, nil)
 		}
-		from, to := q.since(h.seq.outages.Load())
-		var frames []held
-		ok := from == to
+		outages := h.seq.outages.Load()
+		frames, ok := h.seq.keptSince(q, outages)
+		from, to := q.since(outages)
+		if !ok {
+			ok = from == to
+		}
 		if !ok && epoch == q.epoch && (last+1 >= to || reads == lateReads) {
 			// The last try replays what it read, in order, even if the
 			// node delivered more meanwhile: a busy channel loses those
@@ -141,7 +259,7 @@ func (h *Hub) lateFrames(q *sequence, t topic, entries []entry, from, to uint64)
 			frames = append(frames, held{framePrefix(e.data, e.off, q.epoch), t, e.off})
 		}
 	}
-	if n := max(h.cfg.SendQueueLen/2, 1); len(frames) > n {
+	if n := h.seq.lateCap(); len(frames) > n {
 		frames = frames[len(frames)-n:]
 	}
 	return frames

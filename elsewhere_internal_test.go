@@ -100,7 +100,15 @@ func roomPair(t *testing.T, log *callLog, a, b *server) (*client, func(prefix st
 // The resync is held back, deterministically, by a step queued ahead of
 // it in uid 1's event queue (resync runs in that queue).
 // (Before the fix, uid 1's connection on B missed every d* and w*.)
+// Kept: the replay comes from what B kept of its deliveries; Read: from
+// the stream, as once B stopped keeping them (lateKeep after the return,
+// or past lateKeepBytes).
 func TestOnlineElsewhereLateJoin(t *testing.T) {
+	t.Run("Kept", func(t *testing.T) { onlineElsewhereLateJoin(t, true) })
+	t.Run("Read", func(t *testing.T) { onlineElsewhereLateJoin(t, false) })
+}
+
+func onlineElsewhereLateJoin(t *testing.T, keeping bool) {
 	bus, log, nodes, brokers := logNodes(t, 3*time.Second, 2)
 	a, b, bb := nodes[0], nodes[1], brokers[1]
 	c2, publish := roomPair(t, log, a, b)
@@ -119,6 +127,9 @@ func TestOnlineElsewhereLateJoin(t *testing.T) {
 	readUntil(t, c2, "d3")
 	want = append(want, publish("w", 5)...) // before uid 1 is in room on B
 	readUntil(t, c2, "w5")                  // B delivered them (to uid 2)
+	if !keeping {
+		b.hub.seq.endKeeping()
+	}
 	free()
 	eventually(t, "uid 1 in room on B", func() bool {
 		chans, _, _ := b.hub.localState(1)
@@ -141,7 +152,7 @@ func gotAll(t *testing.T, c *client, want []string) {
 		}
 	}
 	if len(missed) > 0 || !slices.Equal(got, want) {
-		t.Fatalf("the late-joined connection missed %d of %d messages (%s); got %v, want %v",
+		t.Fatalf("the connection missed %d of %d messages (%s); got %v, want %v",
 			len(missed), len(want), strings.Join(missed, " "), got, want)
 	}
 	for i := 1; i < len(offs); i++ {
@@ -251,5 +262,144 @@ func TestJoinBeforeConnect(t *testing.T) {
 	})
 	if ids := b.hub.UserChannelIds(1); !slices.Equal(ids, []string{"room"}) {
 		t.Fatalf("B: uid 1's channels %q, want [room]", ids)
+	}
+}
+
+// inboxLost reports whether h's sequencer holds uid's inbox position as
+// lost (startLost) and not yet found.
+func inboxLost(h *Hub, uid uint64) bool {
+	t := topic{uid: uid}
+	sh := h.seq.shard(t)
+	sh.mu.Lock()
+	q := sh.m[t]
+	sh.mu.Unlock()
+	if q == nil {
+		return false
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.lost
+}
+
+// TestLostInboxStartsAtTheLoss (issue 13): node B is cut off from the
+// broker while uid 1, online on node A, connects to B, which cannot read
+// uid 1's inbox. Direct messages sent during the cut reach uid 1 on A,
+// which acknowledges them; once the cut ends, B's connection gets them
+// too, in order and once (it was open before they came), and then the
+// live ones. (B started the inbox where uid 1 had acknowledged it: its
+// connection missed d1-d3.)
+func TestLostInboxStartsAtTheLoss(t *testing.T) {
+	bus, log, nodes, brokers := logNodes(t, 3*time.Second, 2)
+	a, b, bb := nodes[0], nodes[1], brokers[1]
+	ca := a.dial(t, 1)
+	log.want(t, 0, map[uint64]string{1: "in"})
+
+	bus.Cut(bb, true)
+	cb := b.dial(t, 1)
+	eventually(t, "B lost uid 1's inbox position", func() bool { return inboxLost(b.hub, 1) })
+	var want []string
+	send := func(name string) {
+		t.Helper()
+		if err := a.hub.SendMessageToUid(9, 1, name); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, name)
+	}
+	for k := 1; k <= 3; k++ {
+		send(fmt.Sprint("d", k))
+	}
+	readUntil(t, ca, "d3")
+	eventually(t, "uid 1's acknowledgement of d3", func() bool {
+		off, _ := a.hub.InboxAcked(1)
+		return off == 3
+	})
+	bus.Cut(bb, false)
+	send("l1") // B receives it live, or reads it as it catches up
+	gotAll(t, cb, want)
+	send("l2")
+	gotAll(t, cb, []string{"l2"})
+}
+
+// heldReset is a node's memory broker whose stream resets wait until
+// released (reached is closed when the first one waits).
+type heldReset struct {
+	*memoryBroker
+	reached, release, done chan struct{}
+	once                   sync.Once
+}
+
+func (r *heldReset) Reset(stream string) error {
+	first := false
+	r.once.Do(func() { close(r.reached); first = true })
+	<-r.release
+	err := r.memoryBroker.Reset(stream)
+	if first {
+		close(r.done)
+	}
+	return err
+}
+
+// TestLateJoinAcrossReset (issue 13): as TestOnlineElsewhereLateJoin,
+// but node B also published to "room" during its cut, so that once back
+// it resets the channel's stream (its history has a hole): what B
+// delivered of the stream's old epoch since the cut began (d*, caught up;
+// w*, live) is gone from the stream before uid 1 is joined there. Its
+// connection on B gets them all the same, then the new epoch's (a*), in
+// order and once. (Before, it got only the new epoch's: the late join
+// read the old part from the stream, which had dropped it. Found by
+// natsbroker's Faults OnlineElsewhere on file storage.)
+func TestLateJoinAcrossReset(t *testing.T) {
+	bus := NewMemoryBus()
+	bus.TTL = 3 * time.Second
+	log := &callLog{}
+	a := startServer(t, Config{Broker: bus.Broker()}, log)
+	rb := &heldReset{memoryBroker: bus.Broker().(*memoryBroker), reached: make(chan struct{}), release: make(chan struct{}), done: make(chan struct{})}
+	var once sync.Once
+	free := func() { once.Do(func() { close(rb.release) }) }
+	t.Cleanup(free)
+	b := startServer(t, Config{Broker: rb}, log)
+	c2, publish := roomPair(t, log, a, b)
+
+	bus.Cut(rb.memoryBroker, true)
+	if err := b.hub.Publish("room", Message{Type: TypeText, Content: "b1"}); err != nil {
+		t.Fatal(err)
+	}
+	readUntil(t, c2, "b1") // not appended: B's stream has a hole
+	c1 := b.dial(t, 1)
+	eventually(t, "uid 1 served on B, in no channel", func() bool {
+		chans, unsynced, ok := b.hub.localState(1)
+		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
+	})
+	hold := holdQueue(t, b.hub, 1) // uid 1's late join waits behind it
+
+	want := publish("d", 3) // during the cut: B catches them up after it
+	bus.Cut(rb.memoryBroker, false)
+	readUntil(t, c2, "d3")
+	want = append(want, publish("w", 3)...)
+	readUntil(t, c2, "w3")
+	select {
+	case <-rb.reached:
+	case <-time.After(wait):
+		t.Fatal("B never reset room's stream")
+	}
+	free()
+	<-rb.done // the old epoch is gone from the stream
+	want = append(want, publish("a", 3)...)
+	readUntil(t, c2, "a3")
+	hold()
+	eventually(t, "uid 1 in room on B", func() bool {
+		chans, _, _ := b.hub.localState(1)
+		return slices.Equal(chans, []string{"room"})
+	})
+	want = append(want, publish("z", 2)...)
+	if got, _ := readUntil(t, c1, "z2"); !slices.Equal(got, want) {
+		t.Fatalf("uid 1's connection on B got %v, want %v", got, want)
+	}
+	if n := b.hub.seq.kept.Load(); n <= 0 {
+		t.Fatalf("B keeps %d bytes of its deliveries, want some until it stops keeping", n)
+	}
+	b.hub.seq.endKeeping()
+	if n := b.hub.seq.kept.Load(); n != 0 {
+		t.Fatalf("B keeps %d bytes after it stopped keeping, want 0", n)
 	}
 }

@@ -548,7 +548,7 @@ func (m *memoryBroker) Read(stream string, after uint64, limit int) ([]StreamEnt
 	es, epoch, complete, last := st.read(t, after, limit)
 	out := make([]StreamEntry, len(es))
 	for i, e := range es {
-		out[i] = StreamEntry{Offset: e.off, Data: e.data}
+		out[i] = StreamEntry{Offset: e.off, Data: e.data, Time: time.Unix(0, e.at)}
 	}
 	return out, epoch, complete, last, nil
 }

@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"bytes"
 	"cmp"
 	"slices"
 	"strconv"
@@ -280,7 +281,9 @@ func (h *Hub) replay(t topic, p position, known bool, b *budget, partial bool) r
 // inOrder puts each stream's messages in hold in offset order, keeping
 // the places the stream's messages take among the others': messages that
 // crossed on their way (from two nodes) while the connection recovered go
-// out in order.
+// out in order. Offsets compare within an epoch only: where a stream's
+// messages change epoch (it was reset), they keep the order they came
+// in, as the sequencer gave it.
 func inOrder(hold []held) {
 	idx := make(map[topic][]int)
 	for i, m := range hold {
@@ -290,18 +293,38 @@ func inOrder(hold []held) {
 	}
 	var ms []held
 	for _, is := range idx {
-		if len(is) < 2 {
-			continue
-		}
-		ms = ms[:0]
-		for _, i := range is {
-			ms = append(ms, hold[i])
-		}
-		slices.SortStableFunc(ms, func(a, b held) int { return cmp.Compare(a.off, b.off) })
-		for k, i := range is {
-			hold[i] = ms[k]
+		for len(is) > 1 {
+			run, epoch := 1, frameEpoch(hold[is[0]].f)
+			for run < len(is) && bytes.Equal(frameEpoch(hold[is[run]].f), epoch) {
+				run++
+			}
+			ms = ms[:0]
+			for _, i := range is[:run] {
+				ms = append(ms, hold[i])
+			}
+			slices.SortStableFunc(ms, func(a, b held) int { return cmp.Compare(a.off, b.off) })
+			for k, i := range is[:run] {
+				hold[i] = ms[k]
+			}
+			is = is[run:]
 		}
 	}
+}
+
+// frameEpoch returns the epoch of a message frame with a position: its
+// JSON ends with it (appendPosition), and no string in it can hold the
+// unescaped quotes before it.
+func frameEpoch(f []byte) []byte {
+	const key = `,"epoch":"`
+	i := bytes.LastIndex(f, []byte(key))
+	if i < 0 {
+		return nil
+	}
+	e := f[i+len(key):]
+	if j := bytes.IndexByte(e, '"'); j >= 0 {
+		return e[:j]
+	}
+	return nil
 }
 
 // encodeWelcome is the frame that ends a chart.v1 recovery:

@@ -52,6 +52,13 @@ type sequencer struct {
 	// sequence marks where it stood when it first delivered after the
 	// latest began (sequence.mark, elsewhere.go).
 	outages atomic.Uint64
+	// keeping is set from an outage's start until a while after the
+	// broker's return (keepEnd): the sequences keep what they deliver
+	// (sequence.kept), kept bytes in all (lateKeepBytes at most).
+	keeping atomic.Bool
+	kept    atomic.Int64
+	keepMu  sync.Mutex
+	keepEnd *time.Timer
 }
 
 type seqShard struct {
@@ -75,6 +82,9 @@ type sequence struct {
 	first uint64      // the first offset delivered since following the stream
 	left  []string    // the epochs left behind, oldest first (maxLeft)
 	lost  bool        // a recovery could not read the stream (startLost)
+	// lostAt is when the first such recovery found the broker failing:
+	// what the stream got from then on is new to its connections.
+	lostAt time.Time
 	// mark is the first offset delivered in order here, in markEpoch,
 	// since outage markOf began (markOf 0: none since the latest): what
 	// a connection that came during the outage missed starts there
@@ -82,6 +92,17 @@ type sequence struct {
 	mark      uint64
 	markEpoch string
 	markOf    uint64
+	// kept is what went out since mark, in markEpoch, while the node
+	// keeps it for late joins (sequencer.keeping), and before what went
+	// out since the outage began in epochs left behind since (reset),
+	// gone from the stream: a late join replays them from here
+	// (elsewhere.go). Each holds at most lateCap frames; keptBytes is
+	// their size. keptAll: they hold every delivery since mark (the
+	// node's budget was not spent).
+	kept      []held
+	before    []held
+	keptBytes int
+	keptAll   bool
 }
 
 // maxSkips bounds the holes a sequence remembers.
@@ -189,7 +210,13 @@ func (s *sequencer) reset(t topic, q *sequence, epoch string) {
 	s.flush(t, q)
 	q.skips = nil
 	if q.markOf != 0 && q.markOf == s.outages.Load() {
-		q.mark, q.markEpoch = 1, epoch // the old epoch's part cannot be read again
+		// The old epoch's part cannot be read again: what of it went out
+		// here since the outage began is kept.
+		if q.markEpoch == q.epoch {
+			q.before = s.capped(q, append(q.before, q.kept...), s.lateCap())
+			q.kept = nil
+		}
+		q.mark, q.markEpoch = 1, epoch
 	}
 	switch {
 	case q.epoch == "" && q.next == 0:
@@ -263,7 +290,7 @@ func (sh *seqShard) sweep(now time.Time) {
 	sh.swept = now
 	for t, q := range sh.m {
 		q.mu.Lock()
-		if len(q.held) == 0 && now.Sub(q.used) > reorderIdle {
+		if len(q.held) == 0 && q.keptBytes == 0 && now.Sub(q.used) > reorderIdle {
 			q.gone = true
 			delete(sh.m, t)
 		}
@@ -367,6 +394,18 @@ func (s *sequencer) expire(t topic, q *sequence, round uint64) {
 	if q.round != round || q.timer == nil || len(q.held) == 0 {
 		q.mu.Unlock()
 		return // the hole filled; a new wait may have begun
+	}
+	if q.next == 0 && q.lost {
+		// An inbox whose position was lost: where it starts is found
+		// first, or the first messages would hide what came before them.
+		q.timer = nil
+		q.mu.Unlock()
+		s.startAcked(t, q)
+		q.mu.Lock()
+		if q.next != 0 || q.timer != nil || len(q.held) == 0 {
+			q.mu.Unlock()
+			return // started, or waiting anew
+		}
 	}
 	if q.next == 0 {
 		// The first messages of a newly followed stream waited for any
@@ -616,20 +655,29 @@ func (s *sequencer) startLost(t topic) {
 	}
 	q := s.lookup(t)
 	defer q.mu.Unlock()
-	if q.epoch == "" && q.next == 0 {
-		q.lost = true
+	if q.epoch == "" && q.next == 0 && !q.lost {
+		q.lost, q.lostAt = true, time.Now()
 	}
 }
+
+// lostSkew is how far the broker's clock, which times the stream's
+// entries, may be behind this node's: an inbox whose position was lost
+// (startLost) starts no later than its first entry timed from lostSkew
+// before the loss on.
+const lostSkew = time.Second
 
 // startAcked starts the order of inbox t, followed in q, whose position
 // was lost (startLost), where its user's acknowledgements stand: what no
 // connection of the user was written yet goes out, the part this node
 // missed while the broker could not deliver to it read from the stream,
-// as a plain connection's recovery would have. It does nothing once a
+// as a plain connection's recovery would have. What the inbox got after
+// the loss goes out too, even when the user acknowledged it on another
+// node before this one could read the stream again: this node's
+// connections of the user opened before it came. It does nothing once a
 // message of t went out here.
 func (s *sequencer) startAcked(t topic, q *sequence) {
 	q.mu.Lock()
-	lost := q.lost && q.next == 0
+	lost, since := q.lost && q.next == 0, q.lostAt.Add(-lostSkew).UnixNano()
 	q.mu.Unlock()
 	if !lost {
 		return
@@ -638,7 +686,14 @@ func (s *sequencer) startAcked(t topic, q *sequence) {
 	if epoch == "" {
 		return // failing, or empty: the first messages set the order
 	}
-	entries, got, _ := s.read(t, off+1)
+	entries, got, _ := s.read(t, 1)
+	start := off + 1
+	for _, e := range entries {
+		if e.off < start && e.at >= since && e.at != 0 {
+			start = e.off
+			break
+		}
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.gone || q.next != 0 || got != epoch || (q.epoch != "" && q.epoch != epoch) {
@@ -646,12 +701,12 @@ func (s *sequencer) startAcked(t topic, q *sequence) {
 	}
 	q.lost = false
 	q.epoch = epoch
-	q.next, q.first = off+1, off+1
+	q.next, q.first = start, start
 	k := 0
-	for k < len(q.held) && q.held[k].off <= off {
+	for k < len(q.held) && q.held[k].off < start {
 		k++
 	}
-	q.release(k) // written to a connection of the user already
+	q.release(k) // written to a connection of the user before these opened
 	s.fill(t, q, entries, got)
 	s.drain(t, q)
 	s.wait(t, q)
@@ -671,6 +726,7 @@ func (s *sequencer) forget(t topic) {
 		q.mu.Lock()
 		q.gone = true
 		q.release(len(q.held))
+		s.dropKept(q)
 		q.mu.Unlock()
 	}
 }
@@ -682,6 +738,11 @@ func (s *sequencer) stop() {
 	if s == nil {
 		return
 	}
+	s.keepMu.Lock()
+	if s.keepEnd != nil {
+		s.keepEnd.Stop()
+	}
+	s.keepMu.Unlock()
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()

@@ -946,9 +946,11 @@ func (s Suite) ackBatch(t *testing.T) {
 // appends a batch's entries at consecutive offsets per stream in the order
 // given, entries of several streams mixed; a bad stream name fails alone;
 // two nodes appending batches to one stream at once get distinct,
-// consecutive offsets; Read returns exactly what was appended. Skipped for
+// consecutive offsets; Read returns exactly what was appended, each entry
+// timed (StreamEntry.Time) by when it was appended. Skipped for
 // a broker without batches.
 func (s Suite) appendBatch(t *testing.T) {
+	begun := time.Now()
 	newNode := s.NewCluster(t)
 	ba, bb := newNode(), newNode()
 	defer ba.Close()
@@ -1028,6 +1030,23 @@ func (s Suite) appendBatch(t *testing.T) {
 		if e.Offset != uint64(i+1) || string(e.Data) != all[e.Offset] {
 			t.Fatalf("entry %d: offset %d %q, want offset %d %q", i, e.Offset, e.Data, i+1, all[uint64(i+1)])
 		}
+		entryTimed(t, e, begun)
+	}
+	// The newest alone (a broker may read it another way).
+	entries, _, _, _, err = a.Read("c:batch-y", last-1, 0)
+	if err != nil || len(entries) != 1 || entries[0].Offset != last {
+		t.Fatalf("Read after %d: %v, %v; want the entry at %d", last-1, entries, err, last)
+	}
+	entryTimed(t, entries[0], begun)
+}
+
+// entryTimed fails unless e was appended, by its Time, between begun and
+// now (the backend runs on this machine: its clock is this one, to a
+// millisecond).
+func entryTimed(t *testing.T, e chart.StreamEntry, begun time.Time) {
+	t.Helper()
+	if at := e.Time; at.Before(begun.Add(-time.Millisecond)) || at.After(time.Now().Add(time.Millisecond)) {
+		t.Fatalf("entry %d appended at %v, want between %v and now", e.Offset, at, begun)
 	}
 }
 

@@ -319,14 +319,10 @@ func compare(want, got []int) (missing, dup, order, extra []int) {
 // with SIGCONT. Memory: the brokers keep their buckets and stream in
 // memory, so a restart loses presence (Persistent false); every scenario
 // runs. File: Options.FileStorage on a server that fsyncs each write
-// (sync_interval: always), so presence survives the restart (Persistent
-// true); only the restarts differ, so only OutageShort and OutageLong run.
-// OnlineElsewhere runs only with CHART_NATS_FAULTS=1: it fails in about
-// one run in four to eight (a connection opened during the outage on a
-// node where its uid was not starts its inbox after what the uid
-// acknowledged, so a direct message written to its connection on another
-// node before this node caught up is skipped here; its channels are
-// replayed, elsewhere.go).
+// (sync_interval: always), so presence and the streams survive the
+// restart (Persistent true); only what follows a restart differs, so only
+// OutageShort, OutageLong and OnlineElsewhere run (the last found that a
+// stream reset after the return dropped what late joins replay).
 // CHART_NATS_FAULTS_ONLY names the scenarios to run (comma-separated).
 func TestNATSFaults(t *testing.T) {
 	for _, file := range []bool{false, true} {
@@ -341,9 +337,7 @@ func TestNATSFaults(t *testing.T) {
 			case o != "":
 				f.Only = strings.Split(o, ",")
 			case file:
-				f.Only = []string{"OutageShort", "OutageLong"}
-			case os.Getenv("CHART_NATS_FAULTS") == "":
-				f.Only = []string{"OutageShort", "OutageLong", "Freeze", "NodeCrash", "NodeCut", "ConcurrentConnects"}
+				f.Only = []string{"OutageShort", "OutageLong", "OnlineElsewhere"}
 			}
 			f.Run(t)
 		})

@@ -161,6 +161,7 @@ type tail struct {
 	off   uint64
 	epoch string
 	data  []byte
+	at    time.Time // when JetStream stored it
 }
 
 // missing reports an error meaning that the JetStream stream is gone.
@@ -193,7 +194,7 @@ func (b *Broker) last(ctx context.Context, subj string) (t tail, gone bool, err 
 	case err != nil:
 		return t, false, err
 	}
-	t.seq, t.data = m.Sequence, m.Data
+	t.seq, t.data, t.at = m.Sequence, m.Data, m.Time
 	t.off, t.epoch, err = entryOf(m.Header)
 	return t, false, err
 }
@@ -225,7 +226,7 @@ func (b *Broker) Read(stream string, after uint64, limit int) ([]chart.StreamEnt
 		from = t.off - uint64(limit) + 1
 	}
 	if from == t.off && from == after+1 {
-		return []chart.StreamEntry{{Offset: t.off, Data: t.data}}, t.epoch, true, t.off, nil
+		return []chart.StreamEntry{{Offset: t.off, Data: t.data, Time: t.at}}, t.epoch, true, t.off, nil
 	}
 	entries, first, err := b.scan(ctx, subj, t, from)
 	if err != nil {
@@ -281,7 +282,7 @@ func (b *Broker) scan(ctx context.Context, subj string, t tail, from uint64) (en
 				first = off
 			}
 			if off >= from {
-				entries = append(entries, chart.StreamEntry{Offset: off, Data: m.Data()})
+				entries = append(entries, chart.StreamEntry{Offset: off, Data: m.Data(), Time: md.Timestamp})
 			}
 			if md.Sequence.Stream == t.seq {
 				return entries, first, nil

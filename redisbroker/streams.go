@@ -349,12 +349,13 @@ func (b *Broker) Read(stream string, after uint64, limit int) ([]chart.StreamEnt
 			return nil, "", false, 0, badReply("read", v)
 		}
 		offS, rest, ok1 := strings.Cut(s, ":")
-		_, data, ok2 := strings.Cut(rest, ":")
-		off, err := strconv.ParseUint(offS, 10, 64)
-		if !ok1 || !ok2 || err != nil {
+		msS, data, ok2 := strings.Cut(rest, ":")
+		off, err1 := strconv.ParseUint(offS, 10, 64)
+		ms, err2 := strconv.ParseInt(msS, 10, 64)
+		if !ok1 || !ok2 || err1 != nil || err2 != nil {
 			return nil, "", false, 0, badReply("read", v)
 		}
-		entries = append(entries, chart.StreamEntry{Offset: off, Data: []byte(data)})
+		entries = append(entries, chart.StreamEntry{Offset: off, Data: []byte(data), Time: time.UnixMilli(ms)})
 	}
 	return entries, epoch, complete == 1, last, nil
 }
