@@ -110,17 +110,24 @@ func TestReapFenced(t *testing.T) {
 	}
 
 	// The reap, cut short: the As beat every 2 ms while the proxy
-	// blackholes for 60 ms or resets, every 10 to 50 ms; C beats every
-	// 300 ms, and reaps too after a second.
+	// blackholes for 60 ms or resets, every 10 to 50 ms, for 3 s (then
+	// the reap goes on undisturbed: on a loaded machine the As, cut
+	// every few tries, may not finish it within charttest.Wait); C beats
+	// every 300 ms, and reaps too after a second.
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
+		calm := time.After(3 * time.Second)
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				proxy.Restore()
+				return
+			case <-calm:
+				proxy.Restore()
+				<-stop
 				return
 			case <-time.After(time.Duration(10+rand.IntN(40)) * time.Millisecond):
 			}
