@@ -53,7 +53,7 @@ func (s *sequencer) out(t topic, q *sequence, f []byte, off uint64) {
 // spent: then q keeps nothing more until the next outage (keptAll false:
 // late joins read its stream). q.mu is held.
 func (s *sequencer) keep(q *sequence, m held) {
-	if s.kept.Add(int64(len(m.f))) > lateKeepBytes {
+	if s.kept.Add(int64(len(m.f))) > s.keepBudget {
 		s.kept.Add(-int64(len(m.f)))
 		s.dropKept(q)
 		q.keptAll = false
@@ -107,10 +107,13 @@ func (s *sequencer) keptSince(q *sequence, outages uint64) (frames []held, ok bo
 // outage notes that a broker outage begins: the sequences keep what they
 // deliver from now on until a while after the broker's return.
 func (s *sequencer) outage() {
-	if s != nil {
-		s.keeping.Store(true)
-		s.outages.Add(1)
+	if s == nil {
+		return
 	}
+	s.keepMu.Lock()
+	s.outages.Add(1)
+	s.keeping.Store(true)
+	s.keepMu.Unlock()
 }
 
 // lateKeep is how long, in heartbeat intervals, a node keeps what it
@@ -131,22 +134,27 @@ func (s *sequencer) returned(d time.Duration) {
 	if s.keepEnd != nil {
 		s.keepEnd.Stop()
 	}
-	s.keepEnd = time.AfterFunc(d, func() {
-		if s.outages.Load() == o {
-			s.endKeeping()
-		}
-	})
+	s.keepEnd = time.AfterFunc(d, func() { s.endKeeping(o) })
 }
 
-// endKeeping stops keeping deliveries and drops what was kept.
-func (s *sequencer) endKeeping() {
+// endKeeping stops keeping deliveries, unless an outage began after
+// outage o, and drops what was kept since o.
+func (s *sequencer) endKeeping(o uint64) {
+	s.keepMu.Lock()
+	if s.outages.Load() != o {
+		s.keepMu.Unlock()
+		return
+	}
 	s.keeping.Store(false)
+	s.keepMu.Unlock()
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		for _, q := range sh.m {
 			q.mu.Lock()
-			s.dropKept(q)
+			if q.markOf <= o { // not kept for an outage begun since
+				s.dropKept(q)
+			}
 			q.mu.Unlock()
 		}
 		sh.mu.Unlock()

@@ -101,16 +101,21 @@ func roomPair(t *testing.T, log *callLog, a, b *server) (*client, func(prefix st
 // it in uid 1's event queue (resync runs in that queue).
 // (Before the fix, uid 1's connection on B missed every d* and w*.)
 // Kept: the replay comes from what B kept of its deliveries; Read: from
-// the stream, as once B stopped keeping them (lateKeep after the return,
-// or past lateKeepBytes).
+// the stream, as once B stopped keeping them (lateKeep after the return);
+// Budget: from the stream too, B's budget for keeping (lateKeepBytes)
+// spent on the first message, and never exceeded.
 func TestOnlineElsewhereLateJoin(t *testing.T) {
-	t.Run("Kept", func(t *testing.T) { onlineElsewhereLateJoin(t, true) })
-	t.Run("Read", func(t *testing.T) { onlineElsewhereLateJoin(t, false) })
+	t.Run("Kept", func(t *testing.T) { onlineElsewhereLateJoin(t, true, 0) })
+	t.Run("Read", func(t *testing.T) { onlineElsewhereLateJoin(t, false, 0) })
+	t.Run("Budget", func(t *testing.T) { onlineElsewhereLateJoin(t, true, 200) })
 }
 
-func onlineElsewhereLateJoin(t *testing.T, keeping bool) {
+func onlineElsewhereLateJoin(t *testing.T, keeping bool, budget int64) {
 	bus, log, nodes, brokers := logNodes(t, 3*time.Second, 2)
 	a, b, bb := nodes[0], nodes[1], brokers[1]
+	if budget > 0 {
+		b.hub.seq.keepBudget = budget // before any outage: nothing reads it yet
+	}
 	c2, publish := roomPair(t, log, a, b)
 
 	bus.Cut(bb, true)
@@ -128,7 +133,7 @@ func onlineElsewhereLateJoin(t *testing.T, keeping bool) {
 	want = append(want, publish("w", 5)...) // before uid 1 is in room on B
 	readUntil(t, c2, "w5")                  // B delivered them (to uid 2)
 	if !keeping {
-		b.hub.seq.endKeeping()
+		b.hub.seq.endKeeping(b.hub.seq.outages.Load())
 	}
 	free()
 	eventually(t, "uid 1 in room on B", func() bool {
@@ -138,6 +143,17 @@ func onlineElsewhereLateJoin(t *testing.T, keeping bool) {
 	want = append(want, publish("a", 3)...)
 
 	gotAll(t, c1, want)
+	if budget > 0 {
+		if n := b.hub.seq.kept.Load(); n > budget {
+			t.Fatalf("B keeps %d bytes, past its budget of %d", n, budget)
+		}
+		q := b.hub.seq.followed(topic{ch: "room"})
+		all := q.keptAll
+		q.mu.Unlock()
+		if all {
+			t.Fatal("B kept every delivery of room within a budget of 200 bytes")
+		}
+	}
 }
 
 // gotAll reads c's messages up to the last of want and fails unless they
@@ -398,7 +414,7 @@ func TestLateJoinAcrossReset(t *testing.T) {
 	if n := b.hub.seq.kept.Load(); n <= 0 {
 		t.Fatalf("B keeps %d bytes of its deliveries, want some until it stops keeping", n)
 	}
-	b.hub.seq.endKeeping()
+	b.hub.seq.endKeeping(b.hub.seq.outages.Load())
 	if n := b.hub.seq.kept.Load(); n != 0 {
 		t.Fatalf("B keeps %d bytes after it stopped keeping, want 0", n)
 	}

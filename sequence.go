@@ -55,10 +55,11 @@ type sequencer struct {
 	// keeping is set from an outage's start until a while after the
 	// broker's return (keepEnd): the sequences keep what they deliver
 	// (sequence.kept), kept bytes in all (lateKeepBytes at most).
-	keeping atomic.Bool
-	kept    atomic.Int64
-	keepMu  sync.Mutex
-	keepEnd *time.Timer
+	keeping    atomic.Bool
+	kept       atomic.Int64
+	keepBudget int64 // lateKeepBytes
+	keepMu     sync.Mutex
+	keepEnd    *time.Timer
 }
 
 type seqShard struct {
@@ -137,7 +138,7 @@ func (q *sequence) wasSkipped(off uint64) bool {
 }
 
 func newSequencer(h *Hub) *sequencer {
-	s := &sequencer{hub: h}
+	s := &sequencer{hub: h, keepBudget: lateKeepBytes}
 	for i := range s.shards {
 		s.shards[i].m = make(map[topic]*sequence)
 	}
@@ -686,7 +687,9 @@ func (s *sequencer) startAcked(t topic, q *sequence) {
 	if epoch == "" {
 		return // failing, or empty: the first messages set the order
 	}
-	entries, got, _ := s.read(t, 1)
+	// Read from a little before the acknowledged position: what was
+	// acknowledged elsewhere after the loss, up to half a send queue.
+	entries, got, _ := s.read(t, off+1-min(off, uint64(s.lateCap())))
 	start := off + 1
 	for _, e := range entries {
 		if e.off < start && e.at >= since && e.at != 0 {
