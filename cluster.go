@@ -334,10 +334,13 @@ func (cl *cluster) heartbeat(first bool) {
 	h := cl.hub
 	// After an outage this node saw, it reaps nobody for a TTL (three
 	// heartbeat intervals): the other nodes, back too, get a full TTL to
-	// heartbeat again before their records are judged.
+	// heartbeat again before their records are judged. Nor does a node
+	// without a handler to run the reaped uids' LogoutServer with (no
+	// Config.Handler, no NewServer call yet): a node that has one reaps.
 	now := time.Now()
 	cl.beatMu.Lock()
-	reap := !cl.beatFailed && (cl.backAt.IsZero() || now.Sub(cl.backAt) >= 3*h.presence.HeartbeatInterval())
+	reap := !cl.beatFailed && (cl.backAt.IsZero() || now.Sub(cl.backAt) >= 3*h.presence.HeartbeatInterval()) &&
+		h.fallbackHandler() != nil
 	cl.beatMu.Unlock()
 	gone, lost, reaped, err := h.presence.Heartbeat(reap)
 	if err != nil {

@@ -429,3 +429,37 @@ func TestReapCutShort(t *testing.T) {
 		t.Fatal("uid 7 still online after the reap")
 	}
 }
+
+// TestReapNeedsAHandler (review): a node that has no handler to run
+// LogoutServer with (no Config.Handler, no NewServer call yet) leaves a
+// dead node's uids to a node that has one, and reaps them itself once it
+// has one. (It reaped them with no handler: their LogoutServer was lost,
+// and a reconnect logged them in a second time.)
+func TestReapNeedsAHandler(t *testing.T) {
+	bus := chart.NewMemoryBus()
+	bus.TTL = 300 * time.Millisecond
+	rec := charttest.NewRecorder()
+	// No Config.Handler: each node's handler is the one NewServer gets.
+	a := charttest.Start(t, chart.Config{Broker: bus.Broker()}, rec)
+	b := charttest.Start(t, chart.Config{Broker: bus.Broker()}, rec)
+	a.Login(t, rec, 1)
+	a.Kill()
+	deadline := time.Now().Add(3 * bus.TTL)
+	for time.Now().Before(deadline) {
+		select {
+		case uid := <-rec.Logouts:
+			t.Fatalf("LogoutServer(%d) with no handler on the reaping node", uid)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if !b.Hub.IsOnline(1) {
+			t.Fatal("B, with no handler, reaped uid 1")
+		}
+	}
+	b.Login(t, rec, 2) // B has a handler now
+	if uid := charttest.Recv(t, rec.Logouts, "uid 1's logout"); uid != 1 {
+		t.Fatalf("LogoutServer(%d), want uid 1's", uid)
+	}
+	if b.Hub.IsOnline(1) {
+		t.Fatal("uid 1 online after its logout")
+	}
+}

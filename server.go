@@ -68,7 +68,12 @@ func (h *Hub) NewServer(w http.ResponseWriter, r *http.Request, uid uint64, hand
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	handler := h.cfg.Handler
 	if handler == nil {
+		// No callbacks: this node may reap dead nodes' uids (it has no
+		// LogoutServer to lose).
 		handler = nopHandler{}
+		if h.lastHandler.Load() == nil {
+			h.lastHandler.Store(&handlerRef{handler})
+		}
 	}
 	if h.cfg.Authenticate == nil {
 		http.Error(w, "chart: Config.Authenticate is not set", http.StatusInternalServerError)

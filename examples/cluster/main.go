@@ -106,12 +106,17 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	cfg := chart.Config{AllowedOrigins: origins(*allow)}
+	// Config.Handler: a node runs the LogoutServer of the users of a dead
+	// node it reaps with it, even before its own first connection (a node
+	// without one leaves the reaping to the others).
+	h := &handler{}
+	cfg := chart.Config{AllowedOrigins: origins(*allow), Handler: h}
 	if b != nil {
 		cfg.Broker = b
 		slog.Info("node", "id", b.NodeID())
 	}
 	chart.DefaultHub = chart.New(cfg)
+	h.hub = chart.DefaultHub
 
 	// A header timeout, so that slow clients cannot hold half-sent requests
 	// open; upgraded connections follow chart's own deadlines.
