@@ -633,34 +633,97 @@ func (b *Broker) nodeKey(ctx context.Context, uid uint64) error {
 	return err
 }
 
-// drop removes node from uid's record; last when uid went offline.
-func (b *Broker) drop(ctx context.Context, node string, uid uint64) (last bool, err error) {
-	before, after, err := b.update(ctx, uid, func(r *record) (*record, error) {
-		if r == nil || !slices.Contains(r.Nodes, node) {
-			return r, errNoChange
-		}
-		r.Nodes = removeAll(r.Nodes, node)
-		if len(r.Nodes) == 0 {
-			return nil, nil
-		}
-		return r, nil
-	})
-	if errors.Is(err, errNoChange) {
-		return false, nil
+// drop removes this node from uid's record; last when uid went offline.
+//
+// A Disconnect whose answer was lost (a timeout, a dropped connection)
+// may still have taken uid offline; the hub calls it again once NATS
+// answers, and that call must report last all the same, or the uid's
+// LogoutServer never runs (and its member keys stay). So the write that
+// takes uid offline leaves a leave trace in the key (the delete marker's
+// body, carried over by a later Connect anywhere, as reap traces are);
+// whoever of this node's calls reads its own trace back reports last,
+// removes the member keys the trace names, then removes the trace.
+func (b *Broker) drop(ctx context.Context, uid uint64) (last bool, err error) {
+	self := b.opt.NodeID
+	if !b.connected() {
+		return false, errDisconnected
 	}
-	if err != nil || before == nil || after != nil {
-		return false, err
+	for {
+		st, err := b.readUid(ctx, uid, true) // not older than what this node wrote
+		if err != nil {
+			return false, err
+		}
+		if st.rec == nil || !slices.Contains(st.rec.Nodes, self) {
+			// Not here: gone already, by an earlier call of this node
+			// if its trace says so.
+			i := slices.IndexFunc(st.pending, b.ownLeave)
+			if i < 0 {
+				return false, nil
+			}
+			return true, b.left(ctx, uid, st.pending[i])
+		}
+		after := st.rec.clone()
+		after.Nodes = removeAll(after.Nodes, self)
+		pending := st.pending
+		var tr trace
+		if len(after.Nodes) == 0 {
+			tr = trace{Node: self, Gen: leaveGen + newEpoch(), Channels: st.rec.Channels}
+			after, pending = nil, append(slices.DeleteFunc(slices.Clone(pending), b.ownLeave), tr)
+		}
+		err = b.writeUid(ctx, uid, after, pending, st.rev)
+		if conflict(err) {
+			continue
+		}
+		if err != nil || after != nil {
+			return false, err
+		}
+		if dropHook != nil {
+			dropHook()
+		}
+		return true, b.left(ctx, uid, tr)
 	}
-	return true, b.members(ctx, uid, before.Channels, false)
 }
 
-var errNoChange = errors.New("no change")
+// leaveGen begins the generation of a leave trace (see drop).
+const leaveGen = "leave-"
+
+// ownLeave reports whether t is a leave trace of this node's.
+func (b *Broker) ownLeave(t trace) bool {
+	return t.Node == b.opt.NodeID && strings.HasPrefix(t.Gen, leaveGen)
+}
+
+// dropHook, when set (tests), runs after a Disconnect's write took its uid
+// offline, before the member keys and the trace are removed.
+var dropHook func()
+
+// left finishes the Disconnect that took uid offline with trace tr: the
+// member keys of the channels uid had go, then the trace.
+func (b *Broker) left(ctx context.Context, uid uint64, tr trace) error {
+	if err := b.members(ctx, uid, tr.Channels, false); err != nil {
+		return err
+	}
+	for {
+		st, err := b.readUid(ctx, uid, true) // not older than what this node wrote
+		if err != nil {
+			return err
+		}
+		i := slices.IndexFunc(st.pending, tr.same)
+		if i < 0 {
+			return nil
+		}
+		pending := slices.Delete(slices.Clone(st.pending), i, i+1)
+		err = b.writeUid(ctx, uid, st.rec.clone(), pending, st.rev)
+		if !conflict(err) {
+			return err
+		}
+	}
+}
 
 // Disconnect marks uid offline on this node; last when it is now offline.
 func (b *Broker) Disconnect(uid uint64) (bool, error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
-	last, err := b.drop(ctx, b.opt.NodeID, uid)
+	last, err := b.drop(ctx, uid)
 	if err != nil {
 		return last, err
 	}

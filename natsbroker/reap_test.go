@@ -283,3 +283,46 @@ func TestKeysPaged(t *testing.T) {
 		t.Fatalf("Members lists %d uids, want %d", len(seen), want)
 	}
 }
+
+// TestDisconnectRetried (review): a Disconnect whose write took its uid
+// offline and whose answer was lost (the connection cut right after the
+// write: the hub defers the logout) reports last when the hub calls it
+// again, and removes the uid's member keys; a third call reports not
+// last. (The retry found the uid gone and reported not last: its
+// LogoutServer never ran, and its member keys stayed for good.)
+func TestDisconnectRetried(t *testing.T) {
+	srv := startNATS(t)
+	proxy := charttest.NewProxy(t, strings.TrimPrefix(srv.url(), "nats://"))
+	br, err := Connect("nats://"+proxy.Addr(), Options{Prefix: "retry", Bucket: "retry", Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { br.Close() })
+	if _, err := br.Connect(7); err != nil {
+		t.Fatal(err)
+	}
+	if err := br.Join(7, []string{"room"}); err != nil {
+		t.Fatal(err)
+	}
+	dropHook = proxy.Blackhole
+	last, err := br.Disconnect(7)
+	dropHook = nil
+	if err == nil {
+		t.Fatalf("Disconnect cut after its write: last %v, no error", last)
+	}
+	proxy.Restore()
+	// The handlers run in order: the reconnect's after the disconnect's.
+	charttest.Eventually(t, "reconnected", func() bool { return br.nc.Stats().Reconnects > 0 && br.connected() })
+	if last, err := br.Disconnect(7); err != nil || !last {
+		t.Fatalf("the retry: last %v, %v; want last", last, err)
+	}
+	if m, err := br.Members("room"); err != nil || len(m) != 0 {
+		t.Fatalf("room's members after the retry: %v, %v; want none", m, err)
+	}
+	if on, err := br.IsOnline(7); err != nil || on {
+		t.Fatalf("uid 7 online %v, %v after the retry", on, err)
+	}
+	if last, err := br.Disconnect(7); err != nil || last {
+		t.Fatalf("a third call: last %v, %v; want not last", last, err)
+	}
+}
