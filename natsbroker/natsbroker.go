@@ -657,10 +657,18 @@ func (b *Broker) drop(ctx context.Context, uid uint64) (last bool, err error) {
 			// Not here: gone already, by an earlier call of this node
 			// if its trace says so.
 			i := slices.IndexFunc(st.pending, b.ownLeave)
-			if i < 0 {
-				return false, nil
+			if i >= 0 {
+				return true, b.left(ctx, uid, st.pending[i])
 			}
-			return true, b.left(ctx, uid, st.pending[i])
+			// Nothing to take offline. A Connect of this node's whose
+			// write is still on its way (its call gave up) must not land
+			// after this and name this node for good: the key's revision
+			// moves on, so that its compare-and-swap fails.
+			err = b.fence(ctx, uid, st)
+			if conflict(err) {
+				continue // it moved: read it again
+			}
+			return false, err
 		}
 		after := st.rec.clone()
 		after.Nodes = removeAll(after.Nodes, self)
@@ -682,6 +690,17 @@ func (b *Broker) drop(ctx context.Context, uid uint64) (last bool, err error) {
 		}
 		return true, b.left(ctx, uid, tr)
 	}
+}
+
+// fence writes uid's key as it is (st), so that its revision moves on: an
+// offline uid's with a delete marker that is kept (one that expired would
+// let a write expecting no key through again).
+func (b *Broker) fence(ctx context.Context, uid uint64, st uidState) error {
+	if st.rec != nil || len(st.pending) > 0 {
+		return b.writeUid(ctx, uid, st.rec.clone(), st.pending, st.rev)
+	}
+	kv, _ := b.buckets()
+	return kv.Delete(ctx, "u."+uidStr(uid), jetstream.LastRevision(st.rev))
 }
 
 // leaveGen begins the generation of a leave trace (see drop).

@@ -326,3 +326,46 @@ func TestDisconnectRetried(t *testing.T) {
 		t.Fatalf("a third call: last %v, %v; want not last", last, err)
 	}
 }
+
+// TestDisconnectFencesLateConnect (review: uids listed online for good
+// with no node holding them): a Connect whose call gave up may still have
+// its record write on its way (in the client's buffer, in a slow server);
+// a Disconnect that finds nothing to take offline moves the key's revision
+// on, so that the late write's compare-and-swap fails and no record names
+// a node that no longer holds the uid. Both a key never written and one
+// written before. (The late write landed.)
+func TestDisconnectFencesLateConnect(t *testing.T) {
+	srv := startNATS(t)
+	br, err := Connect(srv.url(), Options{Prefix: "fence2", Bucket: "fence2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { br.Close() })
+	ctx, cancel := br.ctx()
+	defer cancel()
+	for _, uid := range []uint64{7, 8} {
+		if uid == 8 { // written before: online, then offline
+			if _, err := br.Connect(uid); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := br.Disconnect(uid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The late Connect read the key, then its write waited.
+		st, err := br.readUid(ctx, uid, true)
+		if err != nil || st.rec != nil {
+			t.Fatalf("uid %d: %+v, %v; want offline", uid, st, err)
+		}
+		if last, err := br.Disconnect(uid); err != nil || last {
+			t.Fatalf("uid %d: Disconnect: last %v, %v", uid, last, err)
+		}
+		err = br.writeUid(ctx, uid, &record{Nodes: []string{br.opt.NodeID}}, nil, st.rev)
+		if !conflict(err) {
+			t.Fatalf("uid %d: the late write: %v; want a wrong-revision conflict", uid, err)
+		}
+		if on, err := br.IsOnline(uid); err != nil || on {
+			t.Fatalf("uid %d online %v, %v", uid, on, err)
+		}
+	}
+}
