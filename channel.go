@@ -327,8 +327,12 @@ func (h *Hub) presenceMembership(uid uint64, join bool, ids []string) error {
 
 // followChannels makes this node's subscriptions of the channels follow
 // local interest.
-func (h *Hub) followChannels(ids []string) {
+func (h *Hub) followChannels(ids []string) { h.followChannelsSince(ids, 0) }
+
+// followChannelsSince is followChannels for a member that came at since
+// (Unix nanoseconds, see peers.follow).
+func (h *Hub) followChannelsSince(ids []string, since int64) {
 	for _, id := range ids {
-		h.peers.follow(topic{ch: id})
+		h.peers.follow(topic{ch: id}, since)
 	}
 }

@@ -3,7 +3,6 @@ package chart
 import (
 	"encoding/binary"
 	"errors"
-	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,8 +24,12 @@ type peers interface {
 	publish(t topic, prefix []byte, transient bool, offset uint64, epoch string)
 	// follow makes this node's subscription of t match local interest:
 	// subscribed while t's channel has a member here, or t's uid a
-	// connection.
-	follow(t topic)
+	// connection. since, when not 0 (Unix nanoseconds), is when the
+	// local member that makes a channel followed came: a channel this
+	// node begins to follow starts at its first entry appended since, not
+	// at its tail (what the member's connections missed while this node
+	// could not know its channels yet).
+	follow(t topic, since int64)
 	// control tells the nodes holding uid's connections that it joined or
 	// left channels. ids is not kept.
 	control(uid uint64, join bool, ids []string) error
@@ -82,7 +85,7 @@ func (t topic) name() string {
 type noPeers struct{}
 
 func (noPeers) publish(topic, []byte, bool, uint64, string) {}
-func (noPeers) follow(topic)                                {}
+func (noPeers) follow(topic, int64)                         {}
 func (noPeers) control(uint64, bool, []string) error        { return nil }
 func (noPeers) kick(uint64, string) error                   { return nil }
 func (noPeers) notify(topic, byte, []byte)                  {}
@@ -131,7 +134,7 @@ func (h *Hub) connectBackends() {
 	if err := b.Attach(cl); err != nil {
 		h.brokerFailed(err)
 	}
-	cl.follow(topic{all: true})
+	cl.follow(topic{all: true}, 0)
 	// The first heartbeat registers the node before any user connects.
 	cl.heartbeat(true)
 	if every := h.presence.HeartbeatInterval(); every > 0 {
@@ -186,7 +189,10 @@ type cluster struct {
 // subState serialises the (un)subscribe calls of one topic without holding
 // a lock during them: whoever finds the topic busy marks it for another
 // pass of the goroutine at work, which re-reads the wanted state.
-type subState struct{ have, busy, again bool }
+type subState struct {
+	have, busy, again bool
+	since             int64 // follow's, for the next subscription
+}
 
 func (cl *cluster) stop() {
 	cl.stopOnce.Do(func() {
@@ -958,20 +964,41 @@ func (b *brokerStreams) heal() {
 	}
 }
 
-// tail returns stream t's epoch ("": no such stream) and newest offset,
-// or ok false when the broker fails.
-func (b *brokerStreams) tail(t topic) (epoch string, last uint64, ok bool) {
+// tail returns stream t's epoch ("": no such stream) and where its past
+// ends for a new member: its newest offset, or, with since (Unix
+// nanoseconds), just before its first entry appended since then, if any
+// (at most half a send queue back). ok false: the broker fails.
+func (b *brokerStreams) tail(t topic, since int64) (epoch string, past uint64, ok bool) {
 	var err error
+	var newest time.Time
 	if gs, ok := b.s.(guardedStreams); ok {
-		epoch, last, err = gs.Tail(t.name())
+		epoch, past, newest, err = gs.Tail(t.name())
 	} else {
-		_, epoch, _, last, err = b.s.Read(t.name(), math.MaxUint64, 1)
+		var es []StreamEntry
+		es, epoch, _, past, err = b.s.Read(t.name(), 0, 1)
+		if len(es) > 0 {
+			newest = es[0].Time
+		}
 	}
 	if err != nil {
 		b.hub.brokerFailed(err)
 		return "", 0, false
 	}
-	return epoch, last, true
+	if since == 0 || newest.IsZero() || newest.UnixNano() < since {
+		return epoch, past, true
+	}
+	// Appended since: read back how far.
+	n := uint64(max(b.hub.cfg.SendQueueLen/2, 1))
+	entries, got, _, _ := b.read(t, past-min(past, n), 0)
+	if got != epoch {
+		return epoch, past, true // reset meanwhile, or failing: its tail
+	}
+	for _, e := range entries {
+		if e.at >= since && e.off <= past {
+			return epoch, e.off - 1, true
+		}
+	}
+	return epoch, past, true
 }
 
 func (b *brokerStreams) read(t topic, after uint64, limit int) ([]entry, string, bool, uint64) {
@@ -1053,12 +1080,12 @@ func (cl *cluster) apply(uid uint64, join bool, ids []string) {
 		// Connected here during an outage, uid is a member of these
 		// channels since before: its connections here get what they
 		// missed of them (elsewhere.go).
-		handler := u.handler
+		handler, born := u.handler, u.born
 		s.mu.Unlock()
 		if err := h.joinLate(uid, ids, pres); err != nil {
 			h.report(handler, err)
 		}
-		h.followChannels(ids)
+		h.followChannelsSince(ids, wallMillis(born))
 		return
 	}
 	err := h.applyLocked(u, join, ids, pres)
@@ -1070,12 +1097,15 @@ func (cl *cluster) apply(uid uint64, join bool, ids []string) {
 }
 
 // follow makes this node's subscription of a topic follow local interest.
-func (cl *cluster) follow(t topic) {
+func (cl *cluster) follow(t topic, since int64) {
 	cl.subMu.Lock()
 	st := cl.subs[t]
 	if st == nil {
 		st = &subState{}
 		cl.subs[t] = st
+	}
+	if since != 0 && (st.since == 0 || since < st.since) {
+		st.since = since
 	}
 	if st.busy {
 		st.again = true
@@ -1086,7 +1116,10 @@ func (cl *cluster) follow(t topic) {
 	have := st.have
 	cl.subMu.Unlock()
 	for {
-		have = cl.subscribe(t, have)
+		cl.subMu.Lock()
+		since, st.since = st.since, 0
+		cl.subMu.Unlock()
+		have = cl.subscribe(t, have, since)
 		cl.subMu.Lock()
 		st.have = have
 		if st.again {
@@ -1104,8 +1137,8 @@ func (cl *cluster) follow(t topic) {
 }
 
 // subscribe (un)subscribes t to match local interest and returns whether
-// it is now subscribed.
-func (cl *cluster) subscribe(t topic, have bool) bool {
+// it is now subscribed; since as follow's.
+func (cl *cluster) subscribe(t topic, have bool, since int64) bool {
 	h := cl.hub
 	want := t.all
 	switch {
@@ -1127,10 +1160,10 @@ func (cl *cluster) subscribe(t topic, have bool) bool {
 	// way to this node) is its past. A connection's recovery reads its
 	// streams itself, so an inbox needs no such read.
 	var epoch string
-	var last uint64
+	var past uint64
 	tailed := false
 	if want && t.ch != "" && cl.streams != nil {
-		epoch, last, tailed = cl.streams.tail(t)
+		epoch, past, tailed = cl.streams.tail(t, since)
 	}
 	var err error
 	if want {
@@ -1139,7 +1172,7 @@ func (cl *cluster) subscribe(t topic, have bool) bool {
 		err = cl.b.Unsubscribe(t.name())
 	}
 	if tailed {
-		h.seq.startTail(t, epoch, last)
+		h.seq.startTail(t, epoch, past)
 	}
 	if err != nil {
 		h.brokerFailed(err) // the broker keeps the interest and retries

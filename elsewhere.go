@@ -36,6 +36,11 @@ const lateKeepBytes = 32 << 20
 // out delivers f, at offset off of t, in its turn, and marks the
 // sequence's first delivery since the latest outage began. q.mu is held.
 func (s *sequencer) out(t topic, q *sequence, f []byte, off uint64) {
+	if at := frameStamp(f); at != 0 {
+		q.lastOut = at
+	} else {
+		q.lastOut = monotime() // read from the stream: no stamp
+	}
 	if o := s.outages.Load(); o != 0 {
 		if q.markOf != o {
 			q.mark, q.markEpoch, q.markOf = off, q.epoch, o
@@ -306,4 +311,66 @@ func (h *Hub) joinReplaying(uid uint64, id string, pres bool, t topic, frames []
 	}
 	h.stats.out.Add(n)
 	return err
+}
+
+// catchUpFollowed gives uid's connections here, which came at born
+// (monotime) before this node loaded the channels ids that uid holds
+// elsewhere, what the node delivered of them in between, to its other
+// members: read from the channels' streams (the entries timed since born,
+// below where the node stands) into the connections' holds. They have not
+// started (their start runs after the load, in the uid's queue), so their
+// recovery puts those in order with what came live, once.
+func (h *Hub) catchUpFollowed(uid uint64, born int64, ids []string) {
+	since := wallMillis(born)
+	for _, id := range ids {
+		t := topic{ch: id}
+		q := h.seq.followed(t)
+		if q == nil {
+			continue
+		}
+		upTo, epoch, recent := q.next, q.epoch, q.lastOut >= born
+		q.mu.Unlock()
+		if !recent || upTo <= 1 || epoch == "" {
+			continue // nothing went out here since it came
+		}
+		// The last few first: the gap is a few milliseconds; all of
+		// half a send queue only when they all came in it.
+		entries, got, _, _ := h.streams.read(t, upTo-1-min(upTo-1, 16), 0)
+		if n := uint64(h.seq.lateCap()); n > 16 && len(entries) > 0 && entries[0].at >= since && entries[0].off > 1 {
+			entries, got, _, _ = h.streams.read(t, upTo-1-min(upTo-1, n), 0)
+		}
+		if got != epoch {
+			continue
+		}
+		var frames []held
+		for _, e := range entries {
+			if e.off < upTo && e.at >= since && e.at != 0 {
+				frames = append(frames, held{framePrefix(e.data, e.off, epoch), t, e.off})
+			}
+		}
+		u := h.lookupUser(uid)
+		if u == nil {
+			return
+		}
+		if len(frames) > 0 {
+			for _, c := range u.connList() {
+				c.holdMissed(frames)
+			}
+		}
+	}
+}
+
+// holdMissed adds to c's hold the frames of one stream it does not hold
+// yet; nothing once c has started (recovered).
+func (c *Conn) holdMissed(frames []held) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hold == nil || c.state.Load() != connOpen {
+		return
+	}
+	for _, m := range frames {
+		if !slices.ContainsFunc(c.hold, func(h held) bool { return h.t == m.t && h.off == m.off }) {
+			c.hold = append(c.hold, m)
+		}
+	}
 }

@@ -419,3 +419,109 @@ func TestLateJoinAcrossReset(t *testing.T) {
 		t.Fatalf("B keeps %d bytes after it stopped keeping, want 0", n)
 	}
 }
+
+// publisher returns a publisher of numbered messages to channel on s
+// (prefix1, prefix2, ...; it returns their contents).
+func publisher(t *testing.T, s *server, channel string) func(prefix string, n int) []string {
+	return func(prefix string, n int) (names []string) {
+		t.Helper()
+		for k := 1; k <= n; k++ {
+			name := fmt.Sprintf("%s%d", prefix, k)
+			if err := s.hub.Publish(channel, Message{Type: TypeText, Content: name}); err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, name)
+		}
+		return names
+	}
+}
+
+// TestFirstMomentsNewChannel (issue 13): uid 1, online on node A and in
+// "room", connects to node B, where nobody is in room. Messages published
+// after its connection there came and before B loaded its channels (held
+// back here by a step ahead of the load in uid 1's queue) reach that
+// connection, in order, then the live ones. (B began to follow room at
+// its tail: the connection missed m1-m3.)
+func TestFirstMomentsNewChannel(t *testing.T) {
+	_, log, nodes, _ := logNodes(t, 3*time.Second, 2)
+	a, b := nodes[0], nodes[1]
+	a.dial(t, 1)
+	log.want(t, 0, map[uint64]string{1: "in"})
+	if err := a.hub.JoinChannelIds(1, "room"); err != nil {
+		t.Fatal(err)
+	}
+	publish := publisher(t, a, "room")
+	free := holdQueue(t, b.hub, 1) // B's load of uid 1's channels waits behind it
+	c1 := b.dial(t, 1)
+	want := publish("m", 3)
+	free()
+	eventually(t, "uid 1 in room on B", func() bool {
+		chans, _, _ := b.hub.localState(1)
+		return slices.Equal(chans, []string{"room"})
+	})
+	want = append(want, publish("a", 2)...)
+	gotAll(t, c1, want)
+}
+
+// TestLateJoinNewChannel (issue 13, review): as TestOnlineElsewhereLateJoin,
+// but B has no other member of "room", so it delivered nothing of it: uid
+// 1's connection there, which came during B's cut, gets what room's stream
+// got since it came (d*, during the cut; w*, after it and before the join),
+// then the live messages. (B began to follow room at its tail: the
+// connection missed d1-d3 and w1-w3.)
+func TestLateJoinNewChannel(t *testing.T) {
+	bus, log, nodes, brokers := logNodes(t, 3*time.Second, 2)
+	a, b, bb := nodes[0], nodes[1], brokers[1]
+	ca := a.dial(t, 1)
+	log.want(t, 0, map[uint64]string{1: "in"})
+	if err := a.hub.JoinChannelIds(1, "room"); err != nil {
+		t.Fatal(err)
+	}
+	publish := publisher(t, a, "room")
+
+	bus.Cut(bb, true)
+	c1 := b.dial(t, 1)
+	eventually(t, "uid 1 served on B, in no channel", func() bool {
+		chans, unsynced, ok := b.hub.localState(1)
+		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
+	})
+	free := holdQueue(t, b.hub, 1) // its late join waits behind it
+	want := publish("d", 3)
+	bus.Cut(bb, false)
+	want = append(want, publish("w", 3)...)
+	readUntil(t, ca, "w3") // appended
+	free()
+	eventually(t, "uid 1 in room on B", func() bool {
+		chans, _, _ := b.hub.localState(1)
+		return slices.Equal(chans, []string{"room"})
+	})
+	want = append(want, publish("a", 3)...)
+	gotAll(t, c1, want)
+}
+
+// TestFirstMomentsFollowedChannel (issue 13): as TestFirstMomentsNewChannel,
+// but B follows room already (uid 2 is there): what B delivered of room to
+// uid 2 after uid 1's connection came and before the load reaches that
+// connection too, in order and once, then the live messages. (It missed
+// m1-m3.)
+func TestFirstMomentsFollowedChannel(t *testing.T) {
+	_, log, nodes, _ := logNodes(t, 3*time.Second, 2)
+	a, b := nodes[0], nodes[1]
+	c2, publish := roomPair(t, log, a, b)
+	// r1, appended before, is in an earlier millisecond than uid 1's
+	// connection (entries are timed to the millisecond: one appended in
+	// the connection's own millisecond counts as since).
+	now := time.Now().UnixMilli()
+	eventually(t, "the next millisecond", func() bool { return time.Now().UnixMilli() > now })
+	free := holdQueue(t, b.hub, 1) // B's load of uid 1's channels waits behind it
+	c1 := b.dial(t, 1)
+	want := publish("m", 3)
+	readUntil(t, c2, "m3") // B delivered them
+	free()
+	eventually(t, "uid 1 in room on B", func() bool {
+		chans, _, _ := b.hub.localState(1)
+		return slices.Equal(chans, []string{"room"})
+	})
+	want = append(want, publish("a", 2)...)
+	gotAll(t, c1, want)
+}

@@ -53,7 +53,7 @@ func (h *Hub) up(u *user) {
 		return
 	}
 	uid := u.uid
-	h.peers.follow(topic{uid: uid})
+	h.peers.follow(topic{uid: uid}, 0)
 	first, err := h.presence.Connect(uid)
 	held, back := h.peers.cancelLogout(uid)
 	if err != nil {
@@ -100,7 +100,7 @@ func (h *Hub) loaded(u *user, chans []string, synced bool) {
 	s := h.userShard(u.uid)
 	s.mu.Lock()
 	var errs []error
-	follow := chans
+	var follow []string
 	if s.users[u.uid] == u {
 		if err := h.applyLocked(u, true, chans, pres); err != nil {
 			errs = append(errs, err)
@@ -119,7 +119,13 @@ func (h *Hub) loaded(u *user, chans []string, synced bool) {
 	for _, err := range errs {
 		h.report(u.handler, err)
 	}
+	// The channels held elsewhere: what their streams got since the
+	// uid's first connection here came is new to it.
+	h.followChannelsSince(chans, wallMillis(u.born))
 	h.followChannels(follow)
+	if h.seq != nil && synced {
+		h.catchUpFollowed(u.uid, u.born, chans)
+	}
 }
 
 // down runs when uid's last connection on this node closed: mark it
@@ -141,7 +147,7 @@ func (h *Hub) down(uid uint64, chans []string, handler Handler) {
 	if last {
 		h.leftChannels(uid, chans)
 	}
-	h.peers.follow(topic{uid: uid})
+	h.peers.follow(topic{uid: uid}, 0)
 	h.followChannels(chans)
 	if last && !waited {
 		h.call(handler, uid, "LogoutServer", func() { handler.LogoutServer(uid) })

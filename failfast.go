@@ -2,7 +2,6 @@ package chart
 
 import (
 	"errors"
-	"math"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -275,18 +274,24 @@ func (gs guardedStreams) Read(stream string, after uint64, limit int) ([]StreamE
 	return es, epoch, complete, last, err
 }
 
-// Tail returns the stream's epoch ("" for a stream that does not exist)
-// and newest offset: a call an API caller waits for (a join), bounded.
-func (gs guardedStreams) Tail(stream string) (string, uint64, error) {
+// Tail returns the stream's epoch ("" for a stream that does not exist),
+// newest offset, and when its newest entry kept was appended (zero: none,
+// or not told): a call an API caller waits for (a join), bounded.
+func (gs guardedStreams) Tail(stream string) (string, uint64, time.Time, error) {
 	type tail struct {
 		epoch string
 		last  uint64
+		at    time.Time
 	}
 	t, err := bounded(gs.g, func() (tail, error) {
-		_, epoch, _, last, err := gs.s.Read(stream, math.MaxUint64, 1)
-		return tail{epoch, last}, err
+		es, epoch, _, last, err := gs.s.Read(stream, 0, 1)
+		var at time.Time
+		if len(es) > 0 {
+			at = es[len(es)-1].Time
+		}
+		return tail{epoch, last, at}, err
 	})
-	return t.epoch, t.last, err
+	return t.epoch, t.last, t.at, err
 }
 
 func (gs guardedStreams) Ack(stream string, uid uint64, epoch string, offset uint64) error {

@@ -104,6 +104,10 @@ type sequence struct {
 	before    []held
 	keptBytes int
 	keptAll   bool
+	// lastOut is when the newest message that went out here in order
+	// came (monotime): whether a new connection's first moments may have
+	// missed some (catchUpFollowed).
+	lastOut int64
 }
 
 // maxSkips bounds the holes a sequence remembers.

@@ -56,3 +56,9 @@ func frameStamp(f []byte) int64 {
 	}
 	return int64(binary.LittleEndian.Uint64(f[len(f):cap(f)]))
 }
+
+// wallMillis is the wall-clock time, in Unix nanoseconds truncated to the
+// millisecond (as brokers time stream entries), of mono (monotime).
+func wallMillis(mono int64) int64 {
+	return monoBase.Add(time.Duration(mono-1)).UnixMilli() * int64(time.Millisecond)
+}

@@ -225,8 +225,10 @@ func (b *Broker) Read(stream string, after uint64, limit int) ([]chart.StreamEnt
 	if limit > 0 && t.off-after > uint64(limit) {
 		from = t.off - uint64(limit) + 1
 	}
-	if from == t.off && from == after+1 {
-		return []chart.StreamEntry{{Offset: t.off, Data: t.data, Time: t.at}}, t.epoch, true, t.off, nil
+	if from == t.off {
+		// The newest alone (after it, or cut to it by limit): the tail
+		// read it already.
+		return []chart.StreamEntry{{Offset: t.off, Data: t.data, Time: t.at}}, t.epoch, from == after+1, t.off, nil
 	}
 	entries, first, err := b.scan(ctx, subj, t, from)
 	if err != nil {
