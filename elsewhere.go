@@ -152,18 +152,11 @@ func (s *sequencer) endKeeping(o uint64) {
 	}
 	s.keeping.Store(false)
 	s.keepMu.Unlock()
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for _, q := range sh.m {
-			q.mu.Lock()
-			if q.markOf <= o { // not kept for an outage begun since
-				s.dropKept(q)
-			}
-			q.mu.Unlock()
+	s.each(func(q *sequence) {
+		if q.markOf <= o { // not kept for an outage begun since
+			s.dropKept(q)
 		}
-		sh.mu.Unlock()
-	}
+	})
 }
 
 // lateCap is the most a late join replays of one channel: half a send

@@ -136,10 +136,7 @@ func onlineElsewhereLateJoin(t *testing.T, keeping bool, budget int64) {
 		b.hub.seq.endKeeping(b.hub.seq.outages.Load())
 	}
 	free()
-	eventually(t, "uid 1 in room on B", func() bool {
-		chans, _, _ := b.hub.localState(1)
-		return slices.Equal(chans, []string{"room"})
-	})
+	inRoom(t, b, 1)
 	want = append(want, publish("a", 3)...)
 
 	gotAll(t, c1, want)
@@ -201,10 +198,7 @@ func TestOnlineElsewhereLateJoinDataLoss(t *testing.T) {
 	readUntil(t, c2, "w5")
 	freeA()
 	freeB()
-	eventually(t, "uid 1 in room on B", func() bool {
-		chans, _, _ := b.hub.localState(1)
-		return slices.Equal(chans, []string{"room"})
-	})
+	inRoom(t, b, 1)
 	want = append(want, publish("a", 3)...)
 	gotAll(t, c1, want)
 }
@@ -403,10 +397,7 @@ func TestLateJoinAcrossReset(t *testing.T) {
 	want = append(want, publish("a", 3)...)
 	readUntil(t, c2, "a3")
 	hold()
-	eventually(t, "uid 1 in room on B", func() bool {
-		chans, _, _ := b.hub.localState(1)
-		return slices.Equal(chans, []string{"room"})
-	})
+	inRoom(t, b, 1)
 	want = append(want, publish("z", 2)...)
 	if got, _ := readUntil(t, c1, "z2"); !slices.Equal(got, want) {
 		t.Fatalf("uid 1's connection on B got %v, want %v", got, want)
@@ -455,10 +446,7 @@ func TestFirstMomentsNewChannel(t *testing.T) {
 	c1 := b.dial(t, 1)
 	want := publish("m", 3)
 	free()
-	eventually(t, "uid 1 in room on B", func() bool {
-		chans, _, _ := b.hub.localState(1)
-		return slices.Equal(chans, []string{"room"})
-	})
+	inRoom(t, b, 1)
 	want = append(want, publish("a", 2)...)
 	gotAll(t, c1, want)
 }
@@ -491,10 +479,7 @@ func TestLateJoinNewChannel(t *testing.T) {
 	want = append(want, publish("w", 3)...)
 	readUntil(t, ca, "w3") // appended
 	free()
-	eventually(t, "uid 1 in room on B", func() bool {
-		chans, _, _ := b.hub.localState(1)
-		return slices.Equal(chans, []string{"room"})
-	})
+	inRoom(t, b, 1)
 	want = append(want, publish("a", 3)...)
 	gotAll(t, c1, want)
 }
@@ -518,10 +503,17 @@ func TestFirstMomentsFollowedChannel(t *testing.T) {
 	want := publish("m", 3)
 	readUntil(t, c2, "m3") // B delivered them
 	free()
-	eventually(t, "uid 1 in room on B", func() bool {
-		chans, _, _ := b.hub.localState(1)
-		return slices.Equal(chans, []string{"room"})
-	})
+	inRoom(t, b, 1)
 	want = append(want, publish("a", 2)...)
 	gotAll(t, c1, want)
+}
+
+// inRoom waits until uid, connected to s, is in "room" there, and in no
+// other channel.
+func inRoom(t *testing.T, s *server, uid uint64) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("uid %d in room on %s", uid, s.url), func() bool {
+		chans, _, _ := s.hub.localState(uid)
+		return slices.Equal(chans, []string{"room"})
+	})
 }

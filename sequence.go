@@ -750,12 +750,17 @@ func (s *sequencer) stop() {
 		s.keepEnd.Stop()
 	}
 	s.keepMu.Unlock()
+	s.each(func(q *sequence) { q.release(len(q.held)) })
+}
+
+// each runs fn on every sequence, under its shard's lock and its own.
+func (s *sequencer) each(fn func(q *sequence)) {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		for _, q := range sh.m {
 			q.mu.Lock()
-			q.release(len(q.held))
+			fn(q)
 			q.mu.Unlock()
 		}
 		sh.mu.Unlock()
