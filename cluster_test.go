@@ -463,30 +463,3 @@ func TestReapNeedsAHandler(t *testing.T) {
 		t.Fatal("uid 1 online after its logout")
 	}
 }
-
-// TestShutdownFrozenBrokerLogsOut (review): a node shut down while its
-// broker is frozen still runs its users' LogoutServer within Shutdown's
-// context (deciding alone: the broker cannot tell), and returns within
-// it. (The logout step waited the broker out, Shutdown returned at its
-// deadline, and no LogoutServer ran.)
-func TestShutdownFrozenBrokerLogsOut(t *testing.T) {
-	bus := chart.NewMemoryBus()
-	rec := charttest.NewRecorder()
-	a := charttest.Start(t, chart.Config{Broker: bus.Broker(), Handler: rec}, rec)
-	a.Login(t, rec, 1)
-	a.Login(t, rec, 2)
-	bus.Freeze(true)
-	t.Cleanup(func() { bus.Freeze(false) }) // the calls into it end, before the leak check
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	begun := time.Now()
-	a.Hub.Shutdown(ctx)
-	if d := time.Since(begun); d > 1500*time.Millisecond {
-		t.Fatalf("Shutdown took %v with a 1 s context", d)
-	}
-	got := []uint64{charttest.Recv(t, rec.Logouts, "a logout"), charttest.Recv(t, rec.Logouts, "a logout")}
-	slices.Sort(got)
-	if !slices.Equal(got, []uint64{1, 2}) {
-		t.Fatalf("LogoutServer for %v, want [1 2]", got)
-	}
-}

@@ -189,14 +189,7 @@ func (gp guardedPresence) Connect(uid uint64) (bool, error) {
 }
 
 func (gp guardedPresence) Disconnect(uid uint64) (bool, error) {
-	call := func() (bool, error) { return gp.p.Disconnect(uid) }
-	if gp.g.cl.hub.closed.Load() {
-		// Shutdown: a broker that does not answer must not hold the
-		// logouts past its context. They are deferred, and run as the
-		// node stops, deciding alone.
-		return bounded(gp.g, call)
-	}
-	return guarded(gp.g, call)
+	return guarded(gp.g, func() (bool, error) { return gp.p.Disconnect(uid) })
 }
 
 func (gp guardedPresence) Restore(uid uint64, channelIds []string) (bool, error) {
