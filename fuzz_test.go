@@ -3,6 +3,7 @@ package chart
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +119,55 @@ func FuzzEncode(f *testing.F) {
 		}
 		if utf8.ValidString(content) && strings.ContainsAny(content, "<>&") && !bytes.ContainsAny(got, "<>&") {
 			t.Fatalf("appendMessage(%+v) = %s: <>& not kept", m, got)
+		}
+	})
+}
+
+// FuzzDecodeFlat: every frame decodeFlat takes, encoding/json takes too,
+// with the same result (decodeflat.go's promise). The seeds are the
+// frames clients send and near misses decodeFlat must leave to it.
+func FuzzDecodeFlat(f *testing.F) {
+	for _, s := range []string{
+		`{"channel_id":"lobby","content":"hi","type":"3"}`,
+		`{"to_user_id":42,"content":"x","type":3,"id":"m-1","transient":true}`,
+		`{ "channel_id" : "a" , "content" : "" , "transient" : false }`,
+		`{"ping":17}`, `{"join":"room"}`, `{"leave":"room"}`, `{}`, `{"ack":{"inbox":{"epoch":"e","offset":3}}}`,
+		`{"content":"é \u00e9"}`, `{"Content":"x"}`, `{"content":"a","content":"b"}`, `{"type":03}`,
+		`{"type":3.0}`, `{"to_user_id":18446744073709551616}`, `{"ping":-1}`, `{"content":null}`,
+		"{\"content\":\"\xff\"}", `{"content":"x"} `, `{"content":"x"}}`, `{"content":"x",}`, `{"x":1}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		data = bytes.TrimSpace(data)
+		if len(data) == 0 || data[0] != '{' {
+			return
+		}
+		got, ok := decodeFlat(data)
+		if !ok {
+			return
+		}
+		var want inbound
+		if err := json.Unmarshal(data, &want); err != nil {
+			t.Fatalf("decodeFlat took %q, which encoding/json refuses: %v", data, err)
+		}
+		str := func(p *string) string {
+			if p == nil {
+				return "<nil>"
+			}
+			return "=" + *p
+		}
+		ping := func(p *uint64) string {
+			if p == nil {
+				return "<nil>"
+			}
+			return fmt.Sprint(*p)
+		}
+		if got.ChannelId != want.ChannelId || !bytes.Equal(got.ToUserId, want.ToUserId) || !bytes.Equal(got.Type, want.Type) ||
+			str(got.Content) != str(want.Content) || got.Transient != want.Transient || got.Id != want.Id ||
+			str(got.Join) != str(want.Join) || str(got.Leave) != str(want.Leave) || ping(got.Ping) != ping(want.Ping) ||
+			got.Hello != nil || got.Ack != nil || want.Hello != nil || want.Ack != nil {
+			t.Fatalf("%q: decodeFlat %+v, encoding/json %+v", data, *got, want)
 		}
 	})
 }
