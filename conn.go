@@ -71,6 +71,10 @@ type Conn struct {
 	registered bool               // register ran; before it, an expiry in the past refuses
 	expired    bool               // SetExpiry in the past before registration
 	writer     sync.WaitGroup
+	// writeLoop as a func value, made once: starting the writer with it
+	// allocates nothing, where go c.writeLoop() allocates a closure each
+	// time (a writer starts for each delivery to an idle connection).
+	writeFn func()
 }
 
 const (

@@ -124,7 +124,10 @@ func (c *Conn) startWriterLocked() {
 	if !c.writing && c.state.Load() != connDead {
 		c.writing = true
 		c.writer.Add(1)
-		go c.writeLoop()
+		if c.writeFn == nil {
+			c.writeFn = c.writeLoop
+		}
+		go c.writeFn()
 	}
 }
 
