@@ -988,7 +988,7 @@ func (b *brokerStreams) tail(t topic, since int64) (epoch string, past uint64, o
 		return epoch, past, true
 	}
 	// Appended since: read back how far.
-	n := uint64(max(b.hub.cfg.SendQueueLen/2, 1))
+	n := uint64(b.hub.seq.lateCap())
 	entries, got, _, _ := b.read(t, past-min(past, n), 0)
 	if got != epoch {
 		return epoch, past, true // reset meanwhile, or failing: its tail
