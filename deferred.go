@@ -152,20 +152,20 @@ func (cl *cluster) unsettled(now time.Time) bool {
 }
 
 // settleLogout runs uid's deferred LogoutServer if uid is offline
-// everywhere, now that the broker answers: marking it offline here when
-// this node's presence still has it (inPresence), else asking. It runs in
-// uid's event queue. A uid connected here again was not logged out; a
-// failure defers it again.
+// everywhere, now that the broker answers: marking it offline here, and
+// when this node's presence no longer has it (not inPresence: the
+// Disconnect that failed went through, at least in part), asking too. It
+// runs in uid's event queue. A uid connected here again was not logged
+// out; a failure defers it again.
 func (cl *cluster) settleLogout(uid uint64, d deferred, inPresence bool) {
 	h := cl.hub
 	if h.killed.Load() || h.lookupUser(uid) != nil {
 		return
 	}
-	var last bool
-	var err error
-	if inPresence {
-		last, err = h.presence.Disconnect(uid)
-	} else {
+	// Not in presence, Disconnect still finishes what the failed one
+	// left (natsbroker keeps the rest of a leave for it to find).
+	last, err := h.presence.Disconnect(uid)
+	if err == nil && !last && !inPresence {
 		var online bool
 		online, err = h.presence.IsOnline(uid)
 		last = !online

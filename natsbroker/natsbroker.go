@@ -633,16 +633,20 @@ func (b *Broker) nodeKey(ctx context.Context, uid uint64) error {
 	return err
 }
 
-// drop removes this node from uid's record; last when uid went offline.
+// drop removes this node from uid's record, and its key for uid; last
+// when uid went offline.
 //
 // A Disconnect whose answer was lost (a timeout, a dropped connection)
-// may still have taken uid offline; the hub calls it again once NATS
-// answers, and that call must report last all the same, or the uid's
-// LogoutServer never runs (and its member keys stay). So the write that
-// takes uid offline leaves a leave trace in the key (the delete marker's
-// body, carried over by a later Connect anywhere, as reap traces are);
-// whoever of this node's calls reads its own trace back reports last,
-// removes the member keys the trace names, then removes the trace.
+// may still have taken uid offline, or done part of what follows; the hub
+// calls it again once NATS answers (when NodeUids still lists uid here),
+// or asks IsOnline (when it does not), and either must tell that uid went
+// offline, or its LogoutServer never runs. So the write that takes uid
+// offline leaves a leave trace in the key (the delete marker's body,
+// carried over by a later Connect anywhere, as reap traces are), and the
+// rest goes in this order: the member keys the trace names, this node's
+// key, the trace. Cut anywhere, either this node's key is still there and
+// the retry reads its own trace back (reports last and finishes), or only
+// the trace is left, and the uid is offline.
 func (b *Broker) drop(ctx context.Context, uid uint64) (last bool, err error) {
 	self := b.opt.NodeID
 	if !b.connected() {
@@ -656,9 +660,13 @@ func (b *Broker) drop(ctx context.Context, uid uint64) (last bool, err error) {
 		if st.rec == nil || !slices.Contains(st.rec.Nodes, self) {
 			// Not here: gone already, by an earlier call of this node
 			// if its trace says so.
-			i := slices.IndexFunc(st.pending, b.ownLeave)
-			if i >= 0 {
-				return true, b.left(ctx, uid, st.pending[i])
+			if i := slices.IndexFunc(st.pending, b.ownLeave); i >= 0 {
+				if st.rec != nil {
+					// Online again elsewhere since: its channels' keys
+					// are that connection's now.
+					return false, b.left(ctx, uid, st.pending[i], false)
+				}
+				return true, b.left(ctx, uid, st.pending[i], true)
 			}
 			// Nothing to take offline. A Connect of this node's whose
 			// write is still on its way (its call gave up) must not land
@@ -668,7 +676,10 @@ func (b *Broker) drop(ctx context.Context, uid uint64) (last bool, err error) {
 			if conflict(err) {
 				continue // it moved: read it again
 			}
-			return false, err
+			if err != nil {
+				return false, err
+			}
+			return false, b.dropNodeKey(ctx, uid)
 		}
 		after := st.rec.clone()
 		after.Nodes = removeAll(after.Nodes, self)
@@ -682,13 +693,14 @@ func (b *Broker) drop(ctx context.Context, uid uint64) (last bool, err error) {
 		if conflict(err) {
 			continue
 		}
-		if err != nil || after != nil {
+		if err != nil {
 			return false, err
 		}
-		if dropHook != nil {
-			dropHook()
+		cut()
+		if after != nil {
+			return false, b.dropNodeKey(ctx, uid)
 		}
-		return true, b.left(ctx, uid, tr)
+		return true, b.left(ctx, uid, tr, true)
 	}
 }
 
@@ -711,16 +723,37 @@ func (b *Broker) ownLeave(t trace) bool {
 	return t.Node == b.opt.NodeID && strings.HasPrefix(t.Gen, leaveGen)
 }
 
-// dropHook, when set (tests), runs after a Disconnect's write took its uid
-// offline, before the member keys and the trace are removed.
-var dropHook func()
+// cutHook, when set (tests), runs after each write of a Disconnect (see
+// drop): the one that took its uid offline, the member keys', the node
+// key's.
+var cutHook func()
 
-// left finishes the Disconnect that took uid offline with trace tr: the
-// member keys of the channels uid had go, then the trace.
-func (b *Broker) left(ctx context.Context, uid uint64, tr trace) error {
-	if err := b.members(ctx, uid, tr.Channels, false); err != nil {
+func cut() {
+	if cutHook != nil {
+		cutHook()
+	}
+}
+
+// dropNodeKey removes this node's key for uid.
+func (b *Broker) dropNodeKey(ctx context.Context, uid uint64) error {
+	kv, _ := b.buckets()
+	return b.remove(ctx, kv, "nu."+b.opt.NodeID+"."+uidStr(uid))
+}
+
+// left finishes the Disconnect that took uid offline with trace tr (see
+// drop): the member keys of the channels uid had (members), this node's
+// key, then the trace.
+func (b *Broker) left(ctx context.Context, uid uint64, tr trace, members bool) error {
+	if members {
+		if err := b.members(ctx, uid, tr.Channels, false); err != nil {
+			return err
+		}
+		cut()
+	}
+	if err := b.dropNodeKey(ctx, uid); err != nil {
 		return err
 	}
+	cut()
 	for {
 		st, err := b.readUid(ctx, uid, true) // not older than what this node wrote
 		if err != nil {
@@ -742,12 +775,7 @@ func (b *Broker) left(ctx context.Context, uid uint64, tr trace) error {
 func (b *Broker) Disconnect(uid uint64) (bool, error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
-	last, err := b.drop(ctx, uid)
-	if err != nil {
-		return last, err
-	}
-	kv, _ := b.buckets()
-	return last, b.remove(ctx, kv, "nu."+b.opt.NodeID+"."+uidStr(uid))
+	return b.drop(ctx, uid)
 }
 
 // Restore marks uid online here with exactly channelIds; the node's key
@@ -795,8 +823,31 @@ func (b *Broker) membership(uid uint64, channelIds []string, on bool) error {
 	if err != nil {
 		return err
 	}
-	return b.members(ctx, uid, channelIds, on)
+	if joinHook != nil && on {
+		joinHook()
+	}
+	if err := b.members(ctx, uid, channelIds, on); err != nil || !on {
+		return err
+	}
+	// A Disconnect (or Leave) that wrote uid's record after this call did
+	// and removed the member keys before this call wrote them: the keys
+	// must go again, or uid stays listed as a member for good.
+	st, err := b.readUid(ctx, uid, true)
+	if err != nil {
+		return err
+	}
+	var gone []string
+	for _, ch := range channelIds {
+		if st.rec == nil || !slices.Contains(st.rec.Channels, ch) {
+			gone = append(gone, ch)
+		}
+	}
+	return b.members(ctx, uid, gone, false)
 }
+
+// joinHook, when set (tests), runs in Join between the write of uid's
+// record and those of the member keys.
+var joinHook func()
 
 // Join adds uid to channels; chart.ErrUserOffline if it is offline.
 func (b *Broker) Join(uid uint64, channelIds []string) error {
