@@ -778,7 +778,7 @@ func (cl *cluster) Receive(data []byte) {
 		}
 	case envJoin, envLeave:
 		if uid, ids, ok := readIds(rest); ok {
-			cl.apply(uid, kind == envJoin, ids)
+			cl.receiveMembership(uid, kind == envJoin, ids)
 		}
 	case envAll:
 		h.deliver(h.allConns(), stampedFrame(rest, 0, "", monotime()), topic{all: true}, 0)
@@ -1058,10 +1058,56 @@ func readIds(b []byte) (uid uint64, ids []string, ok bool) {
 	return uid, ids, true
 }
 
+// receiveMembership takes a join or leave another node made for uid. It
+// runs on the broker's delivery goroutine, behind which every message of
+// the other nodes waits, so it never waits for the broker itself: the
+// registry changes at once, and the (un)subscription that follows runs on
+// its own goroutine; a join of an unsynced uid, which reads streams
+// (elsewhere.go), goes to the uid's event queue, and so do the joins and
+// leaves that come after it until it ran, so that they apply in order.
+func (cl *cluster) receiveMembership(uid uint64, join bool, ids []string) {
+	cl.applyAs(uid, join, ids, received)
+}
+
+// How apply was called: from a step of the uid's event queue or a
+// repair (directly), from the broker's delivery goroutine (received), or
+// from the event queue that a received one went to (queued).
+const (
+	directly = iota
+	received
+	queued
+)
+
+// followSoon is followChannels for a caller that must not wait for the
+// broker: a channel whose subscription must change is followed on a
+// goroutine of its own.
+func (cl *cluster) followSoon(ids []string) {
+	for _, id := range ids {
+		t := topic{ch: id}
+		want := cl.hub.lookupChannel(id) != nil
+		cl.subMu.Lock()
+		st := cl.subs[t]
+		busy := st != nil && st.busy
+		if busy {
+			st.again = true // its follower looks again
+		}
+		have := st != nil && st.have
+		cl.subMu.Unlock()
+		if !busy && want != have {
+			go cl.follow(t, 0)
+		}
+	}
+}
+
 // apply updates the local registry for a join or leave another node made.
 // Joins past MaxChannelsPerUid are refused here, on the node holding uid,
 // since the node that asked may not know its count.
 func (cl *cluster) apply(uid uint64, join bool, ids []string) {
+	cl.applyAs(uid, join, ids, directly)
+}
+
+// applyAs is apply called as how says.
+func (cl *cluster) applyAs(uid uint64, join bool, ids []string, how int) {
 	h := cl.hub
 	pres := h.presenceIds(ids)
 	s := h.userShard(uid)
@@ -1071,12 +1117,25 @@ func (cl *cluster) apply(uid uint64, join bool, ids []string) {
 		s.mu.Unlock()
 		return
 	}
+	if how == queued && u.remote > 0 { // (0: uid connected anew since)
+		u.remote--
+	}
 	if u.loading {
 		u.pending = append(u.pending, memberOp{join, ids, pres})
 		s.mu.Unlock()
 		return
 	}
-	if join && u.unsynced && h.seq != nil {
+	late := join && u.unsynced && h.seq != nil
+	if how == received && (late || u.remote > 0) {
+		u.remote++
+		drain := s.pushEvent(uid, func() { cl.applyAs(uid, join, ids, queued) })
+		s.mu.Unlock()
+		if drain {
+			go h.drainEvents(uid)
+		}
+		return
+	}
+	if late {
 		// Connected here during an outage, uid is a member of these
 		// channels since before: its connections here get what they
 		// missed of them (elsewhere.go).
@@ -1093,7 +1152,11 @@ func (cl *cluster) apply(uid uint64, join bool, ids []string) {
 	if err != nil {
 		h.report(u.handler, err)
 	}
-	h.followChannels(ids)
+	if how == received {
+		cl.followSoon(ids)
+	} else {
+		h.followChannels(ids)
+	}
 }
 
 // follow makes this node's subscription of a topic follow local interest.

@@ -366,3 +366,103 @@ func TestInOrderWithinEpochs(t *testing.T) {
 		t.Fatalf("held messages in the order %v, want %v", got, want)
 	}
 }
+
+// serialBroker is a node's memory broker that delivers to the node on one
+// goroutine, as a real broker client does (the memory bus delivers in the
+// publisher's goroutine), and whose Subscribe to topic stalls, while
+// stalled, until released: a broker slow to answer.
+type serialBroker struct {
+	*memoryBroker
+	topic   string
+	in      chan []byte
+	entered chan struct{} // closed when a stalled Subscribe began
+	release chan struct{}
+	once    sync.Once
+}
+
+func newSerialBroker(t *testing.T, m *memoryBroker, topic string) *serialBroker {
+	b := &serialBroker{memoryBroker: m, topic: topic, in: make(chan []byte, 100),
+		entered: make(chan struct{}), release: make(chan struct{})}
+	t.Cleanup(b.unstall)
+	return b
+}
+
+func (b *serialBroker) unstall() { b.once.Do(func() { close(b.release) }) }
+
+func (b *serialBroker) Attach(n Node) error {
+	go func() {
+		for data := range b.in {
+			n.Receive(data)
+		}
+	}()
+	return b.memoryBroker.Attach(serialNode{n, b})
+}
+
+func (b *serialBroker) Close() error {
+	err := b.memoryBroker.Close()
+	close(b.in)
+	return err
+}
+
+func (b *serialBroker) Subscribe(topic string) error {
+	if topic == b.topic {
+		select {
+		case <-b.entered:
+		default:
+			close(b.entered)
+		}
+		<-b.release
+	}
+	return b.memoryBroker.Subscribe(topic)
+}
+
+type serialNode struct {
+	Node
+	b *serialBroker
+}
+
+func (n serialNode) Receive(data []byte) { n.b.in <- slices.Clone(data) }
+
+// TestRemoteJoinDoesNotStallDelivery (session 8's open item): a join
+// another node makes for a uid connected here, of a channel this node does
+// not follow yet, subscribes it without holding the broker's delivery
+// goroutine: while the subscription waits for a slow broker, a direct
+// message to another uid here arrives; once it lands, the channel's
+// messages do. (The join was applied on the delivery goroutine: every
+// message from the other nodes waited behind the subscription.)
+func TestRemoteJoinDoesNotStallDelivery(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	sb := newSerialBroker(t, bus.Broker().(*memoryBroker), topic{ch: "room"}.name())
+	a := startServer(t, Config{Broker: bus.Broker()}, rec)
+	b := startServer(t, Config{Broker: sb}, rec)
+	c2 := b.login(t, rec, 2)
+	c3 := b.login(t, rec, 3)
+	if err := a.hub.JoinChannelIds(2, "room"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sb.entered:
+	case <-time.After(wait):
+		t.Fatal("B never subscribed to room")
+	}
+	if err := a.hub.SendMessageToUid(1, 3, "dm"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readUntil(t, c3, "dm"); !slices.Equal(got, []string{"dm"}) {
+		t.Fatalf("uid 3 got %q", got)
+	}
+	sb.unstall()
+	eventually(t, "B subscribed to room", func() bool {
+		bus.mu.Lock()
+		defer bus.mu.Unlock()
+		_, ok := bus.subs[sb.topic][sb.memoryBroker]
+		return ok
+	})
+	if err := a.hub.Publish("room", Message{Type: TypeText, Content: "hello"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readUntil(t, c2, "hello"); !slices.Equal(got, []string{"hello"}) {
+		t.Fatalf("uid 2 got %q", got)
+	}
+}

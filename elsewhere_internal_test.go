@@ -517,3 +517,43 @@ func inRoom(t *testing.T, s *server, uid uint64) {
 		return slices.Equal(chans, []string{"room"})
 	})
 }
+
+// TestRemoteMembershipInOrderWhileLate: the joins and leaves another node
+// makes for a uid connected here during an outage (unsynced) apply in the
+// order made: a join of such a uid reads streams, so it waits in the uid's
+// event queue (off the broker's delivery goroutine), and what comes after
+// it waits behind it. Here: join x, leave x, join y, while uid 1's queue
+// on B is held; it ends in room and y, not x.
+func TestRemoteMembershipInOrderWhileLate(t *testing.T) {
+	bus, log, nodes, brokers := logNodes(t, 3*time.Second, 2)
+	a, b, bb := nodes[0], nodes[1], brokers[1]
+	roomPair(t, log, a, b)
+	bus.Cut(bb, true)
+	b.dial(t, 1)
+	eventually(t, "uid 1 served on B, in no channel", func() bool {
+		chans, unsynced, ok := b.hub.localState(1)
+		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
+	})
+	free := holdQueue(t, b.hub, 1)
+	bus.Cut(bb, false)
+	for _, step := range []struct {
+		join bool
+		ch   string
+	}{{true, "x"}, {false, "x"}, {true, "y"}} {
+		var err error
+		if step.join {
+			err = a.hub.JoinChannelIds(1, step.ch)
+		} else {
+			err = a.hub.UnJoinChannelIds(1, step.ch)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	free()
+	eventually(t, "uid 1 in room and y on B", func() bool {
+		chans, unsynced, _ := b.hub.localState(1)
+		slices.Sort(chans)
+		return !unsynced && queueIdle(b.hub, 1) && slices.Equal(chans, []string{"room", "y"})
+	})
+}

@@ -53,8 +53,12 @@ type user struct {
 	// not all of them, and the re-publishing of presence must not set them
 	// as if they were (cluster.resync). Guarded by the shard lock.
 	unsynced bool
-	born     int64                      // monotime when its first connection here registered
-	rates    atomic.Pointer[rateLimits] // inbound limits shared by its connections (read.go)
+	// remote counts the joins and leaves of other nodes that wait in the
+	// uid's event queue (cluster.receiveMembership); while any does, the
+	// next wait behind them. Guarded by the shard lock.
+	remote int
+	born   int64                      // monotime when its first connection here registered
+	rates  atomic.Pointer[rateLimits] // inbound limits shared by its connections (read.go)
 }
 
 // memberOp is a join or leave that waits until a user's channels loaded.
