@@ -38,7 +38,8 @@ type Conn struct {
 	// deadline (unix nanoseconds) is when a read gives up, which its
 	// timer, due at armedAt (under mu), enforces while no reader reads.
 	idle     atomic.Bool
-	pollKey  uint32 // its key in the poller; the reader's
+	ready    atomic.Bool // an event came while a reader was at work (poll_linux.go)
+	pollKey  uint32      // its key in the poller; the reader's
 	deadline atomic.Int64
 	armedAt  int64
 	timer    *time.Timer

@@ -19,12 +19,17 @@ import (
 // work, and gives the connection back when it has read all that came. A
 // poller's goroutine runs only while it has connections.
 //
-// Each registration is one-shot (EPOLLONESHOT), so that one reader at a
-// time reads a connection: the poller starts a reader only if it takes the
-// connection's idle flag, which its reader sets again, before re-arming,
-// when it is done.
+// Registrations are edge-triggered (EPOLLET): made once, never re-armed
+// (a system call per message saved), and an event comes for each arrival
+// of bytes. One reader at a time reads a connection: the poller starts a
+// reader only if it takes the connection's idle flag, which the reader
+// sets again when it is done; an event that finds a reader at work sets
+// the connection's ready flag instead, and the reader, once idle, looks
+// whether the socket has more (park, in read.go) when that flag is set or
+// its last read filled its buffer (bytes may be left in the socket, whose
+// event came before), and reads on if so.
 
-const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
+const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | 1<<31 // 1<<31: EPOLLET, which package syscall declares negative
 
 type poller struct {
 	once sync.Once
@@ -137,16 +142,24 @@ func pollAdd(c *Conn) error {
 	return nil
 }
 
-// pollArm re-arms a connection's one-shot registration under key (its
-// pollKey, read by its reader before it set the connection idle: from
-// then on whoever takes the connection owns pollKey, and may clear it as
-// the connection ends); an error means the socket is closed.
-func pollArm(c *Conn, key uint32) error {
-	p := pollerOf(c)
-	if p == nil || key == 0 {
-		return syscall.ENOENT
+// pollReadable reports whether a polled connection's socket has bytes to
+// read, its end of stream, or an error; false only when a read would wait.
+func pollReadable(c *Conn) bool {
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return true
 	}
-	return p.ctl(c, key, syscall.EPOLL_CTL_MOD)
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	wait := false
+	err = rc.Control(func(fd uintptr) {
+		var b [1]byte
+		_, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		wait = rerr == syscall.EAGAIN
+	})
+	return err != nil || !wait
 }
 
 // pollRemove takes a connection out of its poller; its reader calls it as
@@ -230,7 +243,16 @@ func (p *poller) loop() {
 			p.mu.Lock()
 			c := p.conns[key]
 			p.mu.Unlock()
-			if c != nil && c.idle.CompareAndSwap(true, false) {
+			if c == nil {
+				continue
+			}
+			// Set before taking idle: a reader that sets idle after this
+			// failed to take it finds ready set, and reads on (park).
+			c.ready.Store(true)
+			if c.idle.CompareAndSwap(true, false) {
+				if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) == 0 {
+					c.ready.Store(false) // this reader reads what came
+				} // else it must read on to the end of the stream, which a read that drained the data does not see
 				go c.readPolled()
 			}
 		}

@@ -12,7 +12,7 @@ import (
 
 var errNoPoller = errors.New("chart: no poller on this platform")
 
-func pollable(net.Conn) bool      { return false }
-func pollAdd(*Conn) error         { return errNoPoller }
-func pollArm(*Conn, uint32) error { return errNoPoller }
-func pollRemove(*Conn)            {}
+func pollable(net.Conn) bool  { return false }
+func pollAdd(*Conn) error     { return errNoPoller }
+func pollReadable(*Conn) bool { return true }
+func pollRemove(*Conn)        {}

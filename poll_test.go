@@ -129,6 +129,37 @@ func TestPolledBackToBack(t *testing.T) {
 	rec.NoErr(t)
 }
 
+// TestPolledFullBuffer: frames that fill the reader's 4 KiB buffer to
+// its last byte, and one more behind them, written at once: the poller
+// tells of them once (its events are edge-triggered), the first read
+// fills the buffer and ends between two frames, and the reader must look
+// for the rest in the socket rather than wait for an event that does not
+// come.
+func TestPolledFullBuffer(t *testing.T) {
+	_, rec, sender, reader := pollPair(t, chart.Config{})
+	var burst []byte
+	for i, content := range []string{"a", "b"} {
+		// Two frames of 2,048 bytes: 8 of header and mask, 2,040 of
+		// payload, a JSON message padded with spaces.
+		m := roomMessage(strings.Repeat(content, 1000+i))
+		m = append(m, bytes.Repeat([]byte(" "), 2040-len(m))...)
+		burst = append(burst, clientFrame(0x1, true, m)...)
+	}
+	if len(burst) != 4096 {
+		t.Fatalf("burst of %d bytes", len(burst))
+	}
+	burst = append(burst, clientFrame(0x1, true, roomMessage("c"))...)
+	if _, err := sender.UnderlyingConn().Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{strings.Repeat("a", 1000), strings.Repeat("b", 1001), "c"} {
+		if m := reader.WantContent(want); m.UserId != 1 {
+			t.Fatalf("message %.10q from uid %d", want, m.UserId)
+		}
+	}
+	rec.NoErr(t)
+}
+
 // TestPolledSplitFrames: frames that arrive a byte at a time (headers
 // split, a 16-bit length, fragments), and a message larger than the read
 // buffer, are read whole.

@@ -222,8 +222,9 @@ func (c *Conn) readPolled() {
 		}
 		c.extendReadDeadline()
 		if fr.idle() {
+			drained := fr.drained
 			fr.put()
-			if c.park() {
+			if c.park(drained) {
 				return
 			}
 			fr = getFrameReader(c)
@@ -257,16 +258,17 @@ func (c *Conn) boundFrame() {
 	}
 }
 
-// park gives a polled connection back to the poller: it sets it idle, then
-// re-arms it. It returns false when the reader must read on: the socket
-// could not be re-armed (it was closed), or the read deadline passed
-// meanwhile, whose timer may have found the reader still at work; in both
-// cases only if it takes the connection back (else whoever took it reads).
-func (c *Conn) park() bool {
+// park gives a polled connection back to the poller: it sets it idle. It
+// returns false when the reader must read on: the socket may have more
+// (an event came while it read, or its last read filled the buffer: not
+// drained) and has, or the read deadline passed meanwhile, whose timer
+// may have found the reader still at work; in both cases only if it takes
+// the connection back (else whoever took it reads).
+func (c *Conn) park(drained bool) bool {
 	c.armTimer()
-	key := c.pollKey // c is not this reader's once idle
 	c.idle.Store(true)
-	if pollArm(c, key) != nil || c.pastDeadline() {
+	more := (c.ready.Swap(false) || !drained) && pollReadable(c)
+	if more || c.pastDeadline() {
 		return !c.idle.CompareAndSwap(true, false)
 	}
 	return true

@@ -38,6 +38,7 @@ type frameReader struct {
 	maskPos   int
 	final     bool  // the current data frame is its message's last
 	inMsg     bool  // a message began and its last byte is not read yet
+	drained   bool  // the last read did not fill the buffer: the socket had no more then
 	err       error // sticky, as gorilla's
 }
 
@@ -67,6 +68,7 @@ func (fr *frameReader) fill() error {
 		fr.r, fr.w = 0, 0
 	}
 	n, err := fr.c.nc.Read(fr.buf[fr.w:])
+	fr.drained = n < len(fr.buf)-fr.w
 	fr.w += n
 	if n > 0 {
 		return nil
@@ -186,6 +188,7 @@ func (fr *frameReader) Read(p []byte) (int, error) {
 					fr.err = readError(err)
 					break
 				}
+				fr.drained = n < len(p)
 			} else {
 				if err := fr.fill(); err != nil {
 					fr.err = err
