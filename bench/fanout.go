@@ -344,14 +344,18 @@ func captureProfile(cfg *config, srv *serverProc, name string) string {
 	return captureProfileFor(cfg, srv, name, int(cfg.fanoutDuration.Seconds())-1)
 }
 
-// captureProfileFor records a CPU profile of srv for secs seconds (at
-// least one), saves it in cfg.outDir as name.pprof and returns its
-// `go tool pprof -top` output.
+// captureProfileFor records a profile of srv (cfg.profileKind: CPU, or
+// the allocations) for secs seconds (at least one), saves it in
+// cfg.outDir as name.pprof and returns its `go tool pprof -top` output.
 func captureProfileFor(cfg *config, srv *serverProc, name string, secs int) string {
 	if secs < 1 {
 		secs = 1
 	}
-	b, err := srv.ctl(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs))
+	kind, flags := "profile", []string{}
+	if cfg.profileKind == "allocs" {
+		kind, flags, name = "allocs", []string{"-sample_index=alloc_space"}, name+"-allocs"
+	}
+	b, err := srv.ctl(fmt.Sprintf("/debug/pprof/%s?seconds=%d", kind, secs))
 	if err != nil {
 		return "profile failed: " + err.Error()
 	}
@@ -362,12 +366,17 @@ func captureProfileFor(cfg *config, srv *serverProc, name string, secs int) stri
 	if err := os.WriteFile(file, b, 0o644); err != nil {
 		return err.Error()
 	}
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", file).CombinedOutput()
+	pprof := func(args ...string) ([]byte, error) {
+		args = append(append([]string{"tool", "pprof"}, flags...), append(args, file)...)
+		return exec.Command("go", args...).CombinedOutput()
+	}
+	out, err := pprof("-top", "-nodecount=25")
 	if err != nil {
 		return fmt.Sprintf("saved %s; go tool pprof failed: %v\n%s", file, err, out)
 	}
-	cum, _ := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=30", file).CombinedOutput()
-	top := fmt.Sprintf("profile: %s (%d s during the phase)\n\n$ go tool pprof -top -nodecount=25\n%s\n$ go tool pprof -top -cum -nodecount=30\n%s", file, secs, out, cum)
+	cum, _ := pprof("-top", "-cum", "-nodecount=30")
+	opts := strings.Join(flags, " ")
+	top := fmt.Sprintf("profile: %s (%d s during the phase)\n\n$ go tool pprof %s -top -nodecount=25\n%s\n$ go tool pprof %s -top -cum -nodecount=30\n%s", file, secs, opts, out, opts, cum)
 	_ = os.WriteFile(filepath.Join(cfg.outDir, name+".top.txt"), []byte(top), 0o644)
 	return top
 }

@@ -50,6 +50,7 @@ type config struct {
 	dialConcurrency  int
 	pprof            bool
 	profileRooms     bool
+	profileKind      string // "cpu" or "allocs"
 	profileLib       string
 	outDir           string
 	doc              string
@@ -124,6 +125,7 @@ func main() {
 		pprofFlag = flag.Bool("pprof", true, "profile the server of -profile-lib during the largest fan-out phase")
 		profRooms = flag.Bool("profile-rooms", false, "rooms and direct workloads: save a CPU profile of the (first) chart server during each send phase in -out")
 		profLib   = flag.String("profile-lib", "chart", "peer whose server is profiled")
+		profKind  = flag.String("profile-kind", "cpu", "what the profiles record: cpu, or allocs (the allocations made during the phase, by bytes)")
 		outDir    = flag.String("out", "out", "directory for results JSON, profiles and the quick report")
 		doc       = flag.String("doc", "", "markdown report path (default ../docs/benchmarks.md for -all, out/quick.md otherwise)")
 		svg       = flag.String("svg", "", "SVG chart path (default ../docs/fanout.svg for -all, out/fanout.svg otherwise)")
@@ -141,13 +143,17 @@ func main() {
 		flag.PrintDefaults()
 		os.Exit(2)
 	}
+	if *profKind != "cpu" && *profKind != "allocs" {
+		fmt.Fprintf(os.Stderr, "-profile-kind %q: want cpu or allocs\n", *profKind)
+		os.Exit(2)
+	}
 
 	cfg := &config{
 		mode: "full", workloads: splitList(*wlFlag), sizes: ints(*sizesFlag),
 		fanoutSubs: []int{1000, 10000}, fanoutDuration: 4 * time.Second, window: *window,
 		roomsConns: 10000, roomsRates: floats(*rRate), quietBudget: 4 * time.Minute, roomsSize: *rSize, roomsDuration: 8 * time.Second,
 		stormConns: 10000, stormConcurrency: *sConc, stormSequential: 500, repeat: 3, dialConcurrency: *dialConc,
-		pprof: *pprofFlag, profileRooms: *profRooms, profileLib: *profLib, outDir: *outDir, doc: *doc, svg: *svg, strict: *strict,
+		pprof: *pprofFlag, profileRooms: *profRooms, profileKind: *profKind, profileLib: *profLib, outDir: *outDir, doc: *doc, svg: *svg, strict: *strict,
 		histChannels: 1000, histUsers: 50000, histFlood: 2000000, histCap: *hCap,
 		presenceUsers: 10000, presenceRate: *pRate, presenceChurn: 1000,
 		fixedRate: *fxRate, fixedFraction: *fxFrac, fixedDuration: 5 * time.Second,
