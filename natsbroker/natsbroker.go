@@ -32,6 +32,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -312,6 +313,19 @@ func (b *Broker) reconnected() {
 		b.ensureBuckets(ctx) // failing: the heartbeat tries again, and reports it
 		cancel()
 		b.resumed()
+		if b.opt.FileStorage {
+			b.mu.Lock()
+			parent := b.conn // ends at Close
+			b.mu.Unlock()
+			if parent == nil {
+				parent = context.Background()
+			}
+			ctx, cancel := context.WithTimeout(parent, sweepTimeout)
+			defer cancel()
+			if err := b.sweep(ctx); err != nil {
+				b.lost(fmt.Errorf("sweeping member keys: %w", err))
+			}
+		}
 	}()
 }
 
@@ -832,17 +846,70 @@ func (b *Broker) membership(uid uint64, channelIds []string, on bool) error {
 	// A Disconnect (or Leave) that wrote uid's record after this call did
 	// and removed the member keys before this call wrote them: the keys
 	// must go again, or uid stays listed as a member for good.
-	st, err := b.readUid(ctx, uid, true)
+	return b.prune(ctx, uid, channelIds)
+}
+
+// prune removes uid's member keys of those of chans that its record does
+// not list, then puts back those that a Join listed meanwhile (its own
+// check may have come before the removal).
+func (b *Broker) prune(ctx context.Context, uid uint64, chans []string) error {
+	unlisted := func(want bool) ([]string, error) {
+		st, err := b.readUid(ctx, uid, true)
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, ch := range chans {
+			if (st.rec != nil && slices.Contains(st.rec.Channels, ch)) == want {
+				out = append(out, ch)
+			}
+		}
+		return out, nil
+	}
+	gone, err := unlisted(false)
+	if err != nil || len(gone) == 0 {
+		return err
+	}
+	if err := b.members(ctx, uid, gone, false); err != nil {
+		return err
+	}
+	chans = gone
+	back, err := unlisted(true)
 	if err != nil {
 		return err
 	}
-	var gone []string
-	for _, ch := range channelIds {
-		if st.rec == nil || !slices.Contains(st.rec.Channels, ch) {
-			gone = append(gone, ch)
+	return b.members(ctx, uid, back, true)
+}
+
+// sweepTimeout bounds a sweep (see sweep).
+const sweepTimeout = 30 * time.Second
+
+// sweep prunes every member key (see prune). A server with file storage
+// can bring back, as it restarts after being killed, keys that were
+// removed with a marker that had expired (nats-server 2.15,
+// nats-io/nats-server#8505): a uid that left would stay listed as a
+// member for good. The broker sweeps after every reconnect when it uses
+// file storage.
+func (b *Broker) sweep(ctx context.Context) error {
+	kv, _ := b.buckets()
+	keys, err := b.keys(ctx, kv, "c.*.*")
+	if err != nil {
+		return err
+	}
+	byUid := make(map[uint64][]string)
+	for _, k := range keys {
+		parts := strings.Split(k, ".")
+		if len(parts) != 3 {
+			continue
+		}
+		ch, err1 := base64.RawURLEncoding.DecodeString(parts[1])
+		uid, err2 := strconv.ParseUint(parts[2], 10, 64)
+		if err1 == nil && err2 == nil {
+			byUid[uid] = append(byUid[uid], string(ch))
 		}
 	}
-	return b.members(ctx, uid, gone, false)
+	uids := slices.Collect(maps.Keys(byUid))
+	return parallel(len(uids), func(i int) error { return b.prune(ctx, uids[i], byUid[uids[i]]) })
 }
 
 // joinHook, when set (tests), runs in Join between the write of uid's

@@ -427,3 +427,57 @@ func TestDisconnectFencesLateConnect(t *testing.T) {
 		}
 	}
 }
+
+// TestSweepAfterRestart (review: departed uids listed as channel members
+// for good under kills of a server with file storage, which brings back
+// keys removed with an expired marker, nats-io/nats-server#8505): after
+// the server restarts, a broker with file storage removes the member keys
+// that the uids' records do not list (here written as such a revival
+// leaves them: for a uid that left the channel, and for one offline),
+// and keeps the others.
+func TestSweepAfterRestart(t *testing.T) {
+	srv := startNATSProc(t, true)
+	br, err := Connect(srv.url(), Options{Prefix: "sweep", Bucket: "sweep", FileStorage: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { br.Close() })
+	br.Attach(&recvNode{ch: make(chan string, 16)})
+	for _, uid := range []uint64{1, 2} {
+		if _, err := br.Connect(uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := br.Join(1, []string{"room", "hall"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := br.Join(2, []string{"hall"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := br.ctx()
+	defer cancel()
+	kv, _ := br.buckets()
+	for _, uid := range []uint64{2, 3} { // 2 online, not in room; 3 offline
+		if _, err := kv.Put(ctx, br.memberKey("room", uid), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, err := br.Members("room"); err != nil || len(m) != 3 {
+		t.Fatalf("room's members before the restart: %v, %v", m, err)
+	}
+	reconnects := br.nc.Stats().Reconnects
+	srv.kill()
+	srv.restart(t)
+	charttest.Eventually(t, "reconnected", func() bool { return br.nc.Stats().Reconnects > reconnects && br.connected() })
+	charttest.Eventually(t, "room's members swept", func() bool {
+		m, err := br.Members("room")
+		return err == nil && slices.Equal(m, []uint64{1})
+	})
+	for ch, want := range map[string][]uint64{"room": {1}, "hall": {1, 2}} {
+		m, err := br.Members(ch)
+		slices.Sort(m)
+		if err != nil || !slices.Equal(m, want) {
+			t.Fatalf("%s's members after the sweep: %v, %v; want %v", ch, m, err, want)
+		}
+	}
+}
