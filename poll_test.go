@@ -88,7 +88,8 @@ func pollPair(t *testing.T, cfg chart.Config) (s *charttest.Server, rec *chartte
 
 // TestPolledBackToBack: frames that arrive together (two messages, a
 // ping, a message in two fragments with a ping between them) are all
-// read, in order, though the poller tells of them once.
+// read, in order, though the poller tells of them once; both pings are
+// answered (p1's pong, if still queued, replaced by p2's).
 func TestPolledBackToBack(t *testing.T) {
 	_, rec, sender, reader := pollPair(t, chart.Config{})
 	pongs := make(chan string, 4)
@@ -121,10 +122,13 @@ func TestPolledBackToBack(t *testing.T) {
 			t.Fatalf("sender got %s (%v), want content %q", data, err, want)
 		}
 	}
-	for _, want := range []string{"p1", "p2"} {
-		if got := charttest.Recv(t, pongs, "pong"); got != want {
-			t.Fatalf("pong %q, want %q", got, want)
-		}
+	// p2's pong may answer for p1 too, when p1's was still queued.
+	got := charttest.Recv(t, pongs, "pong")
+	if got == "p1" {
+		got = charttest.Recv(t, pongs, "pong")
+	}
+	if got != "p2" {
+		t.Fatalf("pong %q, want p2 (after p1 or not)", got)
 	}
 	rec.NoErr(t)
 }

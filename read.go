@@ -54,7 +54,7 @@ func (c *Conn) readLoop() {
 func (c *Conn) onPing(data string) error {
 	c.extendReadDeadline()
 	if c.control(len(data)) {
-		c.enqueue(frame(opPong, []byte(data)))
+		c.enqueuePong([]byte(data))
 	}
 	return nil
 }

@@ -264,6 +264,15 @@ func (s *statShard) queued(length, n int) {
 	}
 }
 
+// resized counts a queued frame replaced by one delta bytes longer.
+func (s *statShard) resized(delta int) {
+	if delta > 0 {
+		s.pushedBytes.Add(uint64(delta))
+	} else {
+		s.takenBytes.Add(uint64(-delta))
+	}
+}
+
 // queueTally counts the frames a fan-out queues, to add them to the hub's
 // counters once instead of per frame (two atomic additions per delivery
 // less): at the end of the fan-out, or every tallyFlush frames. Meanwhile

@@ -50,6 +50,27 @@ func (c *Conn) enqueueTallied(f []byte, t topic, off uint64, tally *queueTally) 
 	return c.push(f, t, off, tally)
 }
 
+// enqueuePong queues the answer to a ping. A pong queued and not yet
+// taken by the writer answers the pings before this one: it is replaced
+// by this one's (RFC 6455, 5.5.3: only the most recent ping needs an
+// answer), so that a client's flood of pings costs one queued frame, not
+// one each that could fill its queue.
+func (c *Conn) enqueuePong(data []byte) {
+	f := frame(opPong, data)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if q := c.queue; q != nil && q.pong > 0 && c.state.Load() == connOpen {
+		delta := len(f) - len(q.frames[q.pong-1])
+		q.frames[q.pong-1] = f
+		c.qbytes += delta
+		c.stat().resized(delta)
+		return
+	}
+	if c.push(f, topic{}, 0, nil) {
+		c.queue.pong = len(c.queue.frames)
+	}
+}
+
 // held is a message frame waiting while its connection recovers.
 type held struct {
 	f   []byte
@@ -95,6 +116,7 @@ func (c *Conn) push(f []byte, t topic, off uint64, tally *queueTally) bool {
 			q.frames = q.frames[1:]
 			dropped++
 		}
+		q.pong = max(q.pong-dropped, 0)
 		c.stat().unqueued(length, dropped, size)
 		c.hub.stats.dropped.Add(uint64(dropped))
 	}
@@ -256,6 +278,7 @@ func (c *Conn) writeClose(cf []byte, hangUp bool) bool {
 type sendQueue struct {
 	frames [][]byte
 	inbox  uint64 // the newest of the user's inbox among frames, to acknowledge once written
+	pong   int    // 1 + the index of the pong among frames (enqueuePong); 0: none
 }
 
 // stampBufs holds the writers' buffers of a batch's stamps.
@@ -266,7 +289,7 @@ var sendQueues = sync.Pool{New: func() any { return &sendQueue{frames: make([][]
 func (q *sendQueue) reset() {
 	clear(q.frames)
 	q.frames = q.frames[:0]
-	q.inbox = 0
+	q.inbox, q.pong = 0, 0
 }
 
 // unqueueLocked counts c's queued frames as gone from the send queues: the
