@@ -27,35 +27,35 @@ var flatKeys = map[string]uint16{
 	"transient": 1 << 4, "id": 1 << 5, "join": 1 << 6, "leave": 1 << 7, "ping": 1 << 8,
 }
 
-// decodeFlat parses data, a trimmed frame that starts with '{', when it
-// has the common shape; ok false: encoding/json must.
-func decodeFlat(data []byte) (in *inbound, ok bool) {
-	in = new(inbound)
+// decodeFlat parses data, a trimmed frame that starts with '{', into in
+// (zero) when it has the common shape; false: encoding/json must, and in
+// may hold part of it.
+func decodeFlat(data []byte, in *inbound) bool {
 	i := skipSpace(data, 1)
 	if i < len(data) && data[i] == '}' {
-		return in, i+1 == len(data)
+		return i+1 == len(data)
 	}
 	var seen uint16
 	for {
 		key, j, ok := plainString(data, i)
 		if !ok {
-			return nil, false
+			return false
 		}
 		bit := flatKeys[string(key)]
 		if bit == 0 || seen&bit != 0 {
-			return nil, false
+			return false
 		}
 		seen |= bit
 		i = skipSpace(data, j)
 		if i >= len(data) || data[i] != ':' {
-			return nil, false
+			return false
 		}
 		i = skipSpace(data, i+1)
 		switch string(key) {
 		case "channel_id", "content", "id", "join", "leave":
 			s, j, ok := plainString(data, i)
 			if !ok {
-				return nil, false
+				return false
 			}
 			str := string(s)
 			switch string(key) {
@@ -77,7 +77,7 @@ func decodeFlat(data []byte) (in *inbound, ok bool) {
 		case "type", "to_user_id":
 			j, ok := plainScalar(data, i)
 			if !ok {
-				return nil, false
+				return false
 			}
 			raw := json.RawMessage(bytes.Clone(data[i:j]))
 			if string(key) == "type" {
@@ -93,27 +93,27 @@ func decodeFlat(data []byte) (in *inbound, ok bool) {
 			case bytes.HasPrefix(data[i:], []byte("false")):
 				in.Transient, i = false, i+5
 			default:
-				return nil, false
+				return false
 			}
 		case "ping":
 			j := digits(data, i)
 			n, err := strconv.ParseUint(string(data[i:j]), 10, 64)
 			if j == i || err != nil || (data[i] == '0' && j > i+1) {
-				return nil, false
+				return false
 			}
 			in.Ping, i = &n, j
 		}
 		i = skipSpace(data, i)
 		if i >= len(data) {
-			return nil, false
+			return false
 		}
 		switch data[i] {
 		case ',':
 			i = skipSpace(data, i+1)
 		case '}':
-			return in, i+1 == len(data)
+			return i+1 == len(data)
 		default:
-			return nil, false
+			return false
 		}
 	}
 }

@@ -143,8 +143,8 @@ func FuzzDecodeFlat(f *testing.F) {
 		if len(data) == 0 || data[0] != '{' {
 			return
 		}
-		got, ok := decodeFlat(data)
-		if !ok {
+		got := new(inbound)
+		if !decodeFlat(data, got) {
 			return
 		}
 		var want inbound

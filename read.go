@@ -472,6 +472,9 @@ func (c *Conn) throttle(n int) {
 // rate limited, filtered by the application and sent.
 func (c *Conn) dispatch(data []byte) {
 	in, err := decodeFrame(c.uid, data)
+	if in != nil {
+		defer in.free()
+	}
 	switch {
 	// The protocol's own frames count against the rate limit as messages
 	// do (over it: ignored, no pong; RateBurst in a row close with 4029).
