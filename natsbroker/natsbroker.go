@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	mrand "math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -314,19 +315,40 @@ func (b *Broker) reconnected() {
 		cancel()
 		b.resumed()
 		if b.opt.FileStorage {
-			b.mu.Lock()
-			parent := b.conn // ends at Close
-			b.mu.Unlock()
-			if parent == nil {
-				parent = context.Background()
-			}
-			ctx, cancel := context.WithTimeout(parent, sweepTimeout)
-			defer cancel()
-			if err := b.sweep(ctx); err != nil {
-				b.lost(fmt.Errorf("sweeping member keys: %w", err))
-			}
+			b.sweepSoon()
 		}
 	}()
+}
+
+// sweepSoon sweeps (see sweep) once the node's own re-publishing after the
+// reconnect has had its turn: after a random one to three seconds, with
+// few calls at once, as every node sweeps. A sweep that fails is tried
+// again twice, five seconds apart; only the last failure is reported (a
+// broker error: the calls wait for the next good heartbeat).
+func (b *Broker) sweepSoon() {
+	wait := time.Second + time.Duration(mrand.Int64N(int64(2*time.Second)))
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		select {
+		case <-b.closed:
+			return
+		case <-time.After(wait):
+		}
+		b.mu.Lock()
+		parent := b.conn // ends when the connection drops, and at Close
+		b.mu.Unlock()
+		if parent == nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(parent, sweepTimeout)
+		err = b.sweep(ctx)
+		cancel()
+		if err == nil || parent.Err() != nil {
+			return // done, or the connection dropped: the next reconnect sweeps
+		}
+		wait = 5 * time.Second
+	}
+	b.lost(fmt.Errorf("sweeping member keys: %w", err))
 }
 
 // resumed tells the node that the connection is back, with its
@@ -909,8 +931,11 @@ func (b *Broker) sweep(ctx context.Context) error {
 		}
 	}
 	uids := slices.Collect(maps.Keys(byUid))
-	return parallel(len(uids), func(i int) error { return b.prune(ctx, uids[i], byUid[uids[i]]) })
+	return parallelN(len(uids), sweepParallel, func(i int) error { return b.prune(ctx, uids[i], byUid[uids[i]]) })
 }
+
+// sweepParallel bounds a sweep's calls in flight at once.
+const sweepParallel = 4
 
 // joinHook, when set (tests), runs in Join between the write of uid's
 // record and those of the member keys.
@@ -981,12 +1006,15 @@ const batchParallel = 64
 
 // parallel runs f(0), ..., f(n-1), up to batchParallel at once, and
 // returns the first error.
-func parallel(n int, f func(i int) error) error {
+func parallel(n int, f func(i int) error) error { return parallelN(n, batchParallel, f) }
+
+// parallelN is parallel with up to most calls at once.
+func parallelN(n, most int, f func(i int) error) error {
 	var (
 		mu    sync.Mutex
 		first error
 		wg    sync.WaitGroup
-		slots = make(chan struct{}, batchParallel)
+		slots = make(chan struct{}, most)
 	)
 	for i := 0; i < n; i++ {
 		slots <- struct{}{}
