@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -73,6 +75,7 @@ type roomsResult struct {
 	ClientCPU    float64 `json:"client_cores"`
 	OtherCPU     float64 `json:"other_cores"`
 	Err          string  `json:"error,omitempty"`
+	Runs         int     `json:"runs,omitempty"` // repetitions combined (medianRooms)
 	// Hub is chart's accepted-to-written latency (Stats().Delivery) over
 	// the same measurement; nil for the other peers.
 	Hub *hubStage `json:"hub_stage,omitempty"`
@@ -84,8 +87,59 @@ type roomsResult struct {
 
 // runRooms measures one peer with cfg.roomsConns connections in rooms of
 // roomSize, every user sending rate messages per second for
-// cfg.roomsDuration.
+// cfg.roomsDuration, cfg.repeat times, each on a fresh server and
+// connections; see medianRooms.
 func runRooms(cfg *config, spec *libSpec, rate float64) roomsResult {
+	var reps []roomsResult
+	for range max(cfg.repeat, 1) {
+		r := runRoomsOnce(cfg, spec, rate)
+		reps = append(reps, r)
+		if r.Err != "" {
+			break
+		}
+	}
+	return medianRooms(reps)
+}
+
+// medianRooms combines the repetitions of a rooms measurement: each
+// latency, rate and CPU figure is its median over them (at saturation a
+// single run's p50 moves by 2-10x from run to run), the stages are the
+// run's with the median p50, and the losses and the first error of any
+// repetition are carried over.
+func medianRooms(reps []roomsResult) roomsResult {
+	med := func(f func(r roomsResult) float64) float64 {
+		v := make([]float64, len(reps))
+		for i, r := range reps {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	byP50 := slices.Clone(reps)
+	slices.SortStableFunc(byP50, func(a, b roomsResult) int { return cmp.Compare(a.P50us, b.P50us) })
+	m := byP50[len(byP50)/2]
+	m.P50us = med(func(r roomsResult) float64 { return r.P50us })
+	m.P99us = med(func(r roomsResult) float64 { return r.P99us })
+	m.MeanUs = med(func(r roomsResult) float64 { return r.MeanUs })
+	m.Rate = med(func(r roomsResult) float64 { return r.Rate })
+	m.ServerCPU = med(func(r roomsResult) float64 { return r.ServerCPU })
+	m.ClientCPU = med(func(r roomsResult) float64 { return r.ClientCPU })
+	m.OtherCPU = med(func(r roomsResult) float64 { return r.OtherCPU })
+	m.WritesPerK = med(func(r roomsResult) float64 { return r.WritesPerK })
+	m.Runs = len(reps)
+	for _, r := range reps {
+		m.Lost = max(m.Lost, r.Lost)
+		m.SeqErrors = max(m.SeqErrors, r.SeqErrors)
+		m.Disconnected = max(m.Disconnected, r.Disconnected)
+		if m.Err == "" {
+			m.Err = r.Err
+		}
+	}
+	return m
+}
+
+// runRoomsOnce is one run of runRooms.
+func runRoomsOnce(cfg *config, spec *libSpec, rate float64) roomsResult {
 	n := cfg.roomsConns
 	r := roomsResult{Lib: spec.name, Conns: n, Rooms: n / roomSize, PerUserRate: rate, Size: cfg.roomsSize}
 	fail := func(err error) roomsResult {
