@@ -76,6 +76,9 @@ type Conn struct {
 	// allocates nothing, where go c.writeLoop() allocates a closure each
 	// time (a writer starts for each delivery to an idle connection).
 	writeFn func()
+	// readPolled as a func value, made once as the connection starts
+	// polled, for the same reason: a reader starts for each message.
+	readFn func()
 }
 
 const (

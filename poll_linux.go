@@ -211,13 +211,17 @@ func (p *poller) ctl(c *Conn, key uint32, op int) error {
 func (p *poller) loop() {
 	var events [128]syscall.EpollEvent
 	var drain [64]byte
+	var n int
+	// Made once: a func literal passed to Read escapes, and would be
+	// allocated at every wait.
+	wait := func(fd uintptr) bool {
+		var err error
+		n, err = syscall.EpollWait(int(fd), events[:], 0)
+		return n > 0 || err != nil && err != syscall.EINTR && err != syscall.EAGAIN
+	}
 	for {
-		var n int
-		err := p.rc.Read(func(fd uintptr) bool {
-			var err error
-			n, err = syscall.EpollWait(int(fd), events[:], 0)
-			return n > 0 || err != nil && err != syscall.EINTR && err != syscall.EAGAIN
-		})
+		n = 0
+		err := p.rc.Read(wait)
 		if err != nil {
 			// Go's poller cannot wait for the epoll set (it was not
 			// registered): wait in the system call.
@@ -253,7 +257,7 @@ func (p *poller) loop() {
 				if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) == 0 {
 					c.ready.Store(false) // this reader reads what came
 				} // else it must read on to the end of the stream, which a read that drained the data does not see
-				go c.readPolled()
+				go c.readFn()
 			}
 		}
 	}

@@ -178,17 +178,18 @@ func (c *Conn) pastDeadline() bool {
 // set silently.
 func (c *Conn) wake() {
 	if c.ws == nil && c.idle.CompareAndSwap(true, false) {
-		go c.readPolled()
+		go c.readFn()
 	}
 }
 
 // startPolled puts a new polled connection into its poller, or when that
 // fails, reads it from a goroutine.
 func (c *Conn) startPolled() {
+	c.readFn = c.readPolled // before any reader can start: pollAdd makes c idle
 	c.extendReadDeadline()
 	c.armTimer()
 	if pollAdd(c) != nil {
-		go c.readPolled()
+		go c.readFn()
 	}
 }
 
