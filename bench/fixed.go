@@ -192,14 +192,7 @@ func runFixed(cfg *config, spec *libSpec, subs int, rep *report) []fanoutResult 
 // and errors of every repetition are carried over.
 func medianFixed(reps []fanoutResult) fanoutResult {
 	m := medianFanout(reps) // the rate's median, and every loss and error
-	med := func(f func(r fanoutResult) float64) float64 {
-		v := make([]float64, len(reps))
-		for i, r := range reps {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
+	med := func(f func(r fanoutResult) float64) float64 { return medianOf(reps, f) }
 	m.P50us = med(func(r fanoutResult) float64 { return r.P50us })
 	m.P90us = med(func(r fanoutResult) float64 { return r.P90us })
 	m.P99us = med(func(r fanoutResult) float64 { return r.P99us })
@@ -210,6 +203,16 @@ func medianFixed(reps []fanoutResult) fanoutResult {
 	m.CallMeanUs = med(func(r fanoutResult) float64 { return r.CallMeanUs })
 	m.ServerCPU = med(func(r fanoutResult) float64 { return r.ServerCPU })
 	return m
+}
+
+// medianOf is the median of f over reps (the upper one of an even count).
+func medianOf[T any](reps []T, f func(T) float64) float64 {
+	v := make([]float64, len(reps))
+	for i, r := range reps {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
 }
 
 // hubLog formats a hub stage for a progress line.

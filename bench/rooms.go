@@ -107,14 +107,7 @@ func runRooms(cfg *config, spec *libSpec, rate float64) roomsResult {
 // run's with the median p50, and the losses and the first error of any
 // repetition are carried over.
 func medianRooms(reps []roomsResult) roomsResult {
-	med := func(f func(r roomsResult) float64) float64 {
-		v := make([]float64, len(reps))
-		for i, r := range reps {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
+	med := func(f func(r roomsResult) float64) float64 { return medianOf(reps, f) }
 	byP50 := slices.Clone(reps)
 	slices.SortStableFunc(byP50, func(a, b roomsResult) int { return cmp.Compare(a.P50us, b.P50us) })
 	m := byP50[len(byP50)/2]
