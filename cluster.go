@@ -3,6 +3,7 @@ package chart
 import (
 	"encoding/binary"
 	"errors"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -726,11 +727,18 @@ func (cl *cluster) control(uid uint64, join bool, ids []string) error {
 	if join {
 		kind = envJoin
 	}
-	n := binary.MaxVarintLen64
+	n := 2 * binary.MaxVarintLen64
 	for _, id := range ids {
 		n += binary.MaxVarintLen64 + len(id)
 	}
 	b := binary.AppendUvarint(cl.envelope(kind, n), uid)
+	if join {
+		// When: a node that begins to follow a channel for it starts at
+		// what its stream got from then on (follow's since), not at the
+		// moment the envelope arrives; what was published in between
+		// would be lost to uid.
+		b = binary.AppendUvarint(b, uint64(time.Now().UnixMilli()))
+	}
 	for _, id := range ids {
 		b = appendStr(b, id)
 	}
@@ -777,8 +785,8 @@ func (cl *cluster) Receive(data []byte) {
 			cl.receiveMessage(topic{uid: uid}, rest[k:])
 		}
 	case envJoin, envLeave:
-		if uid, ids, ok := readIds(rest); ok {
-			cl.receiveMembership(uid, kind == envJoin, ids)
+		if uid, since, ids, ok := readMembership(rest, kind == envJoin); ok {
+			cl.receiveMembership(uid, kind == envJoin, ids, since)
 		}
 	case envAll:
 		h.deliver(h.allConns(), stampedFrame(rest, 0, "", monotime()), topic{all: true}, 0)
@@ -1042,20 +1050,30 @@ func (b *brokerStreams) keepsInboxes() bool { return true }
 func (b *brokerStreams) order(topic) *sync.Mutex { return nil }
 func (b *brokerStreams) shared() bool            { return true }
 
-// readIds reads a join or leave envelope's body.
-func readIds(b []byte) (uid uint64, ids []string, ok bool) {
+// readMembership parses a join or leave envelope's body: the uid, for a
+// join (timed) when it was made (Unix nanoseconds, to the millisecond),
+// and the channel ids.
+func readMembership(b []byte, timed bool) (uid uint64, since int64, ids []string, ok bool) {
 	uid, k := binary.Uvarint(b)
 	if k <= 0 {
-		return 0, nil, false
+		return 0, 0, nil, false
 	}
-	for b = b[k:]; len(b) > 0; {
+	b = b[k:]
+	if timed {
+		ms, k := binary.Uvarint(b)
+		if k <= 0 || ms > math.MaxInt64/uint64(time.Millisecond) {
+			return 0, 0, nil, false
+		}
+		since, b = int64(ms)*int64(time.Millisecond), b[k:]
+	}
+	for len(b) > 0 {
 		var id []byte
 		if id, b, ok = readStr(b); !ok {
-			return 0, nil, false
+			return 0, 0, nil, false
 		}
 		ids = append(ids, string(id))
 	}
-	return uid, ids, true
+	return uid, since, ids, true
 }
 
 // receiveMembership takes a join or leave another node made for uid. It
@@ -1065,8 +1083,11 @@ func readIds(b []byte) (uid uint64, ids []string, ok bool) {
 // its own goroutine; a join of an unsynced uid, which reads streams
 // (elsewhere.go), goes to the uid's event queue, and so do the joins and
 // leaves that come after it until it ran, so that they apply in order.
-func (cl *cluster) receiveMembership(uid uint64, join bool, ids []string) {
-	cl.applyAs(uid, join, ids, received)
+//
+// A channel this node begins to follow for a join starts at what its
+// stream got since the join was made (since), as the joining node saw it.
+func (cl *cluster) receiveMembership(uid uint64, join bool, ids []string, since int64) {
+	cl.applyAs(uid, join, ids, received, since)
 }
 
 // How apply was called: from a step of the uid's event queue or a
@@ -1078,10 +1099,10 @@ const (
 	queued
 )
 
-// followSoon is followChannels for a caller that must not wait for the
-// broker: a channel whose subscription must change is followed on a
+// followSoon is followChannelsSince for a caller that must not wait for
+// the broker: a channel whose subscription must change is followed on a
 // goroutine of its own.
-func (cl *cluster) followSoon(ids []string) {
+func (cl *cluster) followSoon(ids []string, since int64) {
 	for _, id := range ids {
 		t := topic{ch: id}
 		want := cl.hub.lookupChannel(id) != nil
@@ -1090,11 +1111,14 @@ func (cl *cluster) followSoon(ids []string) {
 		busy := st != nil && st.busy
 		if busy {
 			st.again = true // its follower looks again
+			if since != 0 && (st.since == 0 || since < st.since) {
+				st.since = since
+			}
 		}
 		have := st != nil && st.have
 		cl.subMu.Unlock()
 		if !busy && want != have {
-			go cl.follow(t, 0)
+			go cl.follow(t, since)
 		}
 	}
 }
@@ -1103,11 +1127,11 @@ func (cl *cluster) followSoon(ids []string) {
 // Joins past MaxChannelsPerUid are refused here, on the node holding uid,
 // since the node that asked may not know its count.
 func (cl *cluster) apply(uid uint64, join bool, ids []string) {
-	cl.applyAs(uid, join, ids, directly)
+	cl.applyAs(uid, join, ids, directly, 0)
 }
 
-// applyAs is apply called as how says.
-func (cl *cluster) applyAs(uid uint64, join bool, ids []string, how int) {
+// applyAs is apply called as how says; since as receiveMembership's.
+func (cl *cluster) applyAs(uid uint64, join bool, ids []string, how int, since int64) {
 	h := cl.hub
 	pres := h.presenceIds(ids)
 	s := h.userShard(uid)
@@ -1128,7 +1152,7 @@ func (cl *cluster) applyAs(uid uint64, join bool, ids []string, how int) {
 	late := join && u.unsynced && h.seq != nil
 	if how == received && (late || u.remote > 0) {
 		u.remote++
-		drain := s.pushEvent(uid, func() { cl.applyAs(uid, join, ids, queued) })
+		drain := s.pushEvent(uid, func() { cl.applyAs(uid, join, ids, queued, since) })
 		s.mu.Unlock()
 		if drain {
 			go h.drainEvents(uid)
@@ -1153,9 +1177,9 @@ func (cl *cluster) applyAs(uid uint64, join bool, ids []string, how int) {
 		h.report(u.handler, err)
 	}
 	if how == received {
-		cl.followSoon(ids)
+		cl.followSoon(ids, since)
 	} else {
-		h.followChannels(ids)
+		h.followChannelsSince(ids, since)
 	}
 }
 

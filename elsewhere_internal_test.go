@@ -557,3 +557,69 @@ func TestRemoteMembershipInOrderWhileLate(t *testing.T) {
 		return !unsynced && queueIdle(b.hub, 1) && slices.Equal(chans, []string{"room", "y"})
 	})
 }
+
+// tailHeld is a node's memory broker whose reads of one stream wait,
+// while held, until released: a slow answer to the read where a stream
+// stands that a node makes as it begins to follow a channel.
+type tailHeld struct {
+	*memoryBroker
+	stream  string
+	entered chan struct{} // closed when a held read began
+	release chan struct{}
+	once    sync.Once
+}
+
+func (b *tailHeld) free() { b.once.Do(func() { close(b.release) }) }
+
+func (b *tailHeld) Read(stream string, after uint64, limit int) ([]StreamEntry, string, bool, uint64, error) {
+	if stream == b.stream {
+		select {
+		case <-b.entered:
+		default:
+			close(b.entered)
+		}
+		<-b.release
+	}
+	return b.memoryBroker.Read(stream, after, limit)
+}
+
+// TestRemoteJoinThenPublish (review 11, HIGH): node A joins uid 2,
+// connected to node B only, to a channel nobody on B is in, and publishes
+// to it at once. B begins to follow the channel where its stream stood
+// when B read it (held back here until A's messages are in the stream),
+// not where it stood at the join: uid 2 got none of m1-m3, then a1 (1 to 3
+// of 3 first messages lost in 46 to 128 of 200 channels in the review).
+// The join's envelope carries when it was made; B starts there.
+func TestRemoteJoinThenPublish(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	hb := &tailHeld{memoryBroker: bus.Broker().(*memoryBroker), stream: topic{ch: "fresh"}.name(),
+		entered: make(chan struct{}), release: make(chan struct{})}
+	t.Cleanup(hb.free)
+	a := startServer(t, Config{Broker: bus.Broker()}, rec)
+	b := startServer(t, Config{Broker: hb}, rec)
+	c2 := b.login(t, rec, 2)
+	if err := a.hub.JoinChannelIds(2, "fresh"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-hb.entered:
+	case <-time.After(wait):
+		t.Fatal("B never read where fresh's stream stands")
+	}
+	publish := publisher(t, a, "fresh")
+	want := publish("m", 3)
+	eventually(t, "m1-m3 in fresh's stream", func() bool {
+		_, _, _, last, err := hb.memoryBroker.Read(hb.stream, 0, 0) // not held
+		return err == nil && last == 3
+	})
+	hb.free()
+	eventually(t, "B subscribed to fresh", func() bool {
+		bus.mu.Lock()
+		defer bus.mu.Unlock()
+		_, ok := bus.subs[hb.stream][hb.memoryBroker]
+		return ok
+	})
+	want = append(want, publish("a", 1)...)
+	gotAll(t, c2, want)
+}
