@@ -118,7 +118,11 @@ func (h *Hub) connectBackends() {
 		gs := guardedStreams{st, g}
 		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]string)}
 		if bs, ok := st.(BatchStreams); ok {
-			cl.streams.pipe = newPipeline(guardedBatch{gs, bs}, cl.spawn)
+			cl.streams.pipe = newPipeline(guardedBatch{gs, bs}, g, cl.spawn, func(t topic, off uint64, epoch string) {
+				if h.seq != nil {
+					h.seq.passed(t, off, epoch)
+				}
+			})
 		}
 		var ba BatchAcks
 		if bk, ok := st.(BatchAcks); ok {

@@ -466,3 +466,56 @@ func TestRemoteJoinDoesNotStallDelivery(t *testing.T) {
 		t.Fatalf("uid 2 got %q", got)
 	}
 }
+
+// TestFrozenBrokerLocalChat (review 11, HIGH): while the broker is frozen
+// (SIGSTOP: it answers nothing), users of one node go on chatting: a
+// client's sends, which wait for their appends, wait at most BrokerWait
+// for the broker and are then delivered here as for a failed append, so
+// the client is read on; after the thaw chat goes on with offsets again.
+// (Each send waited for the broker's own timeout, and the node stopped
+// reading the sender: at the thaw its backlog was refused as over its
+// rate, and the sender closed with 4029.)
+func TestFrozenBrokerLocalChat(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	s := startServer(t, Config{Broker: bus.Broker()}, rec)
+	c1 := s.login(t, rec, 1)
+	c2 := s.login(t, rec, 2)
+	for _, uid := range []uint64{1, 2} {
+		if err := s.hub.JoinChannelIds(uid, "room"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send := func(content string) {
+		t.Helper()
+		if err := c1.ws.WriteJSON(map[string]any{"channel_id": "room", "content": content, "type": 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("before")
+	readUntil(t, c2, "before")
+	bus.Freeze(true)
+	t.Cleanup(func() { bus.Freeze(false) })
+	var want []string
+	for i := 1; i <= 30; i++ {
+		want = append(want, fmt.Sprint("frozen ", i))
+		send(want[len(want)-1])
+	}
+	got, _ := readUntil(t, c2, want[len(want)-1])
+	if !slices.Equal(got, want) {
+		t.Fatalf("during the freeze uid 2 got %q, want %q", got, want)
+	}
+	if n := bus.Waiting(); n == 0 {
+		t.Fatal("the bus is frozen, yet nobody waits for it: the test froze nothing")
+	}
+	bus.Freeze(false)
+	send("after")
+	got, offs := readUntil(t, c2, "after")
+	if !slices.Equal(got, []string{"after"}) || offs[0] == 0 {
+		t.Fatalf("after the thaw uid 2 got %q at offsets %v, want [after] at an offset", got, offs)
+	}
+	got, _ = readUntil(t, c1, "after") // the sender's own copies, and no refusal
+	if got[0] != "before" || !slices.Contains(got, "frozen 30") {
+		t.Fatalf("uid 1 got %q", got)
+	}
+}

@@ -36,6 +36,9 @@ const lateKeepBytes = 32 << 20
 // out delivers f, at offset off of t, in its turn, and marks the
 // sequence's first delivery since the latest outage began. q.mu is held.
 func (s *sequencer) out(t topic, q *sequence, f []byte, off uint64) {
+	if f == nil {
+		return // gone out already, without its offset (passed)
+	}
 	if at := frameStamp(f); at != 0 {
 		q.lastOut = at
 	} else {

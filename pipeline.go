@@ -3,8 +3,10 @@ package chart
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // The append pipeline. With a Broker that keeps the streams, every message
@@ -38,8 +40,13 @@ const (
 var errPipeStopped = errors.New("chart: node stopping, message not appended")
 
 type pipeline struct {
-	b      BatchStreams
-	spawn  func(func()) bool
+	b     BatchStreams
+	g     *guard // bounds wait (failfast.go); nil: unbounded
+	spawn func(func()) bool
+	// passed is told of an append stored after its waiter gave up, whose
+	// message went out here then, without its offset: its turn passes
+	// without its going out again.
+	passed func(t topic, off uint64, epoch string)
 	shards [pipeShards]pipeShard
 }
 
@@ -49,6 +56,7 @@ type pipeShard struct {
 	queue   []*pipeItem
 	bytes   int
 	flusher bool
+	sentAt  int64 // guard time when the batch in flight was sent; 0: none
 }
 
 // pipeItem is one queued append. done runs on the flusher's goroutine, in
@@ -59,8 +67,8 @@ type pipeItem struct {
 	done func(data []byte, off uint64, epoch string, err error)
 }
 
-func newPipeline(b BatchStreams, spawn func(func()) bool) *pipeline {
-	p := &pipeline{b: b, spawn: spawn}
+func newPipeline(b BatchStreams, g *guard, spawn func(func()) bool, passed func(topic, uint64, string)) *pipeline {
+	p := &pipeline{b: b, g: g, spawn: spawn, passed: passed}
 	for i := range p.shards {
 		p.shards[i].room.L = &p.shards[i].mu
 	}
@@ -94,7 +102,16 @@ func (p *pipeline) submit(t topic, data []byte, done func(data []byte, off uint6
 	}
 }
 
-// wait appends data to t through the pipeline and returns the result.
+// wait appends data to t through the pipeline and returns the result. It
+// waits at most BrokerWait for a broker that answers nothing (a batch in
+// flight and no call completing): at once when the stream's shard has a
+// batch unanswered for that long already, else once that long has passed
+// (await). It then returns errUnanswered, and the append goes on without
+// it: the caller delivers here what it was sending as for a failed append,
+// and the other nodes read it from the stream if the broker stores it. So
+// a client's sends, which wait for their appends, are not held for the
+// broker's own timeout while it is frozen, and the client is read on (its
+// messages did not pile up to be refused as over its rate at the thaw).
 func (p *pipeline) wait(t topic, data []byte) (uint64, string, error) {
 	type result struct {
 		off   uint64
@@ -102,9 +119,44 @@ func (p *pipeline) wait(t topic, data []byte) (uint64, string, error) {
 		err   error
 	}
 	ch := make(chan result, 1)
-	p.submit(t, data, func(_ []byte, off uint64, epoch string, err error) { ch <- result{off, epoch, err} })
-	r := <-ch
+	stuck := p.g != nil && p.shard(t).stuck(p.g)
+	var state atomic.Int32 // 0 waited for, 1 answered, 2 given up
+	p.submit(t, data, func(_ []byte, off uint64, epoch string, err error) {
+		if state.CompareAndSwap(0, 1) {
+			ch <- result{off, epoch, err}
+		} else if err == nil && p.passed != nil {
+			p.passed(t, off, epoch) // delivered here when given up
+		}
+	})
+	if p.g == nil {
+		r := <-ch
+		return r.off, r.epoch, r.err
+	}
+	if !stuck {
+		if r, ok := await(p.g, ch); ok {
+			return r.off, r.epoch, r.err
+		}
+	}
+	if state.CompareAndSwap(0, 2) {
+		return 0, "", errUnanswered
+	}
+	r := <-ch // answered meanwhile
 	return r.off, r.epoch, r.err
+}
+
+// errUnanswered is the result of a wait that the broker did not answer
+// within BrokerWait. Like a timeout, it is ambiguous: the append may be
+// stored later. Like the guard's refusals, it does not mark the broker
+// failing (a slow broker is not a down one).
+var errUnanswered = fmt.Errorf("%w: append not answered within BrokerWait: %w", ErrBrokerDown, context.DeadlineExceeded)
+
+// stuck reports whether s has a batch in flight that the broker has not
+// answered for g's wait, nor any other call since it was sent.
+func (s *pipeShard) stuck(g *guard) bool {
+	s.mu.Lock()
+	sent := s.sentAt
+	s.mu.Unlock()
+	return sent != 0 && g.now()-max(sent, g.progress.Load()) > g.wait
 }
 
 // flush sends s's queue in batches until it is empty; not live (the
@@ -125,6 +177,9 @@ func (p *pipeline) flush(s *pipeShard, live bool) {
 		for _, it := range items {
 			s.bytes -= len(it.data)
 		}
+		if p.g != nil {
+			s.sentAt = max(p.g.now(), 1)
+		}
 		s.room.Broadcast()
 		s.mu.Unlock()
 
@@ -139,6 +194,9 @@ func (p *pipeline) flush(s *pipeShard, live bool) {
 				batch[i].Err = errPipeStopped
 			}
 		}
+		s.mu.Lock()
+		s.sentAt = 0
+		s.mu.Unlock()
 		for i, it := range items {
 			a := &batch[i]
 			it.done(it.data, a.Offset, a.Epoch, a.Err)

@@ -208,6 +208,24 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 	}
 }
 
+// passed takes offset off of t (epoch) as gone out here already: its
+// message was delivered without it (its append answered after its sender
+// stopped waiting, pipeline.wait). Its turn passes without its going out
+// again, as it would when read from the stream for a hole.
+func (s *sequencer) passed(t topic, off uint64, epoch string) {
+	q := s.lookup(t) // locked
+	defer q.mu.Unlock()
+	switch {
+	case epoch != q.epoch && q.epoch != "", off < q.next:
+	case off == q.next:
+		q.next++
+		s.drain(t, q)
+	default:
+		q.insert(held{nil, t, off}) // a place holder: it goes nowhere
+		s.wait(t, q)
+	}
+}
+
 // reset follows a new epoch of t: the stream's history was lost and its
 // offsets start again from 1. What waits for the old epoch goes first.
 // q.mu is held.
