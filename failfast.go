@@ -153,13 +153,16 @@ func bounded[T any](g *guard, call func() (T, error)) (T, error) {
 
 // await waits for ch until the broker has given no answer for the guard's
 // wait: while other calls complete, the broker is slow, not stuck.
-func await[T any](g *guard, ch <-chan T) (T, bool) {
+func await[T any](g *guard, ch <-chan T) (T, bool) { return awaitFor(g, ch, g.wait) }
+
+// awaitFor is await with wait instead of the guard's.
+func awaitFor[T any](g *guard, ch <-chan T, wait int64) (T, bool) {
 	select {
 	case v := <-ch:
 		return v, true
 	default:
 	}
-	t := time.NewTimer(time.Duration(g.wait))
+	t := time.NewTimer(time.Duration(wait))
 	defer t.Stop()
 	for {
 		select {
@@ -167,11 +170,11 @@ func await[T any](g *guard, ch <-chan T) (T, bool) {
 			return v, true
 		case <-t.C:
 			idle := g.now() - g.progress.Load()
-			if idle >= g.wait {
+			if idle >= wait {
 				var zero T
 				return zero, false
 			}
-			t.Reset(time.Duration(g.wait - idle))
+			t.Reset(time.Duration(wait - idle))
 		}
 	}
 }

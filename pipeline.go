@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The append pipeline. With a Broker that keeps the streams, every message
@@ -103,15 +104,16 @@ func (p *pipeline) submit(t topic, data []byte, done func(data []byte, off uint6
 }
 
 // wait appends data to t through the pipeline and returns the result. It
-// waits at most BrokerWait for a broker that answers nothing (a batch in
+// waits at most appendWait for a broker that answers nothing (a batch in
 // flight and no call completing): at once when the stream's shard has a
 // batch unanswered for that long already, else once that long has passed
-// (await). It then returns errUnanswered, and the append goes on without
-// it: the caller delivers here what it was sending as for a failed append,
-// and the other nodes read it from the stream if the broker stores it. So
-// a client's sends, which wait for their appends, are not held for the
-// broker's own timeout while it is frozen, and the client is read on (its
-// messages did not pile up to be refused as over its rate at the thaw).
+// (awaitFor). It then returns errUnanswered, and the append goes on
+// without it: the caller delivers here what it was sending as for a
+// failed append, and the other nodes read it from the stream if the broker
+// stores it. So a client's sends, which wait for their appends, are not
+// held for the broker's own timeout while it is frozen, and the client is
+// read on (its messages did not pile up to be refused as over its rate at
+// the thaw).
 func (p *pipeline) wait(t topic, data []byte) (uint64, string, error) {
 	type result struct {
 		off   uint64
@@ -119,7 +121,7 @@ func (p *pipeline) wait(t topic, data []byte) (uint64, string, error) {
 		err   error
 	}
 	ch := make(chan result, 1)
-	stuck := p.g != nil && p.shard(t).stuck(p.g)
+	stuck := p.g != nil && p.shard(t).stuck(p.g, p.appendWait())
 	var state atomic.Int32 // 0 waited for, 1 answered, 2 given up
 	p.submit(t, data, func(_ []byte, off uint64, epoch string, err error) {
 		if state.CompareAndSwap(0, 1) {
@@ -133,7 +135,7 @@ func (p *pipeline) wait(t topic, data []byte) (uint64, string, error) {
 		return r.off, r.epoch, r.err
 	}
 	if !stuck {
-		if r, ok := await(p.g, ch); ok {
+		if r, ok := awaitFor(p.g, ch, p.appendWait()); ok {
 			return r.off, r.epoch, r.err
 		}
 	}
@@ -144,6 +146,14 @@ func (p *pipeline) wait(t topic, data []byte) (uint64, string, error) {
 	return r.off, r.epoch, r.err
 }
 
+// appendWait is how long wait waits for a broker that answers nothing:
+// BrokerWait, but a second at least. An append given up on reaches the
+// other nodes only through the stream, once stored: a busy broker that
+// takes longer than BrokerWait to store a batch must not be taken for a
+// frozen one (the RoomsUnderLoad suite on NATS lost messages so, under
+// -race on 2 cores, with 50 ms).
+func (p *pipeline) appendWait() int64 { return max(p.g.wait, int64(time.Second)) }
+
 // errUnanswered is the result of a wait that the broker did not answer
 // within BrokerWait. Like a timeout, it is ambiguous: the append may be
 // stored later. Like the guard's refusals, it does not mark the broker
@@ -151,12 +161,12 @@ func (p *pipeline) wait(t topic, data []byte) (uint64, string, error) {
 var errUnanswered = fmt.Errorf("%w: append not answered within BrokerWait: %w", ErrBrokerDown, context.DeadlineExceeded)
 
 // stuck reports whether s has a batch in flight that the broker has not
-// answered for g's wait, nor any other call since it was sent.
-func (s *pipeShard) stuck(g *guard) bool {
+// answered for appendWait, nor any other call since it was sent.
+func (s *pipeShard) stuck(g *guard, wait int64) bool {
 	s.mu.Lock()
 	sent := s.sentAt
 	s.mu.Unlock()
-	return sent != 0 && g.now()-max(sent, g.progress.Load()) > g.wait
+	return sent != 0 && g.now()-max(sent, g.progress.Load()) > wait
 }
 
 // flush sends s's queue in batches until it is empty; not live (the
