@@ -216,7 +216,10 @@ func (s *sequencer) passed(t topic, off uint64, epoch string) {
 	q := s.lookup(t) // locked
 	defer q.mu.Unlock()
 	switch {
-	case epoch != q.epoch && q.epoch != "", off < q.next:
+	case epoch != q.epoch, off < q.next:
+		// Another epoch, or one this node has not followed yet (its
+		// first message sets where it starts, and nothing before that
+		// is read back), or past.
 	case off == q.next:
 		q.next++
 		s.drain(t, q)
