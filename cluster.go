@@ -980,7 +980,7 @@ func (b *brokerStreams) heal() {
 // ends for a new member: its newest offset, or, with since (Unix
 // nanoseconds), just before its first entry appended since then, if any
 // (at most half a send queue back). ok false: the broker fails.
-func (b *brokerStreams) tail(t topic, since int64) (epoch string, past uint64, ok bool) {
+func (b *brokerStreams) tail(t topic, since int64) (epoch string, past uint64, fresh []entry, ok bool) {
 	var err error
 	var newest time.Time
 	if gs, ok := b.s.(guardedStreams); ok {
@@ -994,23 +994,31 @@ func (b *brokerStreams) tail(t topic, since int64) (epoch string, past uint64, o
 	}
 	if err != nil {
 		b.hub.brokerFailed(err)
-		return "", 0, false
+		return "", 0, nil, false
 	}
 	if since == 0 || newest.IsZero() || newest.UnixNano() < since {
-		return epoch, past, true
+		return epoch, past, nil, true
 	}
 	// Appended since: read back how far.
 	n := uint64(b.hub.seq.lateCap())
 	entries, got, _, _ := b.read(t, past-min(past, n), 0)
 	if got != epoch {
-		return epoch, past, true // reset meanwhile, or failing: its tail
+		return epoch, past, nil, true // reset meanwhile, or failing: its tail
 	}
-	for _, e := range entries {
+	for k, e := range entries {
 		if e.at >= since && e.off <= past {
-			return epoch, e.off - 1, true
+			// Started before the tail: what the stream got from e on
+			// goes out as soon as it is followed, not only when a later
+			// message shows the hole (none may come).
+			for _, f := range entries[k:] {
+				if f.off <= past {
+					fresh = append(fresh, f)
+				}
+			}
+			return epoch, e.off - 1, fresh, true
 		}
 	}
-	return epoch, past, true
+	return epoch, past, nil, true
 }
 
 func (b *brokerStreams) read(t topic, after uint64, limit int) ([]entry, string, bool, uint64) {
@@ -1252,9 +1260,10 @@ func (cl *cluster) subscribe(t topic, have bool, since int64) bool {
 	// streams itself, so an inbox needs no such read.
 	var epoch string
 	var past uint64
+	var since0 []entry
 	tailed := false
 	if want && t.ch != "" && cl.streams != nil {
-		epoch, past, tailed = cl.streams.tail(t, since)
+		epoch, past, since0, tailed = cl.streams.tail(t, since)
 	}
 	var err error
 	if want {
@@ -1263,7 +1272,7 @@ func (cl *cluster) subscribe(t topic, have bool, since int64) bool {
 		err = cl.b.Unsubscribe(t.name())
 	}
 	if tailed {
-		h.seq.startTail(t, epoch, past)
+		h.seq.startTail(t, epoch, past, since0)
 	}
 	if err != nil {
 		h.brokerFailed(err) // the broker keeps the interest and retries

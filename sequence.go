@@ -613,7 +613,9 @@ func (s *sequencer) startAt(t topic, epoch string, last uint64) {
 // the members, what came before is the stream's past, and goes out to
 // nobody even when it arrives late (it was on its way when the node
 // subscribed). A stream this node already follows keeps its order.
-func (s *sequencer) startTail(t topic, epoch string, last uint64) {
+// fresh are entries after last already read (a start in the past: what
+// the stream got since a join or a connection came), which go out now.
+func (s *sequencer) startTail(t topic, epoch string, last uint64, fresh []entry) {
 	if s == nil {
 		return
 	}
@@ -632,6 +634,13 @@ func (s *sequencer) startTail(t topic, epoch string, last uint64) {
 		k++
 	}
 	q.release(k)
+	if epoch != "" {
+		for _, e := range fresh {
+			if e.off > last {
+				q.insert(held{framePrefix(e.data, e.off, epoch), t, e.off})
+			}
+		}
+	}
 	s.drain(t, q)
 	s.wait(t, q)
 }
