@@ -118,11 +118,7 @@ func (h *Hub) connectBackends() {
 		gs := guardedStreams{st, g}
 		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]string)}
 		if bs, ok := st.(BatchStreams); ok {
-			cl.streams.pipe = newPipeline(guardedBatch{gs, bs}, g, cl.spawn, func(t topic, off uint64, epoch string) {
-				if h.seq != nil {
-					h.seq.passed(t, off, epoch)
-				}
-			})
+			cl.streams.pipe = newPipeline(guardedBatch{gs, bs}, g, cl.spawn)
 		}
 		var ba BatchAcks
 		if bk, ok := st.(BatchAcks); ok {
@@ -858,16 +854,9 @@ type brokerStreams struct {
 }
 
 func (b *brokerStreams) append(t topic, data []byte) (uint64, string) {
-	off, epoch, err := b.appendWait(t, data)
+	off, epoch, err := b.s.Append(t.name(), data)
 	off, epoch, _ = b.settle(t, off, epoch, err)
 	return off, epoch
-}
-
-func (b *brokerStreams) appendWait(t topic, data []byte) (uint64, string, error) {
-	if b.pipe != nil {
-		return b.pipe.wait(t, data)
-	}
-	return b.s.Append(t.name(), data)
 }
 
 func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, deliver, share func(data []byte, off uint64, epoch string)) {
@@ -878,11 +867,31 @@ func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, deliver, sha
 			share(data, off, epoch)
 		}
 	}
-	if b.pipe != nil && !wait {
+	if b.pipe == nil {
+		off, epoch, err := b.s.Append(t.name(), data)
+		then(data, off, epoch, err)
+		return
+	}
+	if !wait {
 		b.pipe.submit(t, data, then)
 		return
 	}
-	off, epoch, err := b.appendWait(t, data)
+	off, epoch, err := b.pipe.wait(t, data, func(data []byte, off uint64, epoch string, err error) {
+		// Given up on (below), it went out here then, without its
+		// offset: stored, its turn passes here without its going out
+		// again, and the other nodes get it with its offset; not, it
+		// is a hole as any failed append.
+		if off, epoch, ok := b.settle(t, off, epoch, err); off != 0 {
+			b.hub.seq.passed(t, off, epoch)
+			share(data, off, epoch)
+		} else if ok {
+			share(data, 0, "")
+		}
+	})
+	if errors.Is(err, errUnanswered) {
+		deliver(data, 0, "") // here and now; shared once the broker answers
+		return
+	}
 	then(data, off, epoch, err)
 }
 

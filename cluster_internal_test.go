@@ -469,9 +469,11 @@ func TestRemoteJoinDoesNotStallDelivery(t *testing.T) {
 
 // TestFrozenBrokerLocalChat (review 11, HIGH): while the broker is frozen
 // (SIGSTOP: it answers nothing), users of one node go on chatting: a
-// client's sends, which wait for their appends, wait at most BrokerWait
-// for the broker and are then delivered here as for a failed append, so
-// the client is read on; after the thaw chat goes on with offsets again.
+// client's sends, which wait for their appends, wait a second at most for
+// the broker and then go out here without a position, so the client is
+// read on; once the broker stores them they are not sent here again, and
+// a member on another node gets them all with their offsets, in order;
+// after the thaw chat goes on with offsets again.
 // (Each send waited for the broker's own timeout, and the node stopped
 // reading the sender: at the thaw its backlog was refused as over its
 // rate, and the sender closed with 4029.)
@@ -479,9 +481,11 @@ func TestFrozenBrokerLocalChat(t *testing.T) {
 	bus := NewMemoryBus()
 	rec := newRecorder()
 	s := startServer(t, Config{Broker: bus.Broker()}, rec)
+	other := startServer(t, Config{Broker: bus.Broker()}, rec)
 	c1 := s.login(t, rec, 1)
 	c2 := s.login(t, rec, 2)
-	for _, uid := range []uint64{1, 2} {
+	c3 := other.login(t, rec, 3) // on another node
+	for _, uid := range []uint64{1, 2, 3} {
 		if err := s.hub.JoinChannelIds(uid, "room"); err != nil {
 			t.Fatal(err)
 		}
@@ -514,6 +518,10 @@ func TestFrozenBrokerLocalChat(t *testing.T) {
 	if !slices.Equal(got, []string{"after"}) || offs[0] == 0 {
 		t.Fatalf("after the thaw uid 2 got %q at offsets %v, want [after] at an offset", got, offs)
 	}
+	// The other node gets every message, in order, with its offset, once
+	// the broker stored it (before: none of those sent during the freeze,
+	// and the stream was reset).
+	gotAll(t, c3, append(append([]string{"before"}, want...), "after"))
 	got, _ = readUntil(t, c1, "after") // the sender's own copies, and no refusal
 	if got[0] != "before" || !slices.Contains(got, "frozen 30") {
 		t.Fatalf("uid 1 got %q", got)

@@ -41,13 +41,9 @@ const (
 var errPipeStopped = errors.New("chart: node stopping, message not appended")
 
 type pipeline struct {
-	b     BatchStreams
-	g     *guard // bounds wait (failfast.go); nil: unbounded
-	spawn func(func()) bool
-	// passed is told of an append stored after its waiter gave up, whose
-	// message went out here then, without its offset: its turn passes
-	// without its going out again.
-	passed func(t topic, off uint64, epoch string)
+	b      BatchStreams
+	g      *guard // bounds wait (failfast.go); nil: unbounded
+	spawn  func(func()) bool
 	shards [pipeShards]pipeShard
 }
 
@@ -68,8 +64,8 @@ type pipeItem struct {
 	done func(data []byte, off uint64, epoch string, err error)
 }
 
-func newPipeline(b BatchStreams, g *guard, spawn func(func()) bool, passed func(topic, uint64, string)) *pipeline {
-	p := &pipeline{b: b, g: g, spawn: spawn, passed: passed}
+func newPipeline(b BatchStreams, g *guard, spawn func(func()) bool) *pipeline {
+	p := &pipeline{b: b, g: g, spawn: spawn}
 	for i := range p.shards {
 		p.shards[i].room.L = &p.shards[i].mu
 	}
@@ -103,31 +99,35 @@ func (p *pipeline) submit(t topic, data []byte, done func(data []byte, off uint6
 	}
 }
 
-// wait appends data to t through the pipeline and returns the result. It
-// waits at most appendWait for a broker that answers nothing (a batch in
-// flight and no call completing): at once when the stream's shard has a
-// batch unanswered for that long already, else once that long has passed
-// (awaitFor). It then returns errUnanswered, and the append goes on
-// without it: the caller delivers here what it was sending as for a
-// failed append, and the other nodes read it from the stream if the broker
-// stores it. So a client's sends, which wait for their appends, are not
-// held for the broker's own timeout while it is frozen, and the client is
-// read on (its messages did not pile up to be refused as over its rate at
-// the thaw).
-func (p *pipeline) wait(t topic, data []byte) (uint64, string, error) {
+// wait appends data to t through the pipeline and returns the result.
+// With a guard it does not wait for a broker known to be down: it returns
+// ErrBrokerDown at once, appending nothing, as a guarded call would. And
+// it waits at most appendWait for a broker that answers nothing (a batch
+// in flight and no call completing): not at all when the stream's shard
+// has a batch unanswered for that long already, else until that long has
+// passed (awaitFor). It then returns errUnanswered and the append goes on
+// without it: late gets its result when it comes. So a client's sends,
+// which wait for their appends, are not held for the broker's own timeout
+// while it is frozen, nor slowed to a batch per BrokerWait while it is
+// down, and the client is read on (its messages did not pile up to be
+// refused as over its rate when the broker returned).
+func (p *pipeline) wait(t topic, data []byte, late func(data []byte, off uint64, epoch string, err error)) (uint64, string, error) {
 	type result struct {
 		off   uint64
 		epoch string
 		err   error
 	}
+	if p.g != nil && p.g.cl.down.Load() {
+		return 0, "", ErrBrokerDown
+	}
 	ch := make(chan result, 1)
 	stuck := p.g != nil && p.shard(t).stuck(p.g, p.appendWait())
 	var state atomic.Int32 // 0 waited for, 1 answered, 2 given up
-	p.submit(t, data, func(_ []byte, off uint64, epoch string, err error) {
+	p.submit(t, data, func(data []byte, off uint64, epoch string, err error) {
 		if state.CompareAndSwap(0, 1) {
 			ch <- result{off, epoch, err}
-		} else if err == nil && p.passed != nil {
-			p.passed(t, off, epoch) // delivered here when given up
+		} else {
+			late(data, off, epoch, err)
 		}
 	})
 	if p.g == nil {
@@ -147,17 +147,15 @@ func (p *pipeline) wait(t topic, data []byte) (uint64, string, error) {
 }
 
 // appendWait is how long wait waits for a broker that answers nothing:
-// BrokerWait, but a second at least. An append given up on reaches the
-// other nodes only through the stream, once stored: a busy broker that
-// takes longer than BrokerWait to store a batch must not be taken for a
-// frozen one (the RoomsUnderLoad suite on NATS lost messages so, under
-// -race on 2 cores, with 50 ms).
+// BrokerWait, but a second at least. A busy broker that takes longer than
+// BrokerWait to store a batch must not be taken for a frozen one: what is
+// given up on reaches the other nodes late.
 func (p *pipeline) appendWait() int64 { return max(p.g.wait, int64(time.Second)) }
 
 // errUnanswered is the result of a wait that the broker did not answer
-// within BrokerWait. Like a timeout, it is ambiguous: the append may be
-// stored later. Like the guard's refusals, it does not mark the broker
-// failing (a slow broker is not a down one).
+// within appendWait: the append goes on (its late result follows). Like
+// the guard's refusals, it does not mark the broker failing (a slow
+// broker is not a down one).
 var errUnanswered = fmt.Errorf("%w: append not answered within BrokerWait: %w", ErrBrokerDown, context.DeadlineExceeded)
 
 // stuck reports whether s has a batch in flight that the broker has not
