@@ -367,27 +367,50 @@ func TestInOrderWithinEpochs(t *testing.T) {
 	}
 }
 
+// stall holds whoever calls hold until free (at the latest when the test
+// ends); entered is closed when the first call began.
+type stall struct {
+	entered, release chan struct{}
+	began, freed     sync.Once
+}
+
+func newStall(t *testing.T) *stall {
+	s := &stall{entered: make(chan struct{}), release: make(chan struct{})}
+	t.Cleanup(s.free)
+	return s
+}
+
+func (s *stall) hold() {
+	s.began.Do(func() { close(s.entered) })
+	<-s.release
+}
+
+func (s *stall) free() { s.freed.Do(func() { close(s.release) }) }
+
+// waitEntered fails the test unless a call is held within wait.
+func (s *stall) waitEntered(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-s.entered:
+	case <-time.After(wait):
+		t.Fatal(what + " never came")
+	}
+}
+
 // serialBroker is a node's memory broker that delivers to the node on one
 // goroutine, as a real broker client does (the memory bus delivers in the
-// publisher's goroutine), and whose Subscribe to topic stalls, while
-// stalled, until released: a broker slow to answer.
+// publisher's goroutine), and whose Subscribe to topic stalls until
+// released: a broker slow to answer.
 type serialBroker struct {
 	*memoryBroker
-	topic   string
-	in      chan []byte
-	entered chan struct{} // closed when a stalled Subscribe began
-	release chan struct{}
-	once    sync.Once
+	*stall
+	topic string
+	in    chan []byte
 }
 
 func newSerialBroker(t *testing.T, m *memoryBroker, topic string) *serialBroker {
-	b := &serialBroker{memoryBroker: m, topic: topic, in: make(chan []byte, 100),
-		entered: make(chan struct{}), release: make(chan struct{})}
-	t.Cleanup(b.unstall)
-	return b
+	return &serialBroker{memoryBroker: m, stall: newStall(t), topic: topic, in: make(chan []byte, 100)}
 }
-
-func (b *serialBroker) unstall() { b.once.Do(func() { close(b.release) }) }
 
 func (b *serialBroker) Attach(n Node) error {
 	go func() {
@@ -406,12 +429,7 @@ func (b *serialBroker) Close() error {
 
 func (b *serialBroker) Subscribe(topic string) error {
 	if topic == b.topic {
-		select {
-		case <-b.entered:
-		default:
-			close(b.entered)
-		}
-		<-b.release
+		b.hold()
 	}
 	return b.memoryBroker.Subscribe(topic)
 }
@@ -441,18 +459,14 @@ func TestRemoteJoinDoesNotStallDelivery(t *testing.T) {
 	if err := a.hub.JoinChannelIds(2, "room"); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-sb.entered:
-	case <-time.After(wait):
-		t.Fatal("B never subscribed to room")
-	}
+	sb.waitEntered(t, "B's subscription to room")
 	if err := a.hub.SendMessageToUid(1, 3, "dm"); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := readUntil(t, c3, "dm"); !slices.Equal(got, []string{"dm"}) {
 		t.Fatalf("uid 3 got %q", got)
 	}
-	sb.unstall()
+	sb.free()
 	eventually(t, "B subscribed to room", func() bool {
 		bus.mu.Lock()
 		defer bus.mu.Unlock()

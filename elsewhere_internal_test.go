@@ -558,27 +558,18 @@ func TestRemoteMembershipInOrderWhileLate(t *testing.T) {
 	})
 }
 
-// tailHeld is a node's memory broker whose reads of one stream wait,
-// while held, until released: a slow answer to the read where a stream
-// stands that a node makes as it begins to follow a channel.
+// tailHeld is a node's memory broker whose reads of one stream stall
+// until released: a slow answer to the read where a stream stands that a
+// node makes as it begins to follow a channel.
 type tailHeld struct {
 	*memoryBroker
-	stream  string
-	entered chan struct{} // closed when a held read began
-	release chan struct{}
-	once    sync.Once
+	*stall
+	stream string
 }
-
-func (b *tailHeld) free() { b.once.Do(func() { close(b.release) }) }
 
 func (b *tailHeld) Read(stream string, after uint64, limit int) ([]StreamEntry, string, bool, uint64, error) {
 	if stream == b.stream {
-		select {
-		case <-b.entered:
-		default:
-			close(b.entered)
-		}
-		<-b.release
+		b.hold()
 	}
 	return b.memoryBroker.Read(stream, after, limit)
 }
@@ -594,20 +585,14 @@ func (b *tailHeld) Read(stream string, after uint64, limit int) ([]StreamEntry, 
 func TestRemoteJoinThenPublish(t *testing.T) {
 	bus := NewMemoryBus()
 	rec := newRecorder()
-	hb := &tailHeld{memoryBroker: bus.Broker().(*memoryBroker), stream: topic{ch: "fresh"}.name(),
-		entered: make(chan struct{}), release: make(chan struct{})}
-	t.Cleanup(hb.free)
+	hb := &tailHeld{memoryBroker: bus.Broker().(*memoryBroker), stall: newStall(t), stream: topic{ch: "fresh"}.name()}
 	a := startServer(t, Config{Broker: bus.Broker()}, rec)
 	b := startServer(t, Config{Broker: hb}, rec)
 	c2 := b.login(t, rec, 2)
 	if err := a.hub.JoinChannelIds(2, "fresh"); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-hb.entered:
-	case <-time.After(wait):
-		t.Fatal("B never read where fresh's stream stands")
-	}
+	hb.waitEntered(t, "B's read of where fresh's stream stands")
 	publish := publisher(t, a, "fresh")
 	want := publish("m", 3)
 	eventually(t, "m1-m3 in fresh's stream", func() bool {
