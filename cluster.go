@@ -1269,10 +1269,10 @@ func (cl *cluster) subscribe(t topic, have bool, since int64) bool {
 	// streams itself, so an inbox needs no such read.
 	var epoch string
 	var past uint64
-	var since0 []entry
+	var fresh []entry
 	tailed := false
 	if want && t.ch != "" && cl.streams != nil {
-		epoch, past, since0, tailed = cl.streams.tail(t, since)
+		epoch, past, fresh, tailed = cl.streams.tail(t, since)
 	}
 	var err error
 	if want {
@@ -1281,7 +1281,26 @@ func (cl *cluster) subscribe(t topic, have bool, since int64) bool {
 		err = cl.b.Unsubscribe(t.name())
 	}
 	if tailed {
-		h.seq.startTail(t, epoch, past, since0)
+		if err == nil {
+			// What the stream got between the read of its tail and the
+			// subscription is neither past nor received: read it now
+			// (what comes after arrives).
+			last := past
+			if len(fresh) > 0 {
+				last = fresh[len(fresh)-1].off
+			}
+			if epoch == "" {
+				last = 0 // no stream then: all of it is new
+			}
+			switch more, got, _, _ := cl.streams.read(t, last, 0); {
+			case got == "":
+			case epoch == "":
+				epoch, past, fresh = got, 0, more
+			case got == epoch:
+				fresh = append(fresh, more...)
+			}
+		}
+		h.seq.startTail(t, epoch, past, fresh)
 	}
 	if err != nil {
 		h.brokerFailed(err) // the broker keeps the interest and retries
