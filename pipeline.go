@@ -25,8 +25,9 @@ import (
 // a shard has one batch in flight, so a stream's appends keep their order.
 //
 // A caller either waits for its result (a client's send, which is
-// acknowledged with its offset; a direct message) or not (Publish): then
-// the flusher delivers the message once its offset is known. A shard's
+// acknowledged with its offset; a direct message), for a broker that
+// answers nothing a second at most (see wait), or not (Publish): then the
+// flusher delivers the message once its offset is known. A shard's
 // queue is bounded (pipeQueue messages or pipeBytes): a publisher faster
 // than the broker waits for room.
 
@@ -156,7 +157,7 @@ func (p *pipeline) appendWait() int64 { return max(p.g.wait, int64(time.Second))
 // within appendWait: the append goes on (its late result follows). Like
 // the guard's refusals, it does not mark the broker failing (a slow
 // broker is not a down one).
-var errUnanswered = fmt.Errorf("%w: append not answered within BrokerWait: %w", ErrBrokerDown, context.DeadlineExceeded)
+var errUnanswered = fmt.Errorf("%w: append not answered in time (BrokerWait, a second at least): %w", ErrBrokerDown, context.DeadlineExceeded)
 
 // stuck reports whether s has a batch in flight that the broker has not
 // answered for appendWait, nor any other call since it was sent.
