@@ -101,13 +101,14 @@ func (p *pipeline) submit(t topic, data []byte, done func(data []byte, off uint6
 }
 
 // wait appends data to t through the pipeline and returns the result.
-// With a guard it does not wait for a broker known to be down: it returns
-// ErrBrokerDown at once, appending nothing, as a guarded call would. And
-// it waits at most appendWait for a broker that answers nothing (a batch
-// in flight and no call completing): not at all when the stream's shard
-// has a batch unanswered for that long already, else until that long has
-// passed (awaitFor). It then returns errUnanswered and the append goes on
-// without it: late gets its result when it comes. So a client's sends,
+// With a guard it waits at most appendWait for a broker that answers
+// nothing (a batch in flight and no call completing), and not at all for
+// a broker known to be down or when the stream's shard has a batch
+// unanswered for that long already. It then returns errUnanswered and the
+// append goes on without it (a broker just back stores it, as the
+// guarded batch waits BrokerWait for it to answer: what is sent as it
+// returns is in the stream, where the other nodes find it after their
+// own reconnect): late gets its result when it comes. So a client's sends,
 // which wait for their appends, are not held for the broker's own timeout
 // while it is frozen, nor slowed to a batch per BrokerWait while it is
 // down, and the client is read on (its messages did not pile up to be
@@ -118,11 +119,8 @@ func (p *pipeline) wait(t topic, data []byte, late func(data []byte, off uint64,
 		epoch string
 		err   error
 	}
-	if p.g != nil && p.g.cl.down.Load() {
-		return 0, "", ErrBrokerDown
-	}
 	ch := make(chan result, 1)
-	stuck := p.g != nil && p.shard(t).stuck(p.g, p.appendWait())
+	stuck := p.g != nil && (p.g.cl.down.Load() || p.shard(t).stuck(p.g, p.appendWait()))
 	var state atomic.Int32 // 0 waited for, 1 answered, 2 given up
 	p.submit(t, data, func(data []byte, off uint64, epoch string, err error) {
 		if state.CompareAndSwap(0, 1) {
