@@ -215,11 +215,17 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 func (s *sequencer) passed(t topic, off uint64, epoch string) {
 	q := s.lookup(t) // locked
 	defer q.mu.Unlock()
+	if q.epoch == "" || slices.Contains(q.left, epoch) {
+		// A stream this node has not followed yet (its first message
+		// sets where it starts, and nothing before that is read back),
+		// or an epoch it left.
+		return
+	}
+	if epoch != q.epoch {
+		s.reset(t, q, epoch) // the broker restarted empty: a new epoch begins with it
+	}
 	switch {
-	case epoch != q.epoch, off < q.next:
-		// Another epoch, or one this node has not followed yet (its
-		// first message sets where it starts, and nothing before that
-		// is read back), or past.
+	case off < q.next:
 	case off == q.next:
 		q.next++
 		s.drain(t, q)
