@@ -40,6 +40,19 @@ func queueIdle(h *Hub, uid uint64) bool {
 	return !busy
 }
 
+// dialUnsynced connects uid to node b, which cannot reach the broker, and
+// returns once b serves it, in no channel, unsynced (it could not read
+// presence), with nothing left in uid's event queue.
+func dialUnsynced(t *testing.T, b *server, uid uint64) *client {
+	t.Helper()
+	c := b.dial(t, uid)
+	eventually(t, fmt.Sprintf("uid %d served on B, in no channel", uid), func() bool {
+		chans, unsynced, ok := b.hub.localState(uid)
+		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, uid)
+	})
+	return c
+}
+
 // holdQueue queues a step that blocks uid's event queue on h until the
 // returned function is called (at the latest when the test ends), and
 // returns once the step runs.
@@ -119,11 +132,7 @@ func onlineElsewhereLateJoin(t *testing.T, keeping bool, budget int64) {
 	c2, publish := roomPair(t, log, a, b)
 
 	bus.Cut(bb, true)
-	c1 := b.dial(t, 1)
-	eventually(t, "uid 1 served on B, in no channel", func() bool {
-		chans, unsynced, ok := b.hub.localState(1)
-		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
-	})
+	c1 := dialUnsynced(t, b, 1)
 	// Hold uid 1's event queue on B: its resync waits behind this step.
 	free := holdQueue(t, b.hub, 1)
 
@@ -187,11 +196,7 @@ func TestOnlineElsewhereLateJoinDataLoss(t *testing.T) {
 	c2, publish := roomPair(t, log, a, b)
 
 	bus.SetDown(true)
-	c1 := b.dial(t, 1)
-	eventually(t, "uid 1 served on B, in no channel", func() bool {
-		chans, unsynced, ok := b.hub.localState(1)
-		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
-	})
+	c1 := dialUnsynced(t, b, 1)
 	freeB, freeA := holdQueue(t, b.hub, 1), holdQueue(t, a.hub, 1)
 	bus.SetDown(false)
 	want := publish("w", 5)
@@ -468,11 +473,7 @@ func TestLateJoinNewChannel(t *testing.T) {
 	publish := publisher(t, a, "room")
 
 	bus.Cut(bb, true)
-	c1 := b.dial(t, 1)
-	eventually(t, "uid 1 served on B, in no channel", func() bool {
-		chans, unsynced, ok := b.hub.localState(1)
-		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
-	})
+	c1 := dialUnsynced(t, b, 1)
 	free := holdQueue(t, b.hub, 1) // its late join waits behind it
 	want := publish("d", 3)
 	bus.Cut(bb, false)
@@ -529,11 +530,7 @@ func TestRemoteMembershipInOrderWhileLate(t *testing.T) {
 	a, b, bb := nodes[0], nodes[1], brokers[1]
 	roomPair(t, log, a, b)
 	bus.Cut(bb, true)
-	b.dial(t, 1)
-	eventually(t, "uid 1 served on B, in no channel", func() bool {
-		chans, unsynced, ok := b.hub.localState(1)
-		return ok && unsynced && len(chans) == 0 && queueIdle(b.hub, 1)
-	})
+	dialUnsynced(t, b, 1)
 	free := holdQueue(t, b.hub, 1)
 	bus.Cut(bb, false)
 	for _, step := range []struct {
