@@ -1,9 +1,11 @@
 package chart
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -116,7 +118,7 @@ func (h *Hub) connectBackends() {
 	}
 	if st, ok := b.(Streams); ok {
 		gs := guardedStreams{st, g}
-		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]string)}
+		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]*gap)}
 		if bs, ok := st.(BatchStreams); ok {
 			cl.streams.pipe = newPipeline(guardedBatch{gs, bs}, g, cl.spawn)
 		}
@@ -850,18 +852,34 @@ type brokerStreams struct {
 	acks *ackQueue
 
 	mu   sync.Mutex
-	gaps map[topic]string // the streams with a hole, and their epoch before it ("": unknown)
+	gaps map[topic]*gap // the streams with a hole
 }
+
+// gap is what a stream may miss: the appends that failed since the broker
+// last answered. Those that timed out (ambiguous) may be stored all the
+// same, a frozen broker storing what waited for it when it thaws: heal
+// looks for them in the stream before it resets it.
+type gap struct {
+	epoch string   // the stream's epoch before the hole ("": unknown)
+	sure  bool     // an append failed for sure, or more than maxMaybe timed out
+	maybe [][]byte // the appends that timed out, as appended
+}
+
+// maxMaybe bounds the timed-out appends a gap remembers.
+const maxMaybe = 1024
 
 func (b *brokerStreams) append(t topic, data []byte) (uint64, string) {
 	off, epoch, err := b.s.Append(t.name(), data)
-	off, epoch, _ = b.settle(t, off, epoch, err)
+	off, epoch, _ = b.settle(t, data, off, epoch, err)
 	return off, epoch
 }
 
 func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, deliver, share func(data []byte, off uint64, epoch string)) {
 	then := func(data []byte, off uint64, epoch string, err error) {
-		off, epoch, ok := b.settle(t, off, epoch, err)
+		off, epoch, ok := b.settle(t, data, off, epoch, err)
+		if err != nil && ambiguous(err) {
+			b.hub.seq.unplace(t, data) // it goes out here without its offset, and may be stored
+		}
 		deliver(data, off, epoch)
 		if ok {
 			share(data, off, epoch)
@@ -881,24 +899,33 @@ func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, deliver, sha
 		// offset: stored, its turn passes here without its going out
 		// again, and the other nodes get it with its offset; not, it
 		// is a hole as any failed append.
-		if off, epoch, ok := b.settle(t, off, epoch, err); off != 0 {
-			b.hub.seq.passed(t, off, epoch)
+		off, epoch, ok := b.settle(t, data, off, epoch, err)
+		switch {
+		case off != 0:
+			b.hub.seq.passed(t, off, epoch, data)
 			share(data, off, epoch)
-		} else if ok {
-			share(data, 0, "")
+		case !ambiguous(err):
+			b.hub.seq.notStored(t, data)
+			if ok {
+				share(data, 0, "")
+			}
 		}
 	})
 	if errors.Is(err, errUnanswered) {
-		deliver(data, 0, "") // here and now; shared once the broker answers
+		// Here and now; shared once the broker answers. Read from the
+		// stream before that, it does not go out again.
+		b.hub.seq.unplace(t, data)
+		deliver(data, 0, "")
 		return
 	}
 	then(data, off, epoch, err)
 }
 
-// settle takes an append's outcome: a failure is reported and leaves a
-// hole; share is false when the other nodes must not be sent the message
-// (the broker may have stored it: they will read it from the stream).
-func (b *brokerStreams) settle(t topic, off uint64, epoch string, err error) (uint64, string, bool) {
+// settle takes the outcome of data's append: a failure is reported and
+// leaves a hole; share is false when the other nodes must not be sent the
+// message (the broker may have stored it: they will read it from the
+// stream).
+func (b *brokerStreams) settle(t topic, data []byte, off uint64, epoch string, err error) (uint64, string, bool) {
 	if err == nil {
 		return off, epoch, true
 	}
@@ -906,11 +933,22 @@ func (b *brokerStreams) settle(t topic, off uint64, epoch string, err error) (ui
 		return 0, "", false
 	}
 	b.hub.brokerFailed(err)
+	maybe := ambiguous(err)
 	epoch = b.hub.seq.epochOf(t)
 	b.mu.Lock()
-	b.gaps[t] = epoch // the hole is in the newest epoch this node knew
+	g := b.gaps[t]
+	if g == nil {
+		g = &gap{epoch: epoch} // the hole is in the newest epoch this node knew
+		b.gaps[t] = g
+	}
+	switch {
+	case !maybe || len(g.maybe) == maxMaybe:
+		g.sure, g.maybe = true, nil
+	case !g.sure:
+		g.maybe = append(g.maybe, bytes.Clone(data))
+	}
 	b.mu.Unlock()
-	return 0, "", !ambiguous(err)
+	return 0, "", !maybe
 }
 
 // brokerIds keeps clients' message ids in the broker, so that a retry on
@@ -951,23 +989,32 @@ func (b *brokerStreams) holed() bool {
 // restarted without its data) has no hole in its history: it is not
 // reset, for its entries were appended since the broker came back, and
 // nodes that resubscribed later than this one may still have to read
-// them.
+// them. Nor is one whose failed appends all timed out and are all in the
+// stream (stored): the other nodes, which were not sent them, get them
+// now with their offsets.
 func (b *brokerStreams) heal() {
 	b.mu.Lock()
-	gaps := make(map[topic]string, len(b.gaps))
-	for t, epoch := range b.gaps {
-		gaps[t] = epoch
+	gaps := make(map[topic]*gap, len(b.gaps))
+	for t, g := range b.gaps {
+		gaps[t] = g
 	}
 	b.mu.Unlock()
-	for t, before := range gaps {
+	for t, g := range gaps {
+		b.mu.Lock()
+		before, sure, maybe := g.epoch, g.sure, slices.Clone(g.maybe)
+		b.mu.Unlock()
 		reset := true
-		if before != "" {
-			_, epoch, _, _, err := b.s.Read(t.name(), 0, 1) // its newest entry: its epoch
+		if before != "" || !sure {
+			limit := 1 // its newest entry: its epoch
+			if !sure {
+				limit = 0 // all of it, to look for maybe
+			}
+			es, epoch, _, _, err := b.s.Read(t.name(), 0, limit)
 			if err != nil {
 				b.hub.brokerFailed(err)
 				return
 			}
-			reset = epoch == before
+			reset = (before == "" || epoch == before) && (sure || !b.stored(t, es, epoch, maybe))
 		}
 		if reset {
 			// What this node has not delivered of the stream yet (appended
@@ -980,9 +1027,37 @@ func (b *brokerStreams) heal() {
 			}
 		}
 		b.mu.Lock()
-		delete(b.gaps, t)
+		if b.gaps[t] == g && len(g.maybe) == len(maybe) && g.sure == sure {
+			delete(b.gaps, t) // else an append failed meanwhile: next time
+		}
 		b.mu.Unlock()
 	}
+}
+
+// stored reports whether the stream's entries es (under epoch) hold every
+// message of maybe, appends that timed out; if so, each takes its turn
+// here (it went out here without its offset) and goes to the other nodes
+// with its offset.
+func (b *brokerStreams) stored(t topic, es []StreamEntry, epoch string, maybe [][]byte) bool {
+	offs := make([]uint64, len(maybe))
+	used := make(map[uint64]bool, len(maybe))
+	for i, m := range maybe {
+		for k := len(es) - 1; k >= 0; k-- { // the newest first: a copy of an older message may be there
+			e := es[k]
+			if !used[e.Offset] && bytes.Equal(e.Data, m) {
+				offs[i], used[e.Offset] = e.Offset, true
+				break
+			}
+		}
+		if offs[i] == 0 {
+			return false
+		}
+	}
+	for i, m := range maybe {
+		b.hub.seq.passed(t, offs[i], epoch, m)
+		b.hub.peers.publish(t, m, false, offs[i], epoch)
+	}
+	return true
 }
 
 // tail returns stream t's epoch ("": no such stream) and where its past

@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"bytes"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -82,7 +83,10 @@ type sequence struct {
 	skips [][2]uint64 // the last holes skipped: [from, to)
 	first uint64      // the first offset delivered since following the stream
 	left  []string    // the epochs left behind, oldest first (maxLeft)
-	lost  bool        // a recovery could not read the stream (startLost)
+	// leftNext is, for each epoch left behind, the offset that was due
+	// next in it when it was left: what came before went out here.
+	leftNext []uint64
+	lost     bool // a recovery could not read the stream (startLost)
 	// lostAt is when the first such recovery found the broker failing:
 	// what the stream got from then on is new to its connections.
 	lostAt time.Time
@@ -108,7 +112,25 @@ type sequence struct {
 	// came (monotime): whether a new connection's first moments may have
 	// missed some (catchUpFollowed).
 	lastOut int64
+	// unplaced are messages of the stream that went out here without
+	// their offset, their append given up on or timed out, and that the
+	// broker may store all the same (a frozen broker stores what waited
+	// for it when it thaws): read from the stream, such a message takes
+	// its turn without going out again (see unplace).
+	unplaced []unplacedMsg
 }
+
+// unplacedMsg is a message that went out without its offset (data, as
+// appended) and when (monotime).
+type unplacedMsg struct {
+	data []byte
+	at   int64
+}
+
+// unplacedAge bounds how long a message may wait to be found in its
+// stream: the broker stores an append it got, if ever, once it answers
+// again, and a node reads the stream right after that (catchUp, heal).
+const unplacedAge = int64(10 * time.Minute)
 
 // maxSkips bounds the holes a sequence remembers.
 const maxSkips = 16
@@ -169,11 +191,17 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 	defer q.mu.Unlock()
 	q.used = time.Now()
 	if epoch != q.epoch {
-		if slices.Contains(q.left, epoch) {
+		if i := slices.Index(q.left, epoch); i >= 0 {
 			// From an epoch this node left behind, on its way before the
 			// stream was reset: it goes out as it comes, without turning
-			// the order back to its epoch.
-			s.hub.deliverTo(t, f, off)
+			// the order back to its epoch, unless its turn had passed
+			// when the epoch was left (it went out, read from the stream
+			// before the reset: a node that heals a stream reads it
+			// first, and the appends a frozen broker stored at its thaw
+			// reach it after).
+			if off >= q.leftNext[i] {
+				s.hub.deliverTo(t, f, off)
+			}
 			return
 		}
 		s.reset(t, q, epoch)
@@ -208,13 +236,68 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 	}
 }
 
+// unplace notes that data, a message of t, went out here without its
+// offset because its append was given up on (pipeline.wait) or timed out,
+// and that the broker may store it all the same. When this node reads it
+// from the stream (a hole, a catch-up after the broker's return) before
+// the append's late result comes, if it ever does, the message takes its
+// turn there without going out a second time. A sequence notes lateCap
+// such messages at most, each for unplacedAge.
+func (s *sequencer) unplace(t topic, data []byte) {
+	if s == nil || !s.hub.subscribed(t) {
+		return // it went out to nobody here
+	}
+	q := s.lookup(t)
+	defer q.mu.Unlock()
+	now := monotime()
+	k := 0
+	for k < len(q.unplaced) && (len(q.unplaced)-k >= s.lateCap() || now-q.unplaced[k].at > unplacedAge) {
+		k++
+	}
+	if k > 0 {
+		n := copy(q.unplaced, q.unplaced[k:])
+		clear(q.unplaced[n:])
+		q.unplaced = q.unplaced[:n]
+	}
+	q.unplaced = append(q.unplaced, unplacedMsg{bytes.Clone(data), now})
+}
+
+// notStored forgets data, unplaced in t: its append failed for sure.
+func (s *sequencer) notStored(t topic, data []byte) {
+	if s == nil {
+		return
+	}
+	sh := s.shard(t)
+	sh.mu.Lock()
+	q := sh.m[t]
+	sh.mu.Unlock()
+	if q != nil {
+		q.mu.Lock()
+		q.placed(data)
+		q.mu.Unlock()
+	}
+}
+
+// placed forgets data if it was unplaced, and reports whether it was.
+// q.mu is held.
+func (q *sequence) placed(data []byte) bool {
+	for i, u := range q.unplaced {
+		if bytes.Equal(u.data, data) {
+			q.unplaced = slices.Delete(q.unplaced, i, i+1)
+			return true
+		}
+	}
+	return false
+}
+
 // passed takes offset off of t (epoch) as gone out here already: its
-// message was delivered without it (its append answered after its sender
-// stopped waiting, pipeline.wait). Its turn passes without its going out
-// again, as it would when read from the stream for a hole.
-func (s *sequencer) passed(t topic, off uint64, epoch string) {
+// message, data, was delivered without it (its append answered after its
+// sender stopped waiting, pipeline.wait). Its turn passes without its
+// going out again, as it would when read from the stream for a hole.
+func (s *sequencer) passed(t topic, off uint64, epoch string, data []byte) {
 	q := s.lookup(t) // locked
 	defer q.mu.Unlock()
+	q.placed(data)
 	if q.epoch == "" || slices.Contains(q.left, epoch) {
 		// A stream this node has not followed yet (its first message
 		// sets where it starts, and nothing before that is read back),
@@ -258,12 +341,15 @@ func (s *sequencer) reset(t topic, q *sequence, epoch string) {
 		// (startEmpty): all of its first epoch is new here.
 		q.next, q.first = 1, 1
 	default:
-		q.next, q.first = 1, 1
 		if len(q.left) == maxLeft {
 			copy(q.left, q.left[1:])
 			q.left = q.left[:maxLeft-1]
+			copy(q.leftNext, q.leftNext[1:])
+			q.leftNext = q.leftNext[:maxLeft-1]
 		}
 		q.left = append(q.left, q.epoch)
+		q.leftNext = append(q.leftNext, q.next)
+		q.next, q.first = 1, 1
 	}
 	q.epoch = epoch
 }
@@ -515,7 +601,11 @@ func (s *sequencer) fill(t topic, q *sequence, entries []entry, epoch string) {
 	}
 	for _, e := range entries {
 		if e.off >= q.next {
-			q.insert(held{framePrefix(e.data, e.off, epoch), t, e.off})
+			f := framePrefix(e.data, e.off, epoch)
+			if len(q.unplaced) > 0 && q.placed(e.data) {
+				f = nil // it went out here without its offset: its turn passes
+			}
+			q.insert(held{f, t, e.off})
 		}
 	}
 }
