@@ -118,7 +118,7 @@ func (h *Hub) connectBackends() {
 	}
 	if st, ok := b.(Streams); ok {
 		gs := guardedStreams{st, g}
-		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]*gap)}
+		cl.streams = &brokerStreams{hub: h, s: gs, gaps: make(map[topic]*gap), gapMsgs: gapMsgsMax}
 		if bs, ok := st.(BatchStreams); ok {
 			cl.streams.pipe = newPipeline(guardedBatch{gs, bs}, g, cl.spawn)
 		}
@@ -835,6 +835,11 @@ func (cl *cluster) receiveMessage(t topic, body []byte) {
 		if !transient {
 			off, epoch = h.streams.append(t, prefix)
 		}
+	} else if off == 0 && !transient {
+		// Its append failed on its node: the node appends it again once
+		// the broker answers (heal), and sends it with its offset then,
+		// when it does not go out here a second time.
+		h.seq.unplace(t, prefix)
 	}
 	h.deliverAt(t, stampedFrame(prefix, off, epoch, at), off, epoch)
 }
@@ -843,30 +848,49 @@ func (cl *cluster) receiveMessage(t topic, body []byte) {
 // cluster's offsets. Appends go through the pipeline (pipeline.go) when
 // the broker takes batches. A failed append is a broker failure: the
 // message goes on to local connections without a position, and the stream
-// has a hole, which heal resets once the broker answers, so that clients
-// learn recovered:false instead of trusting the history.
+// has a gap. Once the broker answers again, heal closes it: a channel's
+// messages that failed are appended again (those that timed out only if
+// the broker did not store them after all), late but in the history, and
+// sent to the other nodes with their offsets; a stream whose messages are
+// not all kept for that (an inbox, or over the bounds) is reset instead,
+// so that clients learn recovered:false rather than trust a history with
+// a hole.
 type brokerStreams struct {
 	hub  *Hub
 	s    Streams
 	pipe *pipeline // nil: one append per round trip
 	acks *ackQueue
 
-	mu   sync.Mutex
-	gaps map[topic]*gap // the streams with a hole
+	mu       sync.Mutex
+	gaps     map[topic]*gap // the streams with a gap
+	gapBytes int            // what the gaps' messages hold, gapBytesMax at most
+	gapMsgs  int            // gapMsgsMax (tests lower it)
 }
 
-// gap is what a stream may miss: the appends that failed since the broker
-// last answered. Those that timed out (ambiguous) may be stored all the
-// same, a frozen broker storing what waited for it when it thaws: heal
-// looks for them in the stream before it resets it.
+// gap is what a stream misses: the appends that failed since the broker
+// last answered, in order.
 type gap struct {
-	epoch string   // the stream's epoch before the hole ("": unknown)
-	sure  bool     // an append failed for sure, or more than maxMaybe timed out
-	maybe [][]byte // the appends that timed out, as appended
+	epoch string // the stream's epoch before the gap ("": unknown)
+	// lost: a message of the gap is not kept (an inbox's, or over the
+	// bounds): the stream is reset.
+	lost bool
+	msgs []gapMsg
 }
 
-// maxMaybe bounds the timed-out appends a gap remembers.
-const maxMaybe = 1024
+// gapMsg is a message whose append failed, as appended; maybe: its append
+// timed out, and the broker may have stored it all the same (a frozen
+// broker stores what waited for it when it thaws).
+type gapMsg struct {
+	data  []byte
+	maybe bool
+}
+
+// The bounds of what the gaps keep to append again: messages per stream,
+// and bytes per node.
+const (
+	gapMsgsMax  = 1024
+	gapBytesMax = 16 << 20
+)
 
 func (b *brokerStreams) append(t topic, data []byte) (uint64, string) {
 	off, epoch, err := b.s.Append(t.name(), data)
@@ -877,8 +901,10 @@ func (b *brokerStreams) append(t topic, data []byte) (uint64, string) {
 func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, deliver, share func(data []byte, off uint64, epoch string)) {
 	then := func(data []byte, off uint64, epoch string, err error) {
 		off, epoch, ok := b.settle(t, data, off, epoch, err)
-		if err != nil && ambiguous(err) {
-			b.hub.seq.unplace(t, data) // it goes out here without its offset, and may be stored
+		if off == 0 && err != nil && !errors.Is(err, errPipeStopped) {
+			// It goes out here without its offset, and may reach the
+			// stream later (stored after all, or appended again by heal).
+			b.hub.seq.unplace(t, data)
 		}
 		deliver(data, off, epoch)
 		if ok {
@@ -904,11 +930,8 @@ func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, deliver, sha
 		case off != 0:
 			b.hub.seq.passed(t, off, epoch, data)
 			share(data, off, epoch)
-		case !ambiguous(err):
-			b.hub.seq.notStored(t, data)
-			if ok {
-				share(data, 0, "")
-			}
+		case ok:
+			share(data, 0, "")
 		}
 	})
 	if errors.Is(err, errUnanswered) {
@@ -922,9 +945,9 @@ func (b *brokerStreams) appendThen(t topic, data []byte, wait bool, deliver, sha
 }
 
 // settle takes the outcome of data's append: a failure is reported and
-// leaves a hole; share is false when the other nodes must not be sent the
+// leaves a gap; share is false when the other nodes must not be sent the
 // message (the broker may have stored it: they will read it from the
-// stream).
+// stream, or get it from heal).
 func (b *brokerStreams) settle(t topic, data []byte, off uint64, epoch string, err error) (uint64, string, bool) {
 	if err == nil {
 		return off, epoch, true
@@ -938,17 +961,30 @@ func (b *brokerStreams) settle(t topic, data []byte, off uint64, epoch string, e
 	b.mu.Lock()
 	g := b.gaps[t]
 	if g == nil {
-		g = &gap{epoch: epoch} // the hole is in the newest epoch this node knew
+		g = &gap{epoch: epoch} // the gap is in the newest epoch this node knew
 		b.gaps[t] = g
 	}
 	switch {
-	case !maybe || len(g.maybe) == maxMaybe:
-		g.sure, g.maybe = true, nil
-	case !g.sure:
-		g.maybe = append(g.maybe, bytes.Clone(data))
+	case g.lost:
+	case t.ch == "" || len(g.msgs) >= b.gapMsgs || b.gapBytes+len(data) > gapBytesMax:
+		// An inbox's message is not appended again (a direct message
+		// whose recipient's append failed was refused to its sender).
+		g.lost = true
+		b.dropMsgs(g)
+	default:
+		g.msgs = append(g.msgs, gapMsg{bytes.Clone(data), maybe})
+		b.gapBytes += len(data)
 	}
 	b.mu.Unlock()
 	return 0, "", !maybe
+}
+
+// dropMsgs forgets g's messages. b.mu is held.
+func (b *brokerStreams) dropMsgs(g *gap) {
+	for _, m := range g.msgs {
+		b.gapBytes -= len(m.data)
+	}
+	g.msgs = nil
 }
 
 // brokerIds keeps clients' message ids in the broker, so that a retry on
@@ -977,21 +1013,23 @@ func (b brokerIds) finish(uid uint64, id string, _ *sent, ok bool, offset uint64
 	}
 }
 
-// holed reports whether some stream has a hole to reset.
+// holed reports whether some stream has a gap to close.
 func (b *brokerStreams) holed() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.gaps) > 0
 }
 
-// heal resets the streams with holes; those it cannot wait for the next
-// heartbeat. A stream whose epoch changed since its hole (the broker
-// restarted without its data) has no hole in its history: it is not
-// reset, for its entries were appended since the broker came back, and
-// nodes that resubscribed later than this one may still have to read
-// them. Nor is one whose failed appends all timed out and are all in the
-// stream (stored): the other nodes, which were not sent them, get them
-// now with their offsets.
+// heal closes the gaps of the streams; what it cannot waits for the next
+// heartbeat. A gap whose messages are all kept is closed by appending
+// them again, in order, except those that timed out and are in the stream
+// (stored after all): each takes its turn here (it went out here without
+// its offset, and does not go out again) and goes to the other nodes with
+// its offset (those it was sent to without an offset pass it too). Other
+// gaps reset their streams, unless the stream's epoch changed since (the
+// broker restarted without its data): then its history has no hole, for
+// its entries were appended since the broker came back, and nodes that
+// resubscribed later than this one may still have to read them.
 func (b *brokerStreams) heal() {
 	b.mu.Lock()
 	gaps := make(map[topic]*gap, len(b.gaps))
@@ -1001,61 +1039,88 @@ func (b *brokerStreams) heal() {
 	b.mu.Unlock()
 	for t, g := range gaps {
 		b.mu.Lock()
-		before, sure, maybe := g.epoch, g.sure, slices.Clone(g.maybe)
+		before, lost, msgs := g.epoch, g.lost, slices.Clone(g.msgs)
 		b.mu.Unlock()
-		reset := true
-		if before != "" || !sure {
-			limit := 1 // its newest entry: its epoch
-			if !sure {
-				limit = 0 // all of it, to look for maybe
-			}
-			es, epoch, _, _, err := b.s.Read(t.name(), 0, limit)
-			if err != nil {
-				b.hub.brokerFailed(err)
+		if lost {
+			if !b.reset(t, before) {
 				return
 			}
-			reset = (before == "" || epoch == before) && (sure || !b.stored(t, es, epoch, maybe))
-		}
-		if reset {
-			// What this node has not delivered of the stream yet (appended
-			// by other nodes before it resubscribed) goes out first: the
-			// reset drops it.
-			b.hub.seq.catchUpStream(t)
-			if err := b.s.Reset(t.name()); err != nil {
-				b.hub.brokerFailed(err)
-				return
-			}
+		} else if !b.redo(t, g, msgs) {
+			return
 		}
 		b.mu.Lock()
-		if b.gaps[t] == g && len(g.maybe) == len(maybe) && g.sure == sure {
+		if b.gaps[t] == g && len(g.msgs) == 0 && g.lost == lost {
 			delete(b.gaps, t) // else an append failed meanwhile: next time
 		}
 		b.mu.Unlock()
 	}
 }
 
-// stored reports whether the stream's entries es (under epoch) hold every
-// message of maybe, appends that timed out; if so, each takes its turn
-// here (it went out here without its offset) and goes to the other nodes
-// with its offset.
-func (b *brokerStreams) stored(t topic, es []StreamEntry, epoch string, maybe [][]byte) bool {
-	offs := make([]uint64, len(maybe))
-	used := make(map[uint64]bool, len(maybe))
-	for i, m := range maybe {
-		for k := len(es) - 1; k >= 0; k-- { // the newest first: a copy of an older message may be there
-			e := es[k]
-			if !used[e.Offset] && bytes.Equal(e.Data, m) {
-				offs[i], used[e.Offset] = e.Offset, true
-				break
-			}
+// reset resets stream t, unless its epoch is no longer before. It reports
+// false when the broker failed.
+func (b *brokerStreams) reset(t topic, before string) bool {
+	if before != "" {
+		_, epoch, _, _, err := b.s.Read(t.name(), 0, 1) // its newest entry: its epoch
+		if err != nil {
+			b.hub.brokerFailed(err)
+			return false
 		}
-		if offs[i] == 0 {
+		if epoch != before {
+			return true
+		}
+	}
+	// What this node has not delivered of the stream yet (appended by
+	// other nodes before it resubscribed) goes out first: the reset drops
+	// it.
+	b.hub.seq.catchUpStream(t)
+	if err := b.s.Reset(t.name()); err != nil {
+		b.hub.brokerFailed(err)
+		return false
+	}
+	return true
+}
+
+// redo closes g, stream t's gap of msgs, by appending them again (see
+// heal); each leaves g once done. It reports false when the broker failed.
+func (b *brokerStreams) redo(t topic, g *gap, msgs []gapMsg) bool {
+	var es []StreamEntry
+	var epoch string
+	if slices.ContainsFunc(msgs, func(m gapMsg) bool { return m.maybe }) {
+		var err error
+		if es, epoch, _, _, err = b.s.Read(t.name(), 0, 0); err != nil {
+			b.hub.brokerFailed(err)
 			return false
 		}
 	}
-	for i, m := range maybe {
-		b.hub.seq.passed(t, offs[i], epoch, m)
-		b.hub.peers.publish(t, m, false, offs[i], epoch)
+	used := make(map[uint64]bool)
+	for _, m := range msgs {
+		off, e := uint64(0), epoch
+		if m.maybe {
+			// The newest first: an older message may have the same bytes.
+			for k := len(es) - 1; k >= 0; k-- {
+				if !used[es[k].Offset] && bytes.Equal(es[k].Data, m.data) {
+					off = es[k].Offset
+					used[off] = true
+					break
+				}
+			}
+		}
+		if off == 0 {
+			var err error
+			if off, e, err = b.s.Append(t.name(), m.data); err != nil {
+				b.hub.brokerFailed(err)
+				return false
+			}
+		}
+		b.hub.seq.passed(t, off, e, m.data)
+		b.hub.peers.publish(t, m.data, false, off, e)
+		b.mu.Lock()
+		if len(g.msgs) > 0 && !g.lost {
+			b.gapBytes -= len(g.msgs[0].data)
+			g.msgs[0] = gapMsg{}
+			g.msgs = g.msgs[1:]
+		}
+		b.mu.Unlock()
 	}
 	return true
 }

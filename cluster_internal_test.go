@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -773,5 +774,72 @@ func TestTimedOutStoredNoReset(t *testing.T) {
 	msgs, _, err := s.hub.History("room", 0, 0)
 	if err != nil || len(msgs) != 3 || msgs[0].Content != "before" || msgs[0].Epoch != msgs[2].Epoch {
 		t.Fatalf("history %v (%v): want the 3 messages, in one epoch", msgs, err)
+	}
+}
+
+// refusedAppend is a node's memory broker that refuses the batched
+// appends of messages containing "refused" (a broker that answers but
+// cannot store them) and stores the rest; a single Append succeeds.
+type refusedAppend struct{ *memoryBroker }
+
+var errRefusedAppend = errors.New("append refused")
+
+func (b *refusedAppend) AppendBatch(batch []StreamAppend) {
+	for i := range batch {
+		if bytes.Contains(batch[i].Data, []byte("refused")) {
+			batch[i].Err = errRefusedAppend
+			continue
+		}
+		batch[i].Offset, batch[i].Epoch, batch[i].Err = b.memoryBroker.Append(batch[i].Stream, batch[i].Data)
+	}
+}
+
+// TestRefusedAppendRedone (review 17): an append was refused; the message
+// went out at once, without an offset, on its node and on the others.
+// When the broker answers again its node appends it again: the history
+// has it, and no connection gets it a second time (each node remembers it
+// went out and lets its offset pass).
+func TestRefusedAppendRedone(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	s := startServer(t, Config{Broker: &refusedAppend{bus.Broker().(*memoryBroker)}}, rec)
+	other := startServer(t, Config{Broker: bus.Broker()}, rec)
+	c1 := s.login(t, rec, 1)
+	c2 := s.login(t, rec, 2)
+	c3 := other.login(t, rec, 3)
+	for _, uid := range []uint64{1, 2, 3} {
+		if err := s.hub.JoinChannelIds(uid, "room"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send := func(content string) {
+		t.Helper()
+		if err := c1.ws.WriteJSON(map[string]any{"channel_id": "room", "content": content, "type": 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("before")
+	readUntil(t, c2, "before")
+	readUntil(t, c3, "before")
+	send("refused")
+	for _, c := range []*client{c2, c3} {
+		if got, offs := readUntil(t, c, "refused"); !slices.Equal(got, []string{"refused"}) || offs[0] != 0 {
+			t.Fatalf("got %q at %v, want refused without an offset", got, offs)
+		}
+	}
+	eventually(t, "the node to append it again", func() bool { return !s.hub.peers.(*cluster).streams.holed() })
+	send("after")
+	for _, c := range []*client{c2, c3} {
+		if got, offs := readUntil(t, c, "after"); !slices.Equal(got, []string{"after"}) || offs[0] != 3 {
+			t.Fatalf("got %q at %v after refused, want [after] at 3", got, offs)
+		}
+	}
+	msgs, _, err := other.hub.History("room", 0, 0)
+	var got []string
+	for _, m := range msgs {
+		got = append(got, m.Content)
+	}
+	if err != nil || !slices.Equal(got, []string{"before", "refused", "after"}) || msgs[0].Epoch != msgs[2].Epoch {
+		t.Fatalf("history %q (%v): want [before refused after] in one epoch", got, err)
 	}
 }

@@ -190,6 +190,9 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 	q := s.lookup(t) // locked
 	defer q.mu.Unlock()
 	q.used = time.Now()
+	if len(q.unplaced) > 0 && q.placedFrame(f) {
+		f = nil // it went out here without its offset: its turn passes
+	}
 	if epoch != q.epoch {
 		if i := slices.Index(q.left, epoch); i >= 0 {
 			// From an epoch this node left behind, on its way before the
@@ -199,7 +202,7 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 			// before the reset: a node that heals a stream reads it
 			// first, and the appends a frozen broker stored at its thaw
 			// reach it after).
-			if off >= q.leftNext[i] {
+			if off >= q.leftNext[i] && f != nil {
 				s.hub.deliverTo(t, f, off)
 			}
 			return
@@ -227,7 +230,7 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 		// comes from before this node followed the stream (the first
 		// message it saw may have overtaken it): then it goes out now,
 		// late rather than never.
-		if off < q.first || q.wasSkipped(off) {
+		if (off < q.first || q.wasSkipped(off)) && f != nil {
 			s.hub.deliverTo(t, f, off)
 		}
 	default:
@@ -262,27 +265,33 @@ func (s *sequencer) unplace(t topic, data []byte) {
 	q.unplaced = append(q.unplaced, unplacedMsg{bytes.Clone(data), now})
 }
 
-// notStored forgets data, unplaced in t: its append failed for sure.
-func (s *sequencer) notStored(t topic, data []byte) {
-	if s == nil {
-		return
-	}
-	sh := s.shard(t)
-	sh.mu.Lock()
-	q := sh.m[t]
-	sh.mu.Unlock()
-	if q != nil {
-		q.mu.Lock()
-		q.placed(data)
-		q.mu.Unlock()
-	}
-}
-
 // placed forgets data if it was unplaced, and reports whether it was.
 // q.mu is held.
 func (q *sequence) placed(data []byte) bool {
 	for i, u := range q.unplaced {
 		if bytes.Equal(u.data, data) {
+			q.unplaced = slices.Delete(q.unplaced, i, i+1)
+			return true
+		}
+	}
+	return false
+}
+
+// placedFrame is placed for f, the frame of a message with its position:
+// its JSON is the message as appended, then the position.
+func (q *sequence) placedFrame(f []byte) bool {
+	if len(f) < 2 {
+		return false
+	}
+	body := f[2:]
+	switch f[1] & 127 {
+	case 126:
+		body = f[4:]
+	case 127:
+		body = f[10:]
+	}
+	for i, u := range q.unplaced {
+		if len(body) > len(u.data) && body[len(u.data)] == ',' && bytes.HasPrefix(body, u.data) {
 			q.unplaced = slices.Delete(q.unplaced, i, i+1)
 			return true
 		}
