@@ -843,3 +843,34 @@ func TestRefusedAppendRedone(t *testing.T) {
 		t.Fatalf("history %q (%v): want [before refused after] in one epoch", got, err)
 	}
 }
+
+// TestUnplacedBounded: what a node remembers of the messages that went
+// out without their offsets is bounded (unplacedMax, all streams
+// together; 20 MiB offered here), and freed when the streams are no
+// longer followed.
+func TestUnplacedBounded(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	s := startServer(t, Config{Broker: bus.Broker()}, rec)
+	s.login(t, rec, 1)
+	var ids []string
+	for i := 0; i < 20; i++ {
+		ids = append(ids, fmt.Sprint("c", i))
+	}
+	if err := s.hub.JoinChannelIds(1, ids...); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("x"), 1024)
+	for _, id := range ids {
+		for i := 0; i < 1024; i++ {
+			s.hub.seq.unplace(topic{ch: id}, data)
+		}
+	}
+	if n := s.hub.seq.unplacedBytes.Load(); n > unplacedMax || n < unplacedMax-1024 {
+		t.Fatalf("%d bytes unplaced, want %d at most, and nearly that", n, unplacedMax)
+	}
+	if err := s.hub.UnJoinChannelIds(1, ids...); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the unplaced messages freed", func() bool { return s.hub.seq.unplacedBytes.Load() == 0 })
+}

@@ -59,8 +59,11 @@ type sequencer struct {
 	keeping    atomic.Bool
 	kept       atomic.Int64
 	keepBudget int64 // lateKeepBytes
-	keepMu     sync.Mutex
-	keepEnd    *time.Timer
+	// unplacedBytes is what the sequences' unplaced messages hold, all
+	// streams together (unplacedMax at most).
+	unplacedBytes atomic.Int64
+	keepMu        sync.Mutex
+	keepEnd       *time.Timer
 }
 
 type seqShard struct {
@@ -132,6 +135,11 @@ type unplacedMsg struct {
 // again, and a node reads the stream right after that (catchUp, heal).
 const unplacedAge = int64(10 * time.Minute)
 
+// unplacedMax bounds what a node's sequences hold of unplaced messages,
+// all streams together: beyond it, a message that went out without its
+// offset may go out again, with it.
+const unplacedMax = 16 << 20
+
 // maxSkips bounds the holes a sequence remembers.
 const maxSkips = 16
 
@@ -190,7 +198,7 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 	q := s.lookup(t) // locked
 	defer q.mu.Unlock()
 	q.used = time.Now()
-	if len(q.unplaced) > 0 && q.placedFrame(f) {
+	if len(q.unplaced) > 0 && s.placedFrame(q, f) {
 		f = nil // it went out here without its offset: its turn passes
 	}
 	if epoch != q.epoch {
@@ -245,7 +253,8 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 // from the stream (a hole, a catch-up after the broker's return) before
 // the append's late result comes, if it ever does, the message takes its
 // turn there without going out a second time. A sequence notes lateCap
-// such messages at most, each for unplacedAge.
+// such messages at most, each for unplacedAge, and the node unplacedMax
+// bytes of them.
 func (s *sequencer) unplace(t topic, data []byte) {
 	if s == nil || !s.hub.subscribed(t) {
 		return // it went out to nobody here
@@ -257,19 +266,37 @@ func (s *sequencer) unplace(t topic, data []byte) {
 	for k < len(q.unplaced) && (len(q.unplaced)-k >= s.lateCap() || now-q.unplaced[k].at > unplacedAge) {
 		k++
 	}
-	if k > 0 {
-		n := copy(q.unplaced, q.unplaced[k:])
-		clear(q.unplaced[n:])
-		q.unplaced = q.unplaced[:n]
+	q.dropUnplaced(k, &s.unplacedBytes)
+	if s.unplacedBytes.Add(int64(len(data))) > unplacedMax {
+		s.unplacedBytes.Add(-int64(len(data)))
+		return
 	}
 	q.unplaced = append(q.unplaced, unplacedMsg{bytes.Clone(data), now})
 }
 
+// dropUnplaced forgets the first k unplaced messages, counted in n.
+// q.mu is held.
+func (q *sequence) dropUnplaced(k int, n *atomic.Int64) {
+	if k == 0 {
+		return
+	}
+	for _, u := range q.unplaced[:k] {
+		n.Add(-int64(len(u.data)))
+	}
+	m := copy(q.unplaced, q.unplaced[k:])
+	clear(q.unplaced[m:])
+	q.unplaced = q.unplaced[:m]
+	if m == 0 {
+		q.unplaced = nil
+	}
+}
+
 // placed forgets data if it was unplaced, and reports whether it was.
 // q.mu is held.
-func (q *sequence) placed(data []byte) bool {
+func (s *sequencer) placed(q *sequence, data []byte) bool {
 	for i, u := range q.unplaced {
 		if bytes.Equal(u.data, data) {
+			s.unplacedBytes.Add(-int64(len(u.data)))
 			q.unplaced = slices.Delete(q.unplaced, i, i+1)
 			return true
 		}
@@ -279,7 +306,7 @@ func (q *sequence) placed(data []byte) bool {
 
 // placedFrame is placed for f, the frame of a message with its position:
 // its JSON is the message as appended, then the position.
-func (q *sequence) placedFrame(f []byte) bool {
+func (s *sequencer) placedFrame(q *sequence, f []byte) bool {
 	if len(f) < 2 {
 		return false
 	}
@@ -292,6 +319,7 @@ func (q *sequence) placedFrame(f []byte) bool {
 	}
 	for i, u := range q.unplaced {
 		if len(body) > len(u.data) && body[len(u.data)] == ',' && bytes.HasPrefix(body, u.data) {
+			s.unplacedBytes.Add(-int64(len(u.data)))
 			q.unplaced = slices.Delete(q.unplaced, i, i+1)
 			return true
 		}
@@ -306,7 +334,7 @@ func (q *sequence) placedFrame(f []byte) bool {
 func (s *sequencer) passed(t topic, off uint64, epoch string, data []byte) {
 	q := s.lookup(t) // locked
 	defer q.mu.Unlock()
-	q.placed(data)
+	s.placed(q, data)
 	if q.epoch == "" || slices.Contains(q.left, epoch) {
 		// A stream this node has not followed yet (its first message
 		// sets where it starts, and nothing before that is read back),
@@ -398,7 +426,7 @@ func (s *sequencer) lookup(t topic) *sequence {
 		if q == nil {
 			now := time.Now()
 			if now.Sub(sh.swept) > reorderIdle {
-				sh.sweep(now)
+				sh.sweep(now, &s.unplacedBytes)
 			}
 			q = &sequence{}
 			sh.m[t] = q
@@ -413,13 +441,14 @@ func (s *sequencer) lookup(t topic) *sequence {
 }
 
 // sweep forgets the streams idle for reorderIdle. The caller holds sh.mu.
-func (sh *seqShard) sweep(now time.Time) {
+func (sh *seqShard) sweep(now time.Time, unplaced *atomic.Int64) {
 	sh.swept = now
 	for t, q := range sh.m {
 		q.mu.Lock()
 		if len(q.held) == 0 && q.keptBytes == 0 && now.Sub(q.used) > reorderIdle {
 			q.gone = true
 			delete(sh.m, t)
+			q.dropUnplaced(len(q.unplaced), unplaced)
 		}
 		q.mu.Unlock()
 	}
@@ -611,7 +640,7 @@ func (s *sequencer) fill(t topic, q *sequence, entries []entry, epoch string) {
 	for _, e := range entries {
 		if e.off >= q.next {
 			f := framePrefix(e.data, e.off, epoch)
-			if len(q.unplaced) > 0 && q.placed(e.data) {
+			if len(q.unplaced) > 0 && s.placed(q, e.data) {
 				f = nil // it went out here without its offset: its turn passes
 			}
 			q.insert(held{f, t, e.off})
@@ -869,6 +898,7 @@ func (s *sequencer) forget(t topic) {
 		q.gone = true
 		q.release(len(q.held))
 		s.dropKept(q)
+		q.dropUnplaced(len(q.unplaced), &s.unplacedBytes)
 		q.mu.Unlock()
 	}
 }
