@@ -865,6 +865,7 @@ type brokerStreams struct {
 	gaps     map[topic]*gap // the streams with a gap
 	gapBytes int            // what the gaps' messages hold, gapBytesMax at most
 	gapMsgs  int            // gapMsgsMax (tests lower it)
+	healing  atomic.Bool    // a heal runs: the next heartbeat's waits for the one after
 }
 
 // gap is what a stream misses: the appends that failed since the broker
@@ -1031,6 +1032,10 @@ func (b *brokerStreams) holed() bool {
 // its entries were appended since the broker came back, and nodes that
 // resubscribed later than this one may still have to read them.
 func (b *brokerStreams) heal() {
+	if !b.healing.CompareAndSwap(false, true) {
+		return // a message of a gap must not be appended again twice
+	}
+	defer b.healing.Store(false)
 	b.mu.Lock()
 	gaps := make(map[topic]*gap, len(b.gaps))
 	for t, g := range b.gaps {
@@ -1306,7 +1311,7 @@ func (cl *cluster) applyAs(uid uint64, join bool, ids []string, how int, since i
 		u.remote--
 	}
 	if u.loading {
-		u.pending = append(u.pending, memberOp{join, ids, pres})
+		u.pending = append(u.pending, memberOp{join, ids, pres, since})
 		s.mu.Unlock()
 		return
 	}

@@ -874,3 +874,97 @@ func TestUnplacedBounded(t *testing.T) {
 	}
 	eventually(t, "the unplaced messages freed", func() bool { return s.hub.seq.unplacedBytes.Load() == 0 })
 }
+
+// heldRedo is refusedAppend whose single appends (heal's) of messages
+// containing "refused" wait for st.
+type heldRedo struct {
+	refusedAppend
+	st *stall
+}
+
+func (b *heldRedo) Append(stream string, data []byte) (uint64, string, error) {
+	if bytes.Contains(data, []byte("refused")) {
+		b.st.hold()
+	}
+	return b.memoryBroker.Append(stream, data)
+}
+
+// TestHealOnce: a heal that runs while another is appending a gap's
+// messages again returns at once: each message is appended once.
+func TestHealOnce(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	hr := &heldRedo{refusedAppend{bus.Broker().(*memoryBroker)}, newStall(t)}
+	s := startServer(t, Config{Broker: hr}, rec)
+	c1 := s.login(t, rec, 1)
+	if err := s.hub.JoinChannelIds(1, "room"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c1.ws.WriteJSON(map[string]any{"channel_id": "room", "content": "refused", "type": 3}); err != nil {
+		t.Fatal(err)
+	}
+	hr.st.waitEntered(t, "the heartbeat's heal appending it again")
+	done := make(chan struct{})
+	go func() {
+		s.hub.peers.(*cluster).streams.heal()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		t.Fatal("a second heal waited for the first one's append: it was appending the message again too")
+	}
+	hr.st.free()
+	eventually(t, "the gap closed", func() bool { return !s.hub.peers.(*cluster).streams.holed() })
+	msgs, _, err := s.hub.History("room", 0, 0)
+	if err != nil || len(msgs) != 1 || msgs[0].Content != "refused" {
+		t.Fatalf("history %v (%v): want [refused] once", msgs, err)
+	}
+}
+
+// heldChannels is a node's memory broker whose reads of uid 2's channels
+// (a new connection's load) answer once st is freed, with what uid 2 had
+// before.
+type heldChannels struct {
+	*memoryBroker
+	st *stall
+}
+
+func (b *heldChannels) Channels(uid uint64) ([]string, error) {
+	chans, err := b.memoryBroker.Channels(uid)
+	if uid == 2 {
+		b.st.hold()
+	}
+	return chans, err
+}
+
+// TestRemoteJoinWhileLoading: node A joins uid 2 (online there), whose
+// first connection on node B is still loading its channels there (it read
+// them before the join), to a channel B does not follow, and publishes to
+// it at once. The join waits for the load; B then follows the channel
+// from when the join was made: uid 2 gets m1-m3. (Before: the join lost
+// its time while it waited, B began at the channel's tail, and uid 2 got
+// nothing in 5 of 6 runs.)
+func TestRemoteJoinWhileLoading(t *testing.T) {
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	a := startServer(t, Config{Broker: bus.Broker()}, rec)
+	hc := &heldChannels{memoryBroker: bus.Broker().(*memoryBroker), st: newStall(t)}
+	b := startServer(t, Config{Broker: hc}, rec)
+	a.login(t, rec, 2) // online elsewhere: B reads its channels
+	c2 := b.dial(t, 2)
+	hc.st.waitEntered(t, "uid 2's load on B")
+	if err := a.hub.JoinChannelIds(2, "fresh"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the join pending on B", func() bool {
+		s := b.hub.userShard(2)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		u := s.users[2]
+		return u != nil && u.loading && len(u.pending) == 1
+	})
+	want := publisher(t, a, "fresh")("m", 3)
+	hc.st.free()
+	gotAll(t, c2, want)
+}

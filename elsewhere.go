@@ -287,7 +287,7 @@ func (h *Hub) joinReplaying(uid uint64, id string, pres bool, t topic, frames []
 	if u.loading {
 		// A new user since (its uid left and came back): its channels
 		// load from presence.
-		u.pending = append(u.pending, memberOp{true, []string{id}, []bool{pres}})
+		u.pending = append(u.pending, memberOp{true, []string{id}, []bool{pres}, 0})
 		s.mu.Unlock()
 		return nil
 	}

@@ -101,6 +101,7 @@ func (h *Hub) loaded(u *user, chans []string, synced bool) {
 	s.mu.Lock()
 	var errs []error
 	var follow []string
+	var since []memberOp // joins made elsewhere at a known time
 	if s.users[u.uid] == u {
 		if err := h.applyLocked(u, true, chans, pres); err != nil {
 			errs = append(errs, err)
@@ -109,7 +110,11 @@ func (h *Hub) loaded(u *user, chans []string, synced bool) {
 			if err := h.applyLocked(u, op.join, op.ids, op.pres); err != nil {
 				errs = append(errs, err)
 			}
-			follow = append(follow, op.ids...)
+			if op.join && op.since != 0 {
+				since = append(since, op)
+			} else {
+				follow = append(follow, op.ids...)
+			}
 		}
 	}
 	u.pending = nil
@@ -122,6 +127,9 @@ func (h *Hub) loaded(u *user, chans []string, synced bool) {
 	// The channels held elsewhere: what their streams got since the
 	// uid's first connection here came is new to it.
 	h.followChannelsSince(chans, wallMillis(u.born))
+	for _, op := range since {
+		h.followChannelsSince(op.ids, op.since)
+	}
 	h.followChannels(follow)
 	if h.seq != nil && synced {
 		h.catchUpFollowed(u.uid, u.born, chans)

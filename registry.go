@@ -66,6 +66,9 @@ type memberOp struct {
 	join bool
 	ids  []string
 	pres []bool // the presence channels among ids (presenceIds)
+	// since: a join another node made then (Unix ms; 0: unknown), from
+	// when the channels' streams are new to the uid (follow's since).
+	since int64
 }
 
 func (u *user) connList() []*Conn { return *u.conns.Load() }

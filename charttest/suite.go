@@ -404,6 +404,15 @@ func (s Suite) secondNode(t *testing.T, n int) {
 
 // startStreams starts two nodes of a fresh cluster, or skips the test when
 // the broker keeps no streams (chart.Streams).
+// keepsStreams reports whether the suite's broker keeps streams.
+func (s Suite) keepsStreams(t *testing.T) bool {
+	t.Helper()
+	probe := s.NewCluster(t)()
+	_, streams := probe.(chart.Streams)
+	probe.Close()
+	return streams
+}
+
 func (s Suite) startStreams(t *testing.T) *Cluster {
 	t.Helper()
 	newNode := s.NewCluster(t)
@@ -552,7 +561,9 @@ func (s Suite) killNode(t *testing.T) {
 
 // outage: the backend goes away mid-conversation. Local chat goes on, the
 // failure is reported, and once the backend is back presence is
-// re-published and no message published after recovery is lost.
+// re-published, the other node gets what was sent during the outage
+// (with streams: late, once each), and no message published after
+// recovery is lost.
 func (s Suite) outage(t *testing.T) {
 	c := s.start(t, 2)
 	a := c.Nodes[0].Login(t, c.Rec, 1)
@@ -594,7 +605,26 @@ func (s Suite) outage(t *testing.T) {
 		return slices.Equal(c.Nodes[1].Hub.OnlineUserIds(), []uint64{1, 2, 3}) &&
 			slices.Equal(c.Nodes[0].Hub.ChannelUserIds("room"), []uint64{1, 2, 3})
 	})
-	// b may or may not have seen "local"; drop it if so.
+	if s.keepsStreams(t) {
+		// What node A could not append during the outage it appends once
+		// the broker is back: b gets the 101 "local" messages then, late,
+		// each once. (Without streams, b never gets them.)
+		want := []string{"local"}
+		for i := 0; i < 100; i++ {
+			want = append(want, "local"+strconv.Itoa(i))
+		}
+		var got []string
+		for len(got) < len(want) {
+			got = append(got, b.NextMsg().Content)
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("uid 2 got %q, want the outage's 101 messages once each", got)
+		}
+	}
+	// b may still see "local" without streams (published before the outage
+	// took effect): AwaitRoute drops it.
 	AwaitRoute(t, c.Nodes[0], "room", a, a2, b)
 	AwaitRoute(t, c.Nodes[1], "room", a, a2, b)
 	for i := 0; i < 20; i++ {
