@@ -495,23 +495,7 @@ func TestRemoteJoinDoesNotStallDelivery(t *testing.T) {
 // rate, and the sender closed with 4029.)
 func TestFrozenBrokerLocalChat(t *testing.T) {
 	bus := NewMemoryBus()
-	rec := newRecorder()
-	s := startServer(t, Config{Broker: bus.Broker()}, rec)
-	other := startServer(t, Config{Broker: bus.Broker()}, rec)
-	c1 := s.login(t, rec, 1)
-	c2 := s.login(t, rec, 2)
-	c3 := other.login(t, rec, 3) // on another node
-	for _, uid := range []uint64{1, 2, 3} {
-		if err := s.hub.JoinChannelIds(uid, "room"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send := func(content string) {
-		t.Helper()
-		if err := c1.ws.WriteJSON(map[string]any{"channel_id": "room", "content": content, "type": 3}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, _, c1, c2, c3, send := roomOfThree(t, bus, bus.Broker()) // uid 3 on another node
 	send("before")
 	readUntil(t, c2, "before")
 	bus.Freeze(true)
@@ -572,24 +556,8 @@ func (r *replyHeld) AppendBatch(batch []StreamAppend) {
 // their sender's node twice, 204 duplicates in a fault run.)
 func TestUnplacedReadBack(t *testing.T) {
 	bus := NewMemoryBus()
-	rec := newRecorder()
 	rh := &replyHeld{memoryBroker: bus.Broker().(*memoryBroker), st: newStall(t)}
-	s := startServer(t, Config{Broker: rh}, rec)
-	other := startServer(t, Config{Broker: bus.Broker()}, rec)
-	c1 := s.login(t, rec, 1)
-	c2 := s.login(t, rec, 2)
-	c3 := other.login(t, rec, 3)
-	for _, uid := range []uint64{1, 2, 3} {
-		if err := s.hub.JoinChannelIds(uid, "room"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send := func(content string) {
-		t.Helper()
-		if err := c1.ws.WriteJSON(map[string]any{"channel_id": "room", "content": content, "type": 3}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, other, _, c2, c3, send := roomOfThree(t, bus, rh)
 	send("before")
 	readUntil(t, c2, "before")
 	bus.Freeze(true)
@@ -652,13 +620,7 @@ func TestFollowWindow(t *testing.T) {
 // it again. (Before: the last 2-3 messages before a Redis restart reached
 // their sender's node twice.)
 func TestPassedInNewEpoch(t *testing.T) {
-	bus := NewMemoryBus()
-	rec := newRecorder()
-	s := startServer(t, Config{Broker: bus.Broker()}, rec)
-	c := s.login(t, rec, 1)
-	if err := s.hub.JoinChannelIds(1, "room"); err != nil {
-		t.Fatal(err)
-	}
+	bus, s, c := oneInRoom(t)
 	room := topic{ch: "room"}
 	publish := publisher(t, s, "room")
 	publish("m", 1)
@@ -688,13 +650,7 @@ func TestPassedInNewEpoch(t *testing.T) {
 // share went out again, 120 to 144 duplicates at other nodes per fault
 // run, after a 10 s SIGSTOP of nats-server.)
 func TestLeftEpochNotRepeated(t *testing.T) {
-	bus := NewMemoryBus()
-	rec := newRecorder()
-	s := startServer(t, Config{Broker: bus.Broker()}, rec)
-	c := s.login(t, rec, 1)
-	if err := s.hub.JoinChannelIds(1, "room"); err != nil {
-		t.Fatal(err)
-	}
+	_, s, c := oneInRoom(t)
 	room := topic{ch: "room"}
 	at := func(content string, off uint64, epoch string) {
 		f := stampedFrame(appendPrefix(nil, &Message{ChannelId: "room", Type: TypeText, Content: content}), off, epoch, monotime())
@@ -736,23 +692,7 @@ func (b *timedOutStored) AppendBatch(batch []StreamAppend) {
 // deliveries missing per fault run.)
 func TestTimedOutStoredNoReset(t *testing.T) {
 	bus := NewMemoryBus()
-	rec := newRecorder()
-	s := startServer(t, Config{Broker: &timedOutStored{bus.Broker().(*memoryBroker)}}, rec)
-	other := startServer(t, Config{Broker: bus.Broker()}, rec)
-	c1 := s.login(t, rec, 1)
-	c2 := s.login(t, rec, 2)
-	c3 := other.login(t, rec, 3)
-	for _, uid := range []uint64{1, 2, 3} {
-		if err := s.hub.JoinChannelIds(uid, "room"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send := func(content string) {
-		t.Helper()
-		if err := c1.ws.WriteJSON(map[string]any{"channel_id": "room", "content": content, "type": 3}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, _, _, c2, c3, send := roomOfThree(t, bus, &timedOutStored{bus.Broker().(*memoryBroker)})
 	send("before")
 	readUntil(t, c3, "before")
 	send("frozen")
@@ -801,23 +741,7 @@ func (b *refusedAppend) AppendBatch(batch []StreamAppend) {
 // went out and lets its offset pass).
 func TestRefusedAppendRedone(t *testing.T) {
 	bus := NewMemoryBus()
-	rec := newRecorder()
-	s := startServer(t, Config{Broker: &refusedAppend{bus.Broker().(*memoryBroker)}}, rec)
-	other := startServer(t, Config{Broker: bus.Broker()}, rec)
-	c1 := s.login(t, rec, 1)
-	c2 := s.login(t, rec, 2)
-	c3 := other.login(t, rec, 3)
-	for _, uid := range []uint64{1, 2, 3} {
-		if err := s.hub.JoinChannelIds(uid, "room"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send := func(content string) {
-		t.Helper()
-		if err := c1.ws.WriteJSON(map[string]any{"channel_id": "room", "content": content, "type": 3}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, other, _, c2, c3, send := roomOfThree(t, bus, &refusedAppend{bus.Broker().(*memoryBroker)})
 	send("before")
 	readUntil(t, c2, "before")
 	readUntil(t, c3, "before")
@@ -967,4 +891,41 @@ func TestRemoteJoinWhileLoading(t *testing.T) {
 	want := publisher(t, a, "fresh")("m", 3)
 	hc.st.free()
 	gotAll(t, c2, want)
+}
+
+// roomOfThree starts node s on broker sb and another node on bus, logs
+// uids 1 and 2 in on s and uid 3 on the other, all in "room"; send writes
+// a message to room from uid 1's connection.
+func roomOfThree(t *testing.T, bus *MemoryBus, sb Broker) (s, other *server, c1, c2, c3 *client, send func(string)) {
+	t.Helper()
+	rec := newRecorder()
+	s = startServer(t, Config{Broker: sb}, rec)
+	other = startServer(t, Config{Broker: bus.Broker()}, rec)
+	c1, c2, c3 = s.login(t, rec, 1), s.login(t, rec, 2), other.login(t, rec, 3)
+	for _, uid := range []uint64{1, 2, 3} {
+		if err := s.hub.JoinChannelIds(uid, "room"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send = func(content string) {
+		t.Helper()
+		if err := c1.ws.WriteJSON(map[string]any{"channel_id": "room", "content": content, "type": 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s, other, c1, c2, c3, send
+}
+
+// oneInRoom starts a node on a memory bus and logs uid 1 in there, in
+// "room".
+func oneInRoom(t *testing.T) (*MemoryBus, *server, *client) {
+	t.Helper()
+	bus := NewMemoryBus()
+	rec := newRecorder()
+	s := startServer(t, Config{Broker: bus.Broker()}, rec)
+	c := s.login(t, rec, 1)
+	if err := s.hub.JoinChannelIds(1, "room"); err != nil {
+		t.Fatal(err)
+	}
+	return bus, s, c
 }
