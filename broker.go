@@ -131,7 +131,8 @@ type Streams interface {
 	Acked(stream string, uid uint64) (offset uint64, epoch string, err error)
 	// Reset drops what stream keeps, so that its next Append starts a new
 	// epoch. The hub calls it for the streams it could not append to while
-	// the backend was unreachable: their history has a hole, and clients
+	// the backend was unreachable and cannot append again what failed (an
+	// inbox; more than it keeps): their history has a hole, and clients
 	// must learn recovered:false rather than trust it.
 	Reset(stream string) error
 	// Claim records, for about two minutes, that uid sends a message with
