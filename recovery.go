@@ -235,6 +235,18 @@ func (h *Hub) replay(t topic, p position, known bool, b *budget, partial bool) r
 	entries, epoch, complete, last := h.streams.read(t, p.Offset, limit)
 	r.empty = epoch == "" && complete && p.Offset == 0
 	r.failed = epoch == "" && !complete
+	if r.failed {
+		// The broker fails: where the stream stands, and what the client
+		// missed, cannot be read now. The client keeps the position it
+		// sent (a later connection recovers from there), not recovered;
+		// an empty one would tell it the stream has no history.
+		r.live = true
+		if known {
+			r.pos.Epoch, r.pos.Offset = p.Epoch, p.Offset
+		}
+		r.pos.Recovered = new(bool)
+		return r
+	}
 	// A client that saw the stream empty (epoch "", offset 0) missed all
 	// of it, from its start. Whether the stream was empty all along or
 	// lost messages since (a restart, an eviction) cannot be told: what it

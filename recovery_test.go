@@ -721,3 +721,39 @@ func TestRepeatedAcksStayLocal(t *testing.T) {
 		t.Fatalf("%d Ack calls reached the broker, want 20", n)
 	}
 }
+
+// TestWelcomeDuringOutageKeepsPosition (review 18): a chart.v1 client
+// that reconnects while its node cannot read the broker is told its own
+// position back, not recovered, so that it recovers from there on its next
+// connection. (Before: the welcome said epoch "" and offset 0, a stream
+// without history, and a client that kept it was replayed everything the
+// stream had at its next connection; a hello with that empty position was
+// told recovered: true.)
+func TestWelcomeDuringOutageKeepsPosition(t *testing.T) {
+	bus := chart.NewMemoryBus()
+	br := bus.Broker()
+	hub := chart.New(chart.Config{Logger: quiet, Broker: br})
+	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
+	s := charttest.Serve(t, hub, j)
+	c := charttest.NewV1Client(t, s.URL+"?id=1")
+	c.Connect()
+	j.WantLogin(t, 1)
+	s.Hub.Publish("room", chart.Message{Content: "before"})
+	c.WaitFor("before")
+	pos := c.Messages()[0]
+	c.Drop()
+
+	bus.Cut(br, true)
+	c.Connect()
+	room := c.Welcome()["channels"].(map[string]any)["room"].(map[string]any)
+	if room["recovered"] != false || room["epoch"] != pos.Epoch || room["offset"] != float64(pos.Offset) {
+		t.Fatalf("welcome during the outage %v: want its own position %d of %q back, not recovered", room, pos.Offset, pos.Epoch)
+	}
+	c.Drop()
+	ws := dialV1(t, s.URL+"?id=1", `{"hello":{"channels":{"room":{"epoch":"","offset":0}}}}`)
+	w := nextFrame(t, ws)["welcome"].(map[string]any)
+	if room := w["channels"].(map[string]any)["room"]; fmt.Sprint(room) != "map[epoch: offset:0 recovered:false]" {
+		t.Fatalf("welcome to an empty position during the outage: %v, want it back, not recovered", room)
+	}
+	ws.Close()
+}

@@ -115,6 +115,7 @@ export class Chart {
     this._idPrefix = randomId();
     this._seq = 0;
     this._left = new Map(); // stream key -> Set of epochs it left
+    this._unplaced = []; // JSON of messages received without a position (see _placed)
     this._helloLimit = HELLO_LIMIT;
     this._helloBytes = 0; // the size of the last hello
     this._pauseUntil = 0; // no sends before (after a rate_limited refusal)
@@ -450,7 +451,7 @@ export class Chart {
 
   _message(m) {
     // Only a valid position counts; a message without one is delivered as
-    // it is (transient).
+    // it is (transient, or sent on this node while its broker failed).
     if (validPosition(m) && m.epoch && (m.channel_id === undefined || typeof m.channel_id === "string")) {
       const key = m.channel_id ? "c:" + m.channel_id : "inbox";
       const cur = this._positions[key];
@@ -460,13 +461,29 @@ export class Chart {
         this._leave(key, cur.epoch);
       }
       this._positions[key] = { epoch: m.epoch, offset: m.offset };
-      this._emit("message", m);
+      // Received before without a position: the server appended it once
+      // its broker answered again, and this is it, replayed with one.
+      const seen = this._unplaced.length > 0 && this._placed(m);
+      if (!seen) this._emit("message", m);
       this._persist("positions", true);
       this._dirty.add(key);
       this._scheduleAck();
       return;
     }
+    if (!m.transient) {
+      this._unplaced.push(unplacedKey(m));
+      if (this._unplaced.length > MAX_UNPLACED) this._unplaced.shift();
+    }
     this._emit("message", m);
+  }
+
+  // _placed reports whether m is a message received before without a
+  // position, and forgets it.
+  _placed(m) {
+    const i = this._unplaced.indexOf(unplacedKey(m));
+    if (i < 0) return false;
+    this._unplaced.splice(i, 1);
+    return true;
   }
 
   // --- acknowledgements of received messages ---
@@ -799,6 +816,17 @@ function sortedIds(set) {
 
 function isObject(v) {
   return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+// MAX_UNPLACED bounds the messages without a position a client remembers
+// (in memory) to drop their replay with one.
+const MAX_UNPLACED = 1024;
+
+// unplacedKey is a message's JSON without its position: the same for the
+// message received without one and replayed with one.
+function unplacedKey(m) {
+  const { offset, epoch, ...rest } = m;
+  return JSON.stringify(rest);
 }
 
 // validPosition: an offset (a safe integer, 0 or more) and an epoch string.

@@ -441,3 +441,21 @@ test("presence across a reconnect: the old list stays until the new one replaces
   assert.equal(c.members("b"), null);
   c.close();
 });
+
+test("a message received without a position and replayed later with one is delivered once", async () => {
+  const { c, ws, seen } = await start({});
+  try {
+    ws.recv(msg("a", 1));
+    const outage = { channel_id: "a", user_id: 2, type: 3, content: "sent during an outage", send_time: "2026-11-28 14:00:00" };
+    ws.recv(outage); // no position: its node's broker failed
+    ws.recv({ channel_id: "a", user_id: 3, type: 3, content: "transient", transient: true });
+    ws.recv(msg("a", 2));
+    ws.recv({ ...outage, offset: 3, epoch: "e" }); // appended once the broker answered
+    ws.recv({ ...outage, content: "another", offset: 4, epoch: "e" });
+    assert.deepEqual(seen.messages.map((m) => m.content), ["m1", "sent during an outage", "transient", "m2", "another"]);
+    ws.recv({ ...outage, offset: 5, epoch: "e" }); // the same content again: a new message
+    assert.equal(seen.messages.length, 6);
+  } finally {
+    c.close();
+  }
+});
