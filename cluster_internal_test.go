@@ -495,7 +495,7 @@ func TestRemoteJoinDoesNotStallDelivery(t *testing.T) {
 // rate, and the sender closed with 4029.)
 func TestFrozenBrokerLocalChat(t *testing.T) {
 	bus := NewMemoryBus()
-	_, _, c1, c2, c3, send := roomOfThree(t, bus, bus.Broker()) // uid 3 on another node
+	s, _, c1, c2, c3, send := roomOfThree(t, bus, bus.Broker()) // uid 3 on another node
 	send("before")
 	readUntil(t, c2, "before")
 	bus.Freeze(true)
@@ -513,6 +513,9 @@ func TestFrozenBrokerLocalChat(t *testing.T) {
 		t.Fatal("the bus is frozen, yet nobody waits for it: the test froze nothing")
 	}
 	bus.Freeze(false)
+	// "after" must wait for its append: once the node knows the broker
+	// answers again.
+	eventually(t, "the broker known up", func() bool { return !s.hub.peers.(*cluster).down.Load() })
 	send("after")
 	got, offs := readUntil(t, c2, "after")
 	if !slices.Equal(got, []string{"after"}) || offs[0] == 0 {

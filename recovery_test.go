@@ -735,9 +735,11 @@ func TestWelcomeDuringOutageKeepsPosition(t *testing.T) {
 	hub := chart.New(chart.Config{Logger: quiet, Broker: br})
 	j := &joiner{Recorder: charttest.NewRecorder(), hub: hub}
 	s := charttest.Serve(t, hub, j)
+	keep := charttest.NewV1Client(t, s.URL+"?id=1") // keeps uid 1 online, in room
+	keep.Connect()
+	j.WantLogin(t, 1)
 	c := charttest.NewV1Client(t, s.URL+"?id=1")
 	c.Connect()
-	j.WantLogin(t, 1)
 	s.Hub.Publish("room", chart.Message{Content: "before"})
 	c.WaitFor("before")
 	pos := c.Messages()[0]
