@@ -116,10 +116,11 @@ type sequence struct {
 	// missed some (catchUpFollowed).
 	lastOut int64
 	// unplaced are messages of the stream that went out here without
-	// their offset, their append given up on or timed out, and that the
-	// broker may store all the same (a frozen broker stores what waited
-	// for it when it thaws): read from the stream, such a message takes
-	// its turn without going out again (see unplace).
+	// their offset (their append failed, timed out or was given up on,
+	// here or on the node that sent them) and that may reach the stream
+	// later (stored after all, or appended again by their node's heal):
+	// coming back with an offset, such a message takes its turn without
+	// going out again (see unplace).
 	unplaced []unplacedMsg
 }
 
@@ -248,13 +249,13 @@ func (s *sequencer) deliver(t topic, f []byte, off uint64, epoch string) {
 }
 
 // unplace notes that data, a message of t, went out here without its
-// offset because its append was given up on (pipeline.wait) or timed out,
-// and that the broker may store it all the same. When this node reads it
-// from the stream (a hole, a catch-up after the broker's return) before
-// the append's late result comes, if it ever does, the message takes its
-// turn there without going out a second time. A sequence notes lateCap
-// such messages at most, each for unplacedAge, and the node unplacedMax
-// bytes of them.
+// offset: its append failed, timed out or was given up on (pipeline.wait),
+// here or on the node that sent it. It may reach the stream later: stored
+// after all, or appended again by its node's heal. When it comes back
+// with an offset (read from the stream for a hole or a catch-up, or sent
+// by its node), it takes its turn here without going out a second time.
+// A sequence notes lateCap such messages at most, each for unplacedAge,
+// and the node unplacedMax bytes of them.
 func (s *sequencer) unplace(t topic, data []byte) {
 	if s == nil || !s.hub.subscribed(t) {
 		return // it went out to nobody here
