@@ -932,3 +932,37 @@ func oneInRoom(t *testing.T) (*MemoryBus, *server, *client) {
 	}
 	return bus, s, c
 }
+
+// TestGapBounded: what a node keeps to append again after an outage is
+// bounded (gapBytesMax, all streams together): a channel that would pass
+// it is reset instead, and its messages are let go; an inbox keeps none.
+func TestGapBounded(t *testing.T) {
+	bus, s, _ := oneInRoom(t)
+	bus.SetDown(true) // no heartbeat succeeds: no heal closes the gaps meanwhile
+	t.Cleanup(func() { bus.SetDown(false) })
+	b := s.hub.peers.(*cluster).streams
+	refused := errors.New("refused")
+	data := bytes.Repeat([]byte("x"), 1<<20)
+	for i := 0; i < 12; i++ {
+		b.settle(topic{ch: "a"}, data, 0, "", refused)
+		b.settle(topic{ch: "b"}, data, 0, "", refused)
+	}
+	b.settle(topic{uid: 7}, data, 0, "", refused)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	kept := 0
+	for _, g := range b.gaps {
+		for _, m := range g.msgs {
+			kept += len(m.data)
+		}
+	}
+	if b.gapBytes > gapBytesMax || kept != b.gapBytes {
+		t.Fatalf("gaps keep %d bytes (counted %d), want %d at most", kept, b.gapBytes, gapBytesMax)
+	}
+	if ga, gb := b.gaps[topic{ch: "a"}], b.gaps[topic{ch: "b"}]; ga.lost == gb.lost || (!ga.lost && len(ga.msgs) != 12) || (!gb.lost && len(gb.msgs) != 12) {
+		t.Fatalf("a: lost %v, %d kept; b: lost %v, %d kept: want one channel whole, the other reset", ga.lost, len(ga.msgs), gb.lost, len(gb.msgs))
+	}
+	if g := b.gaps[topic{uid: 7}]; !g.lost || len(g.msgs) != 0 {
+		t.Fatalf("inbox gap: lost %v, %d kept; want reset, none kept", g.lost, len(g.msgs))
+	}
+}

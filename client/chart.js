@@ -116,6 +116,7 @@ export class Chart {
     this._seq = 0;
     this._left = new Map(); // stream key -> Set of epochs it left
     this._unplaced = []; // JSON of messages received without a position (see _placed)
+    this._unplacedChars = 0; // their length
     this._helloLimit = HELLO_LIMIT;
     this._helloBytes = 0; // the size of the last hello
     this._pauseUntil = 0; // no sends before (after a rate_limited refusal)
@@ -470,9 +471,16 @@ export class Chart {
       this._scheduleAck();
       return;
     }
-    if (!m.transient) {
-      this._unplaced.push(unplacedKey(m));
-      if (this._unplaced.length > MAX_UNPLACED) this._unplaced.shift();
+    // Remembered only for a stream the server keeps (it has a position):
+    // a hub without history sends every message without one.
+    const stream = typeof m.channel_id === "string" && m.channel_id ? "c:" + m.channel_id : "inbox";
+    if (!m.transient && this._positions[stream]?.epoch) {
+      const k = unplacedKey(m);
+      this._unplaced.push(k);
+      this._unplacedChars += k.length;
+      while (this._unplaced.length > MAX_UNPLACED || this._unplacedChars > MAX_UNPLACED_CHARS) {
+        this._unplacedChars -= this._unplaced.shift().length;
+      }
     }
     this._emit("message", m);
   }
@@ -482,6 +490,7 @@ export class Chart {
   _placed(m) {
     const i = this._unplaced.indexOf(unplacedKey(m));
     if (i < 0) return false;
+    this._unplacedChars -= this._unplaced[i].length;
     this._unplaced.splice(i, 1);
     return true;
   }
@@ -818,9 +827,10 @@ function isObject(v) {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-// MAX_UNPLACED bounds the messages without a position a client remembers
-// (in memory) to drop their replay with one.
+// MAX_UNPLACED and MAX_UNPLACED_CHARS bound the messages without a
+// position a client remembers (in memory) to drop their replay with one.
 const MAX_UNPLACED = 1024;
+const MAX_UNPLACED_CHARS = 1 << 20;
 
 // unplacedKey is a message's JSON without its position: the same for the
 // message received without one and replayed with one.

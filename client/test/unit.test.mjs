@@ -459,3 +459,18 @@ test("a message received without a position and replayed later with one is deliv
     c.close();
   }
 });
+
+test("messages without a position are remembered only for kept streams, and within bounds", async () => {
+  const { c, ws, seen } = await start({});
+  try {
+    const big = "x".repeat(60000);
+    for (let i = 0; i < 40; i++) ws.recv({ channel_id: "nohistory", user_id: 1, type: 3, content: big + i });
+    assert.equal(c._unplaced.length, 0, "a stream without a position: nothing kept");
+    ws.recv(msg("a", 1));
+    for (let i = 0; i < 40; i++) ws.recv({ channel_id: "a", user_id: 1, type: 3, content: big + i });
+    assert.ok(c._unplacedChars <= 1 << 20 && c._unplaced.length > 0, `${c._unplaced.length} kept, ${c._unplacedChars} chars`);
+    assert.equal(seen.messages.length, 81);
+  } finally {
+    c.close();
+  }
+});
